@@ -1,0 +1,68 @@
+"""The interface every backend implements. Everything else (data, schedule, loop, checkpoints,
+adapter files, metrics) lives in `common/` and is written once.
+
+Weights cross the boundary as numpy arrays in PEFT naming and shapes; batches cross it as the
+numpy arrays built by `common.batching`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from common.adapter import AdapterSpec
+from common.batching import Batch
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None) -> None: ...
+
+    def linear_modules(self) -> dict[str, tuple[int, int]]:
+        """Every linear layer of the base: HF path → (out, in)."""
+
+    def num_hidden_layers(self) -> int: ...
+
+    def attach_lora(self, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
+                    weights: dict[str, np.ndarray]) -> None:
+        """Wrap `modules` with LoRA (or DoRA) layers and set their weights (PEFT-named)."""
+
+    def lora_weights(self) -> dict[str, np.ndarray]:
+        """Current adapter weights, PEFT-named, float32."""
+
+    def set_lora_weights(self, weights: dict[str, np.ndarray]) -> None: ...
+
+    def make_optimizer(self, betas: tuple[float, float], eps: float, weight_decay: float, kind: str) -> None: ...
+
+    def seed(self, seed: int) -> None:
+        """Seed the framework RNG (dropout) for one step; re-seeded every step so resume is exact."""
+
+    def accumulate(self, batch: Batch) -> tuple[float, int]:
+        """Forward + backward on one micro-batch; add the gradient of the *summed* token loss.
+        Returns (summed loss, target tokens)."""
+
+    def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
+        """Divide accumulated gradients by n_targets (token-weighted mean), clip, AdamW step,
+        zero them. Returns the pre-clip gradient norm."""
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        """AdamW moments as {PEFT key + '::m' / '::v': array in PEFT shape} and the step count."""
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]: ...
+
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        """float32 logits [B, T, V] for int ids [B, T]."""
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
+        """Greedy continuation (new tokens only, stops at EOS)."""
+
+    def merge_and_save(self, out_dir: Path) -> None:
+        """Fold the adapter into the base weights and save an HF safetensors model (weights + config)."""
+
+    def peak_memory_bytes(self) -> int: ...

@@ -1,0 +1,1 @@
+"""MLX backend: mlx + mlx-lm tuner layers."""

@@ -1,0 +1,229 @@
+"""MLX backend: the model from mlx-lm, the LoRA/DoRA layers from mlx-lm's tuner, a plain loop.
+
+Differences from `mlx_lm lora` that the shared layer pins (see PARITY-NOTES): bias-corrected
+AdamW, token-weighted loss with padding excluded, the shared schedule and clipping, and exact
+resume (optimizer moments and step are saved).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from common.adapter import PEFT_PREFIX, AdapterSpec, block_relative, mlx_keys, peft_to_mlx
+from common.batching import Batch
+from common.errors import BackendError
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+
+
+def _config_overrides(model_dir: Path) -> dict:
+    """transformers 5 nests rope_theta in rope_parameters; mlx-lm reads the top level."""
+    cfg = json.loads((model_dir / "config.json").read_text())
+    rp = cfg.get("rope_parameters")
+    over = {}
+    if isinstance(rp, dict):
+        if "rope_theta" in rp and "rope_theta" not in cfg:
+            over["rope_theta"] = rp["rope_theta"]
+        if rp.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
+            over["rope_scaling"] = dict(rp)
+    return over
+
+
+class Backend:
+    name = "mlx"
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None):
+        from mlx_lm.utils import load_model
+
+        self.device = str(mx.default_device())
+        self.model_dir = Path(model_dir)
+        self.model, self.config = load_model(self.model_dir, model_config=_config_overrides(self.model_dir))
+        if DTYPES[dtype] != mx.float32 or any(v.dtype != mx.float32 for _, v in tree_flatten(self.model.parameters())):
+            self.model.set_dtype(DTYPES[dtype])
+        self.quantize = quantize
+        if quantize == "4bit":
+            # mlx-lm's affine 4-bit, group 64 (not NF4): the base is quantized, LoRA stays float.
+            nn.quantize(self.model, group_size=64, bits=4,
+                        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+        self.model.freeze()
+        self.grad_checkpointing = grad_checkpointing
+        if grad_checkpointing:
+            from mlx_lm.tuner.trainer import grad_checkpoint
+            grad_checkpoint(self.model.layers[0])
+        self.optimizer = None
+        self._grads = None
+        self.spec = None
+        mx.eval(self.model.parameters())
+
+    # ------------------------------------------------------------ structure
+    def linear_modules(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for name, m in self.model.named_modules():
+            if isinstance(m, nn.QuantizedLinear):
+                o, i = m.weight.shape
+                out[name] = (o, i * 32 // m.bits)
+            elif isinstance(m, nn.Linear):
+                out[name] = tuple(m.weight.shape)
+        return out
+
+    def num_hidden_layers(self) -> int:
+        return len(self.model.layers)
+
+    def attach_lora(self, spec: AdapterSpec, modules: dict[str, tuple[int, int]], weights: dict[str, np.ndarray]) -> None:
+        from mlx_lm.tuner.dora import DoRALinear
+        from mlx_lm.tuner.lora import LoRALinear
+
+        self.spec = spec
+        layer_cls = DoRALinear if spec.use_dora else LoRALinear
+        named = dict(self.model.named_modules())
+        updates = [(p, layer_cls.from_base(named[p], r=spec.rank, dropout=spec.dropout, scale=spec.scale))
+                   for p in sorted(modules)]
+        self.model.update_modules(tree_unflatten(updates))
+        self.model.freeze()
+        self.model.unfreeze(keys=["lora_a", "lora_b", "m"] if spec.use_dora else ["lora_a", "lora_b"], strict=False)
+        self.keys = mlx_keys(spec, [block_relative(p) for p in modules])
+        if weights:
+            self.set_lora_weights(weights, init=True)
+        mx.eval(self.model.parameters())
+
+    def lora_weights(self) -> dict[str, np.ndarray]:
+        from common.adapter import mlx_to_peft
+        flat = dict(tree_flatten(self.model.trainable_parameters()))
+        return mlx_to_peft({k: np.array(v.astype(mx.float32)) for k, v in flat.items()})
+
+    def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
+        native = peft_to_mlx(weights)
+        current = dict(tree_flatten(self.model.trainable_parameters()))
+        missing = [k for k in current if k not in native and not (init and k.endswith(".m"))]
+        if missing:
+            raise BackendError(f"adapter has no tensor for {missing[0]}")
+        self.model.load_weights([(k, mx.array(v).astype(current[k].dtype)) for k, v in native.items()], strict=False)
+        mx.eval(self.model.parameters())
+
+    # ------------------------------------------------------------ training
+    def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
+        if kind != "adamw":
+            raise BackendError(f"training.optimizer={kind} is a bitsandbytes (CUDA) optimizer",
+                               where="training.optimizer", fix="use adamw with --backend mlx")
+        self.optimizer = optim.AdamW(learning_rate=0.0, betas=list(betas), eps=eps,
+                                     weight_decay=weight_decay, bias_correction=True)
+        self.optimizer.init(self.model.trainable_parameters())
+        self._step_count = 0
+
+    def seed(self, seed: int) -> None:
+        mx.random.seed(seed)
+
+    def _loss_sum(self, model, ids, mask):
+        logits = model(ids[:, :-1]).astype(mx.float32)
+        ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
+        return (ce * mask[:, 1:]).sum()
+
+    def accumulate(self, batch: Batch) -> tuple[float, int]:
+        self.model.train()
+        ids, mask = mx.array(batch.ids), mx.array(batch.mask)
+        loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
+        loss, grads = loss_and_grad(self.model, ids, mask)
+        self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
+        mx.eval(loss, self._grads)
+        return float(loss.item()), batch.n_targets
+
+    def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
+        grads = tree_map(lambda g: g / max(n_targets, 1), self._grads)
+        if max_grad_norm is not None:
+            grads, norm = optim.clip_grad_norm(grads, max_grad_norm)
+        else:
+            norm = mx.sqrt(sum(mx.sum(g.astype(mx.float32) ** 2) for _, g in tree_flatten(grads)))
+        self.optimizer.learning_rate = lr
+        self.optimizer.update(self.model, grads)
+        self._grads = None
+        mx.eval(self.model.parameters(), self.optimizer.state)
+        self._step_count += 1
+        return float(norm.item())
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        flat = dict(tree_flatten(self.optimizer.state))
+        moments = {}
+        for k, v in flat.items():
+            if "." not in k:
+                continue  # step, learning_rate
+            path, leaf = k.rsplit(".", 1)
+            if leaf in ("m", "v") and path.rsplit(".", 1)[-1] in ("lora_a", "lora_b", "m"):
+                moments.setdefault(path, {})[leaf] = np.array(v.astype(mx.float32))
+        out = {}
+        for path, mv in moments.items():
+            base, leaf = path.rsplit(".", 1)
+            key, tr = {"lora_a": (f"{PEFT_PREFIX}{base}.lora_A.weight", True),
+                       "lora_b": (f"{PEFT_PREFIX}{base}.lora_B.weight", True),
+                       "m": (f"{PEFT_PREFIX}{base}.lora_magnitude_vector", False)}[leaf]
+            for which in ("m", "v"):
+                out[f"{key}::{which}"] = np.ascontiguousarray(mv[which].T if tr else mv[which])
+        return out, self._step_count
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray], step: int) -> None:
+        if step == 0:
+            return
+        for key in {k.split("::")[0] for k in state}:
+            for which in ("m", "v"):
+                native = peft_to_mlx({key: state[f"{key}::{which}"]})
+                (path, arr), = native.items()
+                node = self.optimizer.state
+                for part in path.split("."):
+                    node = node[int(part)] if isinstance(node, list) else node[part]
+                node[which] = mx.array(arr)
+        self.optimizer.state["step"] = mx.array(step, dtype=mx.uint64)
+        self._step_count = step
+        mx.eval(self.optimizer.state)
+
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        self.model.eval()
+        loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask))
+        return float(loss.item()), batch.n_targets
+
+    # ------------------------------------------------------------ inference
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        self.model.eval()
+        out = self.model(mx.array(np.asarray(ids))).astype(mx.float32)
+        return np.array(out)
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
+        from mlx_lm.generate import generate_step
+        self.model.eval()
+        out = []
+        for tok, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=max_new_tokens,
+                                    sampler=lambda logits: mx.argmax(logits, axis=-1)):
+            t = int(tok)
+            if t in eos_ids:
+                break
+            out.append(t)
+        return out
+
+    def merge_and_save(self, out_dir: Path) -> None:
+        from mlx_lm.utils import save_model
+        fused = [(n, m.fuse(dequantize=True)) for n, m in self.model.named_modules() if hasattr(m, "fuse")]
+        if fused:
+            self.model.update_modules(tree_unflatten(fused))
+        if self.quantize:
+            from mlx_lm.utils import dequantize_model
+            self.model = dequantize_model(self.model)
+        out_dir = Path(out_dir)
+        save_model(out_dir, self.model, donate_model=False)
+        cfg = json.loads((self.model_dir / "config.json").read_text())
+        cfg.pop("quantization", None)
+        cfg.pop("quantization_config", None)
+        (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        from common.models import normalize_config
+        normalize_config(out_dir)
+
+    def peak_memory_bytes(self) -> int:
+        try:
+            return int(mx.get_peak_memory())
+        except AttributeError:
+            return int(mx.metal.get_peak_memory())

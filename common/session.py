@@ -1,0 +1,46 @@
+"""Open a base model on a backend, optionally with an adapter: the step every job shares
+(generate, parity, merge, eval, convert checks)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.adapter import AdapterSpec, check_base, load_adapter, modules_for_adapter
+from common.models import resolve_model, weights_hash
+
+
+@dataclass
+class Opened:
+    backend: object
+    model_dir: Path
+    tokenizer: object
+    spec: AdapterSpec | None = None
+    meta: dict | None = None
+
+
+def open_model(backend: str, model: str, dtype: str = "float32", quantize: str | None = None,
+               adapter: str | Path | None = None, allow_base_mismatch: bool = False) -> Opened:
+    from backends import get_backend
+    from common.tokenize import load_tokenizer
+
+    cls = get_backend(backend)
+    model_dir = resolve_model(model)
+    spec = meta = weights = None
+    if adapter is not None:
+        spec, weights, meta = load_adapter(Path(adapter))
+        check_base(meta, weights_hash(model_dir), model, str(adapter), allow_base_mismatch)
+    be = cls(model_dir, dtype=dtype, quantize=quantize)
+    if adapter is not None:
+        modules = modules_for_adapter(spec, weights, be.linear_modules(), str(adapter))
+        be.attach_lora(spec, modules, weights)
+    return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta)
+
+
+def eos_ids(tokenizer) -> list[int]:
+    """Stop tokens: the tokenizer's EOS plus the chat end-of-turn token when it differs."""
+    ids = {tokenizer.eos_token_id}
+    for t in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|endoftext|>"):
+        tid = tokenizer.convert_tokens_to_ids(t)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+            ids.add(tid)
+    return sorted(i for i in ids if i is not None)

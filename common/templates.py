@@ -1,0 +1,81 @@
+"""Render an Example into (prompt text, completion text).
+
+Both backends train on exactly these strings, tokenized once in `common.tokenize`.
+- "chat": the tokenizer's own chat template (from tokenizer_config / chat_template.jinja);
+- a path to a Jinja file: used as the chat template instead;
+- "raw": no template, prompt + completion (+ EOS added at tokenization), as TRL does for
+  prompt-completion rows.
+The completion is the last assistant turn; everything before it is the prompt.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from common.data.formats import Example
+from common.errors import ConfigError, DataError
+
+
+def load_template(template: str) -> str | None:
+    """Return a Jinja chat-template string for a file path, None for "chat"/"raw"."""
+    if template in ("chat", "raw"):
+        return None
+    p = Path(template)
+    if not p.is_file():
+        raise ConfigError("template file not found", where=template,
+                          fix='set data.template to "chat", "raw" or a path to a .jinja file')
+    return p.read_text(encoding="utf-8")
+
+
+class Renderer:
+    """Turns Examples into prompt/completion text with one fixed template."""
+
+    def __init__(self, tokenizer, template: str = "chat", system_prompt: str | None = None):
+        self.tokenizer = tokenizer
+        self.mode = "raw" if template == "raw" else "chat"
+        self.chat_template = load_template(template)
+        self.template_name = template
+        self.system_prompt = system_prompt
+        if self.mode == "chat" and self.chat_template is None and not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("the tokenizer has no chat template, and data.template is \"chat\"",
+                              where="data.template",
+                              fix='set data.template to a .jinja chat-template file or to "raw"')
+
+    def _messages(self, ex: Example) -> list[dict]:
+        msgs = list(ex.messages)
+        if self.system_prompt and msgs and msgs[0]["role"] != "system":
+            msgs.insert(0, {"role": "system", "content": self.system_prompt})
+        return msgs
+
+    def _apply(self, msgs: list[dict], add_generation_prompt: bool, where: str) -> str:
+        try:
+            return self.tokenizer.apply_chat_template(
+                msgs, tokenize=False, add_generation_prompt=add_generation_prompt,
+                chat_template=self.chat_template)
+        except Exception as exc:  # jinja errors: undefined variable, raise_exception(...) in template
+            raise DataError(f"the chat template failed on this record ({exc})", where=where,
+                            fix="check the record's roles or the template") from exc
+
+    def prompt(self, ex: Example) -> str:
+        """The text the model sees before it answers (for generation and for the loss mask)."""
+        if ex.text is not None:
+            return ""
+        msgs = self._messages(ex)[:-1]
+        if self.mode == "raw":
+            return "\n".join(m["content"] for m in msgs)
+        return self._apply(msgs, True, ex.source)
+
+    def render(self, ex: Example) -> tuple[str, str]:
+        """(prompt, completion): concatenated they are the full training text."""
+        if ex.text is not None:
+            return "", ex.text
+        prompt = self.prompt(ex)
+        if self.mode == "raw":
+            return prompt, ex.completion
+        full = self._apply(self._messages(ex), False, ex.source)
+        if not full.startswith(prompt):
+            # Some templates render the last turn differently once it is not the final one
+            # (e.g. they strip reasoning); then the prompt is not a prefix and masking is ambiguous.
+            raise DataError("the chat template's prompt is not a prefix of the full conversation",
+                            where=ex.source, fix="use a template whose generation prompt is a prefix "
+                            "of the rendered conversation, or data.template: raw")
+        return prompt, full[len(prompt):]

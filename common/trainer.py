@@ -1,0 +1,225 @@
+"""The training job, written once for both backends: setup → build → fit → save.
+
+The loop owns everything that must be identical on MLX and PyTorch: the batches (common.batching),
+the token-weighted loss over micro-batches, the schedule (common.schedule), clipping, the LoRA
+init (drawn in numpy), checkpoints with optimizer moments and data position (exact resume),
+NaN detection and Ctrl-C handling. A backend only runs forward/backward and the AdamW step.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.adapter import init_lora_weights, save_common, spec_from_config
+from common.batching import batches_per_epoch, eval_batches, iterate_batches
+from common.config import Config, dump_yaml
+from common.data.formats import load_examples
+from common.errors import DataError, TrainingError
+from common.io import sha256_file, write_json, write_text
+from common.models import resolve_model, weights_hash
+from common.runs import RunDir
+from common.schedule import lr_at, warmup_steps
+from common.tokenize import Tokenizer, load_tokenizer
+
+
+def library_versions(backend: str) -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    names = ["mlx", "mlx-lm"] if backend == "mlx" else ["torch", "transformers", "peft"]
+    out = {"python": platform.python_version()}
+    for n in names + ["twinlora"]:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    t = cfg.training
+    if t.steps:
+        return t.steps
+    per_epoch = batches_per_epoch(n_train, t.batch_size) / t.grad_accumulation
+    return max(1, math.ceil(t.epochs * per_epoch))
+
+
+def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
+    if not cfg.data.train:
+        raise DataError("no training data given", where="data.train", fix="set data.train in the config or pass --data")
+    tk = Tokenizer(tokenizer, cfg.data.template, cfg.data.system_prompt, cfg.data.mask_prompt,
+                   cfg.data.max_length, cfg.data.too_long)
+    train = tk.encode_all(load_examples(cfg.data.train), cfg.data.train)
+    valid = []
+    if cfg.data.valid:
+        tv = Tokenizer(tokenizer, cfg.data.template, cfg.data.system_prompt, cfg.data.mask_prompt,
+                       cfg.data.max_length, cfg.data.too_long)
+        valid = tv.encode_all(load_examples(cfg.data.valid), cfg.data.valid)
+    return tk, train, valid
+
+
+def _fmt_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate_loss(be, data, batch_size: int, pad_id: int) -> float:
+    total, n = 0.0, 0
+    for b in eval_batches(data, batch_size, pad_id):
+        s, k = be.eval_loss(b)
+        total, n = total + s, n + k
+    return total / max(n, 1)
+
+
+def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = False,
+          init_adapter: str | None = None, dry_run: bool = False, echo=print) -> dict:
+    from backends import canonical, get_backend
+    from common.adapter import load_adapter, modules_for_adapter
+
+    backend_cls = get_backend(backend)
+    backend = canonical(backend)
+    run = RunDir(cfg.output)
+    model_dir = resolve_model(cfg.model.path)
+    tokenizer = load_tokenizer(model_dir)
+    tk, train_data, valid_data = prepare_data(cfg, tokenizer)
+    t = cfg.training
+    steps = 2 if dry_run else total_steps(cfg, len(train_data))
+    warm = warmup_steps(steps, t.warmup_steps, t.warmup_ratio)
+
+    if not dry_run:
+        run.prepare(overwrite, resume)
+    be = backend_cls(model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
+                     grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation)
+    spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(), cfg.model.path)
+    weights = init_lora_weights(spec, modules, t.seed)
+    if init_adapter:
+        spec_i, weights, _ = load_adapter(Path(init_adapter))
+        modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, init_adapter)
+    start, opt_state, opt_step, state = 0, {}, 0, {}
+    ckpts = run.checkpoint_dirs() if resume else []
+    if resume and ckpts:
+        weights, opt_state, state = run.load_checkpoint(ckpts[-1])
+        start, opt_step = state["step"], state["optimizer_step"]
+        if state.get("total_steps") != steps:
+            raise TrainingError(f"the checkpoint was made for {state.get('total_steps')} steps, the config asks {steps}",
+                                where=str(ckpts[-1]), fix="resume with the config the run started with")
+    be.attach_lora(spec, modules, weights)
+    be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
+    be.load_optimizer_state(opt_state, opt_step)
+    pad_id = tokenizer.pad_token_id
+
+    n_params = sum(int(np.prod(s)) for s in [w.shape for w in weights.values()])
+    echo(f"[twinlora] backend={backend} ({be.device}) model={cfg.model.path} LoRA r={spec.rank} alpha={spec.alpha} "
+         f"scale={spec.scale:.4g} modules={len(modules)} trainable={n_params:,} train={len(train_data)} "
+         f"valid={len(valid_data)} steps={steps}" + (f" (resuming at step {start})" if start else ""))
+    if tk.stats["truncated"]:
+        echo(f"[twinlora] warning: {tk.stats['truncated']} training examples truncated to max_length={cfg.data.max_length}")
+
+    meta_base = {
+        "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir)},
+        "data": {"train": {"path": cfg.data.train, "sha256": sha256_file(cfg.data.train), "examples": len(train_data)},
+                 **({"valid": {"path": cfg.data.valid, "sha256": sha256_file(cfg.data.valid)}} if cfg.data.valid else {})},
+        "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt,
+        "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
+    }
+    if not dry_run:
+        write_text(run.path / "config.yaml", dump_yaml(cfg))
+        if start:
+            run.truncate_log(start)
+            run.log({"event": "resume", "step": start})
+        else:
+            run.log({"event": "start", "step": 0, "backend": backend, "steps": steps})
+
+    batches = iterate_batches(train_data, t.batch_size, pad_id, t.seed, t.batching, start=start * t.grad_accumulation)
+    last_loss, val_loss, step = state.get("last_loss"), state.get("val_loss"), start
+    t0, tokens_seen, step_times = time.time(), 0, []
+
+    def checkpoint(at: int):
+        opt, ostep = be.optimizer_state()
+        return run.save_checkpoint(at, be.lora_weights(), opt, ostep,
+                                   {"total_steps": steps, "last_loss": last_loss, "val_loss": val_loss,
+                                    "micro_batches_done": at * t.grad_accumulation}, t.keep_checkpoints)
+
+    try:
+        for step in range(start, steps):
+            ts = time.time()
+            be.seed(t.seed * 1_000_003 + step)
+            loss_sum, n_targets, n_tokens = 0.0, 0, 0
+            for _ in range(t.grad_accumulation):
+                b = next(batches)
+                s, n = be.accumulate(b)
+                loss_sum, n_targets, n_tokens = loss_sum + s, n_targets + n, n_tokens + b.n_tokens
+            loss = loss_sum / max(n_targets, 1)
+            if not math.isfinite(loss):
+                good = run.checkpoint_dirs()
+                raise TrainingError(f"loss became {loss} at step {step + 1}; stopped. Last good checkpoint: "
+                                    f"{good[-1] if good else 'none'}", where=str(run.path),
+                                    fix="lower training.lr, check the data, then --resume from the last good checkpoint")
+            lr = lr_at(step, steps, t.lr, t.schedule, warm, t.min_lr_ratio)
+            gnorm = be.apply_gradients(lr, n_targets, t.max_grad_norm)
+            last_loss = loss
+            dt = time.time() - ts
+            step_times.append(dt)
+            tokens_seen += n_tokens
+            done = step + 1
+            if done % t.log_every == 0 or done == steps:
+                elapsed = time.time() - t0
+                tps = tokens_seen / max(elapsed, 1e-9)
+                eta = elapsed / (done - start) * (steps - done)
+                rec = {"event": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
+                       "targets": n_targets, "tokens": n_tokens, "tokens_per_s": tps, "step_s": dt}
+                if not dry_run:
+                    run.log(rec)
+                echo(f"step {done}/{steps}  loss {loss:.4f}  lr {lr:.2e}  grad {gnorm:.3f}  "
+                     f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
+            if valid_data and t.eval_every and done % t.eval_every == 0 and done != steps:
+                val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
+                if not dry_run:
+                    run.log({"event": "eval", "step": done, "val_loss": val_loss})
+                echo(f"step {done}/{steps}  validation loss {val_loss:.4f}")
+            if not dry_run and t.save_every and done % t.save_every == 0 and done != steps:
+                checkpoint(done)
+    except KeyboardInterrupt:
+        if not dry_run and step > start:
+            at = step if step_times and len(step_times) < (step - start + 1) else step
+            path = checkpoint(at)
+            raise TrainingError(f"interrupted; progress saved at step {at}", where=str(path),
+                                fix="run the same command with --resume to continue") from None
+        raise TrainingError("interrupted before the first step finished; nothing saved",
+                            fix="run the command again") from None
+
+    if dry_run:
+        echo("[twinlora] dry run: 2 steps ran, config and data are usable; nothing written")
+        return {"dry_run": True, "loss": last_loss}
+    if valid_data:
+        val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
+        run.log({"event": "eval", "step": steps, "val_loss": val_loss})
+    checkpoint(steps)
+    elapsed = time.time() - t0
+    summary = {"final_loss": last_loss, "val_loss": val_loss, "steps": steps, "seconds": round(elapsed, 2),
+               "tokens_per_s": tokens_seen / max(elapsed, 1e-9) if tokens_seen else None,
+               "median_step_s": float(np.median(step_times)) if step_times else None,
+               "peak_memory_bytes": be.peak_memory_bytes()}
+    mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
+    save_common(run.adapter, spec, be.lora_weights(), {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
+    write_json(run.path / "summary.json", summary)
+    run.log({"event": "end", "step": steps, **summary})
+    run.plot_loss()
+    write_text(run.path / "README.md", _run_readme(cfg, backend, summary, run))
+    echo(f"[twinlora] adapter: {run.adapter}  log: {run.log_file}  plot: {run.path / 'loss.png'}")
+    return summary
+
+
+def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
+    val = f"{s['val_loss']:.4f}" if s.get("val_loss") is not None else "n/a"
+    return (f"# Run `{cfg.name or run.path.name}`\n\n"
+            f"- backend: {backend}\n- base model: {cfg.model.path}\n- data: {cfg.data.train}\n"
+            f"- LoRA: r={cfg.lora.rank} alpha={cfg.lora.alpha} targets={cfg.lora.target_modules} "
+            f"rsLoRA={cfg.lora.use_rslora} DoRA={cfg.lora.use_dora}\n"
+            f"- steps: {s['steps']} in {s['seconds']} s, median step {s['median_step_s']:.3f} s\n"
+            f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}\n"
+            f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n\n"
+            "Files: `config.yaml` (resolved config), `log.jsonl`, `loss.png`, `checkpoints/`, "
+            "`adapter/` (PEFT format + twinlora.json; `adapter/mlx/` holds mlx-lm's format on MLX runs).\n")

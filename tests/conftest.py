@@ -1,0 +1,36 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    from tiny_model import build_tiny_model
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "llama")
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> Path:
+    """Same architecture, other random weights: an adapter trained on `tiny_model` must be refused."""
+    from tiny_model import build_tiny_model
+    return build_tiny_model(tmp_path_factory.mktemp("tiny2") / "llama", seed=1)
+
+
+@pytest.fixture
+def chat_jsonl(tmp_path) -> Path:
+    import json
+    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
+                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
+            for i in range(12)]
+    p = tmp_path / "train.jsonl"
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return p
