@@ -90,8 +90,7 @@ class Tokenizer:
             self.stats["truncated"] += 1
         if sum(mask[1:]) == 0:
             self.stats["dropped"] += 1
-            log.warning("%s: no completion token left within max_length=%d; example skipped",
-                        ex.source, self.max_length)
+            self.stats.setdefault("dropped_sources", []).append(ex.source)
             return None
         return Tokenized(tuple(ids), tuple(mask), ex.source)
 
@@ -100,6 +99,10 @@ class Tokenizer:
         if self.stats["truncated"]:
             log.warning("%s: %d of %d examples were longer than max_length=%d and were truncated",
                         where, self.stats["truncated"], len(examples), self.max_length)
+        if self.stats["dropped"]:
+            log.warning("%s: %d examples had no completion token within max_length=%d and were skipped "
+                        "(first: %s)", where, self.stats["dropped"], self.max_length,
+                        self.stats.get("dropped_sources", ["?"])[0])
         if not out:
             raise DataError("dataset is empty after tokenization (every example was dropped)", where=where,
                             fix="raise data.max_length or check that completions are not empty")

@@ -8,6 +8,7 @@ files (by hash) and which seed produced which split files (by hash), so a run ca
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from common.errors import ConfigError, DataError
 from common.io import sha256_file, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 DEFAULT_RATIOS = (0.8, 0.1, 0.1)
@@ -119,14 +122,14 @@ def finish(rows: list[dict], *, recipe: str, out_dir: str | Path, seed: int, sou
 def summary_text(manifest: Mapping) -> str:
     """A few human lines for the CLI: split sizes, then every flat dict of counts in the manifest."""
     lines = [f"recipe {manifest.get('recipe')} (seed {manifest.get('seed')}): "
-             + ", ".join(f"{s} {manifest['counts'][s]}" for s in SPLITS)]
+             + ", ".join(f"{s} {manifest['counts'][s]}" for s in SPLITS)
+             + f" (duplicates dropped: {manifest.get('duplicates_dropped', 0)})"]
     for key, value in manifest.items():
         if key in ("counts", "files", "sources", "summary"):
             continue
-        if isinstance(value, Mapping) and value and all(isinstance(v, (int, float)) for v in value.values()):
+        if isinstance(value, Mapping) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value.values()):
             lines.append(f"  {key}: " + ", ".join(f"{k} {v}" for k, v in value.items()))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and key != "seed":
-            lines.append(f"  {key}: {value}")
     return "\n".join(lines)
 
 
@@ -163,4 +166,5 @@ def write_splits(out_dir: str | Path, splits: Mapping[str, list[dict]],
         manifest.setdefault(key, value)
     manifest["summary"] = summary_text(manifest)
     write_json(out_dir / "manifest.json", manifest)
+    log.info("wrote %s\n%s", out_dir, manifest["summary"])
     return manifest

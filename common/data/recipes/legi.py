@@ -14,7 +14,6 @@ every state (ABROGE, ABROGE_DIFF, VIGUEUR_DIFF, ...), and `meta.etat` tells them
 from __future__ import annotations
 
 import html
-import logging
 import os
 import re
 import zlib
@@ -24,10 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from common.data.splits import DEFAULT_RATIOS, dedup, finish
-from common.errors import DataError
+from common.errors import ConfigError, DataError
 from common.io import read_json
-
-log = logging.getLogger(__name__)
 
 NAME = "legi"
 HELP = ("French law from Légifrance codes in the legi-data JSON format (current or 2019 layout). "
@@ -60,7 +57,6 @@ class Article:
     etat: str
     text: str
     breadcrumb: tuple[str, ...]
-    where: str  # file:json-path, for messages
 
 
 @dataclass
@@ -147,7 +143,7 @@ def read_code(path: str | Path) -> Code:
                         'expected type "code" or, in the 2019 layout, data.type "code"', where=str(path),
                         fix="give the whole code file, not an extract of it")
     code_id = str(data.get("cid") or data.get("id") or path.stem.split("_")[0])
-    title = str(data.get("title") or code_id).strip().rstrip(".").strip()
+    title = clean_text(str(data.get("title") or code_id)).replace("\n", " ").rstrip(".").strip()
     code = Code(path, code_id, title, [])
     for i, child in enumerate(root["children"]):
         _walk(child, f"children[{i}]", (), code)
@@ -172,7 +168,7 @@ def _walk(node: Any, inside: str, crumbs: tuple[str, ...], code: Code) -> None:
             id=str(data.get("id") or f"{code.id}:{data.get('num')}"),
             num=str(data.get("num") or "").strip(), etat=str(data.get("etat") or ""),
             text=clean_text(raw) if isinstance(raw, str) else "",
-            breadcrumb=crumbs, where=f"{code.path}:{inside}"))
+            breadcrumb=crumbs))
     elif kind == "section":
         title = clean_text(str(data.get("title") or data.get("id") or "")).replace("\n", " ")
         for i, child in enumerate(children or []):
@@ -224,11 +220,13 @@ def _cut(text: str, limit: int) -> str:
 
 
 def summary_of(text: str) -> str:
-    """The first sentence, plus the second if the first is under 80 characters; capped."""
+    """The first sentence, extended while it is short (< 80 characters) or ends with ":" (an
+    enumeration follows); capped at SUMMARY_MAX characters."""
     sents = sentences(text)
-    picked = sents[0]
-    if len(picked) < 80 and len(sents) > 1:
-        picked += " " + sents[1]
+    picked, i = sents[0], 1
+    while i < len(sents) and len(picked) < SUMMARY_MAX and (len(picked) < 80 or picked.endswith(":")):
+        picked += " " + sents[i]
+        i += 1
     return _cut(picked, SUMMARY_MAX)
 
 
@@ -251,20 +249,19 @@ def render_pairs(art: Article, passage: str | None) -> list[tuple[str, str, str]
     du = _du(art.code_title)
     head = f"Article {art.num} {du}"
     lines = art.text.split("\n")
-    quoted = "\n".join(f"« {line} »" if len(lines) == 1 else f"{i}. {line}" for i, line in enumerate(lines, 1))
     where = f" Il figure dans la division « {art.breadcrumb[-1]} »." if art.breadcrumb else ""
-    body = (f"Le texte tient en un seul paragraphe : {quoted}" if len(lines) == 1
-            else f"Le texte comporte {len(lines)} paragraphes :\n{quoted}")
+    body = (f"Il dispose : « {art.text} »" if len(lines) == 1
+            else f"Il se compose de {len(lines)} paragraphes :\n" + "\n".join(f"- {line}" for line in lines))
     pairs = [
         ("explain", _pick(art, "explain", (f"Expliquez l'article {art.num} {du}.",
                                            f"Que faut-il retenir de l'article {art.num} {du} ?")),
          f"{head}.{where}\n{body}"),
         ("summarise", _pick(art, "summarise", (f"Résumez l'article {art.num} {du}.",
                                                f"En bref, que prévoit l'article {art.num} {du} ?")),
-         f"{head}, en substance : {summary_of(art.text)}"),
+         f"{head}, en substance : « {summary_of(art.text)} »"),
         ("text", _pick(art, "text", (f"Que dit l'article {art.num} {du} ?",
                                      f"Citez le texte de l'article {art.num} {du}.")),
-         f"{head} :\n" + "\n".join(f"« {line} »" for line in lines)),
+         f"{head} :\n« {art.text} »"),
         ("locate", _pick(art, "locate", (f"Où se trouve l'article {art.num} dans le plan {du} ?",
                                          f"Dans quelle partie {du} l'article {art.num} est-il placé ?")),
          f"{head} — emplacement dans le code :\n" + "\n".join(f"- {c}" for c in art.breadcrumb)
@@ -315,7 +312,11 @@ def run(inputs: list[str], out_dir: Path, *, seed: int = 0, options: dict | None
     """Prepare legi pairs: resolve inputs, read codes, filter articles, render, split by article."""
     options = options or {}
     include_abrogated = _bool(options.get("include_abrogated", False))
-    min_chars = int(options.get("min_chars", 50))
+    try:
+        min_chars = int(options.get("min_chars", 50))
+    except (TypeError, ValueError):
+        raise ConfigError(f"min_chars must be an integer, got {options.get('min_chars')!r}",
+                          where="min_chars") from None
     paths = resolve_inputs(inputs, legi_dir(options))
     records: list[dict] = []
     seen: set[tuple[str, str]] = set()
@@ -331,7 +332,7 @@ def run(inputs: list[str], out_dir: Path, *, seed: int = 0, options: dict | None
                             fix="check the file, or set include_abrogated / a lower min_chars")
         fresh = [a for a in kept if (a.code_id, a.id) not in seen]
         seen.update((a.code_id, a.id) for a in fresh)
-        articles.update(seen=len(code.articles), kept=len(fresh), repeated=len(kept) - len(fresh))
+        articles.update(article_nodes=len(code.articles), kept=len(fresh), repeated=len(kept) - len(fresh))
         articles.update({f"skipped_{k}": v for k, v in skipped.items()})
         codes[code.id] = code.title
         kept_per_code[code.id] += len(fresh)
@@ -348,11 +349,9 @@ def run(inputs: list[str], out_dir: Path, *, seed: int = 0, options: dict | None
         "pairs_per_code": dict(Counter(r["meta"]["code_id"] for r in unique)),
         "pairs_per_template": {t: n for t in TEMPLATES
                                if (n := sum(r["meta"]["template"] == t for r in unique))},
-        "identify_skipped_no_unique_passage": no_passage,
+        "pairs_skipped": {"identify_no_unique_passage": no_passage},
         "duplicates_dropped": len(records) - len(unique),
     }
-    manifest = finish(unique, recipe=NAME, out_dir=out_dir, seed=seed, sources=paths,
-                      group_key=lambda r: r["meta"]["article_id"],
-                      ratios=options.get("ratios", DEFAULT_RATIOS), extra=extra)
-    log.info("%s", manifest["summary"])
-    return manifest
+    return finish(unique, recipe=NAME, out_dir=out_dir, seed=seed, sources=paths,
+                  group_key=lambda r: r["meta"]["article_id"],
+                  ratios=options.get("ratios", DEFAULT_RATIOS), extra=extra)

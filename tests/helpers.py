@@ -1,0 +1,22 @@
+"""Small helpers shared by the tests: train a tiny run, call the CLI in-process."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+
+def tiny_config(model: Path, data: Path, out: Path, **sections):
+    from common.config import load_config
+    over = {"model": {"path": str(model)}, "data": {"train": str(data), "max_length": 128},
+            "training": {"steps": 4, "batch_size": 2, "lr": 1e-2, "save_every": 2, "log_every": 1},
+            "lora": {"target_modules": "all-linear"}, "output": str(out)}
+    for sec, values in sections.items():
+        over.setdefault(sec, {}).update(values)
+    return load_config(overrides=over)
+
+
+def run_cli(*args: str):
+    """Invoke cli.py in-process; returns click's Result (exit_code, output)."""
+    import cli
+    return CliRunner().invoke(cli.cli, [str(a) for a in args], obj={})
