@@ -19,6 +19,9 @@ class Batch:
     mask: np.ndarray     # float32 [B, T]: 1 where ids[b, t] is a training target
     n_targets: int       # loss tokens (mask[:, 1:].sum())
     n_tokens: int        # non-padding tokens
+    # Packed batches only (None otherwise): int32 [1, T], each sample's positions restarting at 0.
+    # The backend must keep samples from attending to each other (see `pack`).
+    position_ids: np.ndarray | None = None
 
 
 def collate(rows: list[Tokenized], pad_id: int) -> Batch:
@@ -29,6 +32,18 @@ def collate(rows: list[Tokenized], pad_id: int) -> Batch:
         ids[i, : len(r.ids)] = r.ids
         mask[i, : len(r.mask)] = r.mask
     return Batch(ids, mask, int(mask[:, 1:].sum()), sum(len(r.ids) for r in rows))
+
+
+def pack(rows: list[Tokenized]) -> Batch:
+    """Padding-free batch: the rows concatenated into one row [1, sum of lengths], with
+    position_ids restarting at 0 at each sample (the sample boundaries). A sample's first token
+    is never a target, exactly as in `collate` (it would be predicted from the previous sample).
+    """
+    ids = np.concatenate([np.asarray(r.ids, dtype=np.int32) for r in rows])[None, :]
+    mask = np.concatenate([np.asarray(r.mask, dtype=np.float32) for r in rows])[None, :]
+    pos = np.concatenate([np.arange(len(r.ids), dtype=np.int32) for r in rows])[None, :]
+    mask[pos == 0] = 0.0
+    return Batch(ids, mask, int(mask[:, 1:].sum()), int(ids.shape[1]), pos)
 
 
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int, mode: str,
@@ -47,13 +62,19 @@ def epoch_order(n: int, batch_size: int, seed: int, epoch: int, mode: str,
 
 def iterate_batches(data: list[Tokenized], batch_size: int, pad_id: int, seed: int,
                     mode: str = "padded", start: int = 0) -> Iterator[Batch]:
-    """Endless micro-batches; `start` skips that many (for exact resume)."""
+    """Endless micro-batches; `start` skips that many (for exact resume).
+
+    "packed" groups the examples exactly as "padded" does (batch_size examples per micro-batch, same
+    order), but concatenates each group into one row without padding (`pack`): the same training,
+    less compute. The row holds at most batch_size × data.max_length tokens.
+    """
     lengths = [len(r.ids) for r in data]
+    make = pack if mode == "packed" else (lambda rows: collate(rows, pad_id))
     epoch, index = 0, 0
     while True:
         for b in epoch_order(len(data), batch_size, seed, epoch, mode, lengths):
             if index >= start:
-                yield collate([data[i] for i in b], pad_id)
+                yield make([data[i] for i in b])
             index += 1
         epoch += 1
 

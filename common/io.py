@@ -33,15 +33,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise UserError("no space left on the device while writing", where=str(path),
-                            fix="free disk space or choose another --output directory") from exc
+        if is_disk_full(exc):
+            raise disk_full_error(path) from exc
         raise
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC, also when a library (safetensors' Rust writer) wraps it in its own exception type."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(exc)
+    return getattr(exc, "disk_full", False) or "No space left on device" in text or "StorageFull" in text
+
+
+def disk_full_error(path: str | os.PathLike) -> UserError:
+    err = UserError("no space left on the device while writing (nothing half-written was kept)",
+                    where=str(path), fix="free disk space or choose another --output directory, then run again")
+    err.disk_full = True
+    return err
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -120,7 +131,11 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         old = final_dir.with_name(f".{final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final_dir, old)
-        os.replace(tmp_dir, final_dir)
+        try:
+            os.replace(tmp_dir, final_dir)
+        except BaseException:
+            os.replace(old, final_dir)  # put the previous version back
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +151,8 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         replace_dir(tmp, final_dir)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(final_dir) from exc
         raise

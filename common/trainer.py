@@ -18,7 +18,7 @@ from common.adapter import init_lora_weights, save_common, spec_from_config
 from common.batching import batches_per_epoch, eval_batches, iterate_batches
 from common.config import Config, dump_yaml
 from common.data.formats import load_examples
-from common.errors import DataError, TrainingError
+from common.errors import ConfigError, DataError, TrainingError
 from common.io import sha256_file, write_json, write_text
 from common.models import resolve_model, weights_hash
 from common.runs import RunDir
@@ -80,6 +80,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
 
     backend_cls = get_backend(backend)
     backend = canonical(backend)
+    if backend == "mlx" and cfg.training.batching == "packed":
+        raise ConfigError("training.batching: packed is implemented on the torch backend only",
+                          where="training.batching", fix="use batching: bucketed with --backend mlx")
     run = RunDir(cfg.output)
     model_dir = resolve_model(cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
@@ -201,7 +204,10 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     summary = {"final_loss": last_loss, "val_loss": val_loss, "steps": steps, "seconds": round(elapsed, 2),
                "tokens_per_s": tokens_seen / max(elapsed, 1e-9) if tokens_seen else None,
                "median_step_s": float(np.median(step_times)) if step_times else None,
-               "peak_memory_bytes": be.peak_memory_bytes()}
+               "peak_memory_bytes": be.peak_memory_bytes(),
+               # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
+               "base_weight_bytes": getattr(be, "base_weight_bytes", lambda: None)(),
+               "quantize": cfg.model.quantize}
     mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
     save_common(run.adapter, spec, be.lora_weights(), {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
     write_json(run.path / "summary.json", summary)

@@ -6,9 +6,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 
-def tiny_config(model: Path, data: Path, out: Path, **sections):
+def tiny_config(model: Path, train_file: Path, out: Path, **sections):
     from common.config import load_config
-    over = {"model": {"path": str(model)}, "data": {"train": str(data), "max_length": 128},
+    over = {"model": {"path": str(model)}, "data": {"train": str(train_file), "max_length": 128},
             "training": {"steps": 4, "batch_size": 2, "lr": 1e-2, "save_every": 2, "log_every": 1},
             "lora": {"target_modules": "all-linear"}, "output": str(out)}
     for sec, values in sections.items():
