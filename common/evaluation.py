@@ -34,36 +34,47 @@ def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
 
 
 def generate_items(opened, examples: list[Example], template: str, system_prompt: str | None,
-                   max_new_tokens: int, echo=print) -> list[dict]:
+                   max_new_tokens: int, batch_size: int = 8, echo=print) -> list[dict]:
+    """Greedy answers for every example; batched where the backend has `generate_batch`."""
     from common.session import eos_ids
     tk = Tokenizer(opened.tokenizer, template, system_prompt)
     stops = eos_ids(opened.tokenizer)
+    be = opened.backend
+    step = batch_size if hasattr(be, "generate_batch") and batch_size > 1 else 1
     items, t0 = [], time.time()
-    for i, ex in enumerate(examples):
-        ids = tk.encode_prompt(ex)
-        out = opened.backend.generate(ids, max_new_tokens, stops)
-        items.append(_item(ex, opened.tokenizer.decode(ids), opened.tokenizer.decode(out, skip_special_tokens=True), i))
-        rate = (i + 1) / max(time.time() - t0, 1e-9)
-        echo(f"\r[eval] {i + 1}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - i - 1) / rate)}s", nl=False)
+    for start in range(0, len(examples), step):
+        chunk = examples[start: start + step]
+        prompts = [tk.encode_prompt(ex) for ex in chunk]
+        outs = be.generate_batch(prompts, max_new_tokens, stops) if step > 1 else \
+            [be.generate(prompts[0], max_new_tokens, stops)]
+        for j, (ex, ids, out) in enumerate(zip(chunk, prompts, outs)):
+            items.append(_item(ex, opened.tokenizer.decode(ids),
+                               opened.tokenizer.decode(out, skip_special_tokens=True), start + j))
+        done = len(items)
+        rate = done / max(time.time() - t0, 1e-9)
+        echo(f"\r[eval] {done}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - done) / rate)}s", nl=False)
     echo("")
     return items
 
 
 def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
              limit: int | None, max_new_tokens: int, template: str, system_prompt: str | None,
-             metric_options: dict, label: str | None, echo=print) -> dict:
-    from common.metrics import score_all
+             metric_options: dict, label: str | None, batch_size: int = 8, echo=print) -> dict:
+    from common.metrics import check_metric_names, score_all
     from common.reports import write_eval_report
     from common.session import open_model
 
+    if metrics:
+        check_metric_names(metrics, metric_options)  # before the (slow) generation
     examples = load_examples(data)[:limit] if limit else load_examples(data)
     metrics = metrics or default_metrics(examples)
     opened = open_model(backend, model, adapter=adapter)
-    items = generate_items(opened, examples, template, system_prompt, max_new_tokens, echo)
+    items = generate_items(opened, examples, template, system_prompt, max_new_tokens, batch_size, echo)
+    batched = batch_size if hasattr(opened.backend, "generate_batch") else 1
     scores = score_all(items, metrics, **metric_options)
     settings = {"backend": backend, "model": model, "adapter": adapter, "data": data, "n_items": len(items),
                 "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": "EOS / end of turn",
-                               "batch_size": 1},
+                               "batch_size": batched},
                 "template": template, "label": label}
     write_eval_report(out_dir, scores, items, settings, title=label or f"{backend} eval of {adapter or model}")
     return scores

@@ -8,6 +8,7 @@ baseline `cli.py bench` measures against.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from common.adapter import PEFT_PREFIX, AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.errors import BackendError
 from common.models import normalize_config
+
+# PEFT 0.21 reads a transformers attribute that transformers 5 deprecated: harmless, but noisy.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,16 +38,16 @@ def pick_device() -> str:
     return "cpu"
 
 
-def _common_key(name: str) -> str | None:
-    """PEFT parameter name (with adapter name 'default') → saved-file key."""
-    if ".lora_A.default.weight" in name:
-        return name.replace(".lora_A.default.weight", ".lora_A.weight")
-    if ".lora_B.default.weight" in name:
-        return name.replace(".lora_B.default.weight", ".lora_B.weight")
-    if ".lora_magnitude_vector.default.weight" in name:
-        return name.replace(".lora_magnitude_vector.default.weight", ".lora_magnitude_vector")
-    if name.endswith(".lora_magnitude_vector.default"):
-        return name[: -len(".default")]
+def _common_key(name: str, adapter: str = "default") -> str | None:
+    """PEFT parameter name (with adapter name `adapter`) → saved-file key."""
+    if f".lora_A.{adapter}.weight" in name:
+        return name.replace(f".lora_A.{adapter}.weight", ".lora_A.weight")
+    if f".lora_B.{adapter}.weight" in name:
+        return name.replace(f".lora_B.{adapter}.weight", ".lora_B.weight")
+    if f".lora_magnitude_vector.{adapter}.weight" in name:
+        return name.replace(f".lora_magnitude_vector.{adapter}.weight", ".lora_magnitude_vector")
+    if name.endswith(f".lora_magnitude_vector.{adapter}"):
+        return name[: -len(f".{adapter}")]
     return None
 
 
@@ -53,7 +57,9 @@ class Backend:
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None):
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()
         self.device = pick_device()
         self.model_dir = Path(model_dir)
         self.dtype = DTYPES[dtype]
@@ -79,6 +85,12 @@ class Backend:
         self.peft = None
         self.optimizer = None
         self.grad_checkpointing = grad_checkpointing
+        self.active_adapter = None
+        self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def base_weight_bytes(self) -> int:
+        """Bytes of the frozen base weights as held in memory (packed 4-bit + quant state when quantized)."""
+        return int(self._base_bytes)
 
     def _bnb_config(self):
         if not torch.cuda.is_available():
@@ -112,6 +124,13 @@ class Backend:
         return int(self.model.config.num_hidden_layers)
 
     def attach_lora(self, spec: AdapterSpec, modules: dict[str, tuple[int, int]], weights: dict[str, np.ndarray]) -> None:
+        """Wrap `modules` with PEFT LoRA/DoRA layers (adapter "default") and make it the active one."""
+        self.add_adapter("default", spec, modules, weights)
+        self.set_active_adapter("default")
+
+    def add_adapter(self, name: str, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
+                    weights: dict[str, np.ndarray]) -> None:
+        """Add a named adapter over the same base (PEFT `add_adapter`); active after `set_active_adapter`."""
         from peft import LoraConfig, get_peft_model
 
         cfg = peft_config_dict(spec)
@@ -119,28 +138,54 @@ class Backend:
         lc = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=sorted(modules), use_rslora=spec.use_rslora, use_dora=spec.use_dora,
                         bias=cfg["bias"], task_type="CAUSAL_LM")
-        self.peft = get_peft_model(self.model, lc)
-        self._params = {}
-        for name, p in self.peft.named_parameters():
-            key = _common_key(name)
-            if key is not None:
-                self._params[key] = p
-                p.requires_grad_(True)
-            else:
-                p.requires_grad_(False)
+        if self.peft is None:
+            self.peft = get_peft_model(self.model, lc, adapter_name=name)
+        else:
+            self.peft.add_adapter(name, lc)
         if weights:
-            self.set_lora_weights(weights, init=True)
+            self._load_into(self._adapter_params(name), weights, init=True)
+
+    def _adapter_params(self, name: str) -> dict:
+        return {key: p for n, p in self.peft.named_parameters() if (key := _common_key(n, name)) is not None}
+
+    def set_active_adapter(self, name: str) -> None:
+        if self.peft is None or name not in self.peft.peft_config:
+            have = ", ".join(self.peft.peft_config) if self.peft is not None else "none"
+            raise BackendError(f"no adapter named {name!r} (loaded: {have})")
+        self.peft.set_adapter(name)
+        self._params = self._adapter_params(name)
+        for p in self.peft.parameters():
+            p.requires_grad_(False)
+        for p in self._params.values():
+            p.requires_grad_(True)
+        self.active_adapter = name
 
     def lora_weights(self) -> dict[str, np.ndarray]:
         return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
 
     def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
+        self._load_into(self._params, weights, init)
+
+    def _load_into(self, params: dict, weights: dict[str, np.ndarray], init: bool) -> None:
+        """Copy PEFT-named weights into `params`. At init an adapter may lack the DoRA magnitude
+        (the shared init draws A/B only): it is then set to PEFT's own init ‖W + s·BA‖ for the
+        A/B just loaded (= ‖W‖ when B = 0), as the MLX backend does."""
+        recompute = []
         with torch.no_grad():
-            for k, p in self._params.items():
+            for k, p in params.items():
                 if k in weights:
                     p.copy_(torch.from_numpy(np.asarray(weights[k])).to(p.dtype))
-                elif not (init and k.endswith("lora_magnitude_vector")):
+                elif init and k.endswith("lora_magnitude_vector"):
+                    recompute.append(k)
+                else:
                     raise BackendError(f"adapter has no tensor for {k}")
+            for k in recompute:
+                from peft.utils.integrations import dequantize_module_weight
+                mod = self.peft.get_submodule(k[: -len(".lora_magnitude_vector")])
+                name = next(n for n in mod.lora_magnitude_vector if params[k] is mod.lora_magnitude_vector[n].weight)
+                w = dequantize_module_weight(mod.get_base_layer()).float()
+                delta = mod.lora_B[name].weight.float() @ mod.lora_A[name].weight.float()
+                params[k].copy_(torch.linalg.norm(w + mod.scaling[name] * delta, dim=1).to(params[k].dtype))
 
     # ------------------------------------------------------------ training
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
@@ -163,7 +208,12 @@ class Backend:
         ids = torch.from_numpy(batch.ids).long().to(self.device)
         mask = torch.from_numpy(batch.mask).to(self.device)
         model = self.peft if self.peft is not None else self.model
-        logits = model(input_ids=ids[:, :-1]).logits.float()
+        kw = {}
+        if batch.position_ids is not None:
+            # Packed row: transformers turns restarting position_ids into a block-diagonal causal
+            # mask (sdpa/eager) or varlen flash attention, so samples never attend to each other.
+            kw["position_ids"] = torch.from_numpy(batch.position_ids[:, :-1]).long().to(self.device)
+        logits = model(input_ids=ids[:, :-1], **kw).logits.float()
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
 
@@ -187,6 +237,23 @@ class Backend:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
+
+    def all_reduce(self, scalars: list[float]) -> list[float]:
+        """Data parallel: sum the accumulated gradients (one flat all_reduce) and `scalars` (float64)
+        over the default process group; see common/distributed.py."""
+        import torch.distributed as td
+        params = list(self._params.values())
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+        comm = "cuda" if td.get_backend() == "nccl" else "cpu"  # gloo reduces CPU tensors (e.g. from mps)
+        flat = flat.to(comm)
+        td.all_reduce(flat)
+        offset = 0
+        for p in params:
+            p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
+            offset += p.numel()
+        sums = torch.tensor(scalars, dtype=torch.float64, device=comm)
+        td.all_reduce(sums)
+        return sums.tolist()
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
         out, step = {}, 0
@@ -235,6 +302,26 @@ class Backend:
             if t in eos_ids:
                 return new[:i]
         return new
+
+    @torch.no_grad()
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations of several prompts at once (left-padded, masked)."""
+        model = self.peft if self.peft is not None else self.model
+        model.eval()
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), eos_ids[0], dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        out = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                             max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos_ids,
+                             pad_token_id=eos_ids[0], use_cache=True)
+        results = []
+        for row in out[:, width:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
+            results.append(row[:cut])
+        return results
 
     @torch.no_grad()
     def merge_and_save(self, out_dir: Path) -> None:
