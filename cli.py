@@ -232,6 +232,18 @@ def merge(adapter, model, backend, output, allow_base_mismatch):
     echo(f"[twinlora] merged model: {out}")
 
 
+@cli.command("export-gguf")
+@click.argument("model_dir", type=click.Path(file_okay=False))
+@click.argument("out_file", type=click.Path(dir_okay=False))
+@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+def export_gguf_cmd(model_dir, out_file, dtype):
+    """Write a (merged) HF model directory as a GGUF file for llama.cpp (llama and qwen2
+    architectures; q/k permuted as llama.cpp's converter does)."""
+    from common.gguf_export import export_gguf
+    out = export_gguf(Path(model_dir), Path(out_file), dtype)
+    echo(f"[twinlora] wrote {out}")
+
+
 # ------------------------------------------------------------------ generate
 @cli.command()
 @click.option("--prompt", "-p", multiple=True, required=True, help="User message (repeatable).")

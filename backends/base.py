@@ -36,6 +36,13 @@ class Backend(Protocol):
 
     def set_lora_weights(self, weights: dict[str, np.ndarray]) -> None: ...
 
+    def add_adapter(self, name: str, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
+                    weights: dict[str, np.ndarray]) -> None:
+        """Add another named adapter over the same loaded base (attach_lora's is "default")."""
+
+    def set_active_adapter(self, name: str) -> None:
+        """Make adapter `name` the one forward/generate/lora_weights use; the base is not reloaded."""
+
     def make_optimizer(self, betas: tuple[float, float], eps: float, weight_decay: float, kind: str) -> None: ...
 
     def seed(self, seed: int) -> None:
@@ -48,6 +55,10 @@ class Backend(Protocol):
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
         """Divide accumulated gradients by n_targets (token-weighted mean), clip, AdamW step,
         zero them. Returns the pre-clip gradient norm."""
+
+    def all_reduce(self, scalars: list[float]) -> list[float]:
+        """Data parallel only (common/distributed.py): sum the accumulated gradients over all ranks
+        in place, and `scalars` (loss sum, target tokens, tokens); returns the summed scalars."""
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
         """AdamW moments as {PEFT key + '::m' / '::v': array in PEFT shape} and the step count."""
@@ -66,3 +77,6 @@ class Backend(Protocol):
         """Fold the adapter into the base weights and save an HF safetensors model (weights + config)."""
 
     def peak_memory_bytes(self) -> int: ...
+
+    def base_weight_bytes(self) -> int:
+        """Bytes of the frozen base weights in memory (packed + scales when quantized)."""

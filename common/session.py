@@ -36,6 +36,17 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
     return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta)
 
 
+def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_mismatch: bool = False) -> AdapterSpec:
+    """Load one more adapter onto an open base under `name`, without reloading the base; switch
+    with `opened.backend.set_active_adapter(name)` (the one `open_model` loaded is "default").
+    Adapters may differ in rank, targets, rsLoRA/DoRA."""
+    spec, weights, meta = load_adapter(Path(adapter))
+    check_base(meta, weights_hash(opened.model_dir), str(opened.model_dir), str(adapter), allow_base_mismatch)
+    modules = modules_for_adapter(spec, weights, opened.backend.linear_modules(), str(adapter))
+    opened.backend.add_adapter(name, spec, modules, weights)
+    return spec
+
+
 def eos_ids(tokenizer) -> list[int]:
     """Stop tokens: the tokenizer's EOS plus the chat end-of-turn token when it differs."""
     ids = {tokenizer.eos_token_id}

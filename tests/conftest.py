@@ -9,6 +9,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny test models are faster on one thread, and steady when the machine is busy.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -21,6 +21,9 @@ from common.batching import Batch
 from common.errors import BackendError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+# mlx-lm architectures whose logits are exactly head(model.model(x)), the head being `lm_head` or
+# the tied embedding: for these the loss projects only the target positions (see _loss_sum).
+_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 def _config_overrides(model_dir: Path) -> dict:
@@ -36,6 +39,24 @@ def _config_overrides(model_dir: Path) -> dict:
     return over
 
 
+def _disk_dtype(model_dir: Path):
+    """The mx dtype of the first floating tensor in the model's safetensors files (None if unknown)."""
+    names = {"F32": mx.float32, "BF16": mx.bfloat16, "F16": mx.float16}
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n))
+        for k, v in header.items():
+            if k != "__metadata__" and v.get("dtype") in names:
+                return names[v["dtype"]]
+    return None
+
+
+def _targets(batch: Batch) -> mx.array:
+    """Flat indices into ids[:, 1:] of the loss targets."""
+    return mx.array(np.flatnonzero(batch.mask[:, 1:].reshape(-1) > 0).astype(np.int32))
+
+
 class Backend:
     name = "mlx"
 
@@ -45,6 +66,7 @@ class Backend:
 
         self.device = str(mx.default_device())
         self.model_dir = Path(model_dir)
+        mx.reset_peak_memory()  # peak_memory_bytes() reports this model's run, not earlier ones
         self.model, self.config = load_model(self.model_dir, model_config=_config_overrides(self.model_dir))
         if DTYPES[dtype] != mx.float32 or any(v.dtype != mx.float32 for _, v in tree_flatten(self.model.parameters())):
             self.model.set_dtype(DTYPES[dtype])
@@ -61,12 +83,23 @@ class Backend:
         self.optimizer = None
         self._grads = None
         self.spec = None
+        self._adapters: dict = {}       # name -> (spec, {path: LoRA/DoRA layer}, mlx keys)
+        self._base_layers: dict = {}    # path -> the base (possibly quantized) Linear
+        self.active_adapter = None
+        self._active_layers: dict = {}  # path -> layer of the active adapter (in the model now)
         mx.eval(self.model.parameters())
+        self._base_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
+
+    def base_weight_bytes(self) -> int:
+        """Bytes of the frozen base weights as held in memory (packed weights + scales when quantized)."""
+        return int(self._base_bytes)
 
     # ------------------------------------------------------------ structure
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         out = {}
         for name, m in self.model.named_modules():
+            if name.endswith(".linear") and name[: -len(".linear")] in self._base_layers:
+                name = name[: -len(".linear")]  # the base inside a LoRA/DoRA layer
             if isinstance(m, nn.QuantizedLinear):
                 o, i = m.weight.shape
                 out[name] = (o, i * 32 // m.bits)
@@ -78,21 +111,45 @@ class Backend:
         return len(self.model.layers)
 
     def attach_lora(self, spec: AdapterSpec, modules: dict[str, tuple[int, int]], weights: dict[str, np.ndarray]) -> None:
+        """Wrap `modules` with LoRA/DoRA layers (adapter "default") and make it the active one."""
+        self.add_adapter("default", spec, modules, weights)
+        self.set_active_adapter("default")
+
+    def add_adapter(self, name: str, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
+                    weights: dict[str, np.ndarray]) -> None:
+        """Build a named set of LoRA/DoRA layers over the same base Linears (nothing is reloaded or
+        copied: every adapter's layers point at the one base weight). Not active until
+        `set_active_adapter(name)`."""
         from mlx_lm.tuner.dora import DoRALinear
         from mlx_lm.tuner.lora import LoRALinear
 
-        self.spec = spec
-        layer_cls = DoRALinear if spec.use_dora else LoRALinear
+        from backends.mlx.dora import PeftDoRALinear
+
         named = dict(self.model.named_modules())
-        updates = [(p, layer_cls.from_base(named[p], r=spec.rank, dropout=spec.dropout, scale=spec.scale))
-                   for p in sorted(modules)]
-        self.model.update_modules(tree_unflatten(updates))
+        for p in modules:
+            if p not in self._base_layers:
+                m = named[p]
+                self._base_layers[p] = m.linear if isinstance(m, (LoRALinear, DoRALinear)) else m
+        layer_cls = PeftDoRALinear if spec.use_dora else LoRALinear
+        layers = {p: layer_cls.from_base(self._base_layers[p], r=spec.rank, dropout=spec.dropout, scale=spec.scale)
+                  for p in sorted(modules)}
+        if weights:
+            self._load_into(layers, weights, init=True)
+        mx.eval([(x.lora_a, x.lora_b) for x in layers.values()])
+        self._adapters[name] = (spec, layers, mlx_keys(spec, [block_relative(p) for p in modules]))
+        if name == self.active_adapter:
+            self.set_active_adapter(name)  # replaced the active adapter: put the new layers in place
+
+    def set_active_adapter(self, name: str) -> None:
+        """Swap the model's LoRA layers for adapter `name`'s (the base stays in place)."""
+        if name not in self._adapters:
+            raise BackendError(f"no adapter named {name!r} (loaded: {', '.join(self._adapters) or 'none'})")
+        spec, layers, keys = self._adapters[name]
+        restore = [(p, self._base_layers[p]) for p in self._active_layers if p not in layers]
+        self.model.update_modules(tree_unflatten(restore + sorted(layers.items())))
         self.model.freeze()
         self.model.unfreeze(keys=["lora_a", "lora_b", "m"] if spec.use_dora else ["lora_a", "lora_b"], strict=False)
-        self.keys = mlx_keys(spec, [block_relative(p) for p in modules])
-        if weights:
-            self.set_lora_weights(weights, init=True)
-        mx.eval(self.model.parameters())
+        self.spec, self.keys, self.active_adapter, self._active_layers = spec, keys, name, layers
 
     def lora_weights(self) -> dict[str, np.ndarray]:
         from common.adapter import mlx_to_peft
@@ -100,13 +157,26 @@ class Backend:
         return mlx_to_peft({k: np.array(v.astype(mx.float32)) for k, v in flat.items()})
 
     def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
+        self._load_into(self._active_layers, weights, init)
+
+    def _load_into(self, layers: dict, weights: dict[str, np.ndarray], init: bool) -> None:
+        """Set A, B (and DoRA's m) of `layers` from PEFT-named weights. Tensors for other modules are
+        ignored. At init an adapter may lack the DoRA magnitude (the shared init draws A/B only):
+        it is then PEFT's ‖W + s·BA‖ (= ‖W‖ when B = 0), so the model starts equal to base + LoRA."""
         native = peft_to_mlx(weights)
-        current = dict(tree_flatten(self.model.trainable_parameters()))
-        missing = [k for k in current if k not in native and not (init and k.endswith(".m"))]
-        if missing:
-            raise BackendError(f"adapter has no tensor for {missing[0]}")
-        self.model.load_weights([(k, mx.array(v).astype(current[k].dtype)) for k, v in native.items()], strict=False)
-        mx.eval(self.model.parameters())
+        for p, layer in layers.items():
+            leaves = ("lora_a", "lora_b", "m") if "m" in layer else ("lora_a", "lora_b")
+            for leaf in leaves:
+                k = f"{p}.{leaf}"
+                if k in native:
+                    setattr(layer, leaf, mx.array(native[k]).astype(layer[leaf].dtype))
+                elif leaf == "m" and init:
+                    w = layer._dequantized_weight().astype(mx.float32)
+                    delta = (layer.lora_b.T @ layer.lora_a.T).astype(mx.float32)
+                    layer.m = mx.linalg.norm(w + layer.scale * delta, axis=1)
+                else:
+                    raise BackendError(f"adapter has no tensor for {k}")
+        mx.eval([layer.parameters() for layer in layers.values()])
 
     # ------------------------------------------------------------ training
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
@@ -121,16 +191,30 @@ class Backend:
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)
 
-    def _loss_sum(self, model, ids, mask):
+    def _loss_sum(self, model, ids, mask, keep=None):
+        """Summed token loss. `keep` = flat indices of the target positions (from the batch mask):
+        only those go through the vocab-sized head, forward and backward (prompt and padding
+        positions are never scored), on the architectures listed in _PLAIN_HEAD."""
+        if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
+            h = model.model(ids[:, :-1])
+            h = h.reshape(-1, h.shape[-1])[keep]
+            head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
+            logits = head(h).astype(mx.float32)
+            return nn.losses.cross_entropy(logits, ids[:, 1:].reshape(-1)[keep], reduction="sum")
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
 
     def accumulate(self, batch: Batch) -> tuple[float, int]:
+        if batch.position_ids is not None:
+            # mlx-lm's models take no position_ids or attention mask: a packed row would attend
+            # across samples. Refuse rather than train a different model.
+            raise BackendError("training.batching: packed is implemented on the torch backend only",
+                               where="training.batching", fix="use batching: bucketed with --backend mlx")
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
-        loss, grads = loss_and_grad(self.model, ids, mask)
+        loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
         return float(loss.item()), batch.n_targets
@@ -147,6 +231,20 @@ class Backend:
         mx.eval(self.model.parameters(), self.optimizer.state)
         self._step_count += 1
         return float(norm.item())
+
+    def all_reduce(self, scalars: list[float]) -> list[float]:
+        """Data parallel: sum the accumulated gradients (one flat all_sum) and `scalars` (float64)
+        over the mx.distributed group; see common/distributed.py."""
+        flat = tree_flatten(self._grads)
+        total = mx.distributed.all_sum(mx.concatenate([g.reshape(-1) for _, g in flat]))
+        out, offset = [], 0
+        for k, g in flat:
+            out.append((k, total[offset: offset + g.size].reshape(g.shape)))
+            offset += g.size
+        self._grads = tree_unflatten(out)
+        sums = mx.distributed.all_sum(mx.array(scalars, dtype=mx.float64), stream=mx.cpu)
+        mx.eval(self._grads, sums)
+        return sums.tolist()
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
         flat = dict(tree_flatten(self.optimizer.state))
@@ -184,7 +282,7 @@ class Backend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
-        loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask))
+        loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
         return float(loss.item()), batch.n_targets
 
     # ------------------------------------------------------------ inference
@@ -206,6 +304,10 @@ class Backend:
         return out
 
     def merge_and_save(self, out_dir: Path) -> None:
+        """Fold the active adapter into the base. A quantized base is de-quantized first (the
+        adapter is added to dequant(Q(W)), the weights it was trained against) and the merged model
+        is saved in the dtype of the base's weights on disk; the quantization error of the base
+        stays in the merged weights (it is not recovered)."""
         from mlx_lm.utils import save_model
         fused = [(n, m.fuse(dequantize=True)) for n, m in self.model.named_modules() if hasattr(m, "fuse")]
         if fused:
@@ -213,6 +315,9 @@ class Backend:
         if self.quantize:
             from mlx_lm.utils import dequantize_model
             self.model = dequantize_model(self.model)
+            disk = _disk_dtype(self.model_dir)
+            if disk is not None:
+                self.model.set_dtype(disk)
         out_dir = Path(out_dir)
         save_model(out_dir, self.model, donate_model=False)
         cfg = json.loads((self.model_dir / "config.json").read_text())

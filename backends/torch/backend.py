@@ -69,7 +69,7 @@ class Backend:
             kwargs["attn_implementation"] = attn_implementation
         if quantize == "4bit":
             kwargs["quantization_config"] = self._bnb_config()
-            kwargs["device_map"] = {"": 0}
+            kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under --nproc/torchrun
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
         if quantize != "4bit":
             self.model.to(self.device)
@@ -89,11 +89,14 @@ class Backend:
         self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
 
     def base_weight_bytes(self) -> int:
-        """Bytes of the frozen base weights as held in memory (packed 4-bit + quant state when quantized)."""
+        """Bytes of the frozen base parameters in memory (with bitsandbytes: the packed 4-bit weights;
+        their quantization state is not a parameter and is not counted)."""
         return int(self._base_bytes)
 
     def _bnb_config(self):
         if not torch.cuda.is_available():
+            # bitsandbytes >= 0.50 has an experimental CPU path; twinlora's QLoRA path (NF4 + double
+            # quantization, paged 8-bit AdamW) is written for CUDA and refused elsewhere.
             raise BackendError("4-bit quantization (bitsandbytes NF4) needs an NVIDIA GPU with CUDA; "
                                "none is available here", where="model.quantize",
                                fix="remove model.quantize on this machine, or use --backend mlx "
@@ -113,6 +116,10 @@ class Backend:
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         out = {}
         for name, mod in self.base_model().named_modules():
+            if ".lora_" in name:
+                continue  # PEFT's own lora_A/lora_B Linears
+            if name.endswith(".base_layer"):
+                name = name[: -len(".base_layer")]  # the base inside a PEFT LoRA layer
             if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Linear4bit":
                 out[name] = (mod.out_features, mod.in_features)
         return out
@@ -213,7 +220,13 @@ class Backend:
             # Packed row: transformers turns restarting position_ids into a block-diagonal causal
             # mask (sdpa/eager) or varlen flash attention, so samples never attend to each other.
             kw["position_ids"] = torch.from_numpy(batch.position_ids[:, :-1]).long().to(self.device)
-        logits = model(input_ids=ids[:, :-1], **kw).logits.float()
+        # Project only the target positions through the LM head (transformers 5 `logits_to_keep`
+        # boolean mask → logits [n_targets, V]): prompt and padding positions never reach the
+        # (vocab-sized) head, forward or backward. Softcapping etc. stay the model's own.
+        targets = mask[:, 1:] > 0
+        logits = model(input_ids=ids[:, :-1], logits_to_keep=targets, **kw).logits.float()
+        if logits.dim() == 2:
+            return F.cross_entropy(logits, ids[:, 1:][targets], reduction="sum"), batch.n_targets
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
 
