@@ -384,11 +384,12 @@ def spec_from_config(lora, linears: dict[str, tuple[int, int]], num_hidden_layer
         idx = int(_LAYER.search(p).group(1))
         if p.rsplit(".", 1)[-1] in targets and (layers is None or idx in layers):
             chosen[p] = shape
-    too_small = sorted(p for p, (o, i) in chosen.items() if lora.rank > min(o, i))
+    too_small = sorted((min(o, i), p) for p, (o, i) in chosen.items() if lora.rank > min(o, i))
     if too_small:
-        o, i = chosen[too_small[0]]
-        raise AdapterError(f"lora.rank={lora.rank} is larger than layer {too_small[0]} ({o}×{i})",
-                           where="lora.rank", fix=f"use a rank <= {min(o, i)}")
+        limit, path = too_small[0]  # the smallest layer: the rank the fix suggests fits every layer
+        o, i = chosen[path]
+        raise AdapterError(f"lora.rank={lora.rank} is larger than layer {path} ({o}×{i})",
+                           where="lora.rank", fix=f"use a rank <= {limit}")
     spec = AdapterSpec(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, target_modules=sorted(targets),
                        layers=layers, num_hidden_layers=num_hidden_layers, use_rslora=lora.use_rslora,
                        use_dora=lora.use_dora, base_model=base_model)

@@ -215,6 +215,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     t, lo, d = cfg.training, cfg.lora, cfg.data
     checks = [
         (t.lr > 0, "training.lr must be > 0"),
+        (not t.lr > 1, f"training.lr={t.lr:g} is absurd for AdamW (it moves each weight by about lr per step); "
+                       "use a value <= 1, typically 1e-5 to 1e-3"),
         (t.steps is not None or t.epochs is not None, "set training.steps or training.epochs"),
         (t.steps is None or t.steps > 0, "training.steps must be > 0"),
         (t.epochs is None or t.epochs > 0, "training.epochs must be > 0"),

@@ -374,6 +374,19 @@ def _squad_golds(items: Sequence[dict]) -> list[list[str]]:
     return golds
 
 
+def check_metric_names(metrics: Sequence[str], options: dict | None = None) -> None:
+    """Unknown metric or option names are a UserError (checked before any generation runs)."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise UserError(f"unknown metric(s): {', '.join(unknown)}", where="metrics",
+                        fix=f"choose among {', '.join(METRICS)}")
+    allowed = set().union(*OPTIONS.values())
+    bad = sorted(set(options or {}) - allowed)
+    if bad:
+        raise UserError(f"unknown metric option(s): {', '.join(bad)}", where="metrics",
+                        fix=f"use only {', '.join(sorted(allowed))}")
+
+
 def score_all(items: Sequence[dict], metrics: Sequence[str], **options: Any) -> dict:
     """Score items `{"prediction", "reference", "references"?, "source"?, "id"?, "is_impossible"?}`.
 
@@ -381,15 +394,7 @@ def score_all(items: Sequence[dict], metrics: Sequence[str], **options: Any) -> 
     item with its id and per-item scores. Options: encoder, layer, batch_size, device (bertscore),
     known_articles (citations), no_answer_string (squad), tokenize (bleu).
     """
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise UserError(f"unknown metric(s): {', '.join(unknown)}", where="metrics",
-                        fix=f"choose among {', '.join(METRICS)}")
-    allowed = set().union(*OPTIONS.values())
-    bad = sorted(set(options) - allowed)
-    if bad:
-        raise UserError(f"unknown metric option(s): {', '.join(bad)}", where="metrics",
-                        fix=f"use only {', '.join(sorted(allowed))}")
+    check_metric_names(metrics, options)
     if not items:
         raise DataError("nothing to score: no items", where="metrics", fix="check the eval dataset")
     preds, refs = _items_fields(items)

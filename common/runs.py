@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import TrainingError
-from common.io import atomic_dir, write_json, write_text
+from common.io import atomic_dir, atomic_path, disk_full_error, is_disk_full, sha256_file, write_json, write_text
 
 CHECKPOINTS = "checkpoints"
 
@@ -27,20 +27,35 @@ class RunDir:
     def log_file(self) -> Path:
         return self.path / "log.jsonl"
 
-    def prepare(self, overwrite: bool, resume: bool) -> None:
-        """Refuse to clobber an existing run unless --overwrite (start over) or --resume."""
-        exists = self.path.exists() and any(self.path.iterdir())
+    def check_free(self, overwrite: bool, resume: bool) -> bool:
+        """Refuse to clobber an existing run unless --overwrite (start over) or --resume; writes nothing.
+        Returns whether the directory exists and holds something."""
+        exists = self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir()))
+        if exists and not self.path.is_dir():
+            raise TrainingError("output path exists and is not a directory", where=str(self.path),
+                                fix="choose another --output")
         if exists and not (overwrite or resume):
             raise TrainingError("output directory already exists and is not empty", where=str(self.path),
                                 fix="pass --resume to continue it, --overwrite to start over, or another --output")
+        return exists
+
+    def prepare(self, overwrite: bool, resume: bool) -> None:
+        """Create the run directory (emptied first with --overwrite); see check_free."""
+        exists = self.check_free(overwrite, resume)
         if exists and overwrite and not resume:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
 
     def log(self, record: dict) -> None:
+        """Append one line (a log is appended, not rewritten: a line torn by a kill is skipped by read_log)."""
         record = {"time": round(time.time(), 3), **record}
-        with open(self.log_file, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        try:
+            with open(self.log_file, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(self.log_file) from exc
+            raise
 
     def read_log(self) -> list[dict]:
         if not self.log_file.is_file():
@@ -63,8 +78,23 @@ class RunDir:
         root = self.path / CHECKPOINTS
         if not root.is_dir():
             return []
-        return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")),
-                      key=lambda p: int(p.name.split("-")[1]))
+        return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-")
+                       and p.name[5:].isdigit()), key=lambda p: int(p.name.split("-")[1]))
+
+    def clean_stale(self) -> None:
+        """Remove what a kill can leave in checkpoints/: `.step-*.tmp` (a checkpoint being written),
+        `.step-*.del` (one being pruned); a `.step-N.old` whose `step-N` is missing (killed between
+        the two renames of a replacement) is complete and is put back."""
+        root = self.path / CHECKPOINTS
+        if not root.is_dir():
+            return
+        for p in root.iterdir():
+            if not (p.is_dir() and p.name.startswith(".step-")):
+                continue
+            if p.name.endswith(".old") and not (root / p.name[1:-4]).exists():
+                p.replace(root / p.name[1:-4])
+            else:
+                shutil.rmtree(p, ignore_errors=True)
 
     def save_checkpoint(self, step: int, weights: dict, opt_state: dict, opt_step: int, state: dict, keep: int) -> Path:
         from safetensors.numpy import save_file
@@ -73,16 +103,37 @@ class RunDir:
             save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(tmp / "adapter_model.safetensors"))
             if opt_state:
                 save_file({k: np.ascontiguousarray(v) for k, v in opt_state.items()}, str(tmp / "optimizer.safetensors"))
-            write_json(tmp / "trainer_state.json", {**state, "step": step, "optimizer_step": opt_step})
+            files = {f.name: sha256_file(f) for f in sorted(tmp.glob("*.safetensors"))}
+            write_json(tmp / "trainer_state.json", {**state, "step": step, "optimizer_step": opt_step, "files": files})
         for old in self.checkpoint_dirs()[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+            # rename first: a kill during rmtree leaves a hidden `.step-*.del`, never a half step-N
+            gone = old.with_name(f".{old.name}.del")
+            old.replace(gone)
+            shutil.rmtree(gone, ignore_errors=True)
         return final
 
     def load_checkpoint(self, ckpt: Path) -> tuple[dict, dict, dict]:
+        """Read a checkpoint, checking every file against the sha256 in its trainer_state.json."""
         from safetensors.numpy import load_file
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        weights = load_file(str(ckpt / "adapter_model.safetensors"))
-        opt = load_file(str(ckpt / "optimizer.safetensors")) if (ckpt / "optimizer.safetensors").is_file() else {}
+        ckpt = Path(ckpt)
+        fix = f"delete {ckpt} to resume from the checkpoint before it, or start over with --overwrite"
+        state_file = ckpt / "trainer_state.json"
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError("checkpoint has no readable trainer_state.json", where=str(state_file), fix=fix) from exc
+        for name, digest in state.get("files", {}).items():
+            f = ckpt / name
+            if not f.is_file():
+                raise TrainingError("checkpoint file is missing", where=str(f), fix=fix)
+            if sha256_file(f) != digest:
+                raise TrainingError("checkpoint file does not match the sha256 in trainer_state.json (damaged)",
+                                    where=str(f), fix=fix)
+        try:
+            weights = load_file(str(ckpt / "adapter_model.safetensors"))
+            opt = load_file(str(ckpt / "optimizer.safetensors")) if (ckpt / "optimizer.safetensors").is_file() else {}
+        except Exception as exc:
+            raise TrainingError(f"cannot read the checkpoint ({exc})", where=str(ckpt), fix=fix) from exc
         return weights, opt, state
 
     # ------------------------------------------------------------ plot
@@ -104,8 +155,9 @@ class RunDir:
         ax.legend()
         ax.grid(alpha=0.3)
         out = self.path / "loss.png"
-        tmp = self.path / ".loss.tmp.png"
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        tmp.replace(out)
+        try:
+            with atomic_path(out) as tmp:
+                fig.savefig(tmp, dpi=100, format="png")
+        finally:
+            plt.close(fig)
         return out

@@ -8,6 +8,7 @@ NaN detection and Ctrl-C handling. A backend only runs forward/backward and the 
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ def total_steps(cfg: Config, n_train: int) -> int:
 
 
 def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
+    from common.data.manifest import resolve_data
+    # data.train may be a `prepare` manifest.json: use its train/valid files (paths checked there)
+    cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
     if not cfg.data.train:
         raise DataError("no training data given", where="data.train", fix="set data.train in the config or pass --data")
     tk = Tokenizer(tokenizer, cfg.data.template, cfg.data.system_prompt, cfg.data.mask_prompt,
@@ -74,8 +78,9 @@ def evaluate_loss(be, data, batch_size: int, pad_id: int) -> float:
 
 
 def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = False,
-          init_adapter: str | None = None, dry_run: bool = False, echo=print) -> dict:
+          init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
     from backends import canonical, get_backend
+    from common.distributed import from_env
     from common.adapter import load_adapter, modules_for_adapter
 
     backend_cls = get_backend(backend)
@@ -83,6 +88,11 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     if backend == "mlx" and cfg.training.batching == "packed":
         raise ConfigError("training.batching: packed is implemented on the torch backend only",
                           where="training.batching", fix="use batching: bucketed with --backend mlx")
+    # Data parallel when launched by `train --nproc N`, torchrun or mlx.launch (1 process otherwise):
+    # rank r runs micro-batches i with i % N == r, gradients and token counts are summed before the step.
+    dist = dist or from_env(backend, cfg.training)
+    writes = not dry_run and dist.is_main  # only rank 0 writes the run directory
+    echo = echo if dist.is_main else (lambda *a, **k: None)
     run = RunDir(cfg.output)
     model_dir = resolve_model(cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
@@ -91,8 +101,11 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     steps = 2 if dry_run else total_steps(cfg, len(train_data))
     warm = warmup_steps(steps, t.warmup_steps, t.warmup_ratio)
 
-    if not dry_run:
-        run.prepare(overwrite, resume)
+    if writes:
+        run.check_free(overwrite, resume)  # fail early; the directory is created once setup succeeded
+        if resume:
+            run.clean_stale()
+    dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
     be = backend_cls(model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                      grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation)
     spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(), cfg.model.path)
@@ -127,17 +140,26 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt,
         "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
     }
-    if not dry_run:
+    if dist.world_size > 1:
+        echo(f"[twinlora] data parallel: {dist.world_size} processes ({dist.kind}), "
+             f"{t.grad_accumulation // dist.world_size} micro-batches each per step")
+    if writes:
+        run.prepare(overwrite, resume)
         write_text(run.path / "config.yaml", dump_yaml(cfg))
         if start:
             run.truncate_log(start)
             run.log({"event": "resume", "step": start})
         else:
+            if resume:  # --resume before any checkpoint: drop what the killed attempt logged
+                run.truncate_log(0)
             run.log({"event": "start", "step": 0, "backend": backend, "steps": steps})
 
     batches = iterate_batches(train_data, t.batch_size, pad_id, t.seed, t.batching, start=start * t.grad_accumulation)
     last_loss, val_loss, step = state.get("last_loss"), state.get("val_loss"), start
     t0, tokens_seen, step_times = time.time(), 0, []
+    completed, updating = start, False  # steps whose update is applied; inside apply_gradients
+    # Test hook: seconds to sleep after each step, so tests can kill a run mid-way (tests/test_resume.py).
+    step_delay = float(os.environ.get("TWINLORA_TEST_STEP_DELAY") or 0)
 
     def checkpoint(at: int):
         opt, ostep = be.optimizer_state()
@@ -148,12 +170,15 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     try:
         for step in range(start, steps):
             ts = time.time()
-            be.seed(t.seed * 1_000_003 + step)
             loss_sum, n_targets, n_tokens = 0.0, 0, 0
-            for _ in range(t.grad_accumulation):
+            for i in range(t.grad_accumulation):
                 b = next(batches)
+                if i % dist.world_size != dist.rank:
+                    continue  # another rank's micro-batch
+                be.seed(t.seed * 1_000_003 + step + 1_000_000_007 * i)  # dropout depends on (step, i) only
                 s, n = be.accumulate(b)
                 loss_sum, n_targets, n_tokens = loss_sum + s, n_targets + n, n_tokens + b.n_tokens
+            loss_sum, n_targets, n_tokens = dist.all_reduce(be, loss_sum, n_targets, n_tokens)
             loss = loss_sum / max(n_targets, 1)
             if not math.isfinite(loss):
                 good = run.checkpoint_dirs()
@@ -161,7 +186,15 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                                     f"{good[-1] if good else 'none'}", where=str(run.path),
                                     fix="lower training.lr, check the data, then --resume from the last good checkpoint")
             lr = lr_at(step, steps, t.lr, t.schedule, warm, t.min_lr_ratio)
+            updating = True
             gnorm = be.apply_gradients(lr, n_targets, t.max_grad_norm)
+            completed = step + 1
+            updating = False
+            if not math.isfinite(gnorm):
+                good = run.checkpoint_dirs()
+                raise TrainingError(f"gradient norm became {gnorm} at step {step + 1}; stopped. Last good "
+                                    f"checkpoint: {good[-1] if good else 'none'}", where=str(run.path),
+                                    fix="lower training.lr, check the data, then --resume from the last good checkpoint")
             last_loss = loss
             dt = time.time() - ts
             step_times.append(dt)
@@ -173,29 +206,40 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                 eta = elapsed / (done - start) * (steps - done)
                 rec = {"event": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
                        "targets": n_targets, "tokens": n_tokens, "tokens_per_s": tps, "step_s": dt}
-                if not dry_run:
+                if writes:
                     run.log(rec)
                 echo(f"step {done}/{steps}  loss {loss:.4f}  lr {lr:.2e}  grad {gnorm:.3f}  "
                      f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
-            if valid_data and t.eval_every and done % t.eval_every == 0 and done != steps:
+            if valid_data and dist.is_main and t.eval_every and done % t.eval_every == 0 and done != steps:
                 val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
-                if not dry_run:
+                if writes:
                     run.log({"event": "eval", "step": done, "val_loss": val_loss})
                 echo(f"step {done}/{steps}  validation loss {val_loss:.4f}")
-            if not dry_run and t.save_every and done % t.save_every == 0 and done != steps:
+            if writes and t.save_every and done % t.save_every == 0 and done != steps:
                 checkpoint(done)
+            if step_delay:
+                time.sleep(step_delay)
     except KeyboardInterrupt:
-        if not dry_run and step > start:
-            at = step if step_times and len(step_times) < (step - start + 1) else step
-            path = checkpoint(at)
-            raise TrainingError(f"interrupted; progress saved at step {at}", where=str(path),
+        # Save the state after the last applied update (not if the interrupt hit inside one: the
+        # weights may be half-updated, so the last checkpoint on disk is the one to resume from).
+        if writes and completed > start and not updating:
+            saved = run.path / "checkpoints" / f"step-{completed:06d}"
+            path = saved if saved.is_dir() else checkpoint(completed)
+            raise TrainingError(f"interrupted; progress saved at step {completed}", where=str(path),
                                 fix="run the same command with --resume to continue") from None
+        good = [] if dry_run else run.checkpoint_dirs()
+        if good:
+            raise TrainingError(f"interrupted; the last checkpoint is {good[-1].name}", where=str(good[-1]),
+                                fix="run the same command with --resume to continue from it") from None
         raise TrainingError("interrupted before the first step finished; nothing saved",
                             fix="run the command again") from None
 
     if dry_run:
         echo("[twinlora] dry run: 2 steps ran, config and data are usable; nothing written")
         return {"dry_run": True, "loss": last_loss}
+    if not dist.is_main:
+        dist.close()
+        return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
     if valid_data:
         val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
         run.log({"event": "eval", "step": steps, "val_loss": val_loss})
@@ -215,6 +259,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     run.plot_loss()
     write_text(run.path / "README.md", _run_readme(cfg, backend, summary, run))
     echo(f"[twinlora] adapter: {run.adapter}  log: {run.log_file}  plot: {run.path / 'loss.png'}")
+    dist.close()
     return summary
 
 
@@ -224,7 +269,8 @@ def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
             f"- backend: {backend}\n- base model: {cfg.model.path}\n- data: {cfg.data.train}\n"
             f"- LoRA: r={cfg.lora.rank} alpha={cfg.lora.alpha} targets={cfg.lora.target_modules} "
             f"rsLoRA={cfg.lora.use_rslora} DoRA={cfg.lora.use_dora}\n"
-            f"- steps: {s['steps']} in {s['seconds']} s, median step {s['median_step_s']:.3f} s\n"
+            f"- steps: {s['steps']} in {s['seconds']} s, median step "
+            f"{'n/a' if s['median_step_s'] is None else format(s['median_step_s'], '.3f')} s\n"
             f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}\n"
             f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n\n"
             "Files: `config.yaml` (resolved config), `log.jsonl`, `loss.png`, `checkpoints/`, "

@@ -1,0 +1,97 @@
+"""Read the manifest.json a `prepare` recipe writes, and find its split files safely.
+
+A manifest lists the files it wrote (`files`: {"train.jsonl": {"rows", "sha256"}, ...}), relative
+to the manifest's own directory. `train --data path/to/manifest.json` uses its train (and valid)
+files. A manifest is data, possibly from someone else: a file path that is absolute or climbs out
+of the manifest's directory with `..` is refused, so a manifest cannot point training (and the
+paths recorded in the adapter metadata) at arbitrary files on the machine.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from common.errors import DataError
+from common.io import read_json
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    data: dict
+
+    @property
+    def dir(self) -> Path:
+        return self.path.parent
+
+
+def is_manifest(path: str | Path) -> bool:
+    """A .json file holding an object with a "files" mapping (a .json data file holds a list)."""
+    p = Path(path)
+    if p.suffix != ".json" or not p.is_file():
+        return False
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return False  # load_examples reports the syntax error with its line
+    return isinstance(obj, dict) and isinstance(obj.get("files"), dict)
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    path = Path(path)
+    data = read_json(path, "manifest")
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise DataError('not a prepare manifest (expected an object with a "files" mapping)', where=str(path),
+                        fix="point at the manifest.json written by `cli.py prepare`, or at a JSONL file")
+    for name in data["files"]:
+        _check_relative(name, path)
+    return Manifest(path, data)
+
+
+def _check_relative(name: str, manifest_path: Path) -> None:
+    where = str(manifest_path)
+    fix = "list files by their name inside the manifest's directory (as `prepare` writes them)"
+    if not isinstance(name, str) or not name.strip():
+        raise DataError("empty file name in the manifest", where=str(manifest_path), fix=fix)
+    for pure in (PurePosixPath(name), PureWindowsPath(name)):
+        if pure.is_absolute() or pure.anchor:
+            raise DataError(f"file path {name!r} is absolute; a manifest may only name files in its own "
+                            "directory", where=where, fix=fix)
+        if ".." in pure.parts:
+            raise DataError(f"file path {name!r} escapes the manifest's directory", where=where, fix=fix)
+
+
+def resolve_split(manifest: Manifest, name: str, required: bool = True) -> Path | None:
+    """The file of split `name` ("train", "valid", "test"); None for an absent or empty optional split."""
+    for fname, info in manifest.data["files"].items():
+        if PurePosixPath(fname).stem != name:
+            continue
+        _check_relative(fname, manifest.path)
+        path = manifest.dir / fname
+        rows = info.get("rows") if isinstance(info, dict) else None
+        if rows == 0 and not required:
+            return None
+        if rows == 0:
+            raise DataError(f"the {name} split of this manifest is empty", where=str(path),
+                            fix="prepare the data again with other ratios, or pass a JSONL file")
+        if not path.is_file():
+            raise DataError(f"the manifest lists {fname} but the file is missing", where=str(path),
+                            fix="run `cli.py prepare` again for this directory")
+        return path
+    if required:
+        raise DataError(f"the manifest lists no {name} split", where=str(manifest.path),
+                        fix=f"a prepare manifest lists {name}.jsonl under \"files\"")
+    return None
+
+
+def resolve_data(train: str | None, valid: str | None) -> tuple[str | None, str | None]:
+    """data.train / data.valid as given, or, when data.train is a manifest, its train/valid files."""
+    if not train or not is_manifest(train):
+        return train, valid
+    m = load_manifest(train)
+    t = resolve_split(m, "train")
+    v = valid or resolve_split(m, "valid", required=False)
+    return str(t), (str(v) if v else None)
