@@ -164,39 +164,48 @@ def spec_from_mlx_config(cfg: dict, where: str, num_hidden_layers: int | None = 
 
 # ---------------------------------------------------------------- weights
 
-def mlx_to_peft(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """mlx-lm names/shapes → PEFT names/shapes (transposes only, so exact)."""
+# mlx-lm leaf → (PEFT leaf, transposed?): the one table both converters read.
+LEAVES = {"lora_a": ("lora_A.weight", True), "lora_b": ("lora_B.weight", True), "m": ("lora_magnitude_vector", False)}
+_PEFT_LEAVES = {peft: (mlx, tr) for mlx, (peft, tr) in LEAVES.items()}
+
+
+def mlx_key_to_peft(key: str) -> tuple[str, bool]:
+    """`<path>.lora_a` → (`base_model.model.<path>.lora_A.weight`, transposed)."""
+    m = _MLX_KEY.match(key)
+    if not m:
+        raise AdapterError(f"unexpected tensor {key!r} in an mlx-lm adapter",
+                           fix="only lora_a, lora_b and m (DoRA) tensors are expected")
+    path, leaf = m.groups()
+    peft_leaf, transposed = LEAVES[leaf]
+    return f"{PEFT_PREFIX}{path}.{peft_leaf}", transposed
+
+
+def peft_key_to_mlx(key: str) -> tuple[str, bool]:
+    m = _PEFT_KEY.match(key)
+    if not m:
+        raise AdapterError(f"unexpected tensor {key!r} in a PEFT adapter",
+                           fix="only lora_A/lora_B weights and DoRA magnitude vectors are supported")
+    path, leaf = m.groups()
+    mlx_leaf, transposed = _PEFT_LEAVES[leaf]
+    return f"{path}.{mlx_leaf}", transposed
+
+
+def _convert(weights: dict[str, np.ndarray], rename) -> dict[str, np.ndarray]:
     out = {}
     for k, w in weights.items():
-        m = _MLX_KEY.match(k)
-        if not m:
-            raise AdapterError(f"unexpected tensor {k!r} in an mlx-lm adapter",
-                               fix="only lora_a, lora_b and m (DoRA) tensors are expected")
-        path, leaf = m.groups()
-        if leaf == "lora_a":
-            out[f"{PEFT_PREFIX}{path}.lora_A.weight"] = np.ascontiguousarray(w.T)
-        elif leaf == "lora_b":
-            out[f"{PEFT_PREFIX}{path}.lora_B.weight"] = np.ascontiguousarray(w.T)
-        else:
-            out[f"{PEFT_PREFIX}{path}.lora_magnitude_vector"] = np.ascontiguousarray(w)
+        name, transposed = rename(k)
+        out[name] = np.ascontiguousarray(w.T if transposed else w)
     return out
+
+
+def mlx_to_peft(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """mlx-lm names/shapes → PEFT names/shapes (transposes only, so exact)."""
+    return _convert(weights, mlx_key_to_peft)
 
 
 def peft_to_mlx(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {}
-    for k, w in weights.items():
-        m = _PEFT_KEY.match(k)
-        if not m:
-            raise AdapterError(f"unexpected tensor {k!r} in a PEFT adapter",
-                               fix="only lora_A/lora_B weights and DoRA magnitude vectors are supported")
-        path, leaf = m.groups()
-        if leaf == "lora_A.weight":
-            out[f"{path}.lora_a"] = np.ascontiguousarray(w.T)
-        elif leaf == "lora_B.weight":
-            out[f"{path}.lora_b"] = np.ascontiguousarray(w.T)
-        else:
-            out[f"{path}.m"] = np.ascontiguousarray(w)
-    return out
+    """PEFT names/shapes → mlx-lm names/shapes (transposes only, so exact)."""
+    return _convert(weights, peft_key_to_mlx)
 
 
 def module_paths_of(weights: dict[str, np.ndarray]) -> list[str]:

@@ -16,7 +16,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from common.adapter import PEFT_PREFIX, AdapterSpec, block_relative, mlx_keys, peft_to_mlx
+from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.errors import BackendError
 
@@ -257,10 +257,7 @@ class Backend:
                 moments.setdefault(path, {})[leaf] = np.array(v.astype(mx.float32))
         out = {}
         for path, mv in moments.items():
-            base, leaf = path.rsplit(".", 1)
-            key, tr = {"lora_a": (f"{PEFT_PREFIX}{base}.lora_A.weight", True),
-                       "lora_b": (f"{PEFT_PREFIX}{base}.lora_B.weight", True),
-                       "m": (f"{PEFT_PREFIX}{base}.lora_magnitude_vector", False)}[leaf]
+            key, tr = mlx_key_to_peft(path)
             for which in ("m", "v"):
                 out[f"{key}::{which}"] = np.ascontiguousarray(mv[which].T if tr else mv[which])
         return out, self._step_count
