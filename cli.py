@@ -349,12 +349,13 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
 @cli.command()
 @click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
 @click.option("--steps", default=10, show_default=True, help="Training steps per backend.")
-@click.option("--keep", is_flag=True, help="Keep an existing demo directory (resume it) instead of starting over.")
-def demo(output, steps, keep):
+@click.option("--eval-items", default=0, show_default=True,
+              help="Also eval baseline / MLX-tuned / torch-tuned on N test records and compare them (0 = skip).")
+def demo(output, steps, eval_items):
     """End-to-end on the embedded SmolLM2-135M-Instruct: prepare (French law sample) → train MLX →
     train torch (same init) → parity → generate."""
     from common.demo import run_demo
-    run_demo(Path(output), steps, keep, echo)
+    run_demo(Path(output), steps, echo, eval_items=eval_items)
 
 
 def main():

@@ -1,5 +1,6 @@
 """The end-to-end demo on the embedded model: prepare → train (mlx) → train (torch) → parity →
-generate, printing where every output is. Sized for 2 CPU cores."""
+generate → (optionally) eval of baseline / MLX-tuned / torch-tuned side by side, printing where
+every output is. Sized for 2 CPU cores."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ CRPA = ROOT / "data" / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 DEMO_PROMPT = "Que prévoit l'article L100-1 du code des relations entre le public et l'administration ?"
 
 
-def run_demo(out: Path, steps: int, keep: bool, echo=print) -> dict:
+def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
+    """Starts over in `out` each time (the demo directory is removed first)."""
     from common.config import load_config
     from common.data.recipes import run_recipe
     from common.io import write_json
@@ -25,7 +27,7 @@ def run_demo(out: Path, steps: int, keep: bool, echo=print) -> dict:
     from common.trainer import train
 
     t_start = time.time()
-    if out.exists() and not keep:
+    if out.exists():
         shutil.rmtree(out)
     timings = {}
 
@@ -75,6 +77,11 @@ def run_demo(out: Path, steps: int, keep: bool, echo=print) -> dict:
         generations[backend] = text.strip()
         echo(f"[{backend}] >>> {DEMO_PROMPT}\n{text.strip()}\n")
     timings["generate_s"] = round(time.time() - t, 1)
+    table = None
+    if eval_items:
+        t = stage(f"eval: baseline vs MLX-tuned vs torch-tuned on {eval_items} test records")
+        table = _eval_side_by_side(out, data_dir / "test.jsonl", eval_items, echo)
+        timings["eval_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t_start, 1)
 
     summary = {"timings": timings, "final_loss": {b: runs[b]["final_loss"] for b in runs},
@@ -85,7 +92,26 @@ def run_demo(out: Path, steps: int, keep: bool, echo=print) -> dict:
     echo("=== outputs ===")
     for name, path in [("prepared data", data_dir), ("MLX run", out / "mlx"), ("torch run", out / "torch"),
                        ("adapters (PEFT format)", f"{out}/*/adapter"), ("mlx-lm adapter", out / "mlx" / "adapter" / "mlx"),
-                       ("parity report", out / "parity.json"), ("summary", out / "summary.json")]:
+                       ("parity report", out / "parity.json"), ("summary", out / "summary.json")]
+                      + ([("eval comparison", out / "compare" / "compare.md")] if table else []):
         echo(f"  {name:24s} {path}")
     echo(f"demo finished in {timings['total_s']} s: " + json.dumps(timings))
     return summary
+
+
+def _eval_side_by_side(out: Path, test_file: Path, n: int, echo) -> str:
+    """`eval` three times (same test records, greedy) and `compare` the three reports."""
+    from common.evaluation import run_eval
+    from common.reports import compare
+    runs = [("baseline", "torch", None), ("mlx-tuned", "mlx", out / "mlx" / "adapter"),
+            ("torch-tuned", "torch", out / "torch" / "adapter")]
+    dirs = []
+    for label, backend, adapter in runs:
+        d = out / "eval" / label
+        run_eval(backend=backend, model="embedded", adapter=str(adapter) if adapter else None, data=str(test_file),
+                 out_dir=d, metrics=None, limit=n, max_new_tokens=64, template="chat", system_prompt=None,
+                 metric_options={}, label=label, echo=echo)
+        dirs.append(d)
+    table = compare(dirs, [r[0] for r in runs], out / "compare")
+    echo(table)
+    return table
