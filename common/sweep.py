@@ -308,6 +308,10 @@ def plot(rows: list[dict], out_dir: Path) -> bytes:
     xs = range(len(rows))
     for j, (key, label) in enumerate((("final_loss", "final train loss"), ("val_loss", "validation loss"))):
         right.bar([x + (j - 0.5) * 0.4 for x in xs], [r.get(key) or 0 for r in rows], 0.4, label=label)
+    vals = [r[k] for r in rows for k in ("final_loss", "val_loss") if isinstance(r.get(k), (int, float))]
+    if vals and min(vals) > 0:  # zoom on the differences between runs
+        lo, hi = min(vals), max(vals)
+        right.set_ylim(max(0.0, lo - 0.5 * (hi - lo) - 0.01 * hi), hi + 0.2 * (hi - lo) + 0.01 * hi)
     right.set_xticks(list(xs))
     right.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
     right.set_ylabel("loss")
