@@ -84,16 +84,18 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         timings["eval_s"] = round(time.time() - t, 1)
     timings["total_s"] = round(time.time() - t_start, 1)
 
-    summary = {"timings": timings, "final_loss": {b: runs[b]["final_loss"] for b in runs},
+    summary = {"timings": timings, "eval_table": table, "final_loss": {b: runs[b]["final_loss"] for b in runs},
                "val_loss": {b: runs[b]["val_loss"] for b in runs},
                "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
                "loss_curves": rep["loss_curves"], "generations": generations}
     write_json(out / "summary.json", summary)
     echo("=== outputs ===")
-    for name, path in [("prepared data", data_dir), ("MLX run", out / "mlx"), ("torch run", out / "torch"),
-                       ("adapters (PEFT format)", f"{out}/*/adapter"), ("mlx-lm adapter", out / "mlx" / "adapter" / "mlx"),
-                       ("parity report", out / "parity.json"), ("summary", out / "summary.json")]
-                      + ([("eval comparison", out / "compare" / "compare.md")] if table else []):
+    outputs = [("prepared data", data_dir), ("MLX run", out / "mlx"), ("torch run", out / "torch"),
+               ("adapters (PEFT format)", f"{out}/*/adapter"), ("mlx-lm adapter", out / "mlx" / "adapter" / "mlx"),
+               ("parity report", out / "parity.json"), ("summary", out / "summary.json")]
+    if table:
+        outputs.append(("eval comparison", out / "compare" / "compare.md"))
+    for name, path in outputs:
         echo(f"  {name:24s} {path}")
     echo(f"demo finished in {timings['total_s']} s: " + json.dumps(timings))
     return summary

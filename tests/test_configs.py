@@ -51,3 +51,20 @@ def test_demo_config_trains(tiny_model, tmp_path, name, backend):
                 "--set", "data.max_length=512", "--output", tmp_path / "run")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run/adapter/adapter_model.safetensors").is_file()
+
+
+def test_every_module_imports_without_a_backend_framework():
+    """Byte-compile check of every module, and `common/` imports neither mlx nor torch at module level."""
+    import importlib
+    import subprocess
+    import sys
+    mods = sorted({".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "common").rglob("*.py")})
+    code = ("import sys, importlib\n"
+            f"for m in {mods!r}: importlib.import_module(m)\n"
+            "bad = [m for m in ('mlx', 'mlx.core', 'torch') if m in sys.modules]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for p in (ROOT / "backends").rglob("*.py"):
+        compile(p.read_text(), str(p), "exec")
+    importlib.import_module("cli")
