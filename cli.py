@@ -176,6 +176,31 @@ def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, o
     run_train(cfg, backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo)
 
 
+# ------------------------------------------------------------------ bench
+@cli.command()
+@click.option("--model", default="embedded", show_default=True, help="Base model for every run.")
+@click.option("--data", type=click.Path(), help="Prepared JSONL to train on (default: synthetic uniform + ragged sets).")
+@click.option("--steps", default=6, show_default=True, help="Measured steps per run.")
+@click.option("--warmup", default=2, show_default=True, help="Warm-up steps (excluded).")
+@click.option("--repeats", default=1, show_default=True, help="Repetitions; the median is reported.")
+@click.option("--batch-size", default=2, show_default=True)
+@click.option("--max-length", default=128, show_default=True)
+@click.option("--rank", default=8, show_default=True)
+@click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help="Backends to measure (default: mlx and torch).")
+@click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
+@click.option("--threads", type=int, help="torch/OpenBLAS threads per run.")
+@click.option("--output", "-o", default="runs/bench", show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
+def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output):
+    """Train the same model on the same data with the same LoRA settings, one run after another
+    (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
+    SFTTrainer script. Prints tokens/s, step time, peak memory, final loss, MFU and our/plain ratios."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from benchmarks.bench import run_bench
+    run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
+              max_length=max_length, rank=rank, backends=list(backends) or ["mlx", "torch"], ragged=not no_ragged,
+              out_dir=Path(output), echo=echo, threads=threads)
+
+
 # ------------------------------------------------------------------ sweep
 @cli.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Base YAML config (see configs/).")
