@@ -15,7 +15,6 @@ DEMO_PROMPT = "Que prévoit l'article L100-1 du code des relations entre le publ
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     """Starts over in `out` each time (the demo directory is removed first)."""
-    from common.config import load_config
     from common.data.recipes import run_recipe
     from common.io import write_json
     from common.models import embedded_model_dir
@@ -24,7 +23,6 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     from common.session import eos_ids, open_model
     from common.tokenize import Tokenizer
     from common.data.formats import Example
-    from common.trainer import train
 
     t_start = time.time()
     if out.exists():
@@ -42,14 +40,10 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     echo(manifest.get("summary", ""))
     timings["prepare_s"] = round(time.time() - t, 1)
 
-    overrides = {"data": {"train": str(data_dir / "train.jsonl"), "valid": str(data_dir / "valid.jsonl"),
-                          "test": str(data_dir / "test.jsonl")},
-                 "training": {"steps": steps}}
     runs = {}
     for i, backend in enumerate(("mlx", "torch"), start=2):
         t = stage(f"{i}/5 train on {backend}")
-        cfg = load_config(ROOT / "configs" / "legi-demo.yaml", {**overrides, "output": str(out / backend)})
-        runs[backend] = train(cfg, backend, overwrite=True, echo=echo)
+        runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
         timings[f"train_{backend}_s"] = round(time.time() - t, 1)
 
     t = stage("4/5 parity: the MLX-trained adapter on both backends")
@@ -99,6 +93,21 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         echo(f"  {name:24s} {path}")
     echo(f"demo finished in {timings['total_s']} s: " + json.dumps(timings))
     return summary
+
+
+def _train_in_subprocess(backend: str, data_dir: Path, run_dir: Path, steps: int) -> dict:
+    """`cli.py train` in its own process, as a user runs it. In one process, torch trains ~5x slower
+    once MLX has loaded OpenBLAS globally (measured 30 vs 165 tok/s on 2 cores): the two BLAS
+    thread pools fight over the cores."""
+    import subprocess
+    import sys
+    from common.errors import TrainingError
+    cmd = [sys.executable, str(ROOT / "cli.py"), "train", "--config", str(ROOT / "configs" / "legi-demo.yaml"),
+           "--backend", backend, "--data", str(data_dir / "train.jsonl"), "--valid", str(data_dir / "valid.jsonl"),
+           "--steps", str(steps), "--output", str(run_dir), "--overwrite"]
+    if subprocess.run(cmd).returncode != 0:
+        raise TrainingError(f"training on {backend} failed (see the lines above)", where=str(run_dir))
+    return json.loads((run_dir / "summary.json").read_text())
 
 
 def _eval_side_by_side(out: Path, test_file: Path, n: int, echo) -> str:
