@@ -17,7 +17,9 @@ from common.metrics import (bertscore, bleu, citation_scores, default_encoder_pa
                             normalize_answer, resolve_encoder, rouge, score_all, squad_exact,
                             squad_f1, squad_gold, squad_scores)
 
-SQUAD = Path("/work/shared/data/squad")
+from conftest import SHARED  # noqa: E402
+
+SQUAD = SHARED / "squad"
 approx = pytest.approx
 
 

@@ -16,7 +16,7 @@ from common.data.recipes import RECIPES, run_recipe
 from common.data.recipes import legi, slds, squad
 from common.errors import ConfigError, DataError, UserError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED  # noqa: E402  (../shared/data, or the copies in data/)
 REPO = Path(__file__).resolve().parents[1]
 CRPA = SHARED / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 MARITIME = SHARED / "legi" / "LEGITEXT000006072051_code_travail_maritime_2019-09-23.json"
