@@ -280,16 +280,10 @@ def export_gguf_cmd(model_dir, out_file, dtype):
 @click.option("--system", help="System message.")
 def generate(prompt, adapter, model, backend, max_new_tokens, template, system):
     """Greedy generation with a base model and optional adapter."""
-    from common.data.formats import Example
-    from common.session import eos_ids, open_model
-    from common.tokenize import Tokenizer
+    from common.session import open_model, reply
     opened = open_model(backend, model, adapter=adapter)
-    tk = Tokenizer(opened.tokenizer, template, system)
-    for i, p in enumerate(prompt):
-        ex = Example(messages=({"role": "user", "content": p}, {"role": "assistant", "content": ""}), source=f"prompt {i + 1}")
-        ids = tk.encode_prompt(ex)
-        out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer))
-        echo(f">>> {p}\n{opened.tokenizer.decode(out, skip_special_tokens=True).strip()}\n")
+    for p in prompt:
+        echo(f">>> {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
 
 
 # ------------------------------------------------------------------ eval / compare

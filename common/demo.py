@@ -20,9 +20,7 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     from common.models import embedded_model_dir
     from common.parity import PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
-    from common.session import eos_ids, open_model
-    from common.tokenize import Tokenizer
-    from common.data.formats import Example
+    from common.session import open_model, reply
 
     t_start = time.time()
     if out.exists():
@@ -64,12 +62,8 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     generations = {}
     for backend in ("mlx", "torch"):
         opened = sessions["mlx"] if backend == "mlx" else open_model("torch", "embedded", adapter=out / "torch" / "adapter")
-        tk = Tokenizer(opened.tokenizer, "chat")
-        ex = Example(messages=({"role": "user", "content": DEMO_PROMPT}, {"role": "assistant", "content": ""}), source="demo")
-        ids = tk.encode_prompt(ex)
-        text = opened.tokenizer.decode(opened.backend.generate(ids, 48, eos_ids(opened.tokenizer)), skip_special_tokens=True)
-        generations[backend] = text.strip()
-        echo(f"[{backend}] >>> {DEMO_PROMPT}\n{text.strip()}\n")
+        generations[backend] = reply(opened, DEMO_PROMPT, 48)
+        echo(f"[{backend}] >>> {DEMO_PROMPT}\n{generations[backend]}\n")
     timings["generate_s"] = round(time.time() - t, 1)
     table = None
     if eval_items:

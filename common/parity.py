@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from common.data.formats import Example
+from common.data.formats import user_turn
 
 # Stated tolerances for float32 on CPU: the two libraries use different matmul/accumulation
 # orders, so logits agree to ~1e-4 on the 135M model; these bounds leave a margin of ~10x.
@@ -36,8 +36,7 @@ def compare_logits(a: np.ndarray, b: np.ndarray) -> dict:
 def prompt_ids(tokenizer, prompts: list[str], template: str = "chat") -> list[list[int]]:
     from common.tokenize import Tokenizer
     tk = Tokenizer(tokenizer, template)
-    return [tk.encode_prompt(Example(messages=({"role": "user", "content": p}, {"role": "assistant", "content": "x"}),
-                                     source=f"prompt {i}")) for i, p in enumerate(prompts)]
+    return [tk.encode_prompt(user_turn(p, f"prompt {i}")) for i, p in enumerate(prompts)]
 
 
 def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,

@@ -47,6 +47,16 @@ def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_misma
     return spec
 
 
+def reply(opened: Opened, prompt: str, max_new_tokens: int, template: str = "chat",
+          system_prompt: str | None = None) -> str:
+    """Greedy answer to one user message, rendered with the chat template as in training."""
+    from common.data.formats import user_turn
+    from common.tokenize import Tokenizer
+    ids = Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(user_turn(prompt))
+    out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer))
+    return opened.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
 def eos_ids(tokenizer) -> list[int]:
     """Stop tokens: the tokenizer's EOS plus the chat end-of-turn token when it differs."""
     ids = {tokenizer.eos_token_id}

@@ -53,15 +53,24 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
     cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
     if not cfg.data.train:
         raise DataError("no training data given", where="data.train", fix="set data.train in the config or pass --data")
-    tk = Tokenizer(tokenizer, cfg.data.template, cfg.data.system_prompt, cfg.data.mask_prompt,
-                   cfg.data.max_length, cfg.data.too_long)
-    train = tk.encode_all(load_examples(cfg.data.train), cfg.data.train)
-    valid = []
-    if cfg.data.valid:
-        tv = Tokenizer(tokenizer, cfg.data.template, cfg.data.system_prompt, cfg.data.mask_prompt,
-                       cfg.data.max_length, cfg.data.too_long)
-        valid = tv.encode_all(load_examples(cfg.data.valid), cfg.data.valid)
+    d = cfg.data
+
+    def encode(path: str) -> tuple[Tokenizer, list]:
+        # one Tokenizer per file, so its truncation/drop counts are that file's
+        tk = Tokenizer(tokenizer, d.template, d.system_prompt, d.mask_prompt, d.max_length, d.too_long)
+        return tk, tk.encode_all(load_examples(path), path)
+
+    tk, train = encode(d.train)
+    valid = encode(d.valid)[1] if d.valid else []
     return tk, train, valid
+
+
+def _diverged(run: RunDir, what: str, value: float, step: int) -> TrainingError:
+    """NaN/inf loss or gradient norm: stop and point at the last good checkpoint."""
+    good = run.checkpoint_dirs()
+    return TrainingError(f"{what} became {value} at step {step}; stopped. Last good checkpoint: "
+                         f"{good[-1] if good else 'none'}", where=str(run.path),
+                         fix="lower training.lr, check the data, then --resume from the last good checkpoint")
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -181,20 +190,14 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
             loss_sum, n_targets, n_tokens = dist.all_reduce(be, loss_sum, n_targets, n_tokens)
             loss = loss_sum / max(n_targets, 1)
             if not math.isfinite(loss):
-                good = run.checkpoint_dirs()
-                raise TrainingError(f"loss became {loss} at step {step + 1}; stopped. Last good checkpoint: "
-                                    f"{good[-1] if good else 'none'}", where=str(run.path),
-                                    fix="lower training.lr, check the data, then --resume from the last good checkpoint")
+                raise _diverged(run, "loss", loss, step + 1)
             lr = lr_at(step, steps, t.lr, t.schedule, warm, t.min_lr_ratio)
             updating = True
             gnorm = be.apply_gradients(lr, n_targets, t.max_grad_norm)
             completed = step + 1
             updating = False
             if not math.isfinite(gnorm):
-                good = run.checkpoint_dirs()
-                raise TrainingError(f"gradient norm became {gnorm} at step {step + 1}; stopped. Last good "
-                                    f"checkpoint: {good[-1] if good else 'none'}", where=str(run.path),
-                                    fix="lower training.lr, check the data, then --resume from the last good checkpoint")
+                raise _diverged(run, "gradient norm", gnorm, step + 1)
             last_loss = loss
             dt = time.time() - ts
             step_times.append(dt)
@@ -250,7 +253,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                "median_step_s": float(np.median(step_times)) if step_times else None,
                "peak_memory_bytes": be.peak_memory_bytes(),
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
-               "base_weight_bytes": getattr(be, "base_weight_bytes", lambda: None)(),
+               "base_weight_bytes": be.base_weight_bytes(),
                "quantize": cfg.model.quantize}
     mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
     save_common(run.adapter, spec, be.lora_weights(), {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)

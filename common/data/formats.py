@@ -50,6 +50,11 @@ class Example:
         return self.text if self.text is not None else self.messages[-1]["content"]
 
 
+def user_turn(text: str, source: str = "prompt") -> Example:
+    """A one-question chat (empty answer): what a generation prompt is rendered from."""
+    return Example(messages=({"role": "user", "content": text}, {"role": "assistant", "content": ""}), source=source)
+
+
 def detect_shape(obj: Any) -> str | None:
     if not isinstance(obj, dict):
         return None
