@@ -86,6 +86,10 @@ class TrainingConfig:
         "adamw", "paged_adamw_8bit needs bitsandbytes on CUDA (torch backend).")
     seed: int = opt(0, "Seed for LoRA init, data order and dropout.")
     grad_checkpointing: bool = opt(False, "Recompute activations in the backward pass (less memory).")
+    parallel: Literal["ddp", "fsdp"] = opt(
+        "ddp", "Several processes (train --nproc, torchrun, mlx.launch): ddp = each holds the whole model, "
+        "gradients are summed (both backends); fsdp = the model and LoRA weights are sharded over the "
+        "processes with torch FSDP2 (torch backend; for bases that do not fit one GPU).")
     batching: Literal["padded", "bucketed", "packed"] = opt(
         "padded", "padded = shuffled batches padded to their longest example; bucketed = batches of "
         "similar lengths; packed = padding-free concatenation with per-sample attention (torch).")
@@ -236,6 +240,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
         (lo.layers is None or lo.layers >= 1, "lora.layers must be >= 1 or null"),
         (d.max_length >= 8, "data.max_length must be >= 8"),
+        (not (t.parallel == "fsdp" and cfg.model.quantize),
+         "training.parallel: fsdp does not support model.quantize (bitsandbytes 4-bit parameters are not "
+         "sharded here); use training.parallel: ddp with QLoRA (each GPU holds the 4-bit base)"),
     ]
     problems += [msg for ok, msg in checks if not ok]
     tm = lo.target_modules

@@ -1,13 +1,14 @@
-"""Data parallelism on the frameworks' own collectives: torch.distributed (gloo on CPU, nccl on
-CUDA) and mlx.core.distributed (ring over TCP; also mpi/jaccl/nccl when mlx.launch sets them up).
+"""Data parallelism on the frameworks' own engines: torch DistributedDataParallel or FSDP2
+(`training.parallel`; gloo on CPU, NCCL on CUDA) and mlx.core.distributed (ring over TCP; also
+mpi/jaccl/nccl when mlx.launch sets them up).
 
-Why a plain all-reduce instead of DDP: the loss is the *sum* of token losses divided by the
-number of target tokens of the whole global batch. Each rank runs its share of the global batch's
-micro-batches (micro-batch i goes to rank i % N) and accumulates the gradient of its summed loss;
-one all_reduce(SUM) of those gradients and of (loss sum, target tokens, tokens) before the
-optimizer step gives every rank exactly the gradient one process gets for the same global batch
-(up to fp32 summation order). Every rank then takes the same AdamW step, so the replicas stay
-identical; only rank 0 writes the run directory.
+The loss is the *sum* of token losses divided by the number of target tokens of the whole global
+batch. Each rank runs its share of the global batch's micro-batches (micro-batch i goes to rank
+i % N) and accumulates the gradient of its summed loss; the gradients are summed over the ranks
+(DDP's all-reduce or FSDP's reduce-scatter in the backward of each rank's last micro-batch on
+torch, one all_sum on MLX) and so are (loss sum, target tokens, tokens). Every rank then divides by
+the global target count: exactly the gradient one process gets for the same global batch (up to
+fp32 summation order), so the AdamW steps agree; only rank 0 writes the run directory.
 
 A process is a rank when started by `cli.py train --nproc N` (`launch` below), by torchrun /
 accelerate launch (env RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) for the torch
@@ -89,11 +90,15 @@ def from_env(backend: str, t=None) -> Dist:
 
         from backends.torch.backend import pick_device
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-        if pick_device() == "cuda":
+        device = pick_device()
+        if device == "cuda":
             torch.cuda.set_device(local)  # "cuda" below means this rank's GPU
             pg = "nccl"
-        else:
+        elif device == "cpu":
             pg = "gloo"
+        else:
+            raise ConfigError(f"several torch processes on {device} are not supported (gloo reduces CPU tensors only)",
+                              where="--nproc", fix="on a Mac use --backend mlx for several processes, or train in one")
         if not td.is_initialized():
             td.init_process_group(backend=pg, init_method="env://", rank=rank, world_size=world)
         return Dist(rank, world, f"torch.distributed {pg}", "torch")

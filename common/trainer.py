@@ -97,6 +97,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     if backend == "mlx" and cfg.training.batching == "packed":
         raise ConfigError("training.batching: packed is implemented on the torch backend only",
                           where="training.batching", fix="use batching: bucketed with --backend mlx")
+    if backend == "mlx" and cfg.training.parallel == "fsdp":
+        raise ConfigError("fsdp (sharded training) is implemented on the torch backend only", where="training.parallel",
+                          fix="use training.parallel: ddp with --backend mlx (every process holds the model)")
     # Data parallel when launched by `train --nproc N`, torchrun or mlx.launch (1 process otherwise):
     # rank r runs micro-batches i with i % N == r, gradients and token counts are summed before the step.
     dist = dist or from_env(backend, cfg.training)
@@ -116,7 +119,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
             run.clean_stale()
     dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
     be = backend_cls(model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
-                     grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation)
+                     grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
+                     fsdp=t.parallel == "fsdp" and dist.world_size > 1)
     spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(), cfg.model.path)
     weights = init_lora_weights(spec, modules, t.seed)
     if init_adapter:
@@ -131,6 +135,11 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
             raise TrainingError(f"the checkpoint was made for {state.get('total_steps')} steps, the config asks {steps}",
                                 where=str(ckpts[-1]), fix="resume with the config the run started with")
     be.attach_lora(spec, modules, weights)
+    if dist.world_size > 1:
+        be.distribute(dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
+    # Under FSDP the weights live in shards: forward passes (validation) and reading the weights
+    # (checkpoints, the adapter) are collectives that every rank runs; only rank 0 writes.
+    collective = be.sharded
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     pad_id = tokenizer.pad_token_id
@@ -150,8 +159,11 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
     }
     if dist.world_size > 1:
-        echo(f"[twinlora] data parallel: {dist.world_size} processes ({dist.kind}), "
+        echo(f"[twinlora] data parallel: {dist.world_size} processes ({dist.kind}, "
+             f"{'FSDP2: weights sharded' if collective else 'replicated'}), "
              f"{t.grad_accumulation // dist.world_size} micro-batches each per step")
+    elif t.parallel == "fsdp":
+        echo("[twinlora] note: training.parallel: fsdp shards over several processes; this is one (no sharding)")
     if writes:
         run.prepare(overwrite, resume)
         write_text(run.path / "config.yaml", dump_yaml(cfg))
@@ -171,8 +183,12 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     step_delay = float(os.environ.get("TWINLORA_TEST_STEP_DELAY") or 0)
 
     def checkpoint(at: int):
+        """Save step `at` (rank 0); under FSDP every rank calls it to gather the weights."""
         opt, ostep = be.optimizer_state()
-        return run.save_checkpoint(at, be.lora_weights(), opt, ostep,
+        weights = be.lora_weights()
+        if not writes:
+            return None
+        return run.save_checkpoint(at, weights, opt, ostep,
                                    {"total_steps": steps, "last_loss": last_loss, "val_loss": val_loss,
                                     "micro_batches_done": at * t.grad_accumulation}, t.keep_checkpoints)
 
@@ -185,7 +201,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                 if i % dist.world_size != dist.rank:
                     continue  # another rank's micro-batch
                 be.seed(t.seed * 1_000_003 + step + 1_000_000_007 * i)  # dropout depends on (step, i) only
-                s, n = be.accumulate(b)
+                # this rank's last micro-batch of the step: DDP/FSDP reduce the gradients in its backward
+                s, n = be.accumulate(b, sync=i + dist.world_size >= t.grad_accumulation)
                 loss_sum, n_targets, n_tokens = loss_sum + s, n_targets + n, n_tokens + b.n_tokens
             loss_sum, n_targets, n_tokens = dist.all_reduce(be, loss_sum, n_targets, n_tokens)
             loss = loss_sum / max(n_targets, 1)
@@ -213,19 +230,20 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                     run.log(rec)
                 echo(f"step {done}/{steps}  loss {loss:.4f}  lr {lr:.2e}  grad {gnorm:.3f}  "
                      f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
-            if valid_data and dist.is_main and t.eval_every and done % t.eval_every == 0 and done != steps:
+            if valid_data and (dist.is_main or collective) and t.eval_every and done % t.eval_every == 0 and done != steps:
                 val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
                 if writes:
                     run.log({"event": "eval", "step": done, "val_loss": val_loss})
                 echo(f"step {done}/{steps}  validation loss {val_loss:.4f}")
-            if writes and t.save_every and done % t.save_every == 0 and done != steps:
+            if (writes or collective and not dry_run) and t.save_every and done % t.save_every == 0 and done != steps:
                 checkpoint(done)
             if step_delay:
                 time.sleep(step_delay)
     except KeyboardInterrupt:
         # Save the state after the last applied update (not if the interrupt hit inside one: the
         # weights may be half-updated, so the last checkpoint on disk is the one to resume from).
-        if writes and completed > start and not updating:
+        # (not under FSDP: saving gathers over ranks that the interrupt may have stopped)
+        if writes and completed > start and not updating and not collective:
             saved = run.path / "checkpoints" / f"step-{completed:06d}"
             path = saved if saved.is_dir() else checkpoint(completed)
             raise TrainingError(f"interrupted; progress saved at step {completed}", where=str(path),
@@ -240,13 +258,18 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     if dry_run:
         echo("[twinlora] dry run: 2 steps ran, config and data are usable; nothing written")
         return {"dry_run": True, "loss": last_loss}
-    if not dist.is_main:
+    if not dist.is_main and not collective:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
     if valid_data:
         val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
-        run.log({"event": "eval", "step": steps, "val_loss": val_loss})
     checkpoint(steps)
+    final_weights = be.lora_weights()
+    if not dist.is_main:
+        dist.close()
+        return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
+    if valid_data:
+        run.log({"event": "eval", "step": steps, "val_loss": val_loss})
     elapsed = time.time() - t0
     summary = {"final_loss": last_loss, "val_loss": val_loss, "steps": steps, "seconds": round(elapsed, 2),
                "tokens_per_s": tokens_seen / max(elapsed, 1e-9) if tokens_seen else None,
@@ -256,7 +279,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                "base_weight_bytes": be.base_weight_bytes(),
                "quantize": cfg.model.quantize}
     mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
-    save_common(run.adapter, spec, be.lora_weights(), {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
+    save_common(run.adapter, spec, final_weights, {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
     write_json(run.path / "summary.json", summary)
     run.log({"event": "end", "step": steps, **summary})
     run.plot_loss()

@@ -683,6 +683,24 @@ def compare_without_metrics(ctx):
     return line
 
 
+# ---------------------------------------------------------------- data parallel
+
+@row("E55")
+def fsdp_on_mlx(ctx):
+    r = train_cli(ctx, "--set", "training.parallel=fsdp", backend="mlx")
+    line = expect_error(r, "training.parallel", "torch backend only")
+    assert not ctx.out.exists() and "backend=mlx" not in r.output  # before the model loads
+    return line
+
+
+@row("E56")
+def fsdp_with_4bit(ctx):
+    line = expect_error(train_cli(ctx, "--set", "training.parallel=fsdp", "--set", "model.quantize=4bit"),
+                        "training.parallel: fsdp does not support model.quantize", "config-help")
+    assert not ctx.out.exists()
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

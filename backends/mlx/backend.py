@@ -61,9 +61,14 @@ class Backend:
     name = "mlx"
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
-                 grad_checkpointing: bool = False, attn_implementation: str | None = None):
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None, fsdp: bool = False):
         from mlx_lm.utils import load_model
 
+        if fsdp:
+            raise BackendError("fsdp (sharded training) is implemented on the torch backend only",
+                               where="training.parallel", fix="use training.parallel: ddp with --backend mlx "
+                               "(every process holds the model; mlx 4-bit bases shrink it)")
+        self.sharded = False  # MLX data parallel replicates the model (see distribute)
         self.device = str(mx.default_device())
         self.model_dir = Path(model_dir)
         mx.reset_peak_memory()  # peak_memory_bytes() reports this model's run, not earlier ones
@@ -205,7 +210,10 @@ class Backend:
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
 
-    def accumulate(self, batch: Batch) -> tuple[float, int]:
+    def distribute(self, world_size: int) -> None:
+        """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
+
+    def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         if batch.position_ids is not None:
             # mlx-lm's models take no position_ids or attention mask: a packed row would attend
             # across samples. Refuse rather than train a different model.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,20 @@ def pick_device() -> str:
     return "cpu"
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of an FSDP-sharded DTensor (a collective: every rank calls it), else `t`."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _like(p: torch.Tensor, value: np.ndarray) -> torch.Tensor:
+    """`value` (a whole PEFT-shaped array) placed like parameter `p`: this rank's shard under FSDP."""
+    t = torch.from_numpy(np.asarray(value)).to(p.dtype)
+    if hasattr(p, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+        return distribute_tensor(t, p.device_mesh, p.placements, src_data_rank=None)  # every rank has `value`
+    return t.to(p.device)
+
+
 def _common_key(name: str, adapter: str = "default") -> str | None:
     """PEFT parameter name (with adapter name `adapter`) → saved-file key."""
     if f".lora_A.{adapter}.weight" in name:
@@ -55,7 +70,7 @@ class Backend:
     name = "torch"
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
-                 grad_checkpointing: bool = False, attn_implementation: str | None = None):
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None, fsdp: bool = False):
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
 
@@ -64,6 +79,9 @@ class Backend:
         self.model_dir = Path(model_dir)
         self.dtype = DTYPES[dtype]
         self.quantize = quantize
+        # distribute() sets one of these; `sharded`: FSDP holds the weights, so forward passes and
+        # weight reads are collectives that every rank must run
+        self.fsdp, self.ddp, self.sharded = fsdp, None, False
         kwargs: dict = {"dtype": self.dtype}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
@@ -71,8 +89,8 @@ class Backend:
             kwargs["quantization_config"] = self._bnb_config()
             kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under --nproc/torchrun
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-        if quantize != "4bit":
-            self.model.to(self.device)
+        if quantize != "4bit" and not fsdp:
+            self.model.to(self.device)  # under FSDP each layer moves to this rank's device as it is sharded
         if quantize == "4bit":
             from peft import prepare_model_for_kbit_training
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
@@ -168,7 +186,8 @@ class Backend:
         self.active_adapter = name
 
     def lora_weights(self) -> dict[str, np.ndarray]:
-        return {k: p.detach().to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
+        """PEFT-named float32 copies; under FSDP gathered from the shards (every rank must call it)."""
+        return {k: _full(p.detach()).to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
 
     def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
         self._load_into(self._params, weights, init)
@@ -181,7 +200,7 @@ class Backend:
         with torch.no_grad():
             for k, p in params.items():
                 if k in weights:
-                    p.copy_(torch.from_numpy(np.asarray(weights[k])).to(p.dtype))
+                    p.copy_(_like(p, weights[k]))
                 elif init and k.endswith("lora_magnitude_vector"):
                     recompute.append(k)
                 else:
@@ -193,6 +212,56 @@ class Backend:
                 w = dequantize_module_weight(mod.get_base_layer()).float()
                 delta = mod.lora_B[name].weight.float() @ mod.lora_A[name].weight.float()
                 params[k].copy_(torch.linalg.norm(w + mod.scaling[name] * delta, dim=1).to(params[k].dtype))
+
+    # ------------------------------------------------------------ data parallel
+    def distribute(self, world_size: int) -> None:
+        """Hand the PEFT model to torch's data-parallel engine over the default process group:
+        DistributedDataParallel (every rank holds the whole model; gradients all-reduced in the
+        backward of each rank's last micro-batch) or FSDP2 `fully_shard` (each decoder layer and the
+        root sharded over the ranks, base and LoRA weights alike; gradients reduce-scattered).
+        Both average the gradients; all_reduce turns that back into the sum the trainer divides by
+        the global target-token count (FSDP's divide factor 1 needs PREMUL_SUM, which gloo lacks)."""
+        import torch.distributed as td
+        self._world = world_size
+        if self.fsdp:
+            self._shard(td.get_world_size())
+            return
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+        # No syncing of states: every rank loaded the same base and drew the same LoRA init (seeded),
+        # so broadcasting the whole model from rank 0 (at init, or its buffers at each forward) would
+        # only cost time. (torch 2.13 renamed broadcast_buffers to forward_sync_buffers.)
+        no_buffer_sync = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else {"broadcast_buffers": False})
+        self.ddp = DistributedDataParallel(self.peft, device_ids=[torch.cuda.current_device()] if self.device == "cuda" else None,
+                                           init_sync=False, **no_buffer_sync)
+
+    def _shard(self, world_size: int) -> None:
+        """FSDP2 units: each decoder layer, then the root (embeddings, final norm, LM head). An FSDP
+        unit gathers its parameters in one dtype, so when the LoRA weights are float32 over a
+        bf16/fp16 base (PEFT's default) each LoRA module is a unit of its own and keeps computing in
+        float32, exactly as in one process; casting it to the base dtype moved the weights by 2e-2."""
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        blocks = set(getattr(self.model, "_no_split_modules", None) or [])
+        layers = [m for m in self.peft.modules() if type(m).__name__ in blocks]
+        if not layers:
+            raise BackendError(f"FSDP: no decoder-layer class known for {type(self.model).__name__}",
+                               where="training.parallel", fix="use training.parallel: ddp for this model")
+        mesh = init_device_mesh(self.device, (world_size,))
+        trainable = set(self._params.values())
+        if any(p.dtype != self.dtype for p in trainable):
+            for mod in self.peft.modules():  # lora_A/lora_B Linears, DoRA magnitude holders
+                if any(p in trainable for p in mod.parameters(recurse=False)):
+                    fully_shard(mod, mesh=mesh)
+        for layer in layers:
+            fully_shard(layer, mesh=mesh)
+        fully_shard(self.peft, mesh=mesh)
+        self.sharded = True
+        self._params = self._adapter_params(self.active_adapter)  # fully_shard swapped in DTensor parameters
 
     # ------------------------------------------------------------ training
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
@@ -211,10 +280,10 @@ class Backend:
     def seed(self, seed: int) -> None:
         torch.manual_seed(seed)
 
-    def _loss_sum(self, batch: Batch) -> tuple[torch.Tensor, int]:
+    def _loss_sum(self, batch: Batch, model=None) -> tuple[torch.Tensor, int]:
         ids = torch.from_numpy(batch.ids).long().to(self.device)
         mask = torch.from_numpy(batch.mask).to(self.device)
-        model = self.peft if self.peft is not None else self.model
+        model = model or (self.peft if self.peft is not None else self.model)
         kw = {}
         if batch.position_ids is not None:
             # Packed row: transformers turns restarting position_ids into a block-diagonal causal
@@ -230,10 +299,15 @@ class Backend:
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
 
-    def accumulate(self, batch: Batch) -> tuple[float, int]:
+    def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
+        """`sync` is False on all but this rank's last micro-batch of a step: DDP/FSDP then keep the
+        gradient local and reduce once, in the last backward."""
         self.peft.train()
-        loss, n = self._loss_sum(batch)
-        loss.backward()
+        if self.sharded:
+            self.peft.set_requires_gradient_sync(sync)
+        with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
+            loss, n = self._loss_sum(batch, self.ddp)
+            loss.backward()
         return float(loss.detach()), n
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
@@ -242,9 +316,10 @@ class Backend:
             if p.grad is not None:
                 p.grad.div_(max(n_targets, 1))
         if max_grad_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+            norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
         else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm = float(_full(norm))  # over all shards under FSDP
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.optimizer.step()
@@ -252,19 +327,14 @@ class Backend:
         return norm
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
-        """Data parallel: sum the accumulated gradients (one flat all_reduce) and `scalars` (float64)
-        over the default process group; see common/distributed.py."""
+        """Data parallel: the gradients were already summed over the ranks by DDP/FSDP in the last
+        backward; sum `scalars` (loss sum, target tokens, tokens; float64) too. See common/distributed.py."""
         import torch.distributed as td
-        params = list(self._params.values())
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
-        comm = "cuda" if td.get_backend() == "nccl" else "cpu"  # gloo reduces CPU tensors (e.g. from mps)
-        flat = flat.to(comm)
-        td.all_reduce(flat)
-        offset = 0
-        for p in params:
-            p.grad = flat[offset: offset + p.numel()].view_as(p).to(p.device, p.dtype).clone()
-            offset += p.numel()
-        sums = torch.tensor(scalars, dtype=torch.float64, device=comm)
+        if self.ddp is not None or self.sharded:
+            for p in self._params.values():  # DDP and FSDP average over the N ranks: back to a sum
+                if p.grad is not None:
+                    p.grad.mul_(self._world)
+        sums = torch.tensor(scalars, dtype=torch.float64, device="cuda" if td.get_backend() == "nccl" else "cpu")
         td.all_reduce(sums)
         return sums.tolist()
 
@@ -272,9 +342,9 @@ class Backend:
         out, step = {}, 0
         for k, p in self._params.items():
             st = self.optimizer.state.get(p, {})
-            if "exp_avg" in st:
-                out[k + "::m"] = st["exp_avg"].detach().cpu().float().numpy().copy()
-                out[k + "::v"] = st["exp_avg_sq"].detach().cpu().float().numpy().copy()
+            if "exp_avg" in st:  # FSDP: gathered from the shards, so checkpoints are the same on any N
+                out[k + "::m"] = _full(st["exp_avg"].detach()).cpu().float().numpy().copy()
+                out[k + "::v"] = _full(st["exp_avg_sq"].detach()).cpu().float().numpy().copy()
                 step = int(st["step"])
         return out, step
 
@@ -284,8 +354,8 @@ class Backend:
         for k, p in self._params.items():
             self.optimizer.state[p] = {
                 "step": torch.tensor(float(step)),
-                "exp_avg": torch.from_numpy(state[k + "::m"]).to(p.device, p.dtype),
-                "exp_avg_sq": torch.from_numpy(state[k + "::v"]).to(p.device, p.dtype),
+                "exp_avg": _like(p, state[k + "::m"]),
+                "exp_avg_sq": _like(p, state[k + "::v"]),
             }
 
     @torch.no_grad()
