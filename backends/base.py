@@ -18,9 +18,13 @@ from common.batching import Batch
 class Backend(Protocol):
     name: str
     device: str
+    sharded: bool  # True once distribute() sharded the weights (FSDP): forward and weight reads are collectives
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
-                 grad_checkpointing: bool = False, attn_implementation: str | None = None) -> None: ...
+                 grad_checkpointing: bool = False, attn_implementation: str | None = None,
+                 fsdp: bool = False) -> None:
+        """`fsdp`: distribute() will shard the model (torch only; the model then stays on the CPU
+        until each layer is sharded onto this rank's device)."""
 
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         """Every linear layer of the base: HF path → (out, in)."""
@@ -48,17 +52,22 @@ class Backend(Protocol):
     def seed(self, seed: int) -> None:
         """Seed the framework RNG (dropout) for one step; re-seeded every step so resume is exact."""
 
-    def accumulate(self, batch: Batch) -> tuple[float, int]:
+    def distribute(self, world_size: int) -> None:
+        """Several processes (common/distributed.py), after attach_lora: hand the model to the
+        framework's data-parallel engine (torch DDP or FSDP2; nothing to wrap on MLX)."""
+
+    def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         """Forward + backward on one micro-batch; add the gradient of the *summed* token loss.
-        Returns (summed loss, target tokens)."""
+        `sync` is False on all but this rank's last micro-batch of the step (DDP/FSDP reduce the
+        gradients in that backward only). Returns (summed loss, target tokens)."""
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
         """Divide accumulated gradients by n_targets (token-weighted mean), clip, AdamW step,
         zero them. Returns the pre-clip gradient norm."""
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
-        """Data parallel only (common/distributed.py): sum the accumulated gradients over all ranks
-        in place, and `scalars` (loss sum, target tokens, tokens); returns the summed scalars."""
+        """Data parallel only (common/distributed.py): leave the accumulated gradients summed over
+        all ranks, and sum `scalars` (loss sum, target tokens, tokens); returns the summed scalars."""
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
         """AdamW moments as {PEFT key + '::m' / '::v': array in PEFT shape} and the step count."""

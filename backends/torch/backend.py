@@ -108,7 +108,7 @@ class Backend:
 
     def base_weight_bytes(self) -> int:
         """Bytes of the frozen base parameters in memory (with bitsandbytes: the packed 4-bit weights;
-        their quantization state is not a parameter and is not counted)."""
+        their quantization state is not a parameter and is not counted; under FSDP: this rank's shard)."""
         return int(self._base_bytes)
 
     def _bnb_config(self):
@@ -262,6 +262,9 @@ class Backend:
         fully_shard(self.peft, mesh=mesh)
         self.sharded = True
         self._params = self._adapter_params(self.active_adapter)  # fully_shard swapped in DTensor parameters
+        trainable = set(self._params.values())
+        self._base_bytes = sum(p.to_local().numel() * p.element_size()  # this rank's shard of the base
+                               for p in self.peft.parameters() if p not in trainable)
 
     # ------------------------------------------------------------ training
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
