@@ -262,10 +262,11 @@ def merge(adapter, model, backend, output, allow_base_mismatch):
 @click.argument("out_file", type=click.Path(dir_okay=False))
 @click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
 def export_gguf_cmd(model_dir, out_file, dtype):
-    """Write a (merged) HF model directory as a GGUF file for llama.cpp (llama and qwen2
-    architectures; q/k permuted as llama.cpp's converter does)."""
+    """Write a (merged) HF model directory as a GGUF file for llama.cpp, as llama.cpp's converter
+    does: llama and qwen2 (byte-level BPE tokenizer) and Gemma 3 (Gemma3ForCausalLM, or the language
+    model of Gemma3ForConditionalGeneration; needs its SentencePiece tokenizer.model)."""
     from common.gguf_export import export_gguf
-    out = export_gguf(Path(model_dir), Path(out_file), dtype)
+    out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
     echo(f"[twinlora] wrote {out}")
 
 
