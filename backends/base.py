@@ -87,5 +87,6 @@ class Backend(Protocol):
 
     def peak_memory_bytes(self) -> int: ...
 
-    def base_weight_bytes(self) -> int:
-        """Bytes of the frozen base weights in memory (packed + scales when quantized)."""
+    def base_weight_bytes(self, unquantized: bool = False) -> int:
+        """Bytes of the frozen base weights in memory (packed + scales when quantized); with
+        `unquantized`, what they would take in model.dtype (the 16/32-bit run's weights)."""

@@ -2,6 +2,7 @@
 tokenizer), written to a temporary directory and renamed when complete."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from common.io import atomic_dir, write_json
@@ -13,6 +14,11 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
     with atomic_dir(output) as tmp:
         opened.backend.merge_and_save(tmp)
         opened.tokenizer.save_pretrained(str(tmp))
+        # transformers 5 saves tokenizer.json only; GGUF export of SentencePiece models (Gemma)
+        # needs the base's tokenizer.model, so it travels with the merged model
+        spm = Path(opened.backend.model_dir) / "tokenizer.model"
+        if spm.is_file() and not (tmp / "tokenizer.model").exists():
+            shutil.copyfile(spm, tmp / "tokenizer.model")
         write_json(tmp / "twinlora_merge.json", {"base_model": model, "adapter": str(adapter), "backend": backend,
                                                   "adapter_meta": {k: opened.meta.get(k) for k in ("base_model", "template")}
                                                   if opened.meta else None})

@@ -278,6 +278,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
                "base_weight_bytes": be.base_weight_bytes(),
                "quantize": cfg.model.quantize}
+    if cfg.model.quantize:  # what the 4-bit base saves against the same run in model.dtype
+        full = be.base_weight_bytes(unquantized=True)
+        summary.update(base_weight_bytes_unquantized=full, base_memory_saved_bytes=full - summary["base_weight_bytes"])
     mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
     save_common(run.adapter, spec, final_weights, {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
     write_json(run.path / "summary.json", summary)
@@ -298,6 +301,10 @@ def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
             f"- steps: {s['steps']} in {s['seconds']} s, median step "
             f"{'n/a' if s['median_step_s'] is None else format(s['median_step_s'], '.3f')} s\n"
             f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}\n"
-            f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n\n"
+            f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n"
+            + (f"- base weights: {s['base_weight_bytes'] / 2**20:.1f} MiB in {s['quantize']} vs "
+               f"{s['base_weight_bytes_unquantized'] / 2**20:.1f} MiB in {cfg.model.dtype}: "
+               f"{s['base_memory_saved_bytes'] / 2**20:.1f} MiB saved\n" if s.get("quantize") else "")
+            + "\n"
             "Files: `config.yaml` (resolved config), `log.jsonl`, `loss.png`, `checkpoints/`, "
             "`adapter/` (PEFT format + twinlora.json; `adapter/mlx/` holds mlx-lm's format on MLX runs).\n")

@@ -20,7 +20,8 @@ TEXT = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_la
             max_position_embeddings=512, rms_norm_eps=1e-5, pad_token_id=0, eos_token_id=1, bos_token_id=2,
             rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 100000.0},
                              "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
-CHAT = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n"
+CHAT = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}"
+        "\n{{ m['content'] }}<end_of_turn>\n"
         "{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 FRENCH = ["Le salarié a droit à un congé payé ; l'employeur fixe les dates après avis du comité.",
           "Ça coûte 12,50 € — « déjà vu », naïveté, Œuvre, où ?  Deux espaces\tet une tabulation."]
@@ -195,3 +196,26 @@ def test_gguf_gemma3_refuses(gemma, tmp_path):
                                          r"`hf download google/gemma-3-1b-it tokenizer.model --local-dir "):
         export_gguf(merged, tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_train_merge_export_gemma3(gemma, tmp_path):
+    """The user's path: train a LoRA on the Gemma 3 base, merge it (the base's tokenizer.model is
+    carried into the merged directory), export the merged model to GGUF and read it back."""
+    from helpers import run_cli
+    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
+                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
+            for i in range(6)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    r = run_cli("train", "--backend", "torch", "--model", gemma, "--data", data, "--output", tmp_path / "run",
+                "--steps", "2", "--set", "training.lr=1e-2", "--set", "lora.target_modules=all-linear")
+    assert r.exit_code == 0, r.output
+    merged = tmp_path / "merged"
+    r = run_cli("merge", "--backend", "torch", "--model", gemma, "--adapter", tmp_path / "run" / "adapter",
+                "--output", merged)
+    assert r.exit_code == 0, r.output
+    assert (merged / "tokenizer.model").read_bytes() == (gemma / "tokenizer.model").read_bytes()
+    assert np.abs(logits(merged) - logits(gemma)).max() > 1e-3  # the adapter changed the model
+    r = run_cli("export-gguf", merged, tmp_path / "gguf" / "merged.gguf")
+    assert r.exit_code == 0, r.output
+    assert np.abs(logits(tmp_path / "gguf", gguf_file="merged.gguf") - logits(merged)).max() < 1e-5

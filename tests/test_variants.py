@@ -252,6 +252,12 @@ def test_mlx_4bit_training_saves_memory_and_adapter_loads_unquantized(mlx_4bit, 
     assert summary["quantize"] == "4bit" and summary["final_loss"] < 6.0
     # packed 4-bit + fp scales/biases (the embedding stays fp32): 0.33x of the fp32 base here
     assert summary["base_weight_bytes"] < 0.4 * full["base_weight_bytes"]
+    # the summary and the run's README state the saving against the same base unquantized (fp32)
+    assert summary["base_weight_bytes_unquantized"] == full["base_weight_bytes"]
+    assert summary["base_memory_saved_bytes"] == full["base_weight_bytes"] - summary["base_weight_bytes"]
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    assert (f"- base weights: {mib(summary['base_weight_bytes'])} in 4bit vs {mib(full['base_weight_bytes'])} "
+            f"in float32: {mib(summary['base_memory_saved_bytes'])} saved\n") in (out / "README.md").read_text()
     adapter = out / "adapter"
     assert (adapter / COMMON_WEIGHTS).is_file() and (adapter / "mlx" / "adapters.safetensors").is_file()
     # the adapter is an ordinary PEFT adapter: on the unquantized base PEFT == MLX

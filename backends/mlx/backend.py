@@ -76,6 +76,8 @@ class Backend:
         if DTYPES[dtype] != mx.float32 or any(v.dtype != mx.float32 for _, v in tree_flatten(self.model.parameters())):
             self.model.set_dtype(DTYPES[dtype])
         self.quantize = quantize
+        # the base in `dtype` (what an unquantized run holds), before 4-bit packing; shapes only
+        self._full_bytes = sum(v.size * DTYPES[dtype].size for _, v in tree_flatten(self.model.parameters()))
         if quantize == "4bit":
             # mlx-lm's affine 4-bit, group 64 (not NF4): the base is quantized, LoRA stays float.
             nn.quantize(self.model, group_size=64, bits=4,
@@ -95,9 +97,10 @@ class Backend:
         mx.eval(self.model.parameters())
         self._base_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
 
-    def base_weight_bytes(self) -> int:
-        """Bytes of the frozen base weights as held in memory (packed weights + scales when quantized)."""
-        return int(self._base_bytes)
+    def base_weight_bytes(self, unquantized: bool = False) -> int:
+        """Bytes of the frozen base weights as held in memory (packed weights + scales when quantized),
+        or with `unquantized` what they take in model.dtype without quantization."""
+        return int(self._full_bytes if unquantized else self._base_bytes)
 
     # ------------------------------------------------------------ structure
     def linear_modules(self) -> dict[str, tuple[int, int]]:

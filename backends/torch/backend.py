@@ -105,11 +105,15 @@ class Backend:
         self.grad_checkpointing = grad_checkpointing
         self.active_adapter = None
         self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        # the base in `dtype` without quantization; a bitsandbytes Params4bit keeps its shape in quant_state
+        self._full_bytes = sum(int(np.prod(qs.shape)) if (qs := getattr(p, "quant_state", None)) is not None
+                               else p.numel() for p in self.model.parameters()) * self.dtype.itemsize
 
-    def base_weight_bytes(self) -> int:
+    def base_weight_bytes(self, unquantized: bool = False) -> int:
         """Bytes of the frozen base parameters in memory (with bitsandbytes: the packed 4-bit weights;
-        their quantization state is not a parameter and is not counted; under FSDP: this rank's shard)."""
-        return int(self._base_bytes)
+        their quantization state is not a parameter and is not counted; under FSDP: this rank's shard),
+        or with `unquantized` what the whole base takes in model.dtype without quantization."""
+        return int(self._full_bytes if unquantized else self._base_bytes)
 
     def _bnb_config(self):
         if not torch.cuda.is_available():
