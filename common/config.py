@@ -191,7 +191,6 @@ def _apply(cfg: Config, updates: dict, origin: str, problems: list[str]) -> None
     valid_top = list(SECTIONS) + list(TOP_LEVEL)
     for top, value in updates.items():
         if top in TOP_LEVEL:
-            f = next(f for f in fields(Config) if f.name == top)
             setattr(cfg, top, _convert(value, _hint(Config, top), top, problems))
             continue
         if top not in SECTIONS:

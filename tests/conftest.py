@@ -32,10 +32,5 @@ def other_tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def chat_jsonl(tmp_path) -> Path:
-    import json
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(12)]
-    p = tmp_path / "train.jsonl"
-    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    return p
+    from helpers import chat_rows, write_jsonl
+    return write_jsonl(tmp_path / "train.jsonl", chat_rows(12))

@@ -1,9 +1,22 @@
 """Small helpers shared by the tests: train a tiny run, call the CLI in-process."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from click.testing import CliRunner
+
+
+def chat_rows(n: int = 12) -> list[dict]:
+    """n short French chat records (user question, assistant answer): the tests' training data."""
+    return [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
+                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
+            for i in range(n)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def tiny_config(model: Path, train_file: Path, out: Path, **sections):

@@ -1,7 +1,6 @@
 """Bad inputs of the spine: one clear line naming file/line/key, exit 2, no traceback, nothing written."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -2,8 +2,6 @@
 (on a tiny model standing in for the embedded one)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from helpers import run_cli

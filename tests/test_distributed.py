@@ -12,7 +12,6 @@ Both sides must use the same BLAS: the MLX ranks get the BLAS this test process 
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from helpers import chat_rows, tiny_config, write_jsonl
 
 from common.config import dump_yaml
 from common.errors import ConfigError
@@ -58,13 +57,11 @@ def _train_log(run: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def setup(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(12)]
+    rows = chat_rows(12)
     data = root / "train.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(data, rows)
     valid = root / "valid.jsonl"  # validation during training is a collective under FSDP
-    valid.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows[:5]), encoding="utf-8")
+    write_jsonl(valid, rows[:5])
     return root, tiny_model, data
 
 
@@ -116,7 +113,7 @@ def test_two_processes_match_one(run, setup, two_procs, tmp_path):
     train(cfg, backend, echo=lambda *a, **k: None)
     output, two = _finished(procs, run)
     engine = "FSDP2: weights sharded" if parallel == "fsdp" else "replicated"
-    assert f"data parallel: 2 processes" in output and engine in output
+    assert "data parallel: 2 processes" in output and engine in output
     assert output.count(f"step {STEPS}/{STEPS}") == 1  # rank 0 only
 
     w1, w2 = _weights(one), _weights(two)

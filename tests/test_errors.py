@@ -102,11 +102,11 @@ def _nth_call_patch(ctx, n: int, action):
     from backends.torch.backend import Backend
     orig, calls = Backend.accumulate, {"n": 0}
 
-    def fake(self, batch):
+    def fake(self, batch, sync=True):
         calls["n"] += 1
         if calls["n"] == n:
             return action(orig, self, batch)
-        return orig(self, batch)
+        return orig(self, batch, sync)
     ctx.mp.setattr(Backend, "accumulate", fake)
 
 

@@ -201,12 +201,10 @@ def test_gguf_gemma3_refuses(gemma, tmp_path):
 def test_train_merge_export_gemma3(gemma, tmp_path):
     """The user's path: train a LoRA on the Gemma 3 base, merge it (the base's tokenizer.model is
     carried into the merged directory), export the merged model to GGUF and read it back."""
-    from helpers import run_cli
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(6)]
+    from helpers import chat_rows, run_cli, write_jsonl
+    rows = chat_rows(6)
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(data, rows)
     r = run_cli("train", "--backend", "torch", "--model", gemma, "--data", data, "--output", tmp_path / "run",
                 "--steps", "2", "--set", "training.lr=1e-2", "--set", "lora.target_modules=all-linear")
     assert r.exit_code == 0, r.output

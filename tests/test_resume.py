@@ -8,7 +8,6 @@ checkpoint is being written.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from helpers import tiny_config
+from helpers import chat_rows, tiny_config, write_jsonl
 
 BACKENDS = ("mlx", "torch")
 STEPS = 8
@@ -53,10 +52,8 @@ def setup(tiny_model, tmp_path_factory):
     from common.trainer import train
     root = tmp_path_factory.mktemp("resume")
     data = root / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(12)]
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rows = chat_rows(12)
+    write_jsonl(data, rows)
     cfg = tiny_config(tiny_model, data, root / "unused", training={"steps": STEPS, "save_every": 1},
                       lora={"dropout": 0.1})  # dropout: the per-step RNG re-seed matters too
     cfg_file = root / "config.yaml"
@@ -126,11 +123,11 @@ def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
     cls = get_backend(backend)
     orig, calls = cls.accumulate, {"n": 0}
 
-    def interrupt_in_step_5(self, batch):
+    def interrupt_in_step_5(self, batch, sync=True):
         calls["n"] += 1
         if calls["n"] == 5:
             raise KeyboardInterrupt
-        return orig(self, batch)
+        return orig(self, batch, sync)
     monkeypatch.setattr(cls, "accumulate", interrupt_in_step_5)
     cfg = load_config(cfg_file, {"output": str(tmp_path / "run"), "training": {"save_every": 0}})
     with pytest.raises(TrainingError, match="progress saved at step 4"):

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from helpers import run_cli, tiny_config
+from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
-from common.adapter import (COMMON_WEIGHTS, MLX_WEIGHTS, load_adapter, mlx_to_peft, peft_to_mlx, scale_of)
+from common.adapter import (MLX_WEIGHTS, load_adapter, mlx_to_peft, peft_to_mlx, scale_of)
 from common.data.formats import load_examples
 from common.runs import RunDir
 from common.tokenize import Tokenizer, load_tokenizer
@@ -39,9 +39,9 @@ def test_both_backends_receive_identical_batches(tiny_model, chat_jsonl, tmp_pat
         original = cls.accumulate
         got = seen.setdefault(name, [])
 
-        def spy(self, batch, _orig=original, _got=got):
+        def spy(self, batch, sync=True, _orig=original, _got=got):
             _got.append((batch.ids.copy(), batch.mask.copy()))
-            return _orig(self, batch)
+            return _orig(self, batch, sync)
         monkeypatch.setattr(cls, "accumulate", spy)
         train(tiny_config(tiny_model, chat_jsonl, tmp_path / name, training={"grad_accumulation": 2}), name, echo=lambda *a, **k: None)
     assert len(seen["mlx"]) == len(seen["torch"]) == 8
@@ -55,9 +55,8 @@ def trained(tiny_model, tmp_path_factory):
     """One short run per backend from the same seed (so the same initial LoRA weights)."""
     root = tmp_path_factory.mktemp("runs")
     data = root / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]} for i in range(12)]
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    rows = chat_rows(12)
+    write_jsonl(data, rows)
     out = {}
     for name in BACKENDS:
         summary = train(tiny_config(tiny_model, data, root / name, training={"steps": 6}), name, echo=lambda *a, **k: None)

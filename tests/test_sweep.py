@@ -3,11 +3,10 @@ nothing; an interrupted sweep finishes only the missing runs (resuming the cut o
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 
-from helpers import run_cli, tiny_config
+from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
 import common.evaluation
 import common.trainer
@@ -30,12 +29,9 @@ def _rows(out):
 def base(tiny_model, tmp_path_factory):
     """A base config (2 steps, checkpoint every step) with train and validation files."""
     root = tmp_path_factory.mktemp("sweep")
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(12)]
+    rows = chat_rows(12)
     for name, part in (("train", rows[:8]), ("valid", rows[8:])):
-        (root / f"{name}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in part),
-                                            encoding="utf-8")
+        write_jsonl(root / f"{name}.jsonl", part)
     cfg = tiny_config(tiny_model, root / "train.jsonl", root / "unused", data={"valid": str(root / "valid.jsonl")},
                       training={"steps": 2, "save_every": 1})
     path = root / "base.yaml"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import run_cli, tiny_config
+from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
 from common.adapter import COMMON_WEIGHTS, load_adapter
 from common.runs import RunDir
@@ -24,10 +24,8 @@ quiet = dict(echo=lambda *a, **k: None)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("vdata") / "train.jsonl"
-    rows = [{"messages": [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"},
-                          {"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}]}
-            for i in range(12)]
-    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    rows = chat_rows(12)
+    write_jsonl(p, rows)
     return p
 
 

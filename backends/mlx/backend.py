@@ -7,7 +7,6 @@ resume (optimizer moments and step are saved).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import mlx.core as mx

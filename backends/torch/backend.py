@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.adapter import PEFT_PREFIX, AdapterSpec, peft_config_dict
+from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.errors import BackendError
 from common.models import normalize_config
