@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -273,18 +274,41 @@ def export_gguf_cmd(model_dir, out_file, dtype):
 # ------------------------------------------------------------------ generate
 @cli.command()
 @click.option("--prompt", "-p", multiple=True, required=True, help="User message (repeatable).")
-@click.option("--adapter", type=click.Path(), help="Adapter directory (either format).")
+@click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
+              help="Adapter directory (either format); repeat to answer with several adapters over one "
+                   "loaded base, switched by name (NAME defaults to the directory).")
 @click.option("--model", default="embedded", show_default=True, help="Base model.")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--template", default="chat", show_default=True, help='"chat", "raw" or a .jinja file.')
 @click.option("--system", help="System message.")
-def generate(prompt, adapter, model, backend, max_new_tokens, template, system):
-    """Greedy generation with a base model and optional adapter."""
-    from common.session import open_model, reply
-    opened = open_model(backend, model, adapter=adapter)
+def generate(prompt, adapters, model, backend, max_new_tokens, template, system):
+    """Greedy generation with a base model and optional adapter(s)."""
+    from common.session import add_adapter, open_model, reply
+    named = [_named_adapter(a) for a in adapters]
+    if len({label for label, _ in named}) < len(named):
+        raise UserError("two --adapter values have the same name", where="--adapter",
+                        fix="name them: --adapter a=DIR1 --adapter b=DIR2")
+    opened = open_model(backend, model, adapter=named[0][1] if named else None)
+    keys = ["default"] + [f"adapter_{i}" for i in range(1, len(named))]  # backend names; labels are for display
+    for key, (_, path) in zip(keys[1:], named[1:]):
+        add_adapter(opened, key, path)
     for p in prompt:
-        echo(f">>> {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
+        if len(named) <= 1:
+            echo(f">>> {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
+            continue
+        for key, (label, _) in zip(keys, named):
+            opened.backend.set_active_adapter(key)
+            echo(f">>> [{label}] {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
+
+
+def _named_adapter(value: str) -> tuple[str, str]:
+    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/)."""
+    name, sep, path = value.partition("=")
+    if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
+        return name, path
+    p = Path(value)
+    return (p.parent.name if p.name == "adapter" else p.name) or value, value
 
 
 # ------------------------------------------------------------------ eval / compare

@@ -389,6 +389,28 @@ def test_switch_adapters_without_reloading_base(runs, tiny_model, backend):
     assert {id(v) for v in _base_arrays(be)} == base_ids  # the base was not reloaded or copied
 
 
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_generate_with_several_adapters(runs, tiny_model, backend):
+    """`generate --adapter a=DIR --adapter DIR2`: each adapter's answer over one loaded base equals
+    what `generate` gives with that adapter alone."""
+    a = runs["rslora", "torch"][0] / "adapter"
+    b = runs["dora", "mlx"][0] / "adapter"
+    common = ["generate", "--backend", backend, "--model", tiny_model, "--template", "raw",
+              "--max-new-tokens", "6", "--prompt", "Que dit", "--prompt", "L'article"]
+    both = run_cli(*common, "--adapter", f"first={a}", "--adapter", b)
+    assert both.exit_code == 0, both.output
+    label_b = b.parent.name  # a run's adapter/ is named after its run directory
+    alone = {label: run_cli(*common, "--adapter", path) for label, path in (("first", a), (label_b, b))}
+    for label, r in alone.items():
+        assert r.exit_code == 0, r.output
+        answers = r.output.split(">>> ")[1:]  # one block per prompt
+        for answer in answers:
+            assert f">>> [{label}] {answer}" in both.output
+    assert both.output.count(">>> [") == 4 and alone["first"].output != alone[label_b].output
+    same = run_cli(*common, "--adapter", a, "--adapter", a)
+    assert same.exit_code == 2 and "error: --adapter: two --adapter values have the same name" in same.output
+
+
 def _base_arrays(be):
     if be.name == "torch":
         return [p for n, p in be.peft.named_parameters() if "lora_" not in n]
