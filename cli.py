@@ -250,12 +250,25 @@ def convert(src, dst, fmt, model):
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
-def merge(adapter, model, backend, output, allow_base_mismatch):
+@click.option("--quantize", type=click.Choice(["4bit"]), default=None,
+              help="Merge into the base as quantized for training (de-quantized 4-bit weights + adapter, "
+                   "what a QLoRA adapter was trained against; MLX backend), saved in the base's dtype, "
+                   "and report the precision lost against the unquantized merge.")
+def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
     from common.merge import merge_adapter
-    out = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch)
-    echo(f"[twinlora] merged model: {out}")
+    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize)
+    if info.get("adapter_trained_on_quantized_base") and not quantize:
+        echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
+             "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
+             "de-quantized 4-bit base it was trained against instead.")
+    if quantize:
+        lost = info["precision_lost"]
+        echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
+             f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
+             f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
+    echo(f"[twinlora] merged model: {output}")
 
 
 @cli.command("export-gguf")

@@ -279,6 +279,40 @@ def test_merge_into_quantized_base(mlx_4bit, tiny_model, tmp_path):
     assert 1e-3 < lost < 5.0
 
 
+def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_model, tmp_path):
+    """`merge --quantize 4bit`: de-quantized base + adapter saved in float32, and the precision the
+    4-bit base lost, measured against the unquantized merge, printed and kept in twinlora_merge.json."""
+    from transformers import AutoTokenizer
+
+    from common.merge import probe_ids
+    from common.parity import compare_logits
+    adapter, out = mlx_4bit[0] / "adapter", tmp_path / "merged-q"
+    r = run_cli("merge", "--backend", "mlx", "--model", tiny_model, "--adapter", adapter, "--output", out,
+                "--quantize", "4bit")
+    assert r.exit_code == 0, r.output
+    info = json.loads((out / "twinlora_merge.json").read_text())
+    lost = info["precision_lost"]
+    assert info["quantized_base"] == "4bit" and info["adapter_trained_on_quantized_base"] == "4bit"
+    assert f"max |Δlogit| {lost['max_abs_logit_diff']:.4g}" in r.output
+    # recomputed here: the merged model (transformers) against the unquantized base + adapter (MLX)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from common.session import open_model
+    merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
+    full = open_model("mlx", str(tiny_model), adapter=adapter).backend
+    worst = 0.0
+    for ids in probe_ids(AutoTokenizer.from_pretrained(str(tiny_model))):
+        with torch.no_grad():
+            a = merged(input_ids=torch.tensor([ids])).logits.float().numpy()[0]
+        worst = max(worst, compare_logits(a, full.logits(np.array([ids]))[0])["max_abs_logit_diff"])
+    assert 1e-3 < lost["max_abs_logit_diff"] < 5.0 and abs(worst - lost["max_abs_logit_diff"]) < 1e-3
+    # without --quantize the same adapter merges into the unquantized base, with a note
+    r = run_cli("merge", "--backend", "mlx", "--model", tiny_model, "--adapter", adapter, "--output", tmp_path / "m2")
+    assert r.exit_code == 0 and "note: the adapter was trained on a 4bit base" in r.output
+    assert "precision_lost" not in json.loads((tmp_path / "m2" / "twinlora_merge.json").read_text())
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present: bitsandbytes 4-bit can run")
 def test_torch_4bit_without_cuda_is_one_clear_error(tiny_model, data, tmp_path):
     from backends import get_backend
@@ -298,8 +332,9 @@ def test_torch_4bit_without_cuda_is_one_clear_error(tiny_model, data, tmp_path):
 @pytest.fixture(scope="module")
 def merged_dora(runs, tiny_model, tmp_path_factory):
     from common.merge import merge_adapter
-    return merge_adapter("torch", str(tiny_model), str(runs["dora", "mlx"][0] / "adapter"),
-                         tmp_path_factory.mktemp("m") / "merged")
+    out = tmp_path_factory.mktemp("m") / "merged"
+    merge_adapter("torch", str(tiny_model), str(runs["dora", "mlx"][0] / "adapter"), out)
+    return out
 
 
 @pytest.mark.parametrize("dtype,tol", [("f32", 1e-5), ("f16", 2e-2)])

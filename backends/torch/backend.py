@@ -416,8 +416,9 @@ class Backend:
     @torch.no_grad()
     def merge_and_save(self, out_dir: Path) -> None:
         if self.quantize:
-            raise BackendError("merging into a 4-bit base is done from the unquantized weights",
-                               fix="run merge without model.quantize; the adapter is the same")
+            raise BackendError("merging into the de-quantized 4-bit base is implemented on the MLX backend",
+                               where="--quantize", fix="merge without --quantize (into the unquantized base, "
+                               "the usual QLoRA merge; the adapter is the same), or use --backend mlx")
         merged = self.peft.merge_and_unload(safe_merge=True)
         merged.config.use_cache = True
         merged.save_pretrained(str(out_dir), safe_serialization=True)
