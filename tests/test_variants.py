@@ -311,6 +311,11 @@ def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_mod
     r = run_cli("merge", "--backend", "mlx", "--model", tiny_model, "--adapter", adapter, "--output", tmp_path / "m2")
     assert r.exit_code == 0 and "note: the adapter was trained on a 4bit base" in r.output
     assert "precision_lost" not in json.loads((tmp_path / "m2" / "twinlora_merge.json").read_text())
+    # torch: bitsandbytes de-quantization needs CUDA; one clear error, nothing written
+    r = run_cli("merge", "--backend", "torch", "--model", tiny_model, "--adapter", adapter, "--output", tmp_path / "m3",
+                "--quantize", "4bit")
+    assert r.exit_code == 2 and "Traceback" not in r.output and not (tmp_path / "m3").exists()
+    assert r.output.count("error:") == 1 and ("needs an NVIDIA GPU" in r.output or "implemented on the MLX backend" in r.output)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present: bitsandbytes 4-bit can run")
