@@ -27,9 +27,11 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
     from common.parity import compare_logits
     from common.session import open_model
 
+    probes = probe_ids(tokenizer)
+
     def logits(**kw) -> list:
         be = open_model(backend, **kw).backend
-        return [be.logits(np.array([ids]))[0] for ids in probe_ids(tokenizer)]
+        return [be.logits(np.array([ids]))[0] for ids in probes]
 
     merged = logits(model=str(merged_dir))
     full = logits(model=model, adapter=adapter, allow_base_mismatch=True)

@@ -182,10 +182,11 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     # Test hook: seconds to sleep after each step, so tests can kill a run mid-way (tests/test_resume.py).
     step_delay = float(os.environ.get("TWINLORA_TEST_STEP_DELAY") or 0)
 
-    def checkpoint(at: int):
-        """Save step `at` (rank 0); under FSDP every rank calls it to gather the weights."""
+    def checkpoint(at: int, weights: dict | None = None):
+        """Save step `at` (rank 0); under FSDP every rank calls it to gather the weights.
+        `weights`: the adapter weights when the caller has already read them."""
         opt, ostep = be.optimizer_state()
-        weights = be.lora_weights()
+        weights = be.lora_weights() if weights is None else weights
         if not writes:
             return None
         return run.save_checkpoint(at, weights, opt, ostep,
@@ -263,8 +264,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
     if valid_data:
         val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
-    checkpoint(steps)
-    final_weights = be.lora_weights()
+    final_weights = be.lora_weights()  # gathered once for the last checkpoint and the adapter
+    checkpoint(steps, final_weights)
     if not dist.is_main:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}

@@ -1,7 +1,6 @@
 """Small helpers shared by the tests: train a tiny run, call the CLI in-process."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -15,7 +14,9 @@ def chat_rows(n: int = 12) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    """common.io.write_jsonl, returning the path (handy in fixtures)."""
+    from common.io import write_jsonl as write_rows
+    write_rows(path, rows)
     return path
 
 

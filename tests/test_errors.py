@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from helpers import run_cli, tiny_config
+from helpers import run_cli, tiny_config, write_jsonl
 
 DOC = ROOT / "docs" / "errors.md"
 ROWS: dict = {}
@@ -68,16 +68,12 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
-def jsonl(path: Path, rows: list) -> Path:
-    return write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
 @pytest.fixture(scope="module")
 def trained_adapter(tiny_model, tmp_path_factory) -> Path:
     """A 1-step torch adapter on tiny_model; rows copy it before damaging it."""
     from common.trainer import train
     root = tmp_path_factory.mktemp("errors_run")
-    data = jsonl(root / "train.jsonl", [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)])
+    data = write_jsonl(root / "train.jsonl", [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)])
     train(tiny_config(tiny_model, data, root / "run", training={"steps": 1}), "torch", echo=quiet)
     return root / "run" / "adapter"
 
@@ -175,7 +171,7 @@ def sample_longer_than_max_length_error(ctx):
 @row("E07")
 def sample_longer_than_max_length_truncate_warns(ctx):
     long = " ".join(["Le salarié a droit à un congé payé."] * 12)
-    data = jsonl(ctx.tmp / "long.jsonl", [{"prompt": f"Q{i}", "completion": long} for i in range(3)])
+    data = write_jsonl(ctx.tmp / "long.jsonl", [{"prompt": f"Q{i}", "completion": long} for i in range(3)])
     r = train_cli(ctx, "--set", "data.max_length=32", data=data)
     assert r.exit_code == 0, r.output
     lines = [l for l in r.output.splitlines() if "warning" in l]
@@ -186,7 +182,7 @@ def sample_longer_than_max_length_truncate_warns(ctx):
 
 @row("E08")
 def unknown_role(ctx):
-    data = jsonl(ctx.tmp / "bad.jsonl", [{"messages": [{"role": "robot", "content": "hi"},
+    data = write_jsonl(ctx.tmp / "bad.jsonl", [{"messages": [{"role": "robot", "content": "hi"},
                                                        {"role": "assistant", "content": "yo"}]}])
     line = expect_error(train_cli(ctx, data=data), f"{data}:1:", 'unknown role "robot"', "system, user, assistant")
     assert not ctx.out.exists()
@@ -737,7 +733,7 @@ def test_error_row(rid, ctx):
 def test_manifest_from_prepare_trains(ctx):
     """The positive side of E45-E47: `train --data manifest.json` uses the manifest's train/valid files."""
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(20)]
-    src = jsonl(ctx.tmp / "src.jsonl", rows)
+    src = write_jsonl(ctx.tmp / "src.jsonl", rows)
     prepared = ctx.tmp / "prepared"
     assert run_cli("prepare", "jsonl", src, "--out", prepared).exit_code == 0
     r = train_cli(ctx, data=prepared / "manifest.json")

@@ -17,6 +17,7 @@ from common.data.recipes import legi, slds, squad
 from common.errors import ConfigError, DataError, UserError
 
 from conftest import SHARED  # noqa: E402  (../shared/data, or the copies in data/)
+from helpers import write_jsonl  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CRPA = SHARED / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 MARITIME = SHARED / "legi" / "LEGITEXT000006072051_code_travail_maritime_2019-09-23.json"
@@ -315,9 +316,7 @@ def test_squad_errors(tmp_path):
 # ---------------------------------------------------------------- slds
 
 def _slds_file(tmp_path, records) -> Path:
-    path = tmp_path / "slds.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
-    return path
+    return write_jsonl(tmp_path / "slds.jsonl", records)
 
 
 def test_slds_synthetic_demo_file_and_instructions():

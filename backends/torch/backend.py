@@ -225,10 +225,9 @@ class Backend:
         root sharded over the ranks, base and LoRA weights alike; gradients reduce-scattered).
         Both average the gradients; all_reduce turns that back into the sum the trainer divides by
         the global target-token count (FSDP's divide factor 1 needs PREMUL_SUM, which gloo lacks)."""
-        import torch.distributed as td
         self._world = world_size
         if self.fsdp:
-            self._shard(td.get_world_size())
+            self._shard(world_size)
             return
         import inspect
 
