@@ -387,9 +387,15 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
                      tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
     if runs:
         rep["loss_curves"] = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
+    if rep["family"].get("warning"):
+        click.echo(f"warning: {rep['family']['warning']}", err=True)
     for r in rep["prompts"]:
         echo(f"prompt: {r['prompt'][:70]!r}\n  max|Δlogit| {r['max_abs_logit_diff']:.2e}  KL {r['mean_kl']:.2e}  "
              f"same text: {r['same_text']}\n  mlx:   {r['mlx_text'][:100]!r}\n  torch: {r['torch_text'][:100]!r}")
+    if rep["long_probe"]:
+        lp = rep["long_probe"]
+        echo(f"long probe: {lp['tokens']} positions ({', '.join(lp['why'])})\n  max|Δlogit| "
+             f"{lp['max_abs_logit_diff']:.2e}  KL {lp['mean_kl']:.2e}")
     echo(f"max |Δlogit| = {rep['max_abs_logit_diff']:.3e} (tolerance {rep['tolerance']['max_abs_logit_diff']:.0e}); "
          f"mean KL = {rep['mean_kl']:.3e} (tolerance {rep['tolerance']['mean_kl']:.0e}); "
          f"same greedy text: {rep['same_greedy_text']}")
