@@ -54,7 +54,7 @@ def long_probe_length(text: dict) -> tuple[int, list[str]]:
     slides = "sliding_attention" in (text.get("layer_types") or []) or text.get("use_sliding_window")
     if window and slides:
         need, why = max(need, int(window) + 32), why + [f"sliding window {window}"]
-    if kinds & {"llama3", "linear", "yarn", "dynamic", "longrope"}:
+    if kinds & {"llama3", "yarn", "dynamic", "longrope"}:  # position-dependent scalings
         need, why = max(need, 2048 + 32), why + [f"rope scaling {sorted(k for k in kinds if k)}"]
     limit = int(text.get("max_position_embeddings") or need)
     return min(need, limit), why

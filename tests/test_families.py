@@ -195,3 +195,40 @@ def test_gguf_round_trip_gemma3_4b_shape(seeds, trained, tmp_path):
     assert fields["gemma3.attention.sliding_window"] == 8 and fields["gemma3.rope.freq_base"] == 1e6
     assert AutoConfig.from_pretrained(str(tmp_path / "g"), gguf_file="g.gguf").rope_parameters[
         "full_attention"]["rope_type"] == "default"
+
+
+def test_parity_on_a_base_without_chat_template(seeds, tmp_path):
+    """A base model with no chat template: raw prompts; the long probe crosses the sliding window."""
+    model = shutil.copytree(seeds["gemma-3-4b"], tmp_path / "base")
+    for f in model.glob("chat_template.*"):
+        f.unlink()
+    tc = json.loads((model / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(tc))
+    r = run_cli("parity", "--model", model, "--max-new-tokens", "4", "--output", tmp_path / "parity.json")
+    assert r.exit_code == 0 and "PARITY: PASS" in r.output, r.output
+    assert "long probe: 40 positions (sliding window 8)" in r.output and "warning:" not in r.output
+    rep = json.loads((tmp_path / "parity.json").read_text())
+    assert rep["family"] == {"model_type": "gemma3_text", "verified": True, "problems": []}
+    assert rep["long_probe"]["tokens"] == 40 and rep["long_probe"]["max_abs_logit_diff"] < TOL
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(model))
+    assert not tok.chat_template
+    assert rep["prompts"][0]["prompt"] == "What is the capital of France?"
+
+
+def test_parity_warns_on_an_unverified_family(tmp_path):
+    """mistral loads on both backends, but no test proves it: parity says so (stderr) and records it."""
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig
+
+    from tiny_model import build_tokenizer
+    tok = build_tokenizer(tmp_path / "m")
+    cfg = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                        num_attention_heads=4, num_key_value_heads=2, sliding_window=None,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(tmp_path / "m"))
+    r = run_cli("parity", "--model", tmp_path / "m", "--max-new-tokens", "2", "--output", tmp_path / "p.json")
+    assert "warning: model_type 'mistral' is not one twinlora proves equal on both backends" in r.output, r.output
+    assert json.loads((tmp_path / "p.json").read_text())["family"]["verified"] is False
