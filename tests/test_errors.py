@@ -712,6 +712,19 @@ def mlx_would_build_another_model(ctx):
     return line
 
 
+@row("E132")
+def mlx_lacks_the_architecture(ctx):
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+    model = ctx.tmp / "opt"
+    shutil.copytree(ctx.model, model, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(OPTConfig(vocab_size=384, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                                               num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(str(model))
+    r = run_cli("generate", "--backend", "mlx", "--model", model, "--prompt", "hi", "--max-new-tokens", "1")
+    return expect_error(r, str(model / "config.json"), "mlx-lm has no 'opt' architecture", "--backend torch")
+
+
 @row("E131")
 def gemma_wheels_missing(ctx):
     import sys

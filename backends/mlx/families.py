@@ -23,6 +23,7 @@ from common.families import family_report
 def config_overrides(model_dir: Path) -> dict:
     """The keys mlx-lm must read for `model_dir` to be transformers' model (refused if it cannot)."""
     report = family_report(model_dir)
+    _check_mlx_has(model_dir)
     if report["problems"]:
         raise ModelError(f"mlx-lm would build a different {report['model_type']} model than transformers from this "
                          "config.json: " + "; ".join(report["problems"]), where=str(Path(model_dir) / "config.json"),
@@ -34,6 +35,18 @@ def config_overrides(model_dir: Path) -> dict:
         import json
         return {"text_config": {**(json.loads(raw).get("text_config") or {}), **keys}}
     return keys
+
+
+def _check_mlx_has(model_dir: Path) -> None:
+    """mlx-lm's loader raises a bare ValueError for an architecture it lacks: say it in one line."""
+    import importlib.util
+    import json
+
+    from mlx_lm.utils import MODEL_REMAPPING
+    kind = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    if importlib.util.find_spec(f"mlx_lm.models.{MODEL_REMAPPING.get(kind, kind)}") is None:
+        raise ModelError(f"mlx-lm has no {kind!r} architecture", where=str(Path(model_dir) / "config.json"),
+                         fix="use --backend torch for this model")
 
 
 class Gemma3Body(gemma3_text.Gemma3Model):
