@@ -254,11 +254,15 @@ def convert(src, dst, fmt, model):
               help="Merge into the base as quantized for training (de-quantized 4-bit weights + adapter, "
                    "what a QLoRA adapter was trained against; MLX backend), saved in the base's dtype, "
                    "and report the precision lost against the unquantized merge.")
-def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
+@click.option("--reader", type=click.Choice(["any", "mlx-lm"]), default="any", show_default=True,
+              help="mlx-lm: for Gemma 3, a directory plain mlx-lm reads as exactly the trained model (its "
+                   "bfloat16 embedding scale compensated in untied embeddings); transformers reads that one "
+                   "differently. Other families: the same directory serves every reader.")
+def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
     from common.merge import merge_adapter
-    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize)
+    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
              "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "

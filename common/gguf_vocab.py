@@ -52,7 +52,9 @@ def write_spm_model(gguf_file: Path, out: Path) -> None:
     n.add_dummy_prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix") or False)
     n.remove_extra_whitespaces = False
     n.escape_whitespaces = True
-    for piece, score, kind in zip(tokens, scores, types):
+    for i, (piece, score, kind) in enumerate(zip(tokens, scores, types)):
         p = proto.pieces.add()
-        p.piece, p.score, p.type = piece, float(score), int(kind)
+        # llama.cpp types the tokenizer's added special tokens CONTROL, <unk> included;
+        # SentencePiece needs its unk piece typed UNKNOWN
+        p.piece, p.score, p.type = piece, float(score), 2 if i == t.unk_id else int(kind)
     write_bytes(out, proto.SerializeToString())

@@ -725,6 +725,18 @@ def mlx_lacks_the_architecture(ctx):
     return expect_error(r, str(model / "config.json"), "mlx-lm has no 'opt' architecture", "--backend torch")
 
 
+@row("E133")
+def merge_for_mlx_lm_multimodal_gemma(ctx):
+    model = ctx.tmp / "mm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
+    (model / "model.safetensors").write_bytes(b"")
+    r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
+    line = expect_error(r, "--reader", "gemma3_text", "--reader any")
+    assert not ctx.out.exists()
+    return line
+
+
 @row("E131")
 def gemma_wheels_missing(ctx):
     import sys

@@ -158,6 +158,22 @@ def test_merge_read_by_plain_libraries(seeds, trained, name, backend, tmp_path):
         assert "[twinlora] note: plain mlx-lm reads this Gemma 3" in r.output
 
 
+def test_merge_for_plain_mlx_lm_gemma(seeds, trained, tmp_path):
+    """`merge --reader mlx-lm`: plain mlx-lm reads the merged Gemma as exactly the trained model
+    (transformers then reads another one, as the note says)."""
+    from common.session import open_model
+    adapter = trained["gemma-3-4b", "torch"][0] / "adapter"
+    merged = tmp_path / "for-mlx"
+    r = run_cli("merge", "--model", seeds["gemma-3-4b"], "--adapter", adapter, "--output", merged, "--reader", "mlx-lm")
+    assert r.exit_code == 0 and "pre-scaled by 0.998518" in r.output, r.output   # sqrt(96) / 9.8125
+    ids = seq("gemma-3-4b")
+    unmerged = open_model("torch", str(seeds["gemma-3-4b"]), adapter=adapter).backend.logits(ids)
+    assert gap(plain_mlx_logits(merged, ids), unmerged) < TOL
+    assert gap(hf_logits(merged, ids), unmerged) > 1e-3
+    info = json.loads((merged / "twinlora_merge.json").read_text())
+    assert info["reader"] == "mlx-lm" and json.loads((merged / "config.json").read_text())["tie_word_embeddings"] is False
+
+
 def test_gguf_round_trip_qwen2_and_llama3_refused(seeds, trained, tmp_path):
     """qwen2 merged → GGUF → transformers' GGUF loader is the same model; llama3 rope scaling
     (llama.cpp's rope_freqs tensor) is refused with one clear line rather than written wrong."""
@@ -232,3 +248,28 @@ def test_parity_warns_on_an_unverified_family(tmp_path):
     r = run_cli("parity", "--model", tmp_path / "m", "--max-new-tokens", "2", "--output", tmp_path / "p.json")
     assert "warning: model_type 'mistral' is not one twinlora proves equal on both backends" in r.output, r.output
     assert json.loads((tmp_path / "p.json").read_text())["family"]["verified"] is False
+
+
+def test_spm_model_rebuilt_from_gguf(seeds, tmp_path):
+    """convert_gguf rebuilds Gemma's tokenizer.model from a GGUF's vocabulary (the embedded Gemma's
+    GGUF has no tokenizer.model beside it): same pieces, scores, types and ids as the original."""
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    from common.gguf_export import export_gguf
+    from common.gguf_vocab import write_spm_model
+    from test_gguf_gemma3 import FRENCH
+    model = seeds["gemma-3-4b"]
+    with pytest.warns(UserWarning):
+        gguf = export_gguf(model, tmp_path / "g.gguf")
+    write_spm_model(gguf, tmp_path / "tokenizer.model")
+    a, b = pb.ModelProto(), pb.ModelProto()
+    a.ParseFromString((model / "tokenizer.model").read_bytes())
+    b.ParseFromString((tmp_path / "tokenizer.model").read_bytes())
+    assert [(p.piece, p.type) for p in a.pieces] == [(p.piece, p.type) for p in b.pieces]
+    # scores of NORMAL pieces drive BPE; llama.cpp writes -1000 for the special/added ones (never merged)
+    assert [p.score for p in a.pieces if p.type == 1] == pytest.approx([p.score for p in b.pieces if p.type == 1])
+    sa = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    sb = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    for text in FRENCH:
+        assert sb.encode(text) == sa.encode(text)
