@@ -273,3 +273,28 @@ def test_spm_model_rebuilt_from_gguf(seeds, tmp_path):
     sb = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
     for text in FRENCH:
         assert sb.encode(text) == sa.encode(text)
+
+
+def test_embedded_gemma_converted_directory():
+    """The converted Gemma 3 270M (when this machine has converted it): config.json carries mlx-lm's
+    keys, the tokenizer has Gemma's turn format, tokenizer.model gives tokenizer.json's ids."""
+    from common.models import GEMMA_NAME, GEMMA_TEMPLATE, cache_root
+    model = cache_root() / "models" / GEMMA_NAME
+    if not (model / "config.json").is_file():
+        pytest.skip("gemma3-270m not converted on this machine yet (cli.py parity --model gemma3-270m)")
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from common.gguf_export import PROBE
+    cfg = json.loads((model / "config.json").read_text())
+    assert (cfg["model_type"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["sliding_window"]) == ("gemma3_text", 640, 18, 512)
+    assert (cfg["rope_theta"], cfg["rope_local_base_freq"], cfg["sliding_window_pattern"]) == (1e6, 1e4, 6)
+    assert cfg["rope_scaling"] is None and "quantization_config" not in cfg and cfg["tie_word_embeddings"] is True
+    tok = AutoTokenizer.from_pretrained(str(model))
+    assert tok.chat_template == GEMMA_TEMPLATE.read_text(encoding="utf-8")
+    msgs = [{"role": "system", "content": "Sois bref."}, {"role": "user", "content": "Bonjour"},
+            {"role": "assistant", "content": "Salut"}]
+    assert tok.apply_chat_template(msgs, tokenize=False) == (
+        "<bos><start_of_turn>user\nSois bref.\n\nBonjour<end_of_turn>\n<start_of_turn>model\nSalut<end_of_turn>\n")
+    sp = spm.SentencePieceProcessor(model_file=str(model / "tokenizer.model"))
+    assert sp.encode(PROBE) == tok(PROBE, add_special_tokens=False)["input_ids"]
