@@ -45,7 +45,11 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
 def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_base_mismatch: bool = False,
                   quantize: str | None = None) -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
+    from common.models import resolve_model
+    from common.ownership import check_output_dir
     from common.session import open_model
+    # before loading anything: never over the base or the adapter, never over what is not ours
+    check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
     opened = open_model(backend, model, quantize=quantize, adapter=adapter, allow_base_mismatch=allow_base_mismatch)
     trained_on = (((opened.meta or {}).get("config") or {}).get("model") or {}).get("quantize")
     info = {"base_model": model, "adapter": str(adapter), "backend": backend, "quantized_base": quantize,
