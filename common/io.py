@@ -160,6 +160,16 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
+def _usual_permissions(root: Path) -> None:
+    """Files 0666 and directories 0777 minus the umask, like any tool's output: libraries that
+    write through their own temporary files (safetensors) leave 0600, which a server running as
+    another user cannot read."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~_UMASK)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `final_dir`; it becomes `final_dir` only on success."""
@@ -169,6 +179,7 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output gets the usual permissions
     try:
         yield tmp
+        _usual_permissions(tmp)
         replace_dir(tmp, final_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
