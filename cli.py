@@ -52,6 +52,13 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="red", err=True)
             sys.exit(130)
+        except OSError as exc:  # a write refused by the system (read-only, permission, name too long)
+            from common.ownership import os_error
+            err = os_error(exc, exc.filename or "")
+            if err is None or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(err.exit_code)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -292,3 +292,51 @@ def test_stale_lock_is_taken_over(tmp_path):
     with RunLock(run):
         pass
     assert not lock.exists() and not run.exists()
+
+
+def test_sigkill_during_overwrite_keeps_old_run_and_resumes_exactly(tiny_model, made, tmp_path):
+    """`--overwrite` killed with SIGKILL mid-run: the previous run is byte for byte intact; then
+    `--overwrite --resume` finishes the replacement with the adapter of an uninterrupted run."""
+    import signal
+
+    from safetensors.numpy import load_file
+    d, args = made["data"], ("--set", "training.save_every=1", "--lr", "0.003")
+    assert _train(tiny_model, d, tmp_path / "ref", *args, steps="6").exit_code == 0
+    run = tmp_path / "run"
+    shutil.copytree(made["run"], run)
+    old = snapshot(run)
+    cmd = [sys.executable, "cli.py", "train", "--backend", "torch", "--model", str(tiny_model), "--data", str(d),
+           "--output", str(run), "--steps", "6", *args, "--overwrite"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "TWINLORA_TEST_STEP_DELAY": "0.5"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / ".run.overwrite" / "log.jsonl"
+    assert _wait_for(lambda: log.is_file() and '"step": 3' in log.read_text()), "the overwrite never reached step 3"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert snapshot(run) == old  # the previous run is untouched
+    r = _train(tiny_model, d, run, *args, "--overwrite", "--resume", steps="6")  # the stale lock is taken over
+    assert r.exit_code == 0 and "resuming at step" in r.output, r.output
+    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run / "adapter" / "adapter_model.safetensors"))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert sorted(os.listdir(tmp_path)) == ["ref", "run"]
+
+
+def test_write_refused_by_the_system_is_one_line(made, tmp_path, monkeypatch):
+    """A write the system refuses after the checks (a filesystem remounted read-only meanwhile):
+    one line naming the file, exit 2, nothing half-written."""
+    import errno
+    real = os.replace
+
+    def read_only(src, dst, *a, **k):
+        if Path(dst).name == "compare.md":
+            raise OSError(errno.EROFS, "Read-only file system", str(dst))
+        return real(src, dst, *a, **k)
+    monkeypatch.setattr(os, "replace", read_only)
+    out = tmp_path / "cmp"
+    r = run_cli("compare", made["eval"], made["eval"], "--output", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    lines = [l for l in r.output.splitlines() if l.startswith("error:")]
+    assert lines == [f"error: {out / 'compare.md'}: cannot write here: the filesystem is read-only "
+                     "— fix: choose another output path"], r.output
+    assert not list(out.glob(".*"))
