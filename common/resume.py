@@ -36,9 +36,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def config_changes(saved: dict, new: dict) -> list[str]:
     """'key: old → new' for every refused difference between two config dicts."""
-    a, b = _flat(saved), _flat(new)
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in RESUME_MAY_CHANGE and a.get(k) != b.get(k)]
+    from common.config import Config
+    # a key added to the schema after the checkpoint was written: the checkpoint ran with its default
+    a, b = {**_flat(Config().to_dict()), **_flat(saved)}, _flat(new)
+    return [f"{k}: {a[k]!r} → {b[k]!r}" for k in sorted(set(a) & set(b))
+            if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
 
 
 def check_resume(ckpt, state: dict, saved_config: dict | None, new_config: dict, data_sha: dict, steps: int) -> None:

@@ -340,3 +340,23 @@ def test_write_refused_by_the_system_is_one_line(made, tmp_path, monkeypatch):
     assert lines == [f"error: {out / 'compare.md'}: cannot write here: the filesystem is read-only "
                      "— fix: choose another output path"], r.output
     assert not list(out.glob(".*"))
+
+
+def test_resume_config_changes_listed():
+    """Which differences --resume refuses (model, data, LoRA, optimizer) and which it allows."""
+    from common.config import Config
+    from common.resume import config_changes
+    saved = Config().to_dict()
+    new = Config().to_dict()
+    new["training"].update(steps=500, save_every=7, eval_every=3, log_every=2, keep_checkpoints=5)
+    new.update(output="elsewhere", name="x")
+    assert config_changes(saved, new) == []
+    new["lora"]["alpha"] = 32.0
+    new["data"]["template"] = "raw"
+    new["training"]["seed"] = 3
+    assert config_changes(saved, new) == ["data.template: 'chat' → 'raw'", "lora.alpha: 16.0 → 32.0",
+                                          "training.seed: 0 → 3"]
+    del saved["training"]["seed"]  # a key the checkpoint's schema did not have yet: it ran with the default
+    assert "training.seed: 0 → 3" in config_changes(saved, new)
+    new["training"]["seed"] = 0
+    assert "training.seed: 0 → 0" not in config_changes(saved, new) and len(config_changes(saved, new)) == 2
