@@ -3,6 +3,7 @@ a summary a person can read. Checkpoints hold everything exact resume needs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ def plan_run(final: str | Path, overwrite: bool, resume: bool) -> tuple[Path, bo
         raise TrainingError("output directory exists and is not a twinlora run (no twinlora_run.json), so "
                             "twinlora will not resume, replace or write into it", where=str(final),
                             fix=f"choose another --output (e.g. {final.name}-2) or move that directory away")
-    staging = final.parent / f".{final.name}.overwrite"
+    whole = final.absolute()  # "." has no name: the staging directory sits beside the run, never in it
+    staging = Path(os.path.normpath(whole)).parent / f".{Path(os.path.normpath(whole)).name}.overwrite"
     if staging.exists() and not is_run_dir(staging):
         raise TrainingError("the staging directory of --overwrite exists and is not ours", where=str(staging),
                             fix="move it away")

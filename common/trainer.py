@@ -130,7 +130,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     kw = dict(overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo, dist=dist)
     if dry_run:
         return _train(cfg, backend, run_dir=Path(cfg.output), **kw)
-    final = Path(cfg.output)
+    final = Path(os.path.normpath(Path(cfg.output).absolute()))  # "." or "a/.." can be swapped too
     work, staged = plan_run(cfg.output, overwrite, resume)
     if not dist.is_main:
         return _train(cfg, backend, run_dir=work, **kw)
