@@ -144,6 +144,11 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
                          "model.safetensors: transformers would load the pickle, which can run code", where=str(p),
                          fix="rename the weights to model.safetensors (or model-0000N-of-0000M.safetensors with "
                          "model.safetensors.index.json) and remove the pickle")
+    named = sorted(x.name for x in p.glob("*.safetensors"))
+    if named and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
+        raise ModelError(f"safetensors weights ({', '.join(named)}) are not named model.safetensors and there is no "
+                         "model.safetensors.index.json, so transformers and mlx-lm would not find them", where=str(p),
+                         fix="rename the weights to model.safetensors (or shard them with model.safetensors.index.json)")
     for f in sorted(p.glob("*.safetensors")):
         _check_safetensors_complete(f)
     if not any(p.glob("*.safetensors")):

@@ -268,6 +268,17 @@ def pickle_beside_odd_safetensors(ctx):
     return line
 
 
+@row("E93")
+def safetensors_not_named_model(ctx):
+    d = ctx.tmp / "model"
+    shutil.copytree(ctx.model, d)
+    (d / "model.safetensors").rename(d / "weights.safetensors")
+    r = run_cli("train", "--backend", "mlx", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    line = expect_error(r, str(d), "(weights.safetensors) are not named model.safetensors")
+    assert not ctx.out.exists()
+    return line
+
+
 @row("E71")
 def bertscore_encoder_pickle(ctx):
     enc = ctx.tmp / "encoder"
