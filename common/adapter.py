@@ -298,7 +298,7 @@ def load_adapter(path: Path) -> tuple[AdapterSpec, dict[str, np.ndarray], dict]:
         raise AdapterError("adapter_config.json is missing", where=str(path), fix="copy it beside the weights")
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise AdapterError(f"adapter_config.json is not valid JSON ({getattr(exc, 'msg', exc)})", where=str(cfg_path)) from exc
     meta: dict = {}
     if not isinstance(cfg, dict):
@@ -314,7 +314,7 @@ def load_adapter(path: Path) -> tuple[AdapterSpec, dict[str, np.ndarray], dict]:
         if (path / META).is_file():
             try:
                 meta = json.loads((path / META).read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise AdapterError(f"twinlora.json is not valid JSON ({exc})", where=str(path / META),
                                    fix="re-export the adapter, or delete twinlora.json to load it as a plain PEFT adapter") from exc
             if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):

@@ -102,6 +102,8 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise DataError("not UTF-8 text", where=str(path), fix="save the file as UTF-8") from exc
     except RecursionError:
         raise DataError("JSON nested too deeply", where=str(path), fix="flatten the document") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"a value cannot be read ({exc})", where=str(path), fix="write the number as text or shorten it") from None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -123,6 +125,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 except RecursionError:
                     raise DataError("JSON nested too deeply", where=f"{path}:{lineno}",
                                     fix="make each line one flat record") from None
+                except ValueError as exc:  # e.g. an integer of more than 4300 digits
+                    raise DataError(f"a value cannot be read ({exc})", where=f"{path}:{lineno}",
+                                    fix="write the number as text or shorten it") from None
                 if "\\u" in line:
                     _check_encodable(obj, f"{path}:{lineno}")
                 yield lineno, obj

@@ -132,7 +132,7 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
                          fix="pass a Hugging Face model directory")
     try:
         cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ModelError(f"config.json is not valid JSON ({exc})", where=str(p / "config.json"),
                          fix="restore the model's config.json") from None
     if not isinstance(cfg, dict):

@@ -391,6 +391,9 @@ def config_huge_integer(ctx):
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
     line = expect_error(r, str(cfg), "a value cannot be read")
     expect_error(train_cli(ctx, "--set", "training.steps=" + "9" * 5000), "not valid YAML")
+    data = write(ctx.tmp / "big.jsonl", '{"prompt": "a", "completion": "b", "n": ' + "9" * 5000 + "}\n")
+    expect_error(train_cli(ctx, data=data), f"{data}:1", "a value cannot be read")
+    assert not ctx.out.exists()
     return line
 
 
