@@ -235,7 +235,9 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     are skipped, an unfinished run resumes from its last checkpoint (as train --resume) or, with
     no checkpoint, starts over.
     """
+    from common.ownership import check_output_dir
     from common.sweep import run_sweep
+    check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
     run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
               echo=echo, max_new_tokens=max_new_tokens)
 

@@ -57,6 +57,9 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "eval": ("a twinlora eval directory", _has("metrics.json", "predictions.jsonl")),
     "compare": ("a twinlora compare directory", _has("compare.md")),
     "prepared": ("a directory prepared by twinlora", _has("manifest.json")),
+    "sweep": ("a twinlora sweep directory", _has("sweep.json")),
+    "demo": ("a twinlora demo directory", lambda p: (p / "summary.json").is_file() or (p / "data" / "manifest.json").is_file()
+             or is_run_dir(p / "mlx") or is_run_dir(p / "torch")),
 }
 
 

@@ -57,6 +57,8 @@ def _commands(model, made, target):
         "compare": ["compare", made["eval"], made["eval"], "--output", target],
         "prepare": ["prepare", "jsonl", d, "--out", target],
         "export-gguf": ["export-gguf", model, target],
+        "sweep": ["sweep", "--set", "lora.rank=2,4", "--backend", "torch", "--output", target],
+        "demo": ["demo", "--output", target, "--steps", "1"],
     }
 
 
@@ -360,3 +362,27 @@ def test_resume_config_changes_listed():
     assert "training.seed: 0 → 3" in config_changes(saved, new)
     new["training"]["seed"] = 0
     assert "training.seed: 0 → 0" not in config_changes(saved, new) and len(config_changes(saved, new)) == 2
+
+
+def test_demo_starts_over_only_in_a_demo_directory(tmp_path, monkeypatch):
+    import common.data.recipes as recipes
+    from common.demo import run_demo
+    from common.errors import UserError
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+    monkeypatch.setattr(recipes, "run_recipe", stop)
+    old = tmp_path / "demo"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "manifest.json").write_text("{}")
+    with pytest.raises(Stop):
+        run_demo(old, 1, echo=lambda *a, **k: None)  # a previous demo of ours: removed, then rebuilt
+    assert not old.exists()
+    mine = user_dir(tmp_path / "mine")
+    before = snapshot(mine)
+    with pytest.raises(UserError, match="not a twinlora demo directory"):
+        run_demo(mine, 1, echo=lambda *a, **k: None)
+    assert snapshot(mine) == before
