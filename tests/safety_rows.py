@@ -18,7 +18,7 @@ import numpy as np
 
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
-from test_errors import _nth_call_patch, expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
+from test_errors import expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
 
 
 def snapshot(root: Path) -> dict:

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
-from safety_rows import snapshot, user_dir
+from safety_rows import _wait_for, snapshot, user_dir
 
 
 def _train(model, data, out, *extra, steps="2", backend="torch"):
@@ -149,15 +149,6 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(tiny_model, m
     steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines() if '"train"' in l]
     assert steps == [1, 2, 3, 4]
     assert json.loads((run / "adapter" / "twinlora.json").read_text())["metrics"]["steps"] == 4
-
-
-def _wait_for(pred, timeout=120.0) -> bool:
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_concurrent_runs_second_is_refused(tiny_model, made, tmp_path):
