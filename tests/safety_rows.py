@@ -4,7 +4,6 @@ the inputs that used to end in a traceback. Imported by tests/test_errors.py, wh
 through the same checks (one `error:` line, exit 2, no traceback, the documented pattern)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,21 +17,8 @@ import numpy as np
 
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
+from ownership_helpers import _wait_for, snapshot, user_dir
 from test_errors import expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
-
-
-def snapshot(root: Path) -> dict:
-    """relative path → sha256 of every file under root (directories implied)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(Path(root).rglob("*")) if p.is_file()}
-
-
-def user_dir(path: Path) -> Path:
-    """A directory of the user's: files and a sub-folder that no twinlora command may touch."""
-    write(path / "notes.txt", "mine\n")
-    write(path / "config.yaml", "my: own file\n")
-    write(path / "sub" / "data.csv", "a,b\n1,2\n")
-    return path
 
 
 # ---------------------------------------------------------------- outputs we own
@@ -208,15 +194,6 @@ def adam_eps_not_positive(ctx):
     expect_error(train_cli(ctx, "--set", "training.adam_eps=-1"), "training.adam_eps must be > 0")
     assert not ctx.out.exists()
     return line
-
-
-def _wait_for(pred, timeout=120.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @row("E68")

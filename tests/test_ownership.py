@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
-from safety_rows import _wait_for, snapshot, user_dir
+from ownership_helpers import _wait_for, snapshot, user_dir
 
 
 def _train(model, data, out, *extra, steps="2", backend="torch"):
