@@ -2,8 +2,9 @@
 
 It is taken before the model loads, so a second training (or `--resume`) into the same `--output`
 is refused at once instead of interleaving config, checkpoints and log with the first. A lock
-whose process is gone (same host, pid not alive) is stale and taken over; a lock from another host
-cannot be checked and is reported with the way to remove it.
+whose process is gone (same host, pid not alive, or alive but started after the lock: a reused
+pid) is stale and taken over; a lock from another host cannot be checked and is reported with the
+way to remove it.
 """
 from __future__ import annotations
 
@@ -26,6 +27,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     return True
+
+
+def _process_start(pid: int) -> float | None:
+    """When process `pid` started (epoch seconds, ~1 s precision) on Linux; None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        btime = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                     if line.startswith("btime"))
+        return btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class RunLock:
@@ -54,7 +66,10 @@ class RunLock:
         if holder.get("host") != self.record["host"]:
             return False
         pid = holder.get("pid")
-        return not (isinstance(pid, int) and _alive(pid))
+        if not (isinstance(pid, int) and _alive(pid)):
+            return True
+        began = _process_start(pid)  # a live pid that started after the lock was taken: reused, stale
+        return began is not None and began > float(holder.get("started", 0)) + 2.0
 
     def acquire(self) -> "RunLock":
         parent = self.file.parent

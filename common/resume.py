@@ -70,8 +70,8 @@ def spec_changes(saved, wanted) -> list[str]:
             return sorted(v)
         if name == "layers" and v is not None and spec.num_hidden_layers and list(v) == list(range(spec.num_hidden_layers)):
             return None  # every block, spelled out
-        if name == "alpha":
-            return float(v)
+        if name == "alpha":  # mlx-lm stores scale = alpha/r (or /sqrt(r)): alpha comes back to ~1e-15
+            return round(float(v), 9)
         return list(v) if isinstance(v, (list, tuple)) else v
     return [f"{n}: adapter {norm(saved, n)!r} vs config {norm(wanted, n)!r}"
             for n in SPEC_FIELDS if norm(saved, n) != norm(wanted, n)]

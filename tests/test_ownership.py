@@ -275,6 +275,10 @@ def test_stale_lock_is_taken_over(tmp_path):
         with pytest.raises(TrainingError, match="another training"):
             RunLock(run).acquire()  # the holder (this process) is alive
     assert not lock.exists()
+    # a live pid that started after the lock was written: the pid was reused, the lock is stale
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": 1000.0}))
+    with RunLock(run):
+        pass
     lock.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
     with pytest.raises(TrainingError, match="on elsewhere"):
         RunLock(run).acquire()  # another host: cannot tell, refuse and say how to remove it
