@@ -157,6 +157,8 @@ def init_adapter_spec_mismatch(ctx):
         for backend in ("torch", "mlx"):
             expect_error(train_cli(ctx, "--init-adapter", adapter, "--set", "lora.target_modules=all-linear", *extra,
                                    backend=backend), needle)
+    expect_error(train_cli(ctx, "--init-adapter", adapter, "--set", "lora.target_modules=all-linear",
+                           "--set", "lora.use_dora=true"), "use_dora: adapter False vs config True")
     assert not ctx.out.exists()
     return line
 
