@@ -381,3 +381,13 @@ def test_demo_starts_over_only_in_a_demo_directory(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="not a twinlora demo directory"):
         run_demo(mine, 1, echo=lambda *a, **k: None)
     assert snapshot(mine) == before
+
+
+def test_parity_output_checked_before_loading(tiny_model, tmp_path):
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    r = run_cli("parity", "--model", tiny_model, "--output", mine)
+    assert r.exit_code == 2 and "was not written by twinlora" in r.output and "prompt:" not in r.output, r.output
+    r = run_cli("parity", "--model", tiny_model, "--output", tmp_path)
+    assert r.exit_code == 2 and "is a directory" in r.output, r.output
+    assert mine.read_text() == "mine"
