@@ -180,7 +180,9 @@ def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, o
         from common.distributed import launch
         job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
                "init_adapter": init_adapter, "dry_run": dry_run}
-        code = launch(nproc, backend, job, echo=echo)
+        from common.signals import terminate_as_interrupt
+        with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
+            code = launch(nproc, backend, job, echo=echo)
         if code:
             click.secho(f"error: a training process exited with code {code} (its message is above)", fg="red", err=True)
             sys.exit(code)
