@@ -152,15 +152,17 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(tiny_model, m
 
 
 def test_concurrent_runs_second_is_refused(tiny_model, made, tmp_path):
-    """Two `cli.py train` processes into one --output: the second is refused in one line before
-    loading the model; the first finishes with one consistent log."""
+    """Two `cli.py train --resume` processes into one --output (other learning rates): the second is
+    refused in one line before loading the model while the first trains; the first, stopped with
+    SIGTERM, then resumed, ends with one consistent log and its own config."""
+    import signal
     out = tmp_path / "run"
 
     def cmd(lr):
         return [sys.executable, "cli.py", "train", "--backend", "torch", "--model", str(tiny_model), "--data",
                 str(made["data"]), "--output", str(out), "--steps", "4", "--lr", lr, "--resume"]
-    # the first run sleeps 3 s after each step: it is still training however slow the second starts
-    first = subprocess.Popen(cmd("1e-3"), cwd=ROOT, env={**os.environ, "TWINLORA_TEST_STEP_DELAY": "3"},
+    # the first run sleeps 60 s after each step: it is still training however slowly the second starts
+    first = subprocess.Popen(cmd("1e-3"), cwd=ROOT, env={**os.environ, "TWINLORA_TEST_STEP_DELAY": "60"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for(lambda: (out / "log.jsonl").is_file() and '"train"' in (out / "log.jsonl").read_text()), \
@@ -172,14 +174,18 @@ def test_concurrent_runs_second_is_refused(tiny_model, made, tmp_path):
         assert "another training is using this run directory" in second.stderr and f"pid {first.pid}" in second.stderr
         assert "Traceback" not in second.stderr and "backend=torch" not in second.stdout
         assert first.poll() is None, "the first run should still be training when the second is refused"
-        print(f"second run refused after {refused_after:.2f} s while the first was training")
+        print(f"second run refused {refused_after:.2f} s after it started, while the first was training")
+        first.send_signal(signal.SIGTERM)
         o, e = first.communicate(timeout=300)
-        assert first.returncode == 0, e
+        assert first.returncode == 2 and "interrupted by SIGTERM; progress saved at step 1" in e, e
     finally:
         if first.poll() is None:
             first.kill()
+    assert not (tmp_path / ".run.lock").exists()
+    r = _train(tiny_model, made["data"], out, "--resume", "--lr", "1e-3", steps="4")
+    assert r.exit_code == 0 and "resuming at step 1" in r.output, r.output
     rows = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in rows if r["event"] in ("start", "resume")] == ["start"]
+    assert [r["event"] for r in rows if r["event"] in ("start", "resume")] == ["start", "resume"]
     assert [r["step"] for r in rows if r["event"] == "train"] == [1, 2, 3, 4]
     assert "lr: 0.001" in (out / "config.yaml").read_text()
     assert not (tmp_path / ".run.lock").exists()
