@@ -746,7 +746,8 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     model = ctx.tmp / "mm"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
-    (model / "model.safetensors").write_bytes(b"")
+    from safetensors.numpy import save_file
+    save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
     line = expect_error(r, "--reader", "gemma3_text", "--reader any")
     assert not ctx.out.exists()
