@@ -241,8 +241,7 @@ def _apply(cfg: Config, updates: dict, origin: str, problems: list[str]) -> None
         for key, v in value.items():
             if key not in names:
                 hint = suggest(f"{top}.{key}", SECTIONS, TOP_LEVEL)
-                problems.append(f"unknown key '{top}.{key}'{hint}" if hint else
-                                f"unknown key '{top}.{key}' (valid in '{top}': {', '.join(names)})")
+                problems.append(f"unknown key '{top}.{key}'{hint} (valid in '{top}': {', '.join(names)})")
                 continue
             explicit.add(f"{top}.{key}")
             setattr(section, key, _convert(v, _hint(type(section), key), f"{top}.{key}", problems))
