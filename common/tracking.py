@@ -15,6 +15,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import os
 from pathlib import Path
 
 from common.errors import ConfigError
@@ -63,12 +64,15 @@ def csv_text(log_rows: list[dict]) -> str:
 class Trackers:
     """The writers named in report_to; `log(record)` takes the trainer's train/eval records."""
 
-    def __init__(self, names: list[str], run, config: dict, start: int, label: str):
+    def __init__(self, names: list[str], run, config: dict, purge_step: int | None, label: str):
         self.names, self.run, self.pending = list(names), run, 0
         self.tb = self.wandb = self.mlflow = None
         if "tensorboard" in names:
             from tensorboardX import SummaryWriter
-            self.tb = SummaryWriter(logdir=str(run.path / "tensorboard"), purge_step=start or None)
+            # event files are named by the second and the host: the suffix keeps a quick resume from
+            # overwriting the file of the attempt before it
+            self.tb = SummaryWriter(logdir=str(run.path / "tensorboard"), purge_step=purge_step,
+                                    filename_suffix=f".{os.getpid()}.{'new' if purge_step is None else purge_step}")
         if "wandb" in names:
             import wandb
             run_id = hashlib.sha256(str(Path(run.path).resolve()).encode()).hexdigest()[:16]

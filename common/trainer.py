@@ -208,7 +208,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
             if resume:  # --resume before any checkpoint: drop what the killed attempt logged
                 run.truncate_log(0)
             run.log({"event": "start", "step": 0, "backend": backend, "steps": steps})
-    trackers = Trackers(t.report_to, run, cfg.to_dict(), start, cfg.name or run.path.name) if writes else None
+    # TensorBoard drops the events a killed attempt wrote past the checkpoint (all of them without one)
+    purge = start + 1 if start else (0 if resume else None)
+    trackers = Trackers(t.report_to, run, cfg.to_dict(), purge, cfg.name or run.path.name) if writes else None
 
     def log(rec: dict) -> None:
         if writes:
@@ -310,6 +312,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         # Save the state after the last applied update (not if the interrupt hit inside one: the
         # weights may be half-updated, so the last checkpoint on disk is the one to resume from).
         # (not under FSDP: saving gathers over ranks that the interrupt may have stopped)
+        if trackers is not None:
+            trackers.flush()
         if writes and completed > start and not updating and not collective:
             saved = run.path / "checkpoints" / f"step-{completed:06d}"
             path = saved if saved.is_dir() else checkpoint(completed)
@@ -328,7 +332,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     if not dist.is_main and not collective:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
-    if valid_data and end == steps:
+    # (a resumed run whose final checkpoint exists already holds the final validation)
+    final_val = bool(valid_data) and end == steps and not (start == end and state.get("val_loss") is not None)
+    if final_val:
         val_loss = validate(be, valid_data, t.batch_size, pad_id, echo, "after training")
         keep_best(end, val_loss)
     final_weights = be.lora_weights()  # gathered once for the last checkpoint and the adapter
@@ -336,7 +342,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     if not dist.is_main:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
-    if valid_data and end == steps:
+    if final_val:
         log({"event": "eval", "step": end, "val_loss": val_loss})
     if valid_data:
         echo(f"step {end}/{steps}  validation loss {tracker.describe(val_loss)}")

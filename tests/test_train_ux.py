@@ -275,17 +275,22 @@ def test_seed_configs_do_not_need_steps_null():
 # ---------------------------------------------------------------- item 4: tracking
 
 def _tb_scalars(logdir) -> dict:
-    """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing + Event protos)."""
+    """{tag: [(step, value)]} read from TensorBoard event files (TFRecord framing + Event protos),
+    in write order, with TensorBoard's purge on a restart (SessionLog START at step s drops steps >= s)."""
     from tensorboardX.proto import event_pb2
-    out: dict = {}
-    for f in sorted(logdir.glob("events.out.tfevents.*")):
+    events = []
+    for f in logdir.glob("events.out.tfevents.*"):
         data, pos = f.read_bytes(), 0
         while pos < len(data):
             (n,) = struct.unpack("<Q", data[pos: pos + 8])
-            ev = event_pb2.Event.FromString(data[pos + 12: pos + 12 + n])
+            events.append(event_pb2.Event.FromString(data[pos + 12: pos + 12 + n]))
             pos += 12 + n + 4
-            for v in ev.summary.value:
-                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    out: dict = {}
+    for ev in sorted(events, key=lambda e: e.wall_time):
+        if ev.session_log.status == ev.session_log.START:
+            out = {k: [(s, v) for s, v in pts if s < ev.step] for k, pts in out.items()}
+        for v in ev.summary.value:
+            out.setdefault(v.tag, []).append((ev.step, v.simple_value))
     return out
 
 
@@ -306,6 +311,22 @@ def test_csv_and_tensorboard_match_the_log(tiny_model, split, tmp_path):
     assert np.allclose([v for _, v in tb["train/loss"]], [r["loss"] for r in train_rows], rtol=1e-6)
     assert np.allclose([v for _, v in tb["train/learning_rate"]], [r["lr"] for r in train_rows], rtol=1e-6)
     assert [s for s, _ in tb["eval/loss"]] == sorted(evals)
+
+
+def test_tensorboard_after_resume_has_no_duplicate_steps(tmp_path):
+    """A killed run logged steps 1-5 but its checkpoint is step 3: the resumed writer purges 4-5."""
+    from common.tracking import Trackers
+    run = RunDir(tmp_path)
+    first = Trackers(["tensorboard"], run, {}, None, "r")
+    for step in range(1, 6):
+        first.log({"event": "train", "step": step, "loss": float(step), "lr": 0.1})
+    first.close()
+    again = Trackers(["tensorboard"], run, {}, 4, "r")
+    for step in range(4, 7):
+        again.log({"event": "train", "step": step, "loss": 10.0 * step, "lr": 0.1})
+    again.close()
+    assert _tb_scalars(tmp_path / "tensorboard")["train/loss"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0),
+                                                                   (5, 50.0), (6, 60.0)]
 
 
 def test_tracker_names_are_checked(tiny_model, chat_jsonl, tmp_path):
