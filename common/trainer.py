@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.adapter import init_lora_weights, save_common, spec_from_config
-from common.batching import batches_per_epoch, eval_batches, iterate_batches
+from common.batching import batches_per_epoch, iterate_batches
 from common.config import Config, dump_yaml
 from common.data.formats import load_examples
 from common.errors import ConfigError, DataError, TrainingError
@@ -75,7 +75,8 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
         return tk, tk.encode_all(load_examples(path), path)
 
     tk, train = encode(d.train)
-    valid = encode(d.valid)[1] if d.valid else []
+    tk_valid, valid = encode(d.valid) if d.valid else (None, [])
+    tk.valid_stats = tk_valid.stats if tk_valid else {}  # for the one truncation line per file
     return tk, train, valid
 
 
@@ -181,9 +182,10 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     echo(f"[twinlora] {length_note(cfg, len(train_data), steps)}")
     for note in getattr(cfg, "notes", []):
         echo(f"[twinlora] note: {note}")
-    warning = truncation_warning(tk.stats, cfg.data.max_length)
-    if warning:
-        echo(warning)
+    for stats, what in ((tk.stats, "training"), (tk.valid_stats, "validation")):
+        warning = truncation_warning(stats, cfg.data.max_length, what)
+        if warning:
+            echo(warning)
 
     meta_base = {
         "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir)},
