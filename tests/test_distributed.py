@@ -114,7 +114,7 @@ def test_two_processes_match_one(run, setup, two_procs, tmp_path):
     output, two = _finished(procs, run)
     engine = "FSDP2: weights sharded" if parallel == "fsdp" else "replicated"
     assert "data parallel: 2 processes" in output and engine in output
-    assert output.count(f"step {STEPS}/{STEPS}") == 1  # rank 0 only
+    assert output.count(f"step {STEPS}/{STEPS}  loss") == 1  # rank 0 only
 
     w1, w2 = _weights(one), _weights(two)
     assert w1.keys() == w2.keys()
