@@ -20,6 +20,9 @@ RESUME_MAY_CHANGE = {
     "training.steps", "training.epochs", "training.save_every", "training.eval_every", "training.log_every",
     "training.keep_checkpoints", "training.grad_checkpointing", "training.parallel",
     "model.attn_implementation", "data.test", "output", "name",
+    # which adapter is kept, when to stop, where metrics go: the weights of each step do not change
+    "training.keep_best", "training.early_stopping_patience", "training.early_stopping_min_delta",
+    "training.report_to",
 }
 
 
