@@ -51,6 +51,30 @@ def _disk_dtype(model_dir: Path):
     return None
 
 
+def _head_loss(model, h: mx.array, y: mx.array) -> mx.array:
+    """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y`; above
+    common.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
+    tied = "lm_head" not in model
+    mod = model.model.embed_tokens if tied else model.lm_head
+
+    def piece(y):                  # the targets are closed over: no gradient w.r.t. indices
+        def f(params, h):
+            mod.update(params)     # trainable head weights (if any) as inputs, as mlx-lm's grad_checkpoint
+            logits = (mod.as_linear(h) if tied else mod(h)).astype(mx.float32)
+            return nn.losses.cross_entropy(logits, y, reduction="sum")
+        return f
+
+    from common.longseq import loss_chunk_rows
+    rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size)
+    if rows is None:
+        return piece(y)(mod.trainable_parameters(), h)
+    total = None
+    for i in range(0, h.shape[0], rows):
+        part = mx.checkpoint(piece(y[i: i + rows]))(mod.trainable_parameters(), h[i: i + rows])
+        total = part if total is None else total + part
+    return total
+
+
 def _targets(batch: Batch) -> mx.array:
     """Flat indices into ids[:, 1:] of the loss targets."""
     return mx.array(np.flatnonzero(batch.mask[:, 1:].reshape(-1) > 0).astype(np.int32))
@@ -84,8 +108,8 @@ class Backend:
         self.model.freeze()
         self.grad_checkpointing = grad_checkpointing
         if grad_checkpointing:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-            grad_checkpoint(self.model.layers[0])
+            from backends.mlx.checkpoint import checkpoint_layers
+            checkpoint_layers(self.model.layers)   # this model only (mlx-lm's patches the class)
         self.optimizer = None
         self._grads = None
         self.spec = None
@@ -205,9 +229,7 @@ class Backend:
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
-            logits = head(h).astype(mx.float32)
-            return nn.losses.cross_entropy(logits, ids[:, 1:].reshape(-1)[keep], reduction="sum")
+            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep])
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()

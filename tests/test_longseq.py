@@ -1,0 +1,105 @@
+"""Long sequences: gradient checkpointing and the chunked LM-head loss change memory, not math.
+
+On both backends, on the tiny model: the loss and every LoRA gradient with checkpointing on, and
+with the head's loss forced into chunks, equal the plain computation; the two backends still agree
+with both on; and MLX checkpointing stays scoped to the model that asked for it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.longseq import attention_flops_per_token, loss_chunk_rows
+
+
+def _batch(vocab: int):
+    from common.batching import Batch
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, vocab, (2, 48)).astype(np.int32)
+    ids[1, 40:] = 0                                   # padding on the second row
+    mask = np.zeros(ids.shape, np.float32)
+    mask[0, 20:] = 1
+    mask[1, 25:40] = 1
+    return Batch(ids, mask, int(mask[:, 1:].sum()), 48 + 40)
+
+
+def _backend(name: str, model, gc: bool):
+    from backends import get_backend
+    from common.adapter import init_lora_weights, spec_from_config
+    from common.config import LoraConfig
+    be = get_backend(name)(model, grad_checkpointing=gc)
+    spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
+                                  be.num_hidden_layers(), str(model))
+    w = init_lora_weights(spec, mods, 0)
+    rng = np.random.default_rng(1)                    # B ≠ 0, so the A gradients are not all zero
+    w = {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v) for k, v in w.items()}
+    be.attach_lora(spec, mods, w)
+    return be
+
+
+def _loss_and_grads(be, batch):
+    s, n = be.accumulate(batch)
+    if be.name == "mlx":
+        from mlx.utils import tree_flatten
+
+        from common.adapter import mlx_to_peft
+        grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
+        be._grads = None
+    else:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in be._params.items()}
+        for p in be._params.values():
+            p.grad = None
+    return s, grads
+
+
+def _close(a, b, rtol=2e-5):
+    sa, ga = a
+    sb, gb = b
+    assert sb == pytest.approx(sa, rel=rtol)
+    assert sorted(ga) == sorted(gb) and len(ga) > 0
+    for k in ga:
+        scale = float(np.abs(ga[k]).max()) or 1.0
+        assert np.abs(ga[k] - gb[k]).max() <= rtol * 10 * scale, k
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model, monkeypatch):
+    from common.tokenize import load_tokenizer
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    plain = _loss_and_grads(_backend(backend, tiny_model, False), batch)
+    assert any(np.abs(g).max() > 0 for k, g in plain[1].items() if "lora_A" in k)
+    ckpt = _backend(backend, tiny_model, True)
+    _close(plain, _loss_and_grads(ckpt, batch))
+    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
+    assert loss_chunk_rows(batch.n_targets, 400) == 7
+    _close(plain, _loss_and_grads(ckpt, batch))                            # checkpointed + chunked
+    _close(plain, _loss_and_grads(_backend(backend, tiny_model, False), batch))   # chunked only
+
+
+def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):
+    from common.tokenize import load_tokenizer
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 5 * 400)
+    mlx = _loss_and_grads(_backend("mlx", tiny_model, True), batch)
+    torch_ = _loss_and_grads(_backend("torch", tiny_model, True), batch)
+    _close(mlx, torch_, rtol=1e-4)
+
+
+def test_mlx_checkpointing_is_scoped_to_its_model(tiny_model):
+    from backends.mlx.checkpoint import checkpoint_layers, is_checkpointed
+    on = _backend("mlx", tiny_model, True)
+    off = _backend("mlx", tiny_model, False)
+    assert all(is_checkpointed(layer) for layer in on.model.layers)
+    assert not any(is_checkpointed(layer) for layer in off.model.layers)   # mlx-lm's patch would leak here
+    assert type(off.model.layers[0]) is not type(on.model.layers[0])
+    assert checkpoint_layers(on.model.layers) == 0                         # idempotent: no double wrap
+    assert checkpoint_layers(off.model.layers) == len(off.model.layers)
+
+
+def test_loss_chunk_rows_and_attention_flops():
+    assert loss_chunk_rows(1000, 49152, limit=1 << 26) is None
+    assert loss_chunk_rows(4500, 49152, limit=1 << 26) == (1 << 26) // 49152 == 1365
+    assert loss_chunk_rows(10, 100, limit=50) == 1           # a row wider than the limit: one row per chunk
+    # SmolLM2-135M at 8192 tokens: 12·L·layers·heads·head_dim = 12·8192·30·9·64 ≈ 1.70 GFLOP per token,
+    # about 3× the 4·N weight FLOPs (0.54 GFLOP): attention outweighs the weights there.
+    assert attention_flops_per_token(8192, 30, 9, 64) == 12 * 8192 * 30 * 9 * 64
