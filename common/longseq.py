@@ -11,6 +11,9 @@ backends; below the threshold nothing changes (the sum is the same single reduct
 from __future__ import annotations
 
 LOSS_CHUNK_ELEMENTS = 1 << 26      # 64 Mi logits = 256 MiB in float32 per chunk
+# MLX: queries per attention chunk above this length (backends/mlx/attention.py). torch needs none:
+# SDPA's fused CPU/CUDA kernels never hold the L×L scores.
+ATTENTION_CHUNK = 1024
 
 
 def loss_chunk_rows(n_targets: int, vocab: int, limit: int | None = None) -> int | None:
@@ -22,7 +25,8 @@ def loss_chunk_rows(n_targets: int, vocab: int, limit: int | None = None) -> int
 
 
 def attention_flops_per_token(seq_len: int, n_layers: int, n_heads: int, head_dim: int) -> float:
-    """Training FLOPs per token of the attention scores and their use (QKᵀ and A·V): 2·2·L·h·d
-    forward per layer for a full L×L score matrix, ×3 with the backward; the causal half is not
-    subtracted (as in the PaLM / Megatron MFU convention: kernels on CPU compute the full square)."""
-    return 3 * 4 * seq_len * n_layers * n_heads * head_dim
+    """Training FLOPs per token of the attention scores and their use (QKᵀ and A·V) in a causal
+    sequence of seq_len tokens: token t attends to t keys, L/2 on average, so 2·2·(L/2)·h·d forward
+    per layer, ×3 with the backward = 6·L·h·d·layers. The causal half only (the full square, as in
+    PaLM's convention, would credit work a causal kernel skips)."""
+    return 6 * seq_len * n_layers * n_heads * head_dim

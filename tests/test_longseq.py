@@ -71,9 +71,37 @@ def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model,
     ckpt = _backend(backend, tiny_model, True)
     _close(plain, _loss_and_grads(ckpt, batch))
     monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
+    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16
     assert loss_chunk_rows(batch.n_targets, 400) == 7
+    import backends.mlx.attention as att
+    made, real = [], att.chunked
+    monkeypatch.setattr(att, "chunked", lambda inner, c: made.append(c) or real(inner, c))
     _close(plain, _loss_and_grads(ckpt, batch))                            # checkpointed + chunked
     _close(plain, _loss_and_grads(_backend(backend, tiny_model, False), batch))   # chunked only
+    assert made == ([16, 16] if backend == "mlx" else [])                  # the chunked attention ran
+
+
+@pytest.mark.parametrize("mask", ["causal", "array", None])
+def test_mlx_chunked_attention_is_the_same_attention(mask):
+    import mlx.core as mx
+
+    from backends.mlx.attention import chunked
+    from mlx_lm.models.base import scaled_dot_product_attention as sdpa
+
+    L = 40
+    q, k, v = (mx.random.normal((1, h, L, 8), key=mx.random.key(i)) for i, h in enumerate((4, 2, 2)))
+    m = {"causal": "causal", None: None,      # a sliding window of 8, as Gemma 3's local layers
+         "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8)}[mask]
+    f = chunked(sdpa, 16)
+
+    def loss(fn, q, k, v):
+        return (fn(q, k, v, cache=None, scale=0.3, mask=m) * mx.arange(8)).sum()
+    want, got = sdpa(q, k, v, cache=None, scale=0.3, mask=m), f(q, k, v, cache=None, scale=0.3, mask=m)
+    assert np.abs(np.array(want) - np.array(got)).max() < 1e-5
+    gw = mx.grad(lambda q, k, v: loss(sdpa, q, k, v), argnums=(0, 1, 2))(q, k, v)
+    gg = mx.grad(lambda q, k, v: loss(f, q, k, v), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(gw, gg):
+        assert np.abs(np.array(a) - np.array(b)).max() < 1e-4
 
 
 def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):
@@ -100,6 +128,6 @@ def test_loss_chunk_rows_and_attention_flops():
     assert loss_chunk_rows(1000, 49152, limit=1 << 26) is None
     assert loss_chunk_rows(4500, 49152, limit=1 << 26) == (1 << 26) // 49152 == 1365
     assert loss_chunk_rows(10, 100, limit=50) == 1           # a row wider than the limit: one row per chunk
-    # SmolLM2-135M at 8192 tokens: 12·L·layers·heads·head_dim = 12·8192·30·9·64 ≈ 1.70 GFLOP per token,
-    # about 3× the 4·N weight FLOPs (0.54 GFLOP): attention outweighs the weights there.
-    assert attention_flops_per_token(8192, 30, 9, 64) == 12 * 8192 * 30 * 9 * 64
+    # SmolLM2-135M at 8192 tokens: 6·L·layers·heads·head_dim = 6·8192·30·9·64 ≈ 0.85 GFLOP per token
+    # (causal half), more than the 4·N weight FLOPs (0.54 GFLOP): attention outweighs the weights there.
+    assert attention_flops_per_token(8192, 30, 9, 64) == 6 * 8192 * 30 * 9 * 64

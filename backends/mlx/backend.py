@@ -15,6 +15,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from backends.mlx.attention import long_attention
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.errors import BackendError
@@ -246,7 +247,8 @@ class Backend:
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
-        loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
+        with long_attention(self.model, ids.shape[1] - 1):
+            loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
         return float(loss.item()), batch.n_targets
@@ -311,7 +313,8 @@ class Backend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
-        loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
+        with long_attention(self.model, batch.ids.shape[1] - 1):
+            loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
         return float(loss.item()), batch.n_targets
 
     # ------------------------------------------------------------ inference
