@@ -110,6 +110,22 @@ def parse_lengths(text: str) -> list[int]:
     return out
 
 
+def plan(lengths: list[int], runners) -> list[tuple[int, str, str, bool]]:
+    """The cells in the order they are measured, most telling first, so a time budget cuts the
+    least: the shortest length with checkpointing (the MFU reference), the longest with it (the
+    issue's checks), the shortest without, then the lengths in between, the longest without last
+    (the runs most likely to go over the memory limit)."""
+    lo, hi, mid = lengths[0], lengths[-1], lengths[1:-1]
+    order = [(lo, True), (hi, True), (lo, False)] + [(L, gc) for L in mid for gc in (True, False)] + [(hi, False)]
+    seen, out = set(), []
+    for L, gc in order:
+        for runner, fam in runners:
+            if (L, runner, gc) not in seen:
+                seen.add((L, runner, gc))
+                out.append((L, runner, fam, gc))
+    return out
+
+
 def _cell_name(length: int, runner: str, gc: bool) -> str:
     return f"L{length}-{runner}-{'gc' if gc else 'nogc'}"
 
@@ -171,7 +187,7 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
         echo(f"[bench]   {fam} fp32 matmul: {calib[fam]['gflops']:.1f} GFLOP/s")
 
     t_start = time.time()
-    cells, oom_at = [], {}
+    data = {}
     for L in lengths:
         w, s = (0, 1) if L >= LONG else (warmup, steps)
         ex = synth_examples(tok, w + s, L, False, seed, min_frac=1.0)
@@ -181,28 +197,32 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
                                           "main": [[list(r.ids), list(r.mask)] for r in main]}))
         groups = {k: epoch_order(len(pool), 1, seed, 0, "padded", [len(r.ids) for r in pool])
                   for k, pool in (("warm_groups", warm), ("main_groups", main))}
-        for runner, fam in RUNNERS:
-            if fam not in fams:
-                continue
-            for gc in (False, True):
-                name = _cell_name(L, runner, gc)
-                spec = dict(base, max_length=L, steps=s, warmup=w, runner=runner, backend=fam,
-                            grad_checkpointing=gc, data_file=str(data_file), dataset=f"L{L}", **groups)
-                res = _cached(work, name, spec)
-                if res is not None:
-                    echo(f"[bench] {name}: reused ({res['status']})")
-                elif (runner, gc) in oom_at:
-                    res = {"status": "oom", "skipped": f"over the limit at {oom_at[(runner, gc)]} tokens already"}
-                elif budget_s is not None and time.time() - t_start > budget_s:
-                    res = {"status": "skipped", "skipped": "time budget spent"}
-                else:
-                    echo(f"[bench] {name}: running ({w} warm-up + {s} measured step(s))...")
-                    res = launch_watched(spec, work, name, timeout, mem_limit)
-                    write_text(work / f"{name}.verdict.json", json.dumps({"spec": spec, "result": res}))
-                if res["status"] == "oom":
-                    oom_at.setdefault((runner, gc), L)
-                cells.append(_cell_row(L, runner, fam, gc, w, res, facts))
-                echo(f"[bench] {name}: {_brief(cells[-1], mem_limit_gib)}")
+        data[L] = (w, s, data_file, groups)
+    cells, oom_at = [], {}
+    for L, runner, fam, gc in plan(lengths, [r for r in RUNNERS if r[1] in fams]):
+        w, s, data_file, groups = data[L]
+        name = _cell_name(L, runner, gc)
+        spec = dict(base, max_length=L, steps=s, warmup=w, runner=runner, backend=fam,
+                    grad_checkpointing=gc, data_file=str(data_file), dataset=f"L{L}", **groups)
+        res = _cached(work, name, spec)
+        shorter_oom = min((x for x in oom_at.get((runner, gc), []) if x < L), default=None)
+        if res is not None:
+            echo(f"[bench] {name}: reused ({res['status']})")
+        elif shorter_oom is not None:
+            res = {"status": "oom", "skipped": f"over the limit at {shorter_oom} tokens already"}
+        elif budget_s is not None and time.time() - t_start > budget_s:
+            res = {"status": "skipped", "skipped": "time budget spent"}
+        else:
+            echo(f"[bench] {name}: running ({w} warm-up + {s} measured step(s))...")
+            left = timeout if budget_s is None else min(timeout, max(60.0, budget_s - (time.time() - t_start)))
+            res = launch_watched(spec, work, name, left, mem_limit)
+            write_text(work / f"{name}.verdict.json", json.dumps({"spec": spec, "result": res}))
+        if res["status"] == "oom":
+            oom_at.setdefault((runner, gc), []).append(L)
+        cells.append(_cell_row(L, runner, fam, gc, w, res, facts))
+        echo(f"[bench] {name}: {_brief(cells[-1], mem_limit_gib)}")
+    order = {r: i for i, (r, _) in enumerate(RUNNERS)}
+    cells.sort(key=lambda r: (r["length"], order[r["run"]], r["gc"]))
     _finish_rows(cells, calib, facts)
     result = {"model": model, "facts": facts, "calibration": calib, "lengths": lengths, "steps": steps,
               "warmup": warmup, "long_from": LONG, "mem_limit_gib": mem_limit_gib, "rank": rank, "targets": targets,

@@ -697,6 +697,22 @@ def fsdp_with_4bit(ctx):
     return line
 
 
+@row("E140")
+def bench_bad_lengths(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--lengths", "512,long", "--output", ctx.out)
+    line = expect_error(r, "--lengths", "512,long", "comma list")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E141")
+def bench_lengths_beyond_context(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--lengths", "128,1024", "--output", ctx.out)
+    line = expect_error(r, "--lengths", "1024 tokens", "max_position_embeddings 512")
+    assert not ctx.out.exists() and "running" not in r.output   # refused before any run
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

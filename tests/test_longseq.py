@@ -131,3 +131,77 @@ def test_loss_chunk_rows_and_attention_flops():
     # SmolLM2-135M at 8192 tokens: 6·L·layers·heads·head_dim = 6·8192·30·9·64 ≈ 0.85 GFLOP per token
     # (causal half), more than the 4·N weight FLOPs (0.54 GFLOP): attention outweighs the weights there.
     assert attention_flops_per_token(8192, 30, 9, 64) == 6 * 8192 * 30 * 9 * 64
+
+
+# ---------------------------------------------------------------- bench --lengths
+def test_watchdog_kills_over_the_memory_limit_and_on_time(tmp_path):
+    import sys
+
+    from benchmarks.longseq import watch
+    hog = "import time\nb = []\nfor _ in range(40):\n    b.append(bytearray(20 << 20)); time.sleep(0.05)\ntime.sleep(30)"
+    status, _, peak = watch([sys.executable, "-c", hog], {}, tmp_path / "hog.log", 60, 200 << 20)
+    assert status == "oom" and 200 << 20 < peak < 700 << 20
+    status, _, _ = watch([sys.executable, "-c", "import time; time.sleep(30)"], {}, tmp_path / "slow.log", 1, 1 << 40)
+    assert status == "timeout"
+    status, rc, _ = watch([sys.executable, "-c", "print('ok')"], {}, tmp_path / "ok.log", 60, 1 << 40)
+    assert (status, rc) == (None, 0) and (tmp_path / "ok.log").read_text() == "ok\n"
+
+
+def _row(L, run, gc, rss, tok_s, flops_per_tok, status="ok"):
+    r = {"length": L, "run": run, "backend": "mlx" if "mlx" in run else "torch", "gc": gc, "status": status,
+         "note": None, "watch_peak": 11 << 30 if status == "oom" else None}
+    if status == "ok":
+        r.update(tok_s=tok_s, step_s=L / tok_s, flops=flops_per_tok * L, time=L / tok_s, rss=rss, fw=None, loss=2.0)
+    return r
+
+
+def test_sweep_figures_and_report():
+    from benchmarks.longseq import _finish_rows, done_lines, plot_sweep, plan, render_sweep
+    G = 2 ** 30
+    rows = [_row(512, "ours-torch", True, 1 * G, 100.0, 1e9), _row(512, "trl", True, 2 * G, 50.0, 1e9),
+            _row(8192, "ours-torch", True, 2 * G, 90.0, 2e9), _row(8192, "trl", True, 5 * G, 40.0, 2e9),
+            _row(8192, "trl", False, 0, 0, 0, status="oom")]
+    calib = {"torch": {"gflops": 200.0}, "mlx": {"gflops": 100.0}}
+    _finish_rows(rows, calib, {})
+    o512, o8k, t8k = rows[0], rows[2], rows[3]
+    assert o512["mfu"] == pytest.approx(1e9 * 100 / 200e9) and o512["speed_vs_plain"] == pytest.approx(2.0)
+    assert o8k["rss_vs_plain"] == pytest.approx(0.4) and o8k["mfu_vs_first"] == pytest.approx(1.8)
+    assert o8k["marginal_per_token"] == pytest.approx(G / (8192 - 512))
+    res = {"model": "m", "facts": {"params_total": 1, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4,
+                                   "n_trainable": 1, "flops_per_token": 1e9},
+           "calibration": calib, "lengths": [512, 8192], "steps": 1, "warmup": 1, "long_from": 4096,
+           "mem_limit_gib": 10.0, "rank": 8, "targets": ["q_proj"], "rows": rows, "date": "d", "cpus": 2}
+    md = render_sweep(res)
+    assert "| 8192 | trl | off | OOM >10 GiB (killed at 11264 MiB) |" in md
+    assert "| 8192 | ours-torch | on | 90.0 | 2.25× |" in md
+    assert ("- ours-torch with checkpointing: peak RSS 2048 MiB = 0.40× trl with checkpointing (5120 MiB)"
+            in done_lines(res))
+    assert "- ours-torch with checkpointing: MFU 90.0 % = 1.80× its MFU at 512 tokens" in done_lines(res)
+    assert plot_sweep(res)[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = plan([512, 2048, 8192], [("ours-mlx", "mlx"), ("mlx-lm", "mlx")])
+    assert cells[:4] == [(512, "ours-mlx", "mlx", True), (512, "mlx-lm", "mlx", True),
+                         (8192, "ours-mlx", "mlx", True), (8192, "mlx-lm", "mlx", True)]
+    assert cells[-1] == (8192, "mlx-lm", "mlx", False) and len(cells) == len(set(cells)) == 12
+
+
+def test_bench_lengths_end_to_end(tiny_model, tmp_path):
+    """The sweep on the tiny model, MLX runs only (4 processes); a rerun reuses every cell."""
+    import json
+
+    from helpers import run_cli
+    out = tmp_path / "long"
+    args = ("bench", "--model", tiny_model, "--lengths", "40", "--backend", "mlx", "--steps", "1", "--warmup", "0",
+            "--threads", "1", "--output", out)
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "longseq.json").read_text())
+    got = {(x["run"], x["gc"]): x for x in res["rows"]}
+    assert sorted(got) == [("mlx-lm", False), ("mlx-lm", True), ("ours-mlx", False), ("ours-mlx", True)]
+    assert all(x["status"] == "ok" and x["rss"] > 0 and x["mfu"] > 0 for x in got.values())
+    # the same example, the same LoRA init, one step: ours and mlx-lm, with or without checkpointing
+    losses = [x["loss"] for x in got.values()]
+    assert max(losses) - min(losses) < 1e-4
+    assert (out / "longseq.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 40 | ours-mlx | on |" in (out / "longseq.md").read_text()
+    r = run_cli(*args)
+    assert r.exit_code == 0 and r.output.count("reused (ok)") == 4, r.output
