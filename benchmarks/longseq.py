@@ -131,12 +131,14 @@ def _cell_name(length: int, runner: str, gc: bool) -> str:
 
 
 def _cached(work: Path, name: str, spec: dict) -> dict | None:
-    """A finished cell's verdict when it was measured with exactly this spec."""
+    """A finished cell's verdict (measured, or over the memory limit) when it was run with exactly
+    this spec; a run stopped by a timeout or that failed is run again."""
     v = work / f"{name}.verdict.json"
     if not v.is_file():
         return None
     saved = json.loads(v.read_text())
-    return saved["result"] if saved.get("spec") == spec else None
+    ok = saved.get("spec") == spec and saved["result"]["status"] in ("ok", "oom")
+    return saved["result"] if ok else None
 
 
 def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), steps: int = 2, warmup: int = 1,
