@@ -322,7 +322,9 @@ def _x(v) -> str:
 
 
 def render_sweep(res: dict) -> str:
+    from common.longseq import attention_flops_per_token
     f, cal, lim = res["facts"], res["calibration"], res["mem_limit_gib"]
+    attn8k = attention_flops_per_token(8192, f["num_hidden_layers"], f["num_attention_heads"], f["head_dim"])
     tg = res["targets"] if isinstance(res["targets"], str) else ",".join(res["targets"])
     lines = [f"# twinlora bench — sequence length sweep — {res['date']}", "",
              f"- model: {res['model']} ({f['params_total']:,} parameters, float32; {f['num_hidden_layers']} layers, "
@@ -333,11 +335,10 @@ def render_sweep(res: dict) -> str:
              "inside it; they are small beside a step of several TFLOP)",
              "- gc = gradient checkpointing per decoder layer (ours: `training.grad_checkpointing`; mlx-lm: "
              "`grad_checkpoint`; TRL: `gradient_checkpointing` with use_reentrant=False)",
-             f"- MFU = (4·N_frozen + 6·N_trainable + 12·layers·heads·head_dim·L) FLOP per token × tok/s ÷ "
-             f"measured fp32 matmul peak — attention scores counted (12·{f['num_hidden_layers']}·"
-             f"{f['num_attention_heads']}·{f['head_dim']}·L: {12 * f['num_hidden_layers'] * f['num_attention_heads'] * f['head_dim'] * 8192 / 1e9:.2f}"
-             f" GFLOP per token at 8192 vs {f['flops_per_token'] / 1e9:.2f} for the weights); MFU vs first = "
-             "this MFU ÷ the same run's at the shortest length",
+             f"- MFU = (4·N_frozen + 6·N_trainable + 6·layers·heads·head_dim·L) FLOP per token × tok/s ÷ "
+             f"measured fp32 matmul peak — causal attention scores counted ({attn8k / 1e9:.2f} GFLOP per token at "
+             f"8192 vs {f['flops_per_token'] / 1e9:.2f} for the weights); MFU vs first = this MFU ÷ the same run's "
+             "at the shortest length",
              "- peak RSS via getrusage; fw peak = mx.get_peak_memory() (MLX; n/a for torch on CPU); RSS/token = "
              "peak RSS ÷ L; marginal = Δ peak RSS ÷ Δ L from the previous length (flat = memory linear in L)",
              f"- every run in its own process under a watchdog that kills it above {lim:g} GiB resident "
@@ -414,8 +415,8 @@ def plot_sweep(res: dict) -> bytes:
         for gc in (False, True):
             rows = [r for r in res["rows"] if r["run"] == run and r["gc"] == gc]
             ok = [r for r in rows if r["status"] == "ok"]
-            if not rows:
-                continue
+            if not any(r["status"] in ("ok", "oom") for r in rows):
+                continue                  # nothing measured for this run: no legend entry
             style = "--" if gc else "-"
             label = f"{run}{' + gc' if gc else ''}"
             ax_m.plot([r["length"] for r in ok], [r["rss"] / 2**30 for r in ok], style, color=color, marker="o",
@@ -426,7 +427,8 @@ def plot_sweep(res: dict) -> bytes:
             ax_f.plot([r["length"] for r in ok], [100 * r["mfu"] for r in ok], style, color=color, marker="o",
                       label=label)
     ax_m.axhline(lim, color="grey", lw=0.8, ls=":")
-    ax_m.text(min(res["lengths"]), lim, f" watchdog {lim:g} GiB (× = killed)", va="bottom", fontsize=8, color="grey")
+    ax_m.text(max(res["lengths"]), lim, f"watchdog {lim:g} GiB (× = killed) ", va="bottom", ha="right", fontsize=8,
+              color="grey")
     for ax, title, ylabel in ((ax_m, "peak memory (RSS)", "GiB"), (ax_f, "MFU, attention FLOPs counted", "%")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(res["lengths"])
