@@ -302,7 +302,7 @@ class Backend:
         # boolean mask → logits [n_targets, V]): prompt and padding positions never reach the
         # (vocab-sized) head, forward or backward. Softcapping etc. stay the model's own.
         targets = mask[:, 1:] > 0
-        if model is self.peft and self.peft is not None:
+        if model is self.peft and self.peft is not None and not self.sharded:
             chunked = self._chunked_loss(ids, targets, batch.n_targets, kw)
             if chunked is not None:
                 return chunked, batch.n_targets
