@@ -24,12 +24,10 @@ def checkpoint_layers(layers) -> int:
         sub = _SUBCLASSES.get(cls)
         if sub is None:
             sub = type(cls.__name__, (cls,), {"_twinlora_checkpointed": True, "__module__": cls.__module__})
-            probe = layer
             layer.__class__ = sub
-            grad_checkpoint(probe)          # patches `sub.__call__` only
+            grad_checkpoint(layer)          # replaces `sub.__call__` (type(layer) is sub now), not cls's
             _SUBCLASSES[cls] = sub
-        else:
-            layer.__class__ = sub
+        layer.__class__ = sub
         n += 1
     return n
 
