@@ -69,6 +69,11 @@ def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model,
     plain = _loss_and_grads(_backend(backend, tiny_model, False), batch)
     assert any(np.abs(g).max() > 0 for k, g in plain[1].items() if "lora_A" in k)
     ckpt = _backend(backend, tiny_model, True)
+    if backend == "torch":                                                 # checkpointing really on
+        assert any(getattr(m, "gradient_checkpointing", False) is True for m in ckpt.model.modules())
+    else:
+        from backends.mlx.checkpoint import is_checkpointed
+        assert all(is_checkpointed(layer) for layer in ckpt.model.layers)
     _close(plain, _loss_and_grads(ckpt, batch))
     monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
     monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16

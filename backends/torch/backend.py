@@ -98,7 +98,11 @@ class Backend:
             from peft import prepare_model_for_kbit_training
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kw = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):   # transformers >= 5.2x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
             self.model.enable_input_require_grads()
         for p in self.model.parameters():
             p.requires_grad_(False)
