@@ -217,11 +217,25 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
 @click.option("--threads", type=int, help="torch/OpenBLAS threads per run.")
 @click.option("--output", "-o", default="runs/bench", show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
-def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output):
+@click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
+              "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
+              "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
+@click.option("--mem-limit-gib", default=10.0, show_default=True, help="--lengths: kill a run above this resident memory.")
+@click.option("--budget-min", type=float, help="--lengths: start no new run after this many minutes (the rest is "
+              "reported as skipped; rerun to continue).")
+def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
+          lengths, mem_limit_gib, budget_min):
     """Train the same model on the same data with the same LoRA settings, one run after another
     (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
     SFTTrainer script. Prints tokens/s, step time, peak memory, final loss, MFU and our/plain ratios."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    if lengths:
+        from benchmarks.longseq import parse_lengths, run_length_sweep
+        run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
+                         backends=list(backends) or ["mlx", "torch"], out_dir=Path(output), echo=echo,
+                         threads=threads, mem_limit_gib=mem_limit_gib,
+                         budget_s=None if budget_min is None else 60 * budget_min)
+        return
     from benchmarks.bench import run_bench
     run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
               max_length=max_length, rank=rank, backends=list(backends) or ["mlx", "torch"], ragged=not no_ragged,

@@ -66,10 +66,10 @@ def _text_corpus() -> str:
                          "the decision of the lower court."] * 300)
 
 
-def synth_examples(tokenizer, n: int, max_length: int, ragged: bool, seed: int) -> list:
+def synth_examples(tokenizer, n: int, max_length: int, ragged: bool, seed: int, min_frac: float = 0.85) -> list:
     """`n` prompt/completion examples cut from real text, deterministic in `seed`.
 
-    uniform: total lengths uniform in [0.85·max_length, max_length];
+    uniform: total lengths uniform in [min_frac·max_length, max_length] (min_frac 1: all max_length);
     ragged:  log-uniform in [16, max_length] (many short, few long, as in real SFT sets).
     The prompt is 30–60 % of the example and masked out of the loss; the completion ends with EOS.
     """
@@ -80,7 +80,7 @@ def synth_examples(tokenizer, n: int, max_length: int, ragged: bool, seed: int) 
         stream = stream + stream
     eos = tokenizer.eos_token_id
     rng = np.random.default_rng([seed, 1 if ragged else 0, max_length])
-    lo = min(RAGGED_MIN, max_length) if ragged else max(4, int(0.85 * max_length))
+    lo = min(RAGGED_MIN, max_length) if ragged else max(4, int(min_frac * max_length))
     out = []
     for _ in range(n):
         if ragged:
@@ -126,9 +126,11 @@ def model_facts(model_dir: Path, spec_lora) -> dict:
                and not k.endswith(("embed_tokens.weight", "lm_head.weight"))}
     _, modules = spec_from_config(spec_lora, linears, int(cfg["num_hidden_layers"]), str(model_dir))
     n_train = sum(spec_lora.rank * (o + i) for o, i in modules.values())
+    heads = int(cfg["num_attention_heads"])
     return {"params_total": total, "n_frozen": n_frozen, "n_trainable": n_train,
             "flops_per_token": 4 * n_frozen + 6 * n_train, "modules": len(modules),
-            "num_hidden_layers": int(cfg["num_hidden_layers"])}
+            "num_hidden_layers": int(cfg["num_hidden_layers"]), "num_attention_heads": heads,
+            "head_dim": int(cfg.get("head_dim") or int(cfg["hidden_size"]) // heads)}
 
 
 # ------------------------------------------------------------------ worker side
@@ -202,7 +204,8 @@ def _run_ours(spec: dict) -> dict:
         blas = preload_fast_blas()
     warm, main = _load_rows(spec)
     be = get_backend(spec["backend"])(Path(spec["model_dir"]), dtype=spec["dtype"],
-                                      attn_implementation=spec.get("attn_implementation"))
+                                      attn_implementation=spec.get("attn_implementation"),
+                                      grad_checkpointing=bool(spec.get("grad_checkpointing")))
     lspec, modules = spec_from_config(_lora(spec), be.linear_modules(), be.num_hidden_layers(), spec["model"])
     be.attach_lora(lspec, modules, init_lora_weights(lspec, modules, spec["seed"]))
     be.make_optimizer((0.9, 0.999), 1e-8, 0.0, "adamw")
@@ -295,6 +298,7 @@ def _run_mlx_lm(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArgs(batch_size=bs, iters=total, steps_per_report=1, steps_per_eval=10 ** 9,
                             steps_per_save=10 ** 9, max_seq_length=spec["max_length"],
+                            grad_checkpoint=bool(spec.get("grad_checkpointing")),
                             adapter_file=str(Path(tmp) / "adapters.safetensors"))
         state["prev"] = time.perf_counter()
         train(model, opt, dataset, None, args, iterate_batches=our_groups, training_callback=CB())
@@ -345,13 +349,15 @@ def _run_trl(spec: dict) -> dict:
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
 
+    gc = bool(spec.get("grad_checkpointing"))
     with tempfile.TemporaryDirectory() as tmp:
         cpu = not torch.cuda.is_available()
         args = SFTConfig(output_dir=tmp, max_steps=total, per_device_train_batch_size=spec["batch_size"],
                          gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="cosine",
                          warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
                          save_strategy="no", report_to="none", bf16=False, fp16=False,
-                         gradient_checkpointing=False, completion_only_loss=True, packing=False,
+                         gradient_checkpointing=gc, completion_only_loss=True, packing=False,
+                         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
                          padding_free=False, max_length=spec["max_length"], seed=spec["seed"],
                          train_sampling_strategy="sequential", dataloader_num_workers=0,
                          disable_tqdm=True, use_cpu=cpu)
@@ -393,20 +399,30 @@ def _worker(spec_path: str) -> None:
 
 
 # ------------------------------------------------------------------ parent side
-def _launch(spec: dict, work: Path, name: str, timeout: int, echo) -> dict:
-    spec = dict(spec, result=str(work / f"{name}.result.json"))
-    sp = work / f"{name}.spec.json"
-    sp.write_text(json.dumps(spec))
+def _env(spec: dict) -> dict:
+    """A worker's environment: this checkout first on the path, offline, quiet, `threads` threads."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
     if spec.get("threads"):
         for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[k] = str(spec["threads"])
+    return env
+
+
+def _worker_cmd(spec_path: Path) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)]
+
+
+def _launch(spec: dict, work: Path, name: str, timeout: int, echo) -> dict:
+    spec = dict(spec, result=str(work / f"{name}.result.json"))
+    sp = work / f"{name}.spec.json"
+    sp.write_text(json.dumps(spec))
+    env = _env(spec)
     log = work / f"{name}.log"
     t = time.time()
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(sp)], cwd=str(ROOT),
+        proc = subprocess.run(_worker_cmd(sp), cwd=str(ROOT),
                               env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0 or not Path(spec["result"]).is_file():
         from common.errors import TrainingError

@@ -96,7 +96,8 @@ class TrainingConfig:
     optimizer: Literal["adamw", "paged_adamw_8bit"] = opt(
         "adamw", "paged_adamw_8bit needs bitsandbytes on CUDA (torch backend).")
     seed: int = opt(0, "Seed for LoRA init, data order and dropout.")
-    grad_checkpointing: bool = opt(False, "Recompute activations in the backward pass (less memory).")
+    grad_checkpointing: bool = opt(False, "Recompute each decoder layer's activations in the backward pass: "
+                                   "memory grows ~linearly with length (docs/benchmark-cpu.md), ~1/3 more compute.")
     parallel: Literal["ddp", "fsdp"] = opt(
         "ddp", "Several processes (train --nproc, torchrun, mlx.launch): ddp = each holds the whole model, "
         "gradients are summed (both backends); fsdp = the model and LoRA weights are sharded over the "

@@ -868,6 +868,24 @@ def template_changes_earlier_turns(ctx):
     return line
 
 
+# ---------------------------------------------------------------- bench --lengths (issue 19)
+
+@row("E140")
+def bench_bad_lengths(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--lengths", "512,long", "--output", ctx.out)
+    line = expect_error(r, "--lengths", "512,long", "comma list")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E141")
+def bench_lengths_beyond_context(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--lengths", "128,1024", "--output", ctx.out)
+    line = expect_error(r, "--lengths", "1024 tokens", "max_position_embeddings 512")
+    assert not ctx.out.exists() and "running" not in r.output   # refused before any run
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

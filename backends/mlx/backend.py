@@ -15,6 +15,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from backends.mlx.attention import long_attention
 from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
@@ -37,6 +38,30 @@ def _disk_dtype(model_dir: Path):
             if k != "__metadata__" and v.get("dtype") in names:
                 return names[v["dtype"]]
     return None
+
+
+def _head_loss(model, h: mx.array, y: mx.array) -> mx.array:
+    """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y`; above
+    common.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
+    tied = "lm_head" not in model
+    mod = model.model.embed_tokens if tied else model.lm_head
+
+    def piece(y):                  # the targets are closed over: no gradient w.r.t. indices
+        def f(params, h):
+            mod.update(params)     # trainable head weights (if any) as inputs, as mlx-lm's grad_checkpoint
+            logits = (mod.as_linear(h) if tied else mod(h)).astype(mx.float32)
+            return nn.losses.cross_entropy(logits, y, reduction="sum")
+        return f
+
+    from common.longseq import loss_chunk_rows
+    rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size)
+    if rows is None:
+        return piece(y)(mod.trainable_parameters(), h)
+    total = None
+    for i in range(0, h.shape[0], rows):
+        part = mx.checkpoint(piece(y[i: i + rows]))(mod.trainable_parameters(), h[i: i + rows])
+        total = part if total is None else total + part
+    return total
 
 
 def _targets(batch: Batch) -> mx.array:
@@ -73,8 +98,8 @@ class Backend:
         self.model.freeze()
         self.grad_checkpointing = grad_checkpointing
         if grad_checkpointing:
-            from mlx_lm.tuner.trainer import grad_checkpoint
-            grad_checkpoint(self.model.layers[0])
+            from backends.mlx.checkpoint import checkpoint_layers
+            checkpoint_layers(self.model.layers)   # this model only (mlx-lm's patches the class)
         self.optimizer = None
         self._grads = None
         self.spec = None
@@ -194,9 +219,7 @@ class Backend:
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            head = model.lm_head if "lm_head" in model else model.model.embed_tokens.as_linear
-            logits = head(h).astype(mx.float32)
-            return nn.losses.cross_entropy(logits, ids[:, 1:].reshape(-1)[keep], reduction="sum")
+            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep])
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
@@ -213,7 +236,8 @@ class Backend:
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
-        loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
+        with long_attention(self.model, ids.shape[1] - 1):
+            loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
         return float(loss.item()), batch.n_targets
@@ -278,7 +302,8 @@ class Backend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
-        loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
+        with long_attention(self.model, batch.ids.shape[1] - 1):
+            loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
         return float(loss.item()), batch.n_targets
 
     # ------------------------------------------------------------ inference

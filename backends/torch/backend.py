@@ -25,6 +25,9 @@ from common.models import normalize_config
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# transformers causal LMs whose logits are head(model.model(x)) (+ final softcapping where the
+# config has one): the ones whose loss may run the head in chunks (see _chunked_loss).
+_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 def pick_device() -> str:
@@ -95,7 +98,11 @@ class Backend:
             from peft import prepare_model_for_kbit_training
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            kw = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):   # transformers >= 5.2x's name
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
             self.model.enable_input_require_grads()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -299,11 +306,47 @@ class Backend:
         # boolean mask → logits [n_targets, V]): prompt and padding positions never reach the
         # (vocab-sized) head, forward or backward. Softcapping etc. stay the model's own.
         targets = mask[:, 1:] > 0
+        if model is self.peft and self.peft is not None and not self.sharded:
+            chunked = self._chunked_loss(ids, targets, batch.n_targets, kw)
+            if chunked is not None:
+                return chunked, batch.n_targets
         logits = model(input_ids=ids[:, :-1], logits_to_keep=targets, **kw).logits.float()
         if logits.dim() == 2:
             return F.cross_entropy(logits, ids[:, 1:][targets], reduction="sum"), batch.n_targets
         ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
         return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
+
+    def _chunked_loss(self, ids, targets, n_targets: int, kw: dict):
+        """The summed loss with the head over chunks of target rows (common/longseq.py), each chunk
+        recomputed in the backward pass; None when the logits fit under the threshold, or the model
+        is not a plain decoder + head (whose logits the CausalLM forward computes as head(h), with
+        Gemma's final softcapping), or it is wrapped by DDP/FSDP (their hooks run in the forward)."""
+        from common.longseq import loss_chunk_rows
+
+        base = self.peft.get_base_model()
+        head = base.get_output_embeddings()
+        if getattr(base.config, "model_type", None) not in _PLAIN_HEAD or head is None:
+            return None
+        rows = loss_chunk_rows(n_targets, head.weight.shape[0])
+        if rows is None:
+            return None
+        from torch.utils.checkpoint import checkpoint
+
+        h = base.model(input_ids=ids[:, :-1], **kw).last_hidden_state[targets]
+        y = ids[:, 1:][targets]
+        cap = getattr(base.config, "final_logit_softcapping", None)
+
+        def piece(h, y):
+            logits = head(h)
+            if cap is not None:
+                logits = torch.tanh(logits / cap) * cap
+            return F.cross_entropy(logits.float(), y, reduction="sum")
+
+        total = None
+        for i in range(0, h.shape[0], rows):   # summed in the MLX backend's order
+            part = checkpoint(piece, h[i: i + rows], y[i: i + rows], use_reentrant=False)
+            total = part if total is None else total + part
+        return total
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         """`sync` is False on all but this rank's last micro-batch of a step: DDP/FSDP then keep the

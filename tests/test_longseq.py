@@ -1,0 +1,212 @@
+"""Long sequences: gradient checkpointing and the chunked LM-head loss change memory, not math.
+
+On both backends, on the tiny model: the loss and every LoRA gradient with checkpointing on, and
+with the head's loss forced into chunks, equal the plain computation; the two backends still agree
+with both on; and MLX checkpointing stays scoped to the model that asked for it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.longseq import attention_flops_per_token, loss_chunk_rows
+
+
+def _batch(vocab: int):
+    from common.batching import Batch
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, vocab, (2, 48)).astype(np.int32)
+    ids[1, 40:] = 0                                   # padding on the second row
+    mask = np.zeros(ids.shape, np.float32)
+    mask[0, 20:] = 1
+    mask[1, 25:40] = 1
+    return Batch(ids, mask, int(mask[:, 1:].sum()), 48 + 40)
+
+
+def _backend(name: str, model, gc: bool):
+    from backends import get_backend
+    from common.adapter import init_lora_weights, spec_from_config
+    from common.config import LoraConfig
+    be = get_backend(name)(model, grad_checkpointing=gc)
+    spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
+                                  be.num_hidden_layers(), str(model))
+    w = init_lora_weights(spec, mods, 0)
+    rng = np.random.default_rng(1)                    # B ≠ 0, so the A gradients are not all zero
+    w = {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v) for k, v in w.items()}
+    be.attach_lora(spec, mods, w)
+    return be
+
+
+def _loss_and_grads(be, batch):
+    s, n = be.accumulate(batch)
+    if be.name == "mlx":
+        from mlx.utils import tree_flatten
+
+        from common.adapter import mlx_to_peft
+        grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
+        be._grads = None
+    else:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in be._params.items()}
+        for p in be._params.values():
+            p.grad = None
+    return s, grads
+
+
+def _close(a, b, rtol=2e-5):
+    sa, ga = a
+    sb, gb = b
+    assert sb == pytest.approx(sa, rel=rtol)
+    assert sorted(ga) == sorted(gb) and len(ga) > 0
+    for k in ga:
+        scale = float(np.abs(ga[k]).max()) or 1.0
+        assert np.abs(ga[k] - gb[k]).max() <= rtol * 10 * scale, k
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model, monkeypatch):
+    from common.tokenize import load_tokenizer
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    plain = _loss_and_grads(_backend(backend, tiny_model, False), batch)
+    assert any(np.abs(g).max() > 0 for k, g in plain[1].items() if "lora_A" in k)
+    ckpt = _backend(backend, tiny_model, True)
+    if backend == "torch":                                                 # checkpointing really on
+        assert any(getattr(m, "gradient_checkpointing", False) is True for m in ckpt.model.modules())
+    else:
+        from backends.mlx.checkpoint import is_checkpointed
+        assert all(is_checkpointed(layer) for layer in ckpt.model.layers)
+    _close(plain, _loss_and_grads(ckpt, batch))
+    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
+    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16
+    assert loss_chunk_rows(batch.n_targets, 400) == 7
+    import backends.mlx.attention as att
+    made, real = [], att.chunked
+    monkeypatch.setattr(att, "chunked", lambda inner, c: made.append(c) or real(inner, c))
+    _close(plain, _loss_and_grads(ckpt, batch))                            # checkpointed + chunked
+    _close(plain, _loss_and_grads(_backend(backend, tiny_model, False), batch))   # chunked only
+    assert made == ([16, 16] if backend == "mlx" else [])                  # the chunked attention ran
+
+
+@pytest.mark.parametrize("mask", ["causal", "array", None])
+def test_mlx_chunked_attention_is_the_same_attention(mask):
+    import mlx.core as mx
+
+    from backends.mlx.attention import chunked
+    from mlx_lm.models.base import scaled_dot_product_attention as sdpa
+
+    L = 40
+    q, k, v = (mx.random.normal((1, h, L, 8), key=mx.random.key(i)) for i, h in enumerate((4, 2, 2)))
+    m = {"causal": "causal", None: None,      # a sliding window of 8, as Gemma 3's local layers
+         "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8)}[mask]
+    f = chunked(sdpa, 16)
+
+    def loss(fn, q, k, v):
+        return (fn(q, k, v, cache=None, scale=0.3, mask=m) * mx.arange(8)).sum()
+    want, got = sdpa(q, k, v, cache=None, scale=0.3, mask=m), f(q, k, v, cache=None, scale=0.3, mask=m)
+    assert np.abs(np.array(want) - np.array(got)).max() < 1e-5
+    gw = mx.grad(lambda q, k, v: loss(sdpa, q, k, v), argnums=(0, 1, 2))(q, k, v)
+    gg = mx.grad(lambda q, k, v: loss(f, q, k, v), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(gw, gg):
+        assert np.abs(np.array(a) - np.array(b)).max() < 1e-4
+
+
+def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):
+    from common.tokenize import load_tokenizer
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 5 * 400)
+    mlx = _loss_and_grads(_backend("mlx", tiny_model, True), batch)
+    torch_ = _loss_and_grads(_backend("torch", tiny_model, True), batch)
+    _close(mlx, torch_, rtol=1e-4)
+
+
+def test_mlx_checkpointing_is_scoped_to_its_model(tiny_model):
+    from backends.mlx.checkpoint import checkpoint_layers, is_checkpointed
+    on = _backend("mlx", tiny_model, True)
+    off = _backend("mlx", tiny_model, False)
+    assert all(is_checkpointed(layer) for layer in on.model.layers)
+    assert not any(is_checkpointed(layer) for layer in off.model.layers)   # mlx-lm's patch would leak here
+    assert type(off.model.layers[0]) is not type(on.model.layers[0])
+    assert checkpoint_layers(on.model.layers) == 0                         # idempotent: no double wrap
+    assert checkpoint_layers(off.model.layers) == len(off.model.layers)
+
+
+def test_loss_chunk_rows_and_attention_flops():
+    assert loss_chunk_rows(1000, 49152, limit=1 << 26) is None
+    assert loss_chunk_rows(4500, 49152, limit=1 << 26) == (1 << 26) // 49152 == 1365
+    assert loss_chunk_rows(10, 100, limit=50) == 1           # a row wider than the limit: one row per chunk
+    # SmolLM2-135M at 8192 tokens: 6·L·layers·heads·head_dim = 6·8192·30·9·64 ≈ 0.85 GFLOP per token
+    # (causal half), more than the 4·N weight FLOPs (0.54 GFLOP): attention outweighs the weights there.
+    assert attention_flops_per_token(8192, 30, 9, 64) == 6 * 8192 * 30 * 9 * 64
+
+
+# ---------------------------------------------------------------- bench --lengths
+def test_watchdog_kills_over_the_memory_limit_and_on_time(tmp_path):
+    import sys
+
+    from benchmarks.longseq import watch
+    hog = "import time\nb = []\nfor _ in range(40):\n    b.append(bytearray(20 << 20)); time.sleep(0.05)\ntime.sleep(30)"
+    status, _, peak = watch([sys.executable, "-c", hog], {}, tmp_path / "hog.log", 60, 200 << 20)
+    assert status == "oom" and 200 << 20 < peak < 700 << 20
+    status, _, _ = watch([sys.executable, "-c", "import time; time.sleep(30)"], {}, tmp_path / "slow.log", 1, 1 << 40)
+    assert status == "timeout"
+    status, rc, _ = watch([sys.executable, "-c", "print('ok')"], {}, tmp_path / "ok.log", 60, 1 << 40)
+    assert (status, rc) == (None, 0) and (tmp_path / "ok.log").read_text() == "ok\n"
+
+
+def _row(L, run, gc, rss, tok_s, flops_per_tok, status="ok"):
+    r = {"length": L, "run": run, "backend": "mlx" if "mlx" in run else "torch", "gc": gc, "status": status,
+         "note": None, "watch_peak": 11 << 30 if status == "oom" else None}
+    if status == "ok":
+        r.update(tok_s=tok_s, step_s=L / tok_s, flops=flops_per_tok * L, time=L / tok_s, rss=rss, fw=None, loss=2.0)
+    return r
+
+
+def test_sweep_figures_and_report():
+    from benchmarks.longseq import _finish_rows, done_lines, plot_sweep, plan, render_sweep
+    G = 2 ** 30
+    rows = [_row(512, "ours-torch", True, 1 * G, 100.0, 1e9), _row(512, "trl", True, 2 * G, 50.0, 1e9),
+            _row(8192, "ours-torch", True, 2 * G, 90.0, 2e9), _row(8192, "trl", True, 5 * G, 40.0, 2e9),
+            _row(8192, "trl", False, 0, 0, 0, status="oom")]
+    calib = {"torch": {"gflops": 200.0}, "mlx": {"gflops": 100.0}}
+    _finish_rows(rows, calib, {})
+    o512, o8k, t8k = rows[0], rows[2], rows[3]
+    assert o512["mfu"] == pytest.approx(1e9 * 100 / 200e9) and o512["speed_vs_plain"] == pytest.approx(2.0)
+    assert o8k["rss_vs_plain"] == pytest.approx(0.4) and o8k["mfu_vs_first"] == pytest.approx(1.8)
+    assert o8k["marginal_per_token"] == pytest.approx(G / (8192 - 512))
+    res = {"model": "m", "facts": {"params_total": 1, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 4,
+                                   "n_trainable": 1, "flops_per_token": 1e9},
+           "calibration": calib, "lengths": [512, 8192], "steps": 1, "warmup": 1, "long_from": 4096,
+           "mem_limit_gib": 10.0, "rank": 8, "targets": ["q_proj"], "rows": rows, "date": "d", "cpus": 2}
+    md = render_sweep(res)
+    assert "| 8192 | trl | off | OOM >10 GiB (killed at 11264 MiB) |" in md
+    assert "| 8192 | ours-torch | on | 90.0 | 2.25× |" in md
+    assert ("- ours-torch with checkpointing: peak RSS 2048 MiB = 0.40× trl with checkpointing (5120 MiB)"
+            in done_lines(res))
+    assert "- ours-torch with checkpointing: MFU 90.0 % = 1.80× its MFU at 512 tokens" in done_lines(res)
+    assert plot_sweep(res)[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = plan([512, 2048, 8192], [("ours-mlx", "mlx"), ("mlx-lm", "mlx")])
+    assert cells[:4] == [(512, "ours-mlx", "mlx", True), (512, "mlx-lm", "mlx", True),
+                         (8192, "ours-mlx", "mlx", True), (8192, "mlx-lm", "mlx", True)]
+    assert cells[-1] == (8192, "mlx-lm", "mlx", False) and len(cells) == len(set(cells)) == 12
+
+
+def test_bench_lengths_end_to_end(tiny_model, tmp_path):
+    """The sweep on the tiny model, MLX runs only (4 processes); a rerun reuses every cell."""
+    import json
+
+    from helpers import run_cli
+    out = tmp_path / "long"
+    args = ("bench", "--model", tiny_model, "--lengths", "40", "--backend", "mlx", "--steps", "1", "--warmup", "0",
+            "--threads", "1", "--output", out)
+    r = run_cli(*args)
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "longseq.json").read_text())
+    got = {(x["run"], x["gc"]): x for x in res["rows"]}
+    assert sorted(got) == [("mlx-lm", False), ("mlx-lm", True), ("ours-mlx", False), ("ours-mlx", True)]
+    assert all(x["status"] == "ok" and x["rss"] > 0 and x["mfu"] > 0 for x in got.values())
+    # the same example, the same LoRA init, one step: ours and mlx-lm, with or without checkpointing
+    losses = [x["loss"] for x in got.values()]
+    assert max(losses) - min(losses) < 1e-4
+    assert (out / "longseq.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 40 | ours-mlx | on |" in (out / "longseq.md").read_text()
+    r = run_cli(*args)
+    assert r.exit_code == 0 and r.output.count("reused (ok)") == 4, r.output
