@@ -107,8 +107,8 @@ class TrainingConfig:
     eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
     log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")
     keep_checkpoints: int = opt(2, "Keep the last N checkpoints.")
-    keep_best: bool = opt(True, "With validation data, keep the adapter with the lowest validation loss in "
-                          "adapter-best/ (adapter/ is always the last step's).")
+    keep_best: bool = opt(True, "With validation data and eval_every > 0, keep the adapter with the lowest "
+                          "validation loss in adapter-best/ (adapter/ is always the last step's).")
     early_stopping_patience: Optional[int] = opt(
         None, "Stop after this many validations (every eval_every steps) without an improvement of the best "
         "validation loss by more than early_stopping_min_delta (HF EarlyStoppingCallback). Null = off.")
