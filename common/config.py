@@ -382,6 +382,13 @@ def describe() -> str:
     for name in TOP_LEVEL:
         f = next(f for f in fields(Config) if f.name == name)
         lines.append(f"{name}: {f.default!r}\n      {f.metadata.get('help', '')}")
+    from common.config_names import ALIASES
+    by_target: dict[str, list[str]] = {}
+    for theirs, (ours, _) in ALIASES.items():
+        if ours:
+            by_target.setdefault(ours, []).append(theirs)
+    lines.append("\nNames from mlx-lm / TRL / transformers / Axolotl (an unknown key suggests ours):")
+    lines += [f"  {ours}: {', '.join(theirs)}" for ours, theirs in by_target.items()]
     return "\n".join(lines)
 
 

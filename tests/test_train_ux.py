@@ -466,6 +466,7 @@ def test_config_help_shows_choices():
     assert "schedule: 'cosine'   (one of: cosine | linear | constant)" in r.output
     assert "quantize: None   (one of: 4bit or null)" in r.output
     assert "train_on: 'all_assistant'   (one of: all_assistant | last | all)" in r.output
+    assert "  training.lr: learning_rate" in r.output and "  training.steps: iters, max_steps" in r.output
 
 
 def test_prepare_help_lists_each_recipes_options():
