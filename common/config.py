@@ -109,8 +109,8 @@ class TrainingConfig:
     eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
     log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")
     keep_checkpoints: int = opt(2, "Keep the last N checkpoints.")
-    keep_best: bool = opt(True, "With validation data, keep the adapter with the lowest validation loss in "
-                          "adapter-best/ (adapter/ is always the last step's).")
+    keep_best: bool = opt(True, "With validation data and eval_every > 0, keep the adapter with the lowest "
+                          "validation loss in adapter-best/ (adapter/ is always the last step's).")
     early_stopping_patience: Optional[int] = opt(
         None, "Stop after this many validations (every eval_every steps) without an improvement of the best "
         "validation loss by more than early_stopping_min_delta (HF EarlyStoppingCallback). Null = off.")
@@ -415,6 +415,13 @@ def describe() -> str:
     for name in TOP_LEVEL:
         f = next(f for f in fields(Config) if f.name == name)
         lines.append(f"{name}: {f.default!r}\n      {f.metadata.get('help', '')}")
+    from common.config_names import ALIASES
+    by_target: dict[str, list[str]] = {}
+    for theirs, (ours, _) in ALIASES.items():
+        if ours:
+            by_target.setdefault(ours, []).append(theirs)
+    lines.append("\nNames from mlx-lm / TRL / transformers / Axolotl (an unknown key suggests ours):")
+    lines += [f"  {ours}: {', '.join(theirs)}" for ours, theirs in by_target.items()]
     return "\n".join(lines)
 
 

@@ -283,8 +283,9 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
 
     def keep_best(at: int, loss: float) -> None:
         """Record a validation; write adapter-best/ when it is the best so far (under FSDP every
-        rank gathers the weights)."""
-        if tracker.update(at, loss) and t.keep_best:
+        rank gathers the weights). With eval_every 0 the only validation after training is the
+        last step's: adapter/ is the best, no copy is written."""
+        if tracker.update(at, loss) and t.keep_best and t.eval_every:
             w = be.lora_weights()
             if writes:
                 save_common(run.path / "adapter-best", spec, w,
@@ -448,7 +449,7 @@ def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
             f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}"
             + (f" (before training: {s['val_loss_before']:.4f})" if s.get("val_loss_before") is not None else "") + "\n"
             + (f"- best validation loss: {s['best_val_loss']:.4f} at step {s['best_step']} (`adapter-best/`)\n"
-               if s.get("best_step") is not None and cfg.training.keep_best else "")
+               if s.get("best_step") is not None and cfg.training.keep_best and cfg.training.eval_every else "")
             + (f"- early stopping at step {s['stopped_early_at']}\n" if s.get("stopped_early_at") else "")
             + f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n"
             + (f"- base weights: {s['base_weight_bytes'] / 2**20:.1f} MiB in {s['quantize']} vs "

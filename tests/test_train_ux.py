@@ -125,6 +125,11 @@ def test_validation_before_and_after_printed_logged_and_plotted(tiny_model, spli
     assert f"step 4/4  validation loss {evals[-1][1]:.4f} (before training {evals[0][1]:.4f}, {pct:+.1f}%" in text
     readme = (tmp_path / "run/README.md").read_text()
     assert f"(before training: {evals[0][1]:.4f})" in readme
+    assert (tmp_path / "run/adapter-best/adapter_model.safetensors").is_file()
+    # eval_every 0: validations before and after only; the last adapter is the best one, no copy
+    cfg = tiny_config(tiny_model, train_file, tmp_path / "run0", data={"valid": str(valid_file)}, training={"steps": 2})
+    s0 = train(cfg, "torch", echo=quiet)
+    assert s0["val_loss_before"] is not None and s0["best_step"] == 2 and not (tmp_path / "run0/adapter-best").exists()
 
 
 def test_loss_plot_has_title_validation_curve_and_baseline(tmp_path, monkeypatch):
@@ -461,6 +466,7 @@ def test_config_help_shows_choices():
     assert "schedule: 'cosine'   (one of: cosine | linear | constant)" in r.output
     assert "quantize: None   (one of: 4bit or null)" in r.output
     assert "train_on: 'all_assistant'   (one of: all_assistant | last | all)" in r.output
+    assert "  training.lr: learning_rate" in r.output and "  training.steps: iters, max_steps" in r.output
 
 
 def test_prepare_help_lists_each_recipes_options():
