@@ -18,6 +18,8 @@ def convert_adapter(src: Path, dst: Path, fmt: str, model: str | None = None) ->
     if fmt == "common":
         meta = {k: v for k, v in meta.items() if k not in ("files", "adapter", "format_version")}
         meta.setdefault("converted_from", str(src))
+        if meta.get("template_file") and (Path(src) / meta["template_file"]).is_file():
+            meta["template"] = str(Path(src) / meta["template_file"])  # save_common copies it along
         return save_common(dst, spec, weights, meta)
     if spec.num_hidden_layers is None and spec.layers is not None:
         raise AdapterError("the adapter covers only some blocks and its model's block count is unknown",

@@ -156,3 +156,12 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full_error(final_dir) from exc
         raise
+
+
+def relative_to(path: str | os.PathLike, start: str | os.PathLike) -> str | None:
+    """`path` relative to the directory `start` (POSIX separators), so a record stays valid when
+    the whole tree is moved or shared; None where no relative path exists (another drive)."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), Path(start).resolve())).as_posix()
+    except ValueError:
+        return None
