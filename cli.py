@@ -234,10 +234,14 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
 @click.option("--to", "fmt", type=click.Choice(["common", "mlx"]), required=True, help="Target format.")
-@click.option("--model", help="Base model (needed to know the block count when converting a PEFT adapter to mlx).")
+@click.option("--base", "--model", "model",
+              help="Base model: needed for an adapter trained by plain `mlx_lm lora` that does not name it, "
+                   "and to know the block count when converting a PEFT adapter to mlx.")
 def convert(src, dst, fmt, model):
     """Convert an adapter between the common (PEFT) format and mlx-lm's native format, exactly
-    (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA)."""
+    (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA). An adapter
+    trained by plain `mlx_lm lora` gets its target modules and blocks from its weights and its
+    base from `--base` or the `model` it recorded."""
     from common.convert import convert_adapter
     out = convert_adapter(Path(src), Path(dst), fmt, model)
     echo(f"[twinlora] wrote {fmt} adapter to {out}")

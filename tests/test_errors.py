@@ -697,6 +697,37 @@ def fsdp_with_4bit(ctx):
     return line
 
 
+# ---------------------------------------------------------------- outputs, eval, generate (E120-E129)
+
+def _plain_mlx_lm_adapter(ctx, model=None) -> Path:
+    """The trained adapter as plain `mlx_lm lora` writes it: mlx files, no twinlora block, `model`."""
+    src = ctx.tmp / "mlx-lm"
+    assert run_cli("convert", ctx.adapter_copy(), src, "--to", "mlx").exit_code == 0
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    del cfg["twinlora"]
+    if model is not None:
+        cfg["model"] = model
+    write(src / "adapter_config.json", json.dumps(cfg))
+    return src
+
+
+@row("E120")
+def mlx_lm_adapter_without_base(ctx):
+    src = _plain_mlx_lm_adapter(ctx)
+    line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "does not name its base model", "--base")
+    assert not ctx.out.exists()
+    assert run_cli("convert", src, ctx.out, "--to", "common", "--base", ctx.model).exit_code == 0
+    return line
+
+
+@row("E121")
+def mlx_lm_adapter_base_missing(ctx):
+    src = _plain_mlx_lm_adapter(ctx, model="../checkpoints/gone")
+    line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "'../checkpoints/gone'", "--base")
+    assert not ctx.out.exists()
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

@@ -77,3 +77,64 @@ def test_manifest_records_relative_sources(tmp_path):
     src = write_jsonl(tmp_path / "raw" / "rows.jsonl", chat_rows(10))
     m = run_recipe("jsonl", [str(src)], tmp_path / "prepared", seed=0)
     assert m["sources"][0]["path_relative"] == "../raw/rows.jsonl"
+
+
+# ---------------------------------------------------------------- adapters from plain mlx-lm
+
+@pytest.fixture(scope="module")
+def mlx_lm_adapter(tiny_model, tmp_path_factory):
+    """An adapter as `mlx_lm lora --num-layers 1` writes it (its own functions: linear_to_lora_layers,
+    save_config, trainable parameters saved with mx.save_safetensors), lora_b made non-zero as
+    after training. Its config has lora_parameters {rank, scale, dropout} and no keys."""
+    import shutil
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load, save_config
+    from common.models import normalize_config
+
+    root = tmp_path_factory.mktemp("mlxlm")
+    base = root / "base"
+    shutil.copytree(tiny_model, base)
+    normalize_config(base)  # mlx-lm reads rope_theta at the top level
+    model, _ = load(str(base))
+    model.freeze()
+    linear_to_lora_layers(model, 1, {"rank": 4, "dropout": 0.0, "scale": 20.0})
+    mx.random.seed(3)
+    model.update(tree_map(lambda p: mx.random.normal(p.shape) * 0.02, model.trainable_parameters()))
+    out = root / "adapters"
+    out.mkdir()
+    mx.save_safetensors(str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    save_config({"model": str(base), "fine_tune_type": "lora", "num_layers": 1, "iters": 3,
+                 "lora_parameters": {"rank": 4, "dropout": 0.0, "scale": 20.0}}, out / "adapter_config.json")
+    return base, out
+
+
+def test_plain_mlx_lm_adapter_converts_into_one_peft_loads(mlx_lm_adapter, tmp_path, monkeypatch):
+    import mlx.core as mx
+    import torch
+    from mlx_lm.utils import load
+    from peft import AutoPeftModelForCausalLM
+    from helpers import run_cli
+
+    base, src = mlx_lm_adapter
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = run_cli("convert", src, tmp_path / "peft", "--to", "common")
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert cfg["layers_to_transform"] == [1] and cfg["r"] == 4 and cfg["lora_alpha"] == 80.0
+    assert cfg["base_model_name_or_path"] == str(base.resolve())
+    ids = np.array([[5, 17, 42, 99, 3, 250, 7, 12]])
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(str(tmp_path / "peft"))
+    assert sum("lora_A" in n for n, _ in peft_model.named_parameters()) == 7  # block 1 only
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+    mlx_model, _ = load(str(base), adapter_path=str(src))
+    ref = np.array(mlx_model(mx.array(ids)).astype(mx.float32))
+    mlx_base, _ = load(str(base))
+    assert np.abs(ref - np.array(mlx_base(mx.array(ids)))).max() > 1e-2  # the adapter matters
+    np.testing.assert_allclose(theirs, ref, atol=1e-4, rtol=0)
+    # --base names another directory holding the same model: used instead of the recorded one
+    r = run_cli("convert", src, tmp_path / "peft2", "--to", "common", "--base", base)
+    assert r.exit_code == 0, r.output
