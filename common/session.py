@@ -16,6 +16,7 @@ class Opened:
     tokenizer: object
     spec: AdapterSpec | None = None
     meta: dict | None = None
+    adapter_dir: Path | None = None
 
 
 def open_model(backend: str, model: str, dtype: str = "float32", quantize: str | None = None,
@@ -33,7 +34,8 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
     if adapter is not None:
         modules = modules_for_adapter(spec, weights, be.linear_modules(), str(adapter))
         be.attach_lora(spec, modules, weights)
-    return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta)
+    return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta,
+                  Path(adapter) if adapter is not None else None)
 
 
 def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_mismatch: bool = False) -> AdapterSpec:
