@@ -119,7 +119,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
     metrics = metrics or default_metrics(examples)
     opened = open_model(backend, model, adapter=adapter)
     template, system_prompt, origin = resolve_prompting(opened, template, system_prompt)
-    if origin == "adapter":
+    if origin == "adapter" and (template != "chat" or system_prompt):
         echo(f"[eval] template {template!r}" + (f", system prompt {system_prompt!r}" if system_prompt else "")
              + " as recorded with the adapter (--template / --system override)")
     items = generate_items(opened, examples, template, system_prompt, max_new_tokens, batch_size, echo)

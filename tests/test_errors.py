@@ -728,6 +728,28 @@ def mlx_lm_adapter_base_missing(ctx):
     return line
 
 
+@row("E122")
+def generate_without_prompt(ctx):
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model)
+    return expect_error(r, "nothing to answer", "--chat")
+
+
+@row("E123")
+def generate_top_p_out_of_range(ctx):
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "-p", "hi", "-t", "0.7", "--top-p", "0")
+    line = expect_error(r, "--top-p", "(0, 1]")
+    assert ">>>" not in r.output  # refused before loading the model
+    return line
+
+
+@row("E124")
+def chat_with_two_adapters(ctx):
+    a = ctx.adapter_copy()
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "--chat", "--adapter", f"a={a}",
+                "--adapter", f"b={a}")
+    return expect_error(r, "--chat talks with one model")
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:
