@@ -278,7 +278,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
 @cli.command("export-gguf")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.argument("out_file", type=click.Path(dir_okay=False))
-@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f32", show_default=True,
+              help="Tensor type (llama.cpp's --outtype): norms and biases stay f32; q8_0 falls back to f16 where rows are not multiples of 32.")
 def export_gguf_cmd(model_dir, out_file, dtype):
     """Write a (merged) HF model directory as a GGUF file for llama.cpp, as llama.cpp's converter
     does: llama and qwen2 (byte-level BPE tokenizer) and Gemma 3 (Gemma3ForCausalLM, or the language
