@@ -138,3 +138,30 @@ def test_plain_mlx_lm_adapter_converts_into_one_peft_loads(mlx_lm_adapter, tmp_p
     # --base names another directory holding the same model: used instead of the recorded one
     r = run_cli("convert", src, tmp_path / "peft2", "--to", "common", "--base", base)
     assert r.exit_code == 0, r.output
+
+
+def test_hub_id_base_loads_offline_from_the_hf_cache(torch_run, tiny_model, tmp_path, monkeypatch):
+    """A hub-id base (what twinlora writes for a hub model) resolves offline from the Hugging Face
+    cache layout: models--org--name/snapshots/<rev>/ + refs/main."""
+    import shutil
+    import torch
+    from peft import AutoPeftModelForCausalLM
+    from common.session import open_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--twinlora-test--tiny-llama"
+    shutil.copytree(tiny_model, repo / "snapshots" / rev)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    adapter = tmp_path / "adapter"
+    shutil.copytree(torch_run, adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = "twinlora-test/tiny-llama"
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    model = AutoPeftModelForCausalLM.from_pretrained(str(adapter), cache_dir=str(tmp_path / "hub"))
+    ids = np.array([[5, 17, 42, 99]])
+    with torch.no_grad():
+        theirs = model(input_ids=torch.from_numpy(ids)).logits.float().numpy()
+    ours = open_model("torch", str(tiny_model), adapter=torch_run).backend.logits(ids)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
