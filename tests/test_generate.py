@@ -78,8 +78,9 @@ def test_chat_keeps_the_conversation(tiny_model, adapter):
     assert a2 != answer(opened, [u2], 10)  # the second turn saw the first exchange
 
 
-def test_base_answer_beside_the_adapters(tiny_model, adapter):
-    args = ["generate", "--backend", "torch", "--model", tiny_model, "-p", "Que dit l'article L104-1 ?",
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_base_answer_beside_the_adapters(tiny_model, adapter, backend):
+    args = ["generate", "--backend", backend, "--model", tiny_model, "-p", "Que dit l'article L104-1 ?",
             "--max-new-tokens", "10", "--no-stream"]
     both = run_cli(*args, "--adapter", f"tuned={adapter}", "--base")
     base = run_cli(*args)
