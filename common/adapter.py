@@ -33,6 +33,8 @@ COMMON_WEIGHTS = "adapter_model.safetensors"
 MLX_WEIGHTS = "adapters.safetensors"
 CONFIG = "adapter_config.json"
 META = "twinlora.json"
+CARD = "README.md"
+TEMPLATE_FILE = "twinlora_template.jinja"  # a Jinja template file the adapter was trained with, copied
 FORMAT_VERSION = 1
 
 _PEFT_KEY = re.compile(r"^base_model\.model\.(.+)\.(lora_A\.weight|lora_B\.weight|lora_magnitude_vector)$")
@@ -261,12 +263,19 @@ def save_common(out_dir: Path, spec: AdapterSpec, weights: dict[str, np.ndarray]
         meta = dict(meta)
         meta.update(format_version=FORMAT_VERSION, adapter=asdict(spec),
                     files={COMMON_WEIGHTS: sha256_file(tmp / COMMON_WEIGHTS)})
+        template = meta.get("template")
+        if template not in (None, "chat", "raw") and Path(template).is_file():
+            # eval/generate use the recorded template by default: keep it with the adapter
+            (tmp / TEMPLATE_FILE).write_bytes(Path(template).read_bytes())
+            meta["template_file"] = TEMPLATE_FILE
         if mlx_keys_list is not None:
             native = tmp / "mlx"
             native.mkdir()
             save_mlx_native(native, spec, peft_to_mlx(weights), mlx_keys_list)
             meta["files"]["mlx/" + MLX_WEIGHTS] = sha256_file(native / MLX_WEIGHTS)
         write_json(tmp / META, meta)
+        from common.model_card import render_card
+        (tmp / CARD).write_text(render_card(spec, meta), encoding="utf-8")
     return out_dir
 
 
@@ -460,3 +469,15 @@ def modules_for_adapter(spec: AdapterSpec, weights: dict[str, np.ndarray],
     modules = {p: linears[p] for p in paths}
     check_shapes(weights, expected_shapes(spec, modules), where)
     return modules
+
+
+def recorded_prompting(adapter_dir: str | Path | None, meta: dict | None) -> tuple[str | None, str | None]:
+    """(template, system prompt) the adapter was trained with, from its twinlora.json; (None, None)
+    when nothing is recorded (a plain PEFT or mlx-lm adapter). A Jinja template file is read from
+    the copy kept in the adapter directory, so a moved adapter still finds it."""
+    if not meta or adapter_dir is None:
+        return None, None
+    template = meta.get("template")
+    if meta.get("template_file") and (Path(adapter_dir) / meta["template_file"]).is_file():
+        template = str(Path(adapter_dir) / meta["template_file"])
+    return template, meta.get("system_prompt")

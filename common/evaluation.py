@@ -1,9 +1,18 @@
 """The eval job: generate answers for a test split with a base model (+ adapter) on either
-backend, then score them in the shared layer, so the numbers do not depend on the backend."""
+backend, then score them in the shared layer, so the numbers do not depend on the backend.
+
+By default an adapter is evaluated with the template and system prompt it was trained with
+(twinlora.json), `--limit N` draws a seeded random sample (not the first N records, which in a
+prepared split are often several questions about one source), answers cut by the token limit are
+flagged, and the test set's loss and perplexity under the model are reported beside the
+generation metrics (generation metrics on a few items are noisy; the loss uses every token)."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
+
+import numpy as np
 
 from common.data.formats import Example, load_examples
 from common.tokenize import Tokenizer
@@ -22,7 +31,10 @@ def default_metrics(examples: list[Example]) -> list[str]:
 def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
     meta = ex.meta.get("meta", ex.meta)
     item = {"id": meta.get("id", i), "prompt": prompt, "reference": ex.completion.strip(),
-            "prediction": prediction.strip(), "source": ex.source}
+            "prediction": prediction.strip(), "source": ex.source,
+            # the user's own words: an article number echoed from here is not a correct citation
+            "question": "\n".join(m["content"] for m in ex.messages[:-1] if m.get("role") == "user")
+            if ex.messages else ""}
     if "is_impossible" in meta:
         item["is_impossible"] = bool(meta["is_impossible"])
         item["references"] = list(meta.get("answers") or [])
@@ -50,11 +62,47 @@ def generate_items(opened, examples: list[Example], template: str, system_prompt
         for j, (ex, ids, out) in enumerate(zip(chunk, prompts, outs)):
             items.append(_item(ex, opened.tokenizer.decode(ids),
                                opened.tokenizer.decode(out, skip_special_tokens=True), start + j))
+            # no end-of-turn within the budget: the answer was cut by --max-new-tokens
+            items[-1]["truncated"] = len(out) >= max_new_tokens
         done = len(items)
         rate = done / max(time.time() - t0, 1e-9)
         echo(f"\r[eval] {done}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - done) / rate)}s", nl=False)
     echo("")
     return items
+
+
+def sample(examples: list[Example], limit: int | None, seed: int) -> tuple[list[Example], list[int]]:
+    """A seeded random sample of `limit` examples, kept in file order (all when limit is None)."""
+    if not limit or limit >= len(examples):
+        return examples, list(range(len(examples)))
+    picked = sorted(np.random.default_rng(seed).choice(len(examples), size=limit, replace=False).tolist())
+    return [examples[i] for i in picked], picked
+
+
+def test_loss(opened, examples: list[Example], template: str, system_prompt: str | None,
+              mask_prompt: bool = True, max_length: int = 2048, batch_size: int = 4) -> dict:
+    """Token-weighted loss of the references under the model (the training loss, on the test
+    split) and its perplexity exp(loss)."""
+    from common.batching import eval_batches
+    tk = Tokenizer(opened.tokenizer, template, system_prompt, mask_prompt, max_length, "truncate")
+    data = [t for t in (tk.encode(ex) for ex in examples) if t is not None]
+    total, n = 0.0, 0
+    for b in eval_batches(data, batch_size, opened.tokenizer.pad_token_id):
+        s, k = opened.backend.eval_loss(b)
+        total, n = total + s, n + k
+    loss = total / n if n else None
+    return {"test_loss": loss, "test_perplexity": math.exp(loss) if loss is not None else None,
+            "test_loss_tokens": n}
+
+
+def resolve_prompting(opened, template: str | None, system_prompt: str | None) -> tuple[str, str | None, str]:
+    """(template, system prompt, where they came from): the flags win, then what the adapter was
+    trained with (twinlora.json), then the tokenizer's chat template and no system prompt."""
+    from common.adapter import recorded_prompting
+    rec_template, rec_system = recorded_prompting(getattr(opened, "adapter_dir", None), opened.meta)
+    origin = "flags" if template is not None else ("adapter" if rec_template else "default")
+    return (template or rec_template or "chat",
+            system_prompt if system_prompt is not None else rec_system, origin)
 
 
 def check_eval_examples(examples: list[Example]) -> None:
@@ -70,8 +118,8 @@ def check_eval_examples(examples: list[Example]) -> None:
 
 
 def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
-             limit: int | None, max_new_tokens: int, template: str, system_prompt: str | None,
-             metric_options: dict, label: str | None, batch_size: int = 8, echo=print) -> dict:
+             limit: int | None, max_new_tokens: int, template: str | None, system_prompt: str | None,
+             metric_options: dict, label: str | None, batch_size: int = 8, echo=print, seed: int = 0) -> dict:
     from common.metrics import check_metric_names, score_all
     from common.reports import write_eval_report
     from common.session import open_model
@@ -80,19 +128,38 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
     if metrics:
         check_metric_names(metrics, metric_options)  # before the (slow) generation
     check_output_dir(out_dir, "eval", "--output", inputs=[data, adapter])
-    examples = load_examples(data)[:limit] if limit else load_examples(data)
+    all_examples = load_examples(data)
+    examples, picked = sample(all_examples, limit, seed)
     check_eval_examples(examples)
     metrics = metrics or default_metrics(examples)
     if "bertscore" in metrics:
         from common.metrics import resolve_encoder
         resolve_encoder(metric_options.get("encoder"))  # its directory is checked before generating
     opened = open_model(backend, model, adapter=adapter)
+    template, system_prompt, origin = resolve_prompting(opened, template, system_prompt)
+    if origin == "adapter" and (template != "chat" or system_prompt):
+        echo(f"[eval] template {template!r}" + (f", system prompt {system_prompt!r}" if system_prompt else "")
+             + " as recorded with the adapter (--template / --system override)")
     items = generate_items(opened, examples, template, system_prompt, max_new_tokens, batch_size, echo)
     batched = batch_size if hasattr(opened.backend, "generate_batch") else 1
     scores = score_all(items, metrics, **metric_options)
+    cut = [it["id"] for it in items if it["truncated"]]
+    scores.update(n_truncated=len(cut), truncated_rate=len(cut) / len(items))
+    for row, it in zip(scores["per_item"], items):
+        row["truncated"] = it["truncated"]
+    if cut:
+        echo(f"[eval] warning: {len(cut)} of {len(items)} answers reached --max-new-tokens={max_new_tokens} "
+             f"without ending (cut; flagged in predictions.jsonl): raise --max-new-tokens to score whole answers")
+    mask = (opened.meta or {}).get("mask_prompt", True)
+    from common.models import read_model_config
+    max_length = (((opened.meta or {}).get("config") or {}).get("data", {}).get("max_length")  # as trained
+                  or min(2048, int(read_model_config(opened.model_dir).get("max_position_embeddings") or 2048)))
+    scores.update(test_loss(opened, examples, template, system_prompt, mask, max_length))
     settings = {"backend": backend, "model": model, "adapter": adapter, "data": data, "n_items": len(items),
+                "sample": {"limit": limit, "seed": seed, "of": len(all_examples),
+                           "how": "seeded random sample, file order" if len(picked) < len(all_examples) else "all"},
                 "generation": {"decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": "EOS / end of turn",
                                "batch_size": batched},
-                "template": template, "label": label}
+                "template": template, "system_prompt": system_prompt, "prompting_from": origin, "label": label}
     write_eval_report(out_dir, scores, items, settings, title=label or f"{backend} eval of {adapter or model}")
     return scores

@@ -6,8 +6,18 @@ gemma3 (Gemma3ForCausalLM; and Gemma3ForConditionalGeneration, the 4B+ multimoda
 which the language model only is written, as llama.cpp's converter does: the vision tower and its
 projector belong in llama.cpp's separate mmproj file) with its SentencePiece tokenizer.model
 (llama.cpp's "llama" tokenizer model: pieces, scores and token types).
-Tensors are f32 or f16 (1-D tensors such as norms and biases stay f32, as llama.cpp's converter
-does); no quantization here (llama.cpp's `llama-quantize` does that from the f16/f32 file).
+Tensors are f32, f16, bf16 or q8_0 (llama.cpp's converter's `--outtype`s, quantized by gguf-py's own
+`gguf.quants`): 1-D tensors and non-`.weight` tensors stay f32, and a q8_0 tensor whose rows are not
+a multiple of the 32-value block falls back to f16, as llama.cpp's converter does. Lower types are
+llama.cpp's `llama-quantize`'s job, from the f16/f32 file.
+
+Metadata as convert_hf_to_gguf.py writes it: general.type, gguf-py's `Metadata` (name, basename,
+finetune, size label from the parameter count, license... from the model card and config),
+general.quantization_version, attention.key_length/value_length whenever config.json has head_dim,
+and `tokenizer.ggml.pre` named as llama.cpp names it: by the sha256 of the token ids of llama.cpp's
+probe text (`get_vocab_base_pre`; e.g. SmolLM2's tokenizer is 'smollm', whose pre-tokenizer splits
+digits), falling back to the pre-tokenizer's structure for tokenizers llama.cpp has no hash for.
+add_bos_token is what the tokenizer does when tokenizer_config.json does not say.
 
 What follows llama.cpp's convert_hf_to_gguf.py exactly, because llama.cpp and transformers' GGUF
 loader both rely on it:
@@ -58,7 +68,7 @@ from common.io import atomic_path
 
 ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
          "Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3"}
-DTYPES = ("f32", "f16")
+DTYPES = ("f32", "f16", "bf16", "q8_0")
 # Tensors of Gemma 3's vision tower and projector: llama.cpp writes them to a separate mmproj file.
 VISION = ("vision_tower.", "multi_modal_projector.", "multimodal_projector.", "vision_model.")
 # Text on which tokenizer.model and the model's own tokenizer must give the same ids.
@@ -78,7 +88,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
     model_dir, out_file = Path(model_dir), Path(out_file)
     note = echo or (lambda msg: warnings.warn(msg, stacklevel=3))
     if dtype not in DTYPES:
-        raise UserError(f"GGUF dtype {dtype!r} is not supported", where="--dtype", fix="use f32 or f16")
+        raise UserError(f"GGUF dtype {dtype!r} is not supported", where="--dtype", fix="use f32, f16, bf16 or q8_0")
     cfg_path = model_dir / "config.json"
     if not cfg_path.is_file():
         raise ModelError("no config.json here", where=str(model_dir), fix="pass a merged model directory (cli.py merge)")
@@ -104,30 +114,66 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
 
     gg_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[arch]
     names = gguf.get_tensor_name_map(gg_arch, n_layers)
+    written = [n for n in sorted(tensors, key=_order) if not (n == "lm_head.weight" and tied)]
     with atomic_path(out_file) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
-        w.add_name(cfg.get("_name_or_path") or model_dir.name)
+        w.add_type(gguf.GGUFType.MODEL)
+        _model_metadata(w, model_dir, cfg, sum(int(tensors[n].size) for n in written))
         for method, value in keys:
             getattr(w, method)(value)
-        w.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+        w.add_file_type(FILE_TYPES[dtype]())
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
         add_vocab(w, model_dir, *vocab)
-        for name in sorted(tensors, key=_order):
-            if name == "lm_head.weight" and tied:
-                continue
+        for name in written:
             data = _permute_qk(name, tensors[name], cfg) if arch == "llama" else tensors[name]
             new = names.get_name(name, try_suffixes=(".weight", ".bias"))
             if new is None:
                 raise ModelError(f"tensor {name} has no GGUF name for {arch}", where=str(model_dir),
                                  fix="use llama.cpp's convert_hf_to_gguf.py for this model")
-            if dtype == "f16" and data.ndim > 1:
-                data = data.astype(np.float16)
-            w.add_tensor(new, np.ascontiguousarray(data))
+            data, qtype = _encode(np.ascontiguousarray(data, dtype=np.float32), name, dtype)
+            w.add_tensor(new, data, raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
     return out_file
+
+
+def _file_types():
+    import gguf
+    T = gguf.LlamaFileType
+    return {"f32": lambda: T.ALL_F32, "f16": lambda: T.MOSTLY_F16, "bf16": lambda: T.MOSTLY_BF16,
+            "q8_0": lambda: T.MOSTLY_Q8_0}
+
+
+FILE_TYPES = _file_types()
+
+
+def _encode(data: np.ndarray, name: str, dtype: str):
+    """(bytes or array, GGML type) of one tensor, by llama.cpp's rules: 1-D and non-.weight tensors
+    in f32; q8_0 falls back to f16 where the rows do not split into 32-value blocks."""
+    import gguf
+    Q = gguf.GGMLQuantizationType
+    if data.ndim <= 1 or not name.endswith(".weight") or dtype == "f32":
+        return data, Q.F32
+    qtype = {"f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}[dtype]
+    try:
+        return gguf.quants.quantize(data, qtype), qtype
+    except gguf.QuantError:
+        return gguf.quants.quantize(data, Q.F16), Q.F16
+
+
+def _model_metadata(w, model_dir: Path, cfg: dict, n_params: int) -> None:
+    """general.* as llama.cpp's `prepare_metadata`: gguf-py's Metadata from the model card and
+    config, the directory name when nothing names the model, the size label from the parameter count."""
+    import gguf
+    meta = gguf.Metadata.load(None, model_dir, None, n_params)
+    if meta.name is None:
+        meta.name = model_dir.name
+    if meta.size_label is None and n_params > 0:
+        meta.size_label = gguf.size_label(n_params, 0, 0, 0)
+    meta.set_gguf_meta_model(w)
 
 
 def _llama_keys(cfg: dict, arch: str, where: str) -> list[tuple[str, object]]:
@@ -150,7 +196,7 @@ def _llama_keys(cfg: dict, arch: str, where: str) -> list[tuple[str, object]]:
             ("add_vocab_size", int(cfg["vocab_size"]))]
     if arch == "llama":
         keys.append(("add_rope_dimension_count", head_dim))
-    if head_dim != hidden // n_head:
+    if cfg.get("head_dim") or head_dim != hidden // n_head:  # llama.cpp: whenever config.json has head_dim
         keys += [("add_key_length", head_dim), ("add_value_length", head_dim)]
     return keys
 
@@ -406,7 +452,7 @@ def _read_tensors(model_dir: Path, skip: tuple[str, ...] = ()) -> dict[str, np.n
                 if not any(s in k for s in skip):
                     out[k] = fh.get_tensor(k).float().numpy()
     return out
-def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str]:
+def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str, bool]:
     """Tokens, token types and the pre-tokenizer name, as llama.cpp's `get_vocab_base` writes them."""
     import gguf
     from transformers import AutoTokenizer
@@ -421,7 +467,7 @@ def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str]
     if (spec.get("model") or {}).get("type") != "BPE":
         raise ModelError("GGUF export supports byte-level BPE tokenizers only", where=str(tok_json),
                          fix="use llama.cpp's convert_hf_to_gguf.py for this tokenizer")
-    tokpre = _pre_tokenizer_name(spec.get("pre_tokenizer"), str(tok_json))
+    tokpre = llamacpp_pre_name(tokenizer) or _pre_tokenizer_name(spec.get("pre_tokenizer"), str(tok_json))
     reverse = {i: t for t, i in tokenizer.get_vocab().items()}
     added = tokenizer.get_added_vocab()
     decoder = tokenizer.added_tokens_decoder
@@ -437,10 +483,39 @@ def _vocab(model_dir: Path, vocab_size: int) -> tuple[list[str], list[int], str]
         else:
             types.append(gguf.TokenType.NORMAL)
         tokens.append(t)
-    return tokens, [int(t) for t in types], tokpre
+    ids = tokenizer("a")["input_ids"]
+    adds_bos = bool(ids) and tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
+    return tokens, [int(t) for t in types], tokpre, adds_bos
 
 
-def _add_bpe_vocab(w, model_dir: Path, tokens: list[str], toktypes: list[int], tokpre: str) -> None:
+# llama.cpp's probe text (convert_hf_to_gguf.py `get_vocab_base_pre`): the sha256 of its token ids
+# names the pre-tokenizer. Hashes of the tokenizers this exporter's architectures use, from there.
+CHKTXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n\U0001F680 (normal) \U0001F636\u200d\U0001F32B\uFE0F "
+          "(multiple emojis concatenated) \u2705 \U0001F999\U0001F999 3 33 333 3333 33333 333333 3333333 33333333 "
+          "3.3 3..3 3...3 \u1780\u17b6\u1793\u17cb\u178f\u17c2\u1796\u17b7\u179f\u17c1\u179f\u17a2\u17b6\u1785"
+          "\U0001F601 ?\u6211\u60f3\u5728apple\u5de5\u4f5c1314151\u5929\uff5e ------======= "
+          "\u043d\u0435\u0449\u043e \u043d\u0430 \u0411\u044a\u043b\u0433\u0430\u0440\u0441\u043a\u0438 "
+          "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
+          "'D you like some tea? We'Ve a'lL")
+LLAMACPP_PRE = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",      # HuggingFaceTB/SmolLM-135M
+    "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454": "gpt-2",       # openai-community/gpt2
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",   # meta-llama/Meta-Llama-3-8B
+    "c136ed14d01c2745d4f60a9596ae66800e2b61fa45643e72436041855ad4089d": "smaug-bpe",   # abacusai/Smaug-Llama-3-70B
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",       # Qwen/Qwen1.5-7B
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",       # Qwen/Qwen3-Embedding-0.6B
+    "b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5": "deepseek-r1-qwen",
+}
+
+
+def llamacpp_pre_name(tokenizer) -> str | None:
+    """The `tokenizer.ggml.pre` llama.cpp's converter writes for this tokenizer, if it knows its hash."""
+    from hashlib import sha256
+    return LLAMACPP_PRE.get(sha256(str(tokenizer.encode(CHKTXT)).encode()).hexdigest())
+
+
+def _add_bpe_vocab(w, model_dir: Path, tokens: list[str], toktypes: list[int], tokpre: str,
+                   adds_bos: bool = False) -> None:
     """llama.cpp's `_set_vocab_gpt2`: tokens, types, merges, special ids, add_bos/eos, chat template."""
     import gguf
 
@@ -449,6 +524,7 @@ def _add_bpe_vocab(w, model_dir: Path, tokens: list[str], toktypes: list[int], t
     w.add_token_list(tokens)
     w.add_token_types(toktypes)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
+    special.add_special_token.setdefault("bos", adds_bos)  # tokenizer_config.json's, else what it does
     if not special.merges:
         raise ModelError("the tokenizer has no BPE merges", where=str(model_dir),
                          fix="GGUF export needs a byte-level BPE tokenizer (tokenizer.json with merges)")

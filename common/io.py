@@ -191,3 +191,16 @@ def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full_error(final_dir) from exc
         raise
+
+
+def relative_to(path: str | os.PathLike, start: str | os.PathLike) -> str | None:
+    """`path` relative to the directory `start` (POSIX separators), so a record stays valid when
+    the whole tree is moved or shared; None where the two share no directory but the root (a
+    model cache beside a project: an absolute path says it better) or another drive."""
+    try:
+        p, s = Path(path).resolve(), Path(start).resolve()
+        if Path(os.path.commonpath([p, s])) == Path(p.anchor):
+            return None
+        return Path(os.path.relpath(p, s)).as_posix()
+    except ValueError:
+        return None

@@ -189,12 +189,18 @@ def bertscore(predictions: Sequence[str], references: Sequence[str | Sequence[st
 
 def citation_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
                     sources: Sequence[str | None] | None = None,
-                    known_articles: Iterable[str] | None = None) -> dict:
+                    known_articles: Iterable[str] | None = None,
+                    questions: Sequence[str | None] | None = None) -> dict:
     """Citation accuracy, hallucinated-citation rate and cites-any rate for legal answers.
 
     - accuracy: share of items whose prediction cites at least one article of the reference,
-      over items whose reference cites something; items without reference citations are left
-      out (counted in `citation_items_without_reference`) and get `citation_ok = None`.
+      over items whose reference cites something. An article number the question already names
+      does not count (repeating "article L100-1" after "Que dit l'article L100-1 ?" shows no
+      knowledge): it is removed from both sides, so an item whose reference cites only the
+      question's articles is left out (`citation_items_question_only`); items without reference
+      citations are left out too (`citation_items_without_reference`); both get `citation_ok = None`.
+    - echo rate: share of items whose question names an article that the prediction repeats
+      (informative, not a score).
     - hallucination rate: share of cited numbers (distinct per prediction, pooled over items)
       found neither in the reference, nor in the item's source text, nor in `known_articles`
       (the code's article numbers, when given). None when no prediction cites anything.
@@ -203,24 +209,32 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
     _check_pairs(predictions, references, "citations")
     known = canonical_set(known_articles) or set()
     sources = list(sources) if sources is not None else [None] * len(predictions)
-    per_item, n_cited, n_halluc = [], 0, 0
-    for pred, ref, src in zip(predictions, references, sources):
+    questions = list(questions) if questions is not None else [None] * len(predictions)
+    per_item, n_cited, n_halluc, only_q, echoes, asked = [], 0, 0, 0, 0, 0
+    for pred, ref, src, q in zip(predictions, references, sources, questions):
         cited = extract_citations(pred)
         ref_cits = extract_citations(ref if isinstance(ref, str) else " ".join(ref))
-        allowed = ref_cits | extract_citations(src or "") | known
+        in_question = extract_citations(q or "")
+        allowed = ref_cits | extract_citations(src or "") | known | in_question
         halluc = sorted(cited - allowed)
         n_cited += len(cited)
         n_halluc += len(halluc)
-        per_item.append({"citation_ok": bool(cited & ref_cits) if ref_cits else None,
+        target = ref_cits - in_question
+        only_q += bool(ref_cits) and not target
+        asked += bool(in_question)
+        echoes += bool(cited & in_question)
+        per_item.append({"citation_ok": bool((cited - in_question) & target) if target else None,
                          "citations_predicted": sorted(cited), "citations_reference": sorted(ref_cits),
-                         "citations_hallucinated": halluc})
+                         "citations_in_question": sorted(in_question), "citations_hallucinated": halluc})
     scored = [row["citation_ok"] for row in per_item if row["citation_ok"] is not None]
     return {
         "citation_accuracy": _mean(float(ok) for ok in scored),
         "citation_hallucination_rate": n_halluc / n_cited if n_cited else None,
         "citation_cites_any_rate": _mean(float(bool(r["citations_predicted"])) for r in per_item),
+        "citation_echo_rate": echoes / asked if asked else None,
         "citation_items_scored": len(scored),
-        "citation_items_without_reference": len(per_item) - len(scored),
+        "citation_items_question_only": only_q,
+        "citation_items_without_reference": len(per_item) - len(scored) - only_q,
         "citations_predicted_total": n_cited,
         "citation_known_articles": len(known) if known_articles is not None else None,
         "per_item": per_item,
@@ -411,7 +425,8 @@ def score_all(items: Sequence[dict], metrics: Sequence[str], **options: Any) -> 
         elif name == "bertscore":
             part = bertscore(preds, refs, **opts)
         elif name == "citations":
-            part = citation_scores(preds, refs, [it.get("source") for it in items], **opts)
+            part = citation_scores(preds, refs, [it.get("source") for it in items], **opts,
+                                   questions=[it.get("question") for it in items])
         elif name == "squad":
             part = squad_scores(preds, _squad_golds(items), **opts)
         elif name == "bleu":
@@ -423,3 +438,25 @@ def score_all(items: Sequence[dict], metrics: Sequence[str], **options: Any) -> 
         result.update(part)
     result["per_item"] = per_item
     return result
+
+
+# ---------------------------------------------------------------- what each number means
+
+# Exact name → (direction, points per unit). direction +1: higher is better, -1: lower is better,
+# 0: descriptive (lengths). Points: 0–1 rates ×100, so "+1.2" reads as 1.2 points everywhere.
+_EXACT = {"citation_accuracy": (1, 100), "citation_cites_any_rate": (1, 100),
+          "citation_hallucination_rate": (-1, 100), "citation_echo_rate": (0, 100),
+          "bleu": (1, 1), "squad_exact": (1, 1), "squad_f1": (1, 1),
+          "test_loss": (-1, 1), "test_perplexity": (-1, 1), "truncated_rate": (-1, 100), "val_loss": (-1, 1),
+          "length_pred_words_mean": (0, 1), "length_pred_words_median": (0, 1)}
+_PREFIX = (("rouge", (1, 100)), ("bertscore_f1", (1, 100)), ("bertscore_p", (1, 100)),
+           ("bertscore_r", (1, 100)), ("squad_HasAns_exact", (1, 1)), ("squad_HasAns_f1", (1, 1)),
+           ("squad_NoAns_exact", (1, 1)), ("squad_NoAns_f1", (1, 1)))
+
+
+def metric_info(name: str) -> tuple[int, float] | None:
+    """(direction, points per unit) of a reported metric; None for a count or a setting
+    (n_items, bertscore_layer, citation_items_scored, reference lengths...), which compare leaves out."""
+    if name in _EXACT:
+        return _EXACT[name]
+    return next((info for prefix, info in _PREFIX if name.startswith(prefix)), None)

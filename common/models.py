@@ -191,6 +191,24 @@ def resolve_model(path: str) -> Path:
                      fix='pass "embedded" (SmolLM2), "gemma3-270m", a local model directory, or a hub id like org/name')
 
 
+def is_hub_id(path: str) -> bool:
+    """"org/name" that is not a local path (what resolve_model fetches from the hub)."""
+    return (path not in ("embedded", EMBEDDED_NAME) and not Path(path).expanduser().exists()
+            and path.count("/") == 1 and not path.startswith((".", "/", "~")))
+
+
+def peft_base_name(model: str, model_dir: Path) -> str:
+    """adapter_config.json's `base_model_name_or_path`, chosen so other tools find the base offline.
+
+    A hub id stays a hub id: transformers (and llama.cpp's convert_lora_to_gguf.py) resolve it from
+    the Hugging Face cache with HF_HUB_OFFLINE=1. Anything else, the embedded model included (its
+    weights are de-quantized from a GGUF, so the hub's SmolLM2 is *not* this base), is the absolute
+    local directory: `AutoPeftModelForCausalLM.from_pretrained(adapter)` then loads it without a hub
+    call. llama.cpp's converter only takes hub ids there; give it `--base DIR` (the model card says so).
+    """
+    return model if is_hub_id(model) else str(Path(model_dir).resolve())
+
+
 def _from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download

@@ -107,6 +107,11 @@ def write_eval_report(out_dir: str | Path, metrics: dict, items: list[dict], set
           _table(["Metric", "Value"], [(k, v) for k, v in summary.items()]) + "\n",
           "## Settings\n",
           _table(["Setting", "Value"], [(k, v) for k, v in settings.items()]) + "\n"]
+    cut = [_cell(r["id"]) for r, it in zip(rows, items) if it.get("truncated")]
+    if cut:
+        md += ["## Answers cut by the token limit\n",
+               f"{len(cut)} of {len(rows)} answers reached max_new_tokens without ending (their scores "
+               f"judge a partial answer): {', '.join(cut[:50])}{' …' if len(cut) > 50 else ''}\n"]
     if key:
         md += ["## Examples\n", _examples(rows, key)]
     write_text(paths["report"], "\n".join(md).rstrip() + "\n")
@@ -146,9 +151,11 @@ def _is_number(value: Any) -> bool:
 
 
 def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float | None]]]:
-    """(metric, values per run, deltas of runs 2.. vs run 1) for every numeric metric, in order of
-    first appearance. Deltas are rounded to 12 decimals so 0.7 - 0.5 reads 0.2."""
-    names = list(dict.fromkeys(k for run in runs for k, v in run.items() if _is_number(v)))
+    """(metric, values per run, deltas of runs 2.. vs run 1) for every metric with a meaning
+    (`common.metrics.metric_info`: counts and settings such as n_items or bertscore_layer are left
+    out), in order of first appearance. Deltas are rounded to 12 decimals so 0.7 - 0.5 reads 0.2."""
+    from common.metrics import metric_info
+    names = list(dict.fromkeys(k for run in runs for k, v in run.items() if _is_number(v) and metric_info(k)))
     table = []
     for name in names:
         values = [run.get(name) for run in runs]
@@ -159,25 +166,96 @@ def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float 
     return table
 
 
+def signed_points(name: str, delta: float | None) -> float | None:
+    """A delta in points (0–1 rates ×100), signed so that positive means better; None for a
+    descriptive metric (lengths) or a missing value."""
+    from common.metrics import metric_info
+    direction, points = metric_info(name) or (0, 1)
+    return None if delta is None or not direction else round(direction * delta * points, 9)
+
+
+def _verdict(name: str, delta: float | None) -> str:
+    p = signed_points(name, delta)
+    return "" if p is None else "better" if p > 0 else "worse" if p < 0 else "same"
+
+
+def _arrow(name: str) -> str:
+    from common.metrics import metric_info
+    return {1: "↑", -1: "↓"}.get((metric_info(name) or (0,))[0], "")
+
+
+def _delta_cell(name: str, delta: float | None) -> str:
+    if delta is None:
+        return "—"
+    verdict = _verdict(name, delta)
+    return f"{delta:+.4f}" + (f" {verdict}" if verdict and verdict != "same" else "")
+
+
+FEW_ITEMS = 30  # below this, one item moves a rate by more than 3 points
+
+
+def _n_warning(runs: Sequence[dict]) -> str:
+    ns = [run.get("n_items") for run in runs if _is_number(run.get("n_items"))]
+    if not ns:
+        return ""
+    notes = []
+    if len(set(ns)) > 1:
+        notes.append(f"the runs scored different numbers of items ({', '.join(map(str, ns))}): "
+                     "their metrics are not directly comparable")
+    n = min(ns)
+    if n < FEW_ITEMS:
+        notes.append(f"only n = {n} items: one item moves a 0–1 rate by {100 / n:.1f} points, so "
+                     f"differences of a few points are noise (evaluate more items, e.g. --limit {max(100, n)})")
+    return "".join(f"> **Warning:** {note}.\n" for note in notes)
+
+
 def _chart(rows: list, labels: list[str]) -> bytes:
+    """Left: the scores (0–100 scale, from zero). Right: each run's change against the first run,
+    in points, signed so that right is better whatever the metric's direction; a 1-point change
+    is as visible as a 20-point one."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
-    shown = [(n, v) for n, v, _ in rows if n in CHART_METRICS]
-    fig = Figure(figsize=(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))), 4.5))
+    shown = [(n, v, d) for n, v, d in rows if n in CHART_METRICS]
+    deltas = [(n, [signed_points(n, x) for x in d]) for n, _, d in rows if _verdict(n, 0.0)]
+    two = len(labels) > 1 and bool(deltas)
+    fig = Figure(figsize=(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
+                          max(4.5, 0.35 * len(deltas) * max(1, len(labels) - 1) + 1.5) if two else 4.5))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    ax = fig.add_subplot(1, 2 if two else 1, 1)
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
         heights = [(v[j] or 0) * (1 if n in HUNDRED_SCALE else 100) if _is_number(v[j]) else 0
-                   for n, v in shown]
+                   for n, v, _ in shown]
         ax.bar([i + j * width for i in range(len(shown))], heights, width, label=label)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(shown))])
-    ax.set_xticklabels([n for n, _ in shown], rotation=30, ha="right")
+    ax.set_xticklabels([n for n, _, _ in shown], rotation=30, ha="right")
     ax.set_ylabel("score (0–100; 0–1 metrics ×100)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("scores")
     if not shown:
         ax.text(0.5, 0.5, "no main metric in these runs", ha="center", transform=ax.transAxes)
     ax.legend()
+    if two:
+        dx = fig.add_subplot(1, 2, 2)
+        others = labels[1:]
+        h = 0.8 / len(others)
+        for j, label in enumerate(others):
+            ys = [i + j * h for i in range(len(deltas))]
+            xs = [d[j] or 0.0 for _, d in deltas]
+            colors = ["tab:green" if x > 0 else "tab:red" if x < 0 else "tab:gray" for x in xs]
+            dx.barh(ys, xs, h, color=colors, edgecolor="black", linewidth=0.3, label=label)
+            for y, x in zip(ys, xs):
+                dx.annotate(f"{x:+.1f}" + (f" {label}" if len(others) > 1 else ""), (x, y), xytext=(3 if x >= 0 else -3, 0), textcoords="offset points",
+                            ha="left" if x >= 0 else "right", va="center", fontsize=7)
+        dx.set_yticks([i + h * (len(others) - 1) / 2 for i in range(len(deltas))])
+        dx.set_yticklabels([f"{n} {_arrow(n)}" for n, _ in deltas], fontsize=8)
+        dx.invert_yaxis()
+        dx.axvline(0, color="black", linewidth=0.8)
+        lim = max([abs(x or 0) for _, d in deltas for x in d] + [1.0]) * 1.3
+        dx.set_xlim(-lim, lim)
+        dx.set_xlabel(f"change vs {labels[0]} (points for scores and rates, raw for loss; right = better)")
+        dx.set_title(f"Δ vs {labels[0]}" + (f" ({', '.join(others)})" if len(others) > 1 else f": {others[0]}"))
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -192,7 +270,9 @@ def _compact(value: Any) -> str:
 def compare(eval_dirs: list[Path], labels: list[str] | None, out_dir: Path) -> str:
     """Put eval runs side by side: write compare.md, compare.csv, compare.png; return the Markdown.
 
-    Rows are numeric metrics, columns the runs, then `Δ label` columns (run minus the first run).
+    Rows are the metrics that have a direction or describe the answers (counts and settings are
+    left out), with ↑/↓ for better, columns the runs, then `Δ label` columns (run minus the first
+    run, marked better/worse). Few items or different item counts get a warning above the table.
     """
     if not eval_dirs:
         raise UserError("nothing to compare", where="compare", fix="pass at least one eval directory")
@@ -201,9 +281,16 @@ def compare(eval_dirs: list[Path], labels: list[str] | None, out_dir: Path) -> s
     runs = [metrics for metrics, _ in loaded]
     names = _labels(eval_dirs, labels)
     rows = compare_rows(runs)
-    header = ["Metric", *names, *[f"Δ {n}" for n in names[1:]]]
+    header = ["Metric", "better", *names, *[f"Δ {n}" for n in names[1:]]]
     md = "## Comparison\n\n" + "".join(f"- {n}: `{d}`\n" for n, d in zip(names, eval_dirs))
-    md += "\n" + _table(header, [(n, *v, *d) for n, v, d in rows]) + "\n"
+    ns = [run.get("n_items") for run in runs]
+    if any(_is_number(n) for n in ns):
+        md += f"- items scored: {', '.join(_fmt(n) for n in ns)}\n"
+    warning = _n_warning(runs)
+    md += ("\n" + warning if warning else "")
+    md += "\n" + _table(header, [(n, _arrow(n), *v, *[_delta_cell(n, x) for x in d]) for n, v, d in rows]) + "\n"
+    md += ("\n↑ higher is better, ↓ lower is better; deltas are against the first column "
+           "(0–1 rates: ×100 for points).\n")
     # Text-valued metric fields (tokenizer, encoder...) and run settings: show those that differ.
     texts = [{**{k: v for k, v in m.items() if not _is_number(v) and k != "metrics"},
               **{f"settings.{k}": v for k, v in st.items()}} for m, st in loaded]
@@ -215,8 +302,9 @@ def compare(eval_dirs: list[Path], labels: list[str] | None, out_dir: Path) -> s
     out_dir = Path(out_dir)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([n, *["" if x is None else x for x in (*v, *d)]] for n, v, d in rows)
+    writer.writerow(["Metric", "better", *names, *[f"Δ {n}" for n in names[1:]]])
+    writer.writerows([n, {"↑": "higher", "↓": "lower"}.get(_arrow(n), ""),
+                      *["" if x is None else x for x in (*v, *d)]] for n, v, d in rows)
     write_text(out_dir / "compare.md", md)
     write_text(out_dir / "compare.csv", buf.getvalue())
     write_bytes(out_dir / "compare.png", _chart(rows, names))

@@ -16,6 +16,7 @@ class Opened:
     tokenizer: object
     spec: AdapterSpec | None = None
     meta: dict | None = None
+    adapter_dir: Path | None = None
 
 
 def open_model(backend: str, model: str, dtype: str = "float32", quantize: str | None = None,
@@ -33,7 +34,8 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
     if adapter is not None:
         modules = modules_for_adapter(spec, weights, be.linear_modules(), str(adapter))
         be.attach_lora(spec, modules, weights)
-    return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta)
+    return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta,
+                  Path(adapter) if adapter is not None else None)
 
 
 def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_mismatch: bool = False) -> AdapterSpec:
@@ -48,13 +50,47 @@ def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_misma
 
 
 def reply(opened: Opened, prompt: str, max_new_tokens: int, template: str = "chat",
-          system_prompt: str | None = None) -> str:
-    """Greedy answer to one user message, rendered with the chat template as in training."""
-    from common.data.formats import user_turn
+          system_prompt: str | None = None, sampling=None, on_token=None) -> str:
+    """Answer to one user message, rendered with the chat template as in training."""
+    return answer(opened, [{"role": "user", "content": prompt}], max_new_tokens, template, system_prompt,
+                  sampling, on_token)
+
+
+def answer(opened: Opened, messages: list[dict], max_new_tokens: int, template: str = "chat",
+           system_prompt: str | None = None, sampling=None, on_token=None) -> str:
+    """The model's next turn after `messages` (a conversation ending with a user turn): greedy, or
+    sampled by `sampling` (common.sampling.Sampling; a fresh seeded generator per answer, so an
+    answer does not depend on what was generated before it); `on_token(id)` streams."""
+    from common.data.formats import Example
+    from common.sampling import Sampler
     from common.tokenize import Tokenizer
-    ids = Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(user_turn(prompt))
-    out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer))
+    ex = Example(messages=tuple(messages) + ({"role": "assistant", "content": ""},), source="prompt")
+    ids = Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(ex)
+    sampler = Sampler(sampling) if sampling is not None and not sampling.greedy else None
+    out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer), sampler=sampler, on_token=on_token)
     return opened.tokenizer.decode(out, skip_special_tokens=True).strip()
+
+
+class TextStream:
+    """on_token callback that writes the decoded text as it grows (whole characters only: a token
+    may end inside a multi-byte character)."""
+
+    def __init__(self, tokenizer, write):
+        self.tokenizer, self.write, self.ids, self.shown = tokenizer, write, [], ""
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()  # as the final answer
+        if text.endswith("\ufffd") or not text.startswith(self.shown) or text == self.shown:
+            return
+        self.write(text[len(self.shown):])
+        self.shown = text
+
+    def finish(self, final: str) -> None:
+        """Write what is still held back (a trailing partial character) of the final answer."""
+        if final.startswith(self.shown) and final != self.shown:
+            self.write(final[len(self.shown):])
+        self.shown = final
 
 
 def eos_ids(tokenizer) -> list[int]:

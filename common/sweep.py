@@ -289,7 +289,16 @@ def write_table(rows: list[dict], out_dir: Path, swept: list[str]) -> tuple[str,
 
 
 def plot(rows: list[dict], out_dir: Path) -> bytes:
-    """Left: the training-loss curves overlaid; right: final train and validation loss per run."""
+    """sweep.png: `figure` rendered."""
+    buf = io.BytesIO()
+    figure(rows, out_dir).savefig(buf, format="png", dpi=100)
+    return buf.getvalue()
+
+
+def figure(rows: list[dict], out_dir: Path):
+    """Left: the training-loss curves overlaid; right: final train and validation loss per run.
+    Both y axes start at zero (a zoomed axis makes a 1% difference look like a factor of two);
+    the bars carry their values so small differences stay readable."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
@@ -303,23 +312,21 @@ def plot(rows: list[dict], out_dir: Path) -> bytes:
             left.plot(*zip(*curve), label=r["run"])
     left.set_xlabel("step")
     left.set_ylabel("training loss (mean per target token)")
+    left.set_ylim(bottom=0)
     left.grid(alpha=0.3)
     left.legend(fontsize=7)
     xs = range(len(rows))
     for j, (key, label) in enumerate((("final_loss", "final train loss"), ("val_loss", "validation loss"))):
-        right.bar([x + (j - 0.5) * 0.4 for x in xs], [r.get(key) or 0 for r in rows], 0.4, label=label)
-    vals = [r[k] for r in rows for k in ("final_loss", "val_loss") if isinstance(r.get(k), (int, float))]
-    if vals and min(vals) > 0:  # zoom on the differences between runs
-        lo, hi = min(vals), max(vals)
-        right.set_ylim(max(0.0, lo - 0.5 * (hi - lo) - 0.01 * hi), hi + 0.2 * (hi - lo) + 0.01 * hi)
+        bars = right.bar([x + (j - 0.5) * 0.4 for x in xs], [r.get(key) or 0 for r in rows], 0.4, label=label)
+        right.bar_label(bars, labels=[f"{r[key]:.3f}" if isinstance(r.get(key), (int, float)) else ""
+                                      for r in rows], fontsize=6, padding=2)
+    right.set_ylim(bottom=0)
     right.set_xticks(list(xs))
     right.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
     right.set_ylabel("loss")
     right.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    return fig
 
 
 def load_rows(out_dir: Path) -> list[dict]:

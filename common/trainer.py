@@ -20,8 +20,8 @@ from common.batching import batches_per_epoch, iterate_batches
 from common.config import Config, dump_yaml
 from common.data.formats import load_examples
 from common.errors import ConfigError, DataError, TrainingError
-from common.io import sha256_file, write_json, write_text
-from common.models import resolve_model, weights_hash
+from common.io import relative_to, sha256_file, write_json, write_text
+from common.models import peft_base_name, resolve_model, weights_hash
 from common.resume import check_init_adapter, check_resume
 from common.runs import RunDir
 from common.signals import interrupt_name
@@ -207,7 +207,8 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
     be = backend_cls(model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                      grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
                      fsdp=t.parallel == "fsdp" and dist.world_size > 1)
-    spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(), cfg.model.path)
+    spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(),
+                                   peft_base_name(cfg.model.path, model_dir))
     weights = init_lora_weights(spec, modules, t.seed)
     if init_adapter:
         spec_i, weights, _ = load_adapter(Path(init_adapter))
@@ -246,10 +247,14 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
             echo(warning)
 
     meta_base = {
-        "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir)},
-        "data": {"train": {"path": cfg.data.train, "sha256": data_sha["train"], "examples": len(train_data)},
-                 **({"valid": {"path": cfg.data.valid, "sha256": data_sha["valid"]}} if cfg.data.valid else {})},
-        "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt, "train_on": cfg.data.train_on,
+        "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir),
+                       "path_relative": relative_to(model_dir, run.adapter)},
+        "data": {"train": {"path": cfg.data.train, "sha256": data_sha["train"], "examples": len(train_data),
+                           "path_relative": relative_to(cfg.data.train, run.adapter)},
+                 **({"valid": {"path": cfg.data.valid, "sha256": data_sha["valid"],
+                               "path_relative": relative_to(cfg.data.valid, run.adapter)}} if cfg.data.valid else {})},
+        "template": cfg.data.template, "system_prompt": cfg.data.system_prompt, "mask_prompt": cfg.data.mask_prompt,
+        "train_on": cfg.data.train_on,
         "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
     }
     if dist.world_size > 1:

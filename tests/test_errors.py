@@ -886,6 +886,59 @@ def bench_lengths_beyond_context(ctx):
     return line
 
 
+# ---------------------------------------------------------------- outputs, eval, generate (E120-E129)
+
+def _plain_mlx_lm_adapter(ctx, model=None) -> Path:
+    """The trained adapter as plain `mlx_lm lora` writes it: mlx files, no twinlora block, `model`."""
+    src = ctx.tmp / "mlx-lm"
+    assert run_cli("convert", ctx.adapter_copy(), src, "--to", "mlx").exit_code == 0
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    del cfg["twinlora"]
+    if model is not None:
+        cfg["model"] = model
+    write(src / "adapter_config.json", json.dumps(cfg))
+    return src
+
+
+@row("E120")
+def mlx_lm_adapter_without_base(ctx):
+    src = _plain_mlx_lm_adapter(ctx)
+    line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "does not name its base model", "--base")
+    assert not ctx.out.exists()
+    assert run_cli("convert", src, ctx.out, "--to", "common", "--base", ctx.model).exit_code == 0
+    return line
+
+
+@row("E121")
+def mlx_lm_adapter_base_missing(ctx):
+    src = _plain_mlx_lm_adapter(ctx, model="../checkpoints/gone")
+    line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "'../checkpoints/gone'", "--base")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E122")
+def generate_without_prompt(ctx):
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model)
+    return expect_error(r, "nothing to answer", "--chat")
+
+
+@row("E123")
+def generate_top_p_out_of_range(ctx):
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "-p", "hi", "-t", "0.7", "--top-p", "0")
+    line = expect_error(r, "--top-p", "(0, 1]")
+    assert ">>>" not in r.output  # refused before loading the model
+    return line
+
+
+@row("E124")
+def chat_with_two_adapters(ctx):
+    a = ctx.adapter_copy()
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "--chat", "--adapter", f"a={a}",
+                "--adapter", f"b={a}")
+    return expect_error(r, "--chat talks with one model")
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:

@@ -69,6 +69,9 @@ def test_sweep_writes_one_row_per_run(full):
     md = (out / "sweep.md").read_text(encoding="utf-8")
     assert md.count("\n| rank-") == 4 and "Lowest validation loss" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from common.sweep import figure
+    fig = figure(rows, out)
+    assert [ax.get_ylim()[0] for ax in fig.axes] == [0.0, 0.0]  # both y axes start at zero
     assert sum("training" == line.rsplit(": ", 1)[-1] for line in lines) == 4
 
 

@@ -391,7 +391,7 @@ def test_gguf_refuses_unsupported(tmp_path, merged_dora):
 
     from common.errors import UserError
     from common.gguf_export import export_gguf
-    with pytest.raises(UserError, match="f32 or f16"):
+    with pytest.raises(UserError, match="f32, f16, bf16 or q8_0"):
         export_gguf(merged_dora, tmp_path / "x.gguf", "q4_0")
     other = tmp_path / "other"
     shutil.copytree(merged_dora, other)

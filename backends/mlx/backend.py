@@ -6,6 +6,8 @@ resume (optimizer moments and step are saved).
 """
 from __future__ import annotations
 
+import contextlib
+
 import json
 from pathlib import Path
 
@@ -312,17 +314,36 @@ class Backend:
         out = self.model(mx.array(np.asarray(ids))).astype(mx.float32)
         return np.array(out)
 
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
+                 sampler=None, on_token=None) -> list[int]:
+        """Greedy, or each token picked by `sampler` (common.sampling: numpy logits → id, the same
+        draws as on torch); `on_token(id)` is called as each token is produced (streaming)."""
         from mlx_lm.generate import generate_step
         self.model.eval()
+        if sampler is None:
+            pick = lambda logprobs: mx.argmax(logprobs, axis=-1)  # noqa: E731
+        else:
+            pick = lambda logprobs: mx.array([sampler(np.array(logprobs[0].astype(mx.float32)))])  # noqa: E731
         out = []
-        for tok, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=max_new_tokens,
-                                    sampler=lambda logits: mx.argmax(logits, axis=-1)):
+        for tok, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=max_new_tokens, sampler=pick):
             t = int(tok)
             if t in eos_ids:
                 break
             out.append(t)
+            if on_token is not None:
+                on_token(t)
         return out
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base model without its adapter while the block runs (the layers are swapped back)."""
+        name = self.active_adapter
+        self.model.update_modules(tree_unflatten([(p, self._base_layers[p]) for p in self._active_layers]))
+        try:
+            yield
+        finally:
+            if name is not None:
+                self.set_active_adapter(name)
 
     def merge_and_save(self, out_dir: Path) -> None:
         """Fold the active adapter into the base. A quantized base is de-quantized first (the

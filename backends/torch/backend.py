@@ -7,6 +7,8 @@ baseline `cli.py bench` measures against.
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import warnings
 from contextlib import nullcontext
@@ -423,17 +425,35 @@ class Backend:
         return out.float().cpu().numpy()
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int]) -> list[int]:
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
+                 sampler=None, on_token=None) -> list[int]:
+        """Greedy, or each token picked by `sampler` (common.sampling: numpy logits → id, the same
+        draws as on MLX; transformers' own sampling is not used); `on_token(id)` streams."""
         model = self.peft if self.peft is not None else self.model
         model.eval()
         ids = torch.tensor([prompt_ids], device=self.device)
+        extra = {}
+        if sampler is not None:
+            from transformers import LogitsProcessorList
+            extra["logits_processor"] = LogitsProcessorList([_ForceSampled(sampler)])
+        if on_token is not None:
+            extra["streamer"] = _Stream(on_token, eos_ids)
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=eos_ids, pad_token_id=eos_ids[0], use_cache=True)
+                             do_sample=False, eos_token_id=eos_ids, pad_token_id=eos_ids[0], use_cache=True, **extra)
         new = out[0, len(prompt_ids):].tolist()
         for i, t in enumerate(new):
             if t in eos_ids:
                 return new[:i]
         return new
+
+    @contextlib.contextmanager
+    def base_only(self):
+        """The base model without its adapter while the block runs (PEFT's disable_adapter)."""
+        if self.peft is None:
+            yield
+            return
+        with self.peft.disable_adapter():
+            yield
 
     @torch.no_grad()
     def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]) -> list[list[int]]:
@@ -471,3 +491,36 @@ class Backend:
             return int(torch.cuda.max_memory_allocated())
         import resource
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _ForceSampled:
+    """A logits processor that lets common.sampling pick the token: every other token gets -inf,
+    so transformers' greedy step takes exactly the sampled one."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __call__(self, input_ids, scores):
+        forced = torch.full_like(scores, float("-inf"))
+        for row in range(scores.shape[0]):
+            forced[row, self.sampler(scores[row].float().cpu().numpy())] = 0.0
+        return forced
+
+
+class _Stream:
+    """transformers' streamer protocol (put/end): hands each new token id to `on_token`; the first
+    put is the prompt, end-of-turn tokens are not streamed."""
+
+    def __init__(self, on_token, eos_ids):
+        self.on_token, self.eos_ids, self.prompt_seen = on_token, set(eos_ids), False
+
+    def put(self, value):
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for t in value.reshape(-1).tolist():
+            if t not in self.eos_ids:
+                self.on_token(t)
+
+    def end(self):
+        pass

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from common.errors import ConfigError, DataError
-from common.io import sha256_file, write_json, write_jsonl
+from common.io import relative_to, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ def write_splits(out_dir: str | Path, splits: Mapping[str, list[dict]],
         "counts": counts,
         "total": total,
         "files": files,
-        "sources": [{"path": str(p), "sha256": sha256_file(p)} for p in sources],
+        "sources": [{"path": str(p), "path_relative": relative_to(p, out_dir), "sha256": sha256_file(p)}
+                    for p in sources],
     }
     for key, value in (manifest_extra or {}).items():
         manifest.setdefault(key, value)
