@@ -96,9 +96,13 @@ def _bfloat16(x: float) -> float:
 def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_base_mismatch: bool = False,
                   quantize: str | None = None, reader: str = "any") -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
+    from common.models import resolve_model
+    from common.ownership import check_output_dir
     from common.session import open_model
+    # before loading anything: never over the base or the adapter, never over what is not ours
+    check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
     if reader == "mlx-lm":
-        from common.models import read_model_config, resolve_model
+        from common.models import read_model_config
         kind = read_model_config(resolve_model(model)).get("model_type")
         if "gemma" in str(kind) and kind != "gemma3_text":
             from common.errors import ConfigError

@@ -201,11 +201,38 @@ def _from_hub(repo_id: str) -> Path:
                          where=repo_id, fix="check the id and your internet access, or pass a local directory") from exc
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+STANDARD_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+
+
 def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
-    """A model directory needs config.json and safetensors weights (pickles are refused)."""
+    """A model directory needs a readable config.json and complete safetensors weights. Pickles
+    are refused: beside weights whose name transformers does not look for first, it would load the
+    pickle, which can run code."""
     if not (p / "config.json").is_file():
         raise ModelError("no config.json in the model directory", where=str(p),
                          fix="pass a Hugging Face model directory")
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"config.json is not valid JSON ({exc})", where=str(p / "config.json"),
+                         fix="restore the model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise ModelError("config.json is not a JSON object", where=str(p / "config.json"),
+                         fix="restore the model's config.json")
+    pickles = sorted(x.name for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)
+    if pickles and any(p.glob("*.safetensors")) and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
+        raise ModelError(f"pickle weights ({', '.join(pickles)}) beside safetensors files that are not named "
+                         "model.safetensors: transformers would load the pickle, which can run code", where=str(p),
+                         fix="rename the weights to model.safetensors (or model-0000N-of-0000M.safetensors with "
+                         "model.safetensors.index.json) and remove the pickle")
+    named = sorted(x.name for x in p.glob("*.safetensors"))
+    if named and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
+        raise ModelError(f"safetensors weights ({', '.join(named)}) are not named model.safetensors and there is no "
+                         "model.safetensors.index.json, so transformers and mlx-lm would not find them", where=str(p),
+                         fix="rename the weights to model.safetensors (or shard them with model.safetensors.index.json)")
+    for f in sorted(p.glob("*.safetensors")):
+        _check_safetensors_complete(f)
     if not any(p.glob("*.safetensors")):
         pickles = sorted(x.name for x in p.iterdir() if x.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         if pickles and not allow_pickle:
@@ -215,6 +242,26 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
         if not pickles:
             raise ModelError("no *.safetensors weights in the model directory", where=str(p),
                              fix="pass a directory with model.safetensors")
+
+
+def _check_safetensors_complete(f: Path) -> None:
+    """The header parses and the file holds every byte it announces (a cut copy fails here, in
+    one line, instead of deep inside a loader)."""
+    import struct
+    fix = "copy the model again (the file is damaged or was cut short)"
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"not a readable safetensors file ({exc})", where=str(f), fix=fix) from None
+    if 8 + n + end > size:
+        raise ModelError(f"safetensors file is truncated ({size} bytes, its header announces {8 + n + end})",
+                         where=str(f), fix=fix)
 
 
 def weights_hash(model_dir: Path) -> str:
