@@ -134,3 +134,21 @@ def test_other_settings_are_refused(full, config):
 def test_cli_study_without_test_split(config, tmp_path):
     r = run_cli("study", "--config", config[1], "--set", "data.test=null", "--output", tmp_path / "s")
     assert r.exit_code == 2 and "needs a held-out test split" in r.output and not (tmp_path / "s").exists()
+
+
+def test_demo_learned_form_example(tiny_model, tmp_path):
+    """The demo's last stage: a held-out "locate" question, base vs tuned, and whether each answer
+    opens in the training data's form."""
+    from conftest import ROOT
+    from common.data.recipes import run_recipe
+    from common.demo import FORM, learned_form_example
+    from common.session import open_model
+    assert FORM.match("Article L100-3 du Code des relations entre le public et l'administration — emplacement")
+    assert not FORM.match("L'article L100-3 du code des relations") and not FORM.match("Article 3 du Code")
+    run_recipe("legi", [str(ROOT / "data/legi/LEGITEXT000031366350_crpa_sample.json")], tmp_path / "d", seed=0, options={})
+    opened = open_model("torch", str(tiny_model))
+    lines = []
+    out = learned_form_example(tmp_path / "d" / "test.jsonl", opened, opened, lines.append, max_new_tokens=3)
+    assert out["question"].startswith("Où se trouve l'article") and FORM.match(out["reference"])
+    assert out["base"] == out["tuned"] and out["base_in_form"] is False  # same random model twice: same answer
+    assert lines[-1].endswith("base no, tuned no")
