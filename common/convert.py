@@ -18,6 +18,8 @@ from common.io import atomic_dir
 
 
 def convert_adapter(src: Path, dst: Path, fmt: str, model: str | None = None) -> Path:
+    from common.ownership import check_output_dir
+    check_output_dir(dst, "adapter", "DST", inputs=[src])  # convert A A would drop A's other files
     spec, weights, meta = load_adapter(src)
     plain_mlx = fmt == "common" and _is_plain_mlx(Path(src))
     if plain_mlx:

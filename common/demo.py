@@ -26,8 +26,9 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     from common.runs import RunDir
     from common.session import open_model, reply
 
+    from common.ownership import check_output_dir
     t_start = time.time()
-    if out.exists():
+    if check_output_dir(out, "demo", "--output"):  # only a previous demo of ours is removed
         shutil.rmtree(out)
     timings = {}
 
@@ -47,6 +48,11 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         t = stage(f"{i}/5 train on {backend}")
         runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
         timings[f"train_{backend}_s"] = round(time.time() - t, 1)
+
+    for backend, r in runs.items():
+        if r.get("val_loss_before") is not None:
+            echo(f"[{backend}] validation loss {r['val_loss_before']:.4f} before training → {r['val_loss']:.4f} after "
+                 f"({100 * (r['val_loss'] - r['val_loss_before']) / r['val_loss_before']:+.1f}%); plot: {out / backend / 'loss.png'}")
 
     t = stage("4/5 parity: the MLX-trained adapter on both backends")
     adapter = out / "mlx" / "adapter"
@@ -81,6 +87,7 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
 
     summary = {"timings": timings, "eval_table": table, "final_loss": {b: runs[b]["final_loss"] for b in runs},
                "val_loss": {b: runs[b]["val_loss"] for b in runs},
+               "val_loss_before": {b: runs[b].get("val_loss_before") for b in runs},
                "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
                "loss_curves": rep["loss_curves"], "generations": generations, "learned": learned}
     write_json(out / "summary.json", summary)
