@@ -75,7 +75,7 @@ def test_report_files_intervals_and_curves(full):
         assert saved["results"][0]["systems"][name]["mean"] == pytest.approx(m["squad_f1"])
         assert saved["results"][3]["systems"][name]["mean"] == pytest.approx(m["squad_NoAns_exact"])
     for b in ("torch", "mlx"):
-        assert [s for s, _ in saved["curves"][b]["val_loss"]] == [2, 4]
+        assert [s for s, _ in saved["curves"][b]["val_loss"]] == [0, 2, 4]  # step 0: before training
         assert [s for s, _, n in saved["curves"][b]["metric"]] == [0, 2, 4]
         assert all(n == 3 for *_, n in saved["curves"][b]["metric"])
         assert (out / b / "checkpoint-adapters" / "step-000002" / "twinlora.json").is_file()
