@@ -728,6 +728,8 @@ def mlx_lm_adapter_without_base(ctx):
 def mlx_lm_adapter_base_missing(ctx):
     src = _plain_mlx_lm_adapter(ctx, model="../checkpoints/gone")
     line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "'../checkpoints/gone'", "--base")
+    assert not ctx.out.exists()
+    return line
 
 
 # ---------------------------------------------------------------- model families (issue 13)
@@ -780,6 +782,8 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
     line = expect_error(r, "--reader", "gemma3_text", "--reader any")
+    assert not ctx.out.exists()
+    return line
 
 
 # ---------------------------------------------------------------- training UX (issue 16)
@@ -854,6 +858,8 @@ def study_with_other_settings(ctx):
 def study_curve_beyond_budget(ctx):
     r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--curve-every", "9")
     line = expect_error(r, "--curve-every 9", "training.steps (4)")
+    assert not ctx.out.exists()
+    return line
 
 
 @row("E131")
