@@ -271,6 +271,35 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
               echo=echo, max_new_tokens=max_new_tokens)
 
 
+# ------------------------------------------------------------------ study
+@cli.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML config with data.train/valid/test (see configs/*-study.yaml).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
+@click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS,
+              help="Backends to train and evaluate (repeatable; default: mlx and torch).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Study directory.")
+@click.option("--metrics", help="Comma list (default by recipe: squad for SQuAD v2, rouge,citations for legal articles).")
+@click.option("--curve-every", type=click.IntRange(min=1), help="Checkpoint and score every N steps (default: training.save_every, or steps / 3).")
+@click.option("--curve-items", default=20, show_default=True, help="Validation records scored at each checkpoint.")
+@click.option("--test-items", type=int, help="Score a seeded sample of N test records (default: all).")
+@click.option("--max-new-tokens", default=32, show_default=True)
+@click.option("--n-boot", default=2000, show_default=True, help="Bootstrap replicates.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap and of --test-items sampling.")
+def study(config, sets, backends, output, metrics, curve_every, curve_items, test_items, max_new_tokens, n_boot, seed):
+    """Does fine-tuning teach? Score the base model on the test split, train on each backend,
+    score each checkpoint on validation records (learning curve) and the tuned adapters on the
+    test split; write study.md/.json/.png with paired bootstrap 95 % intervals.
+
+    \b
+    Run again to finish an interrupted study: finished stages are kept, training resumes from
+    its last checkpoint (as sweep does).
+    """
+    from common.study import run_study
+    run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
+              metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
+              test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed)
+
+
 # ------------------------------------------------------------------ convert
 @cli.command()
 @click.argument("src", type=click.Path())

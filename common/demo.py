@@ -4,6 +4,7 @@ every output is. Sized for 2 CPU cores."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CRPA = ROOT / "data" / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 DEMO_PROMPT = "Que prévoit l'article L100-1 du code des relations entre le public et l'administration ?"
+# Every training answer of the legi recipe opens "Article <number> du Code <title>"; the base model
+# never writes that, so the opening shows what training taught, on a question it never saw.
+FORM = re.compile(r"^\W*Article\s+(?:LO|L|R|D|A)\s?\d+(?:-\d+)+\s+du\s+Code\b")
 
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
@@ -71,6 +75,9 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         generations[backend] = reply(opened, DEMO_PROMPT, 48)
         echo(f"[{backend}] >>> {DEMO_PROMPT}\n{generations[backend]}\n")
     timings["generate_s"] = round(time.time() - t, 1)
+    t = stage("what training taught: a held-out question, base vs tuned")
+    learned = learned_form_example(data_dir / "test.jsonl", open_model("torch", "embedded"), opened, echo)
+    timings["learned_s"] = round(time.time() - t, 1)
     table = None
     if eval_items:
         t = stage(f"eval: baseline vs MLX-tuned vs torch-tuned on {eval_items} test records")
@@ -82,7 +89,7 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
                "val_loss": {b: runs[b]["val_loss"] for b in runs},
                "val_loss_before": {b: runs[b].get("val_loss_before") for b in runs},
                "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
-               "loss_curves": rep["loss_curves"], "generations": generations}
+               "loss_curves": rep["loss_curves"], "generations": generations, "learned": learned}
     write_json(out / "summary.json", summary)
     echo("=== outputs ===")
     outputs = [("prepared data", data_dir), ("MLX run", out / "mlx"), ("torch run", out / "torch"),
@@ -94,6 +101,27 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         echo(f"  {name:24s} {path}")
     echo(f"demo finished in {timings['total_s']} s: " + json.dumps(timings))
     return summary
+
+
+def learned_form_example(test_file: Path, base, tuned, echo=print, max_new_tokens: int = 32) -> dict:
+    """The first held-out "locate" question (where does article N sit in the code?) answered by the
+    base and the tuned model, with the record's own system prompt as in training; says whether each
+    answer opens in the training data's form ("Article <n> du Code ..."). docs/quality.md measures
+    the same on 40-70 test items with intervals; this is the one example you can read."""
+    from common.data.formats import load_examples
+    from common.session import answer
+    examples = load_examples(test_file)
+    ex = next((e for e in examples if e.meta.get("meta", e.meta).get("template") == "locate"), examples[0])
+    question = list(ex.messages[:-1])
+    out = {"question": question[-1]["content"], "reference": ex.completion.strip()}
+    echo(f">>> {out['question']}\n[reference] {out['reference'][:160]}")
+    for name, opened in (("base", base), ("tuned", tuned)):
+        text = answer(opened, question, max_new_tokens).strip()
+        out[name], out[f"{name}_in_form"] = text, bool(FORM.match(text))
+        echo(f"[{name}] {text[:160]}")
+    echo("answer opens like the training answers (\"Article <n> du Code …\"): "
+         f"base {'yes' if out['base_in_form'] else 'no'}, tuned {'yes' if out['tuned_in_form'] else 'no'}")
+    return out
 
 
 def _train_in_subprocess(backend: str, data_dir: Path, run_dir: Path, steps: int) -> dict:

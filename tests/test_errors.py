@@ -939,6 +939,44 @@ def chat_with_two_adapters(ctx):
     return expect_error(r, "--chat talks with one model")
 
 
+# ---------------------------------------------------------------- study (E150-E159)
+
+def _study_config(ctx, **data) -> Path:
+    from common.config import dump_yaml
+    cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), **data})
+    return write(ctx.tmp / "study.yaml", dump_yaml(cfg))
+
+
+@row("E150")
+def study_without_test_split(ctx):
+    r = run_cli("study", "--config", _study_config(ctx), "--output", ctx.out)
+    line = expect_error(r, "data.test", "held-out test split")
+    assert not ctx.out.exists() and "[study]" not in r.output
+    return line
+
+
+@row("E151")
+def study_with_other_settings(ctx):
+    from common.io import write_json
+    from common.study import SETTINGS, plan_study
+    config = _study_config(ctx, test=str(ctx.data))
+    earlier = plan_study(config, [], ["torch"], ctx.out)  # as a first `study` run records it
+    write_json(ctx.out / SETTINGS, earlier.settings())
+    before = (ctx.out / SETTINGS).read_bytes()
+    r = run_cli("study", "--config", config, "--backend", "torch", "--output", ctx.out, "--set", "training.lr=0.5")
+    line = expect_error(r, str(ctx.out), "other settings (differs in config)")
+    assert (ctx.out / SETTINGS).read_bytes() == before and sorted(p.name for p in ctx.out.iterdir()) == [SETTINGS]
+    return line
+
+
+@row("E152")
+def study_curve_beyond_budget(ctx):
+    r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--curve-every", "9")
+    line = expect_error(r, "--curve-every 9", "training.steps (4)")
+    assert not ctx.out.exists()
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:
