@@ -148,6 +148,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     echo(f"[twinlora] backend={backend} ({be.device}) model={cfg.model.path} LoRA r={spec.rank} alpha={spec.alpha} "
          f"scale={spec.scale:.4g} modules={len(modules)} trainable={n_params:,} train={len(train_data)} "
          f"valid={len(valid_data)} steps={steps}" + (f" (resuming at step {start})" if start else ""))
+    for note in getattr(be, "notes", []):
+        echo(f"[twinlora] note: {note}")
     if tk.stats["truncated"]:
         echo(f"[twinlora] warning: {tk.stats['truncated']} training examples truncated to max_length={cfg.data.max_length}")
 

@@ -441,11 +441,11 @@ def unknown_backend(ctx):
 
 
 @row("E34")
-def four_bit_without_cuda(ctx):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: 4-bit is supported")
-    line = expect_error(train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs an NVIDIA GPU")
+def four_bit_without_bitsandbytes(ctx):
+    import sys
+    ctx.mp.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    line = expect_error(train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs bitsandbytes",
+                        "pip install")
     assert not ctx.out.exists()
     return line
 
