@@ -149,3 +149,45 @@ def test_plain_peft_loads_the_adapter_over_a_plain_bnb_base(nf4_run, tiny_model)
 def opened_base_logits(tiny_model) -> np.ndarray:
     from common.session import open_model
     return open_model("torch", str(tiny_model), quantize="4bit").backend.logits(IDS)
+
+
+# ------------------------------------------------------------------ QLoRA across backends
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_dequantized_base_is_what_the_4bit_model_computes(backend, nf4_run, tiny_model, tmp_path):
+    """The shared weights of `parity --quantize` are exactly the backend's 4-bit base: the written
+    float model (+ adapter) gives the 4-bit model's logits, on either backend."""
+    from common.qparity import dequantized_base
+    from common.session import open_model
+    adapter = nf4_run[0] / "adapter"
+    base = dequantized_base(backend, str(tiny_model), tmp_path / "deq")
+    q = open_model(backend, str(tiny_model), quantize="4bit", adapter=adapter).backend.logits(IDS)
+    for other in ("mlx", "torch"):
+        plain = open_model(other, str(base), adapter=adapter, allow_base_mismatch=True).backend.logits(IDS)
+        assert np.abs(plain - q).max() < 1e-4, other
+
+
+def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_run, tiny_model, tmp_path):
+    from common.parity import PROMPTS, compare_logits, prompt_ids
+    from common.session import open_model
+    adapter = nf4_run[0] / "adapter"
+    r = run_cli("parity", "--model", tiny_model, "--adapter", adapter, "--quantize", "4bit",
+                "--max-new-tokens", "4", "--output", tmp_path / "parity.json")
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "parity.json").read_text())
+    q = rep["quantization"]
+    # each backend's 4-bit error is real (the quantizers differ, so do their errors) ...
+    for b in ("mlx", "torch"):
+        assert 1e-2 < q[b]["max_abs_logit_diff"] < 5.0 and f"quantization error, {b}" in r.output
+    assert q["mlx_4bit_vs_torch_nf4"]["max_abs_logit_diff"] > 1e-2
+    # ... recomputed here for torch: NF4 base + adapter against the float base + adapter
+    qt = open_model("torch", str(tiny_model), quantize="4bit", adapter=adapter)
+    ft = open_model("torch", str(tiny_model), adapter=adapter).backend
+    rows = [compare_logits(qt.backend.logits(np.array([i]))[0], ft.logits(np.array([i]))[0])
+            for i in prompt_ids(qt.tokenizer, PROMPTS)]
+    assert abs(max(x["max_abs_logit_diff"] for x in rows) - q["torch"]["max_abs_logit_diff"]) < 1e-6
+    # ... while on the same de-quantized weights the two backends agree to fp32 parity
+    assert sorted(rep["same_weights"]) == ["mlx", "torch"] and rep["pass"] is True
+    for src, same in rep["same_weights"].items():
+        assert same["max_abs_logit_diff"] < 1e-4 and same["same_greedy_text"], src
+    assert r.output.strip().endswith("PARITY: PASS")
