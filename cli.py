@@ -388,6 +388,9 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from common.runs import RunDir
     from common.session import open_model
     tols = (tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
+    if dequantized_from != "both" and not quantize:
+        raise UserError("only applies to QLoRA parity", where="--dequantized-from",
+                        fix="add --quantize 4bit, or drop --dequantized-from")
     if quantize:
         _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output)
     sessions = {b: open_model(b, model, adapter=adapter) for b in ("mlx", "torch")}

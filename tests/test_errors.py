@@ -697,6 +697,23 @@ def fsdp_with_4bit(ctx):
     return line
 
 
+@row("E100")
+def four_bit_on_mps(ctx):
+    ctx.mp.setenv("TWINLORA_DEVICE", "mps")  # an Apple GPU: bitsandbytes NF4 has no MPS path here
+    r = train_cli(ctx, "--set", "model.quantize=4bit")
+    line = expect_error(r, "model.quantize", "runs on CUDA or CPU, not mps", "--backend mlx")
+    assert not ctx.out.exists() and "backend=torch" not in r.output  # before the model loads
+    return line
+
+
+@row("E101")
+def dequantized_from_without_quantize(ctx):
+    r = run_cli("parity", "--model", ctx.model, "--dequantized-from", "torch")
+    line = expect_error(r, "--dequantized-from", "only applies to QLoRA parity", "--quantize 4bit")
+    assert "max |Δlogit|" not in r.output  # refused before any model is loaded
+    return line
+
+
 # ---------------------------------------------------------------- the table and the runner
 
 def doc_patterns() -> dict[str, str]:
