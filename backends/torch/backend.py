@@ -113,7 +113,7 @@ class Backend:
             if self.device == "cpu":
                 _exact_cpu_4bit(self.model)
                 self.notes.append("4-bit (bitsandbytes NF4) on CPU: every matmul de-quantizes its weight first, "
-                                  "so training is several times slower than float32 here; it saves memory, not time")
+                                  "so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -125,7 +125,7 @@ class Backend:
         self.optimizer = None
         self.grad_checkpointing = grad_checkpointing
         self.active_adapter = None
-        self._specs: dict = {}  # adapter name -> (spec, module paths), for a merge that rebuilds the model
+        self._specs: dict = {}  # adapter name -> (spec, {module path: shape}), for a merge that rebuilds the model
         self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         # the base in `dtype` without quantization; a bitsandbytes Params4bit keeps its shape in quant_state
         self._full_bytes = sum(int(np.prod(qs.shape)) if (qs := getattr(p, "quant_state", None)) is not None
