@@ -392,7 +392,7 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
         raise UserError("only applies to QLoRA parity", where="--dequantized-from",
                         fix="add --quantize 4bit, or drop --dequantized-from")
     if quantize:
-        _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output)
+        _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output, runs)
     sessions = {b: open_model(b, model, adapter=adapter) for b in ("mlx", "torch")}
     rep = run_parity(sessions, list(prompts) or PROMPTS, max_new_tokens,
                      tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
@@ -413,7 +413,7 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     sys.exit(0 if rep["pass"] else 1)
 
 
-def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output):
+def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output, runs=None):
     """`parity --quantize 4bit` (common/qparity.py): quantization error per backend, then adapter
     parity over the same de-quantized weights; exits like `parity`."""
     from common.io import write_json
@@ -432,6 +432,11 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
         echo(f"same weights (the {src} 4-bit base, de-quantized) on mlx and torch: max |Δlogit| "
              f"{r['max_abs_logit_diff']:.3e} (tolerance {r['tolerance']['max_abs_logit_diff']:.0e}); mean KL "
              f"{r['mean_kl']:.3e}; same greedy text: {r['same_greedy_text']} -> {'PASS' if r['pass'] else 'FAIL'}")
+    if runs:  # two QLoRA runs: their loss curves differ by what the two quantizers do to the base
+        from common.parity import loss_curve_gap
+        from common.runs import RunDir
+        rep["loss_curves"] = lc = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
+        echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
     if output:
         write_json(Path(output), rep)
     echo("PARITY: PASS" if rep["pass"] else "PARITY: FAIL")

@@ -172,7 +172,7 @@ def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_
     from common.session import open_model
     adapter = nf4_run[0] / "adapter"
     r = run_cli("parity", "--model", tiny_model, "--adapter", adapter, "--quantize", "4bit",
-                "--max-new-tokens", "4", "--output", tmp_path / "parity.json")
+                "--max-new-tokens", "4", "--output", tmp_path / "parity.json", "--runs", nf4_run[0], nf4_run[0])
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "parity.json").read_text())
     q = rep["quantization"]
@@ -190,4 +190,5 @@ def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_
     assert sorted(rep["same_weights"]) == ["mlx", "torch"] and rep["pass"] is True
     for src, same in rep["same_weights"].items():
         assert same["max_abs_logit_diff"] < 1e-4 and same["same_greedy_text"], src
+    assert rep["loss_curves"]["steps"] == STEPS and rep["loss_curves"]["max_abs_loss_gap"] == 0.0  # a run vs itself
     assert r.output.strip().endswith("PARITY: PASS")
