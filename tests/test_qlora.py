@@ -192,3 +192,31 @@ def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_
         assert same["max_abs_logit_diff"] < 1e-4 and same["same_greedy_text"], src
     assert rep["loss_curves"]["steps"] == STEPS and rep["loss_curves"]["max_abs_loss_gap"] == 0.0  # a run vs itself
     assert r.output.strip().endswith("PARITY: PASS")
+
+
+def test_ddp_over_an_nf4_base_on_cpu_equals_one_process(tiny_model, data, tmp_path):
+    """`train --nproc 2` (DDP over gloo), each process holding the NF4 base: the adapter of one
+    process with the same global batch (2 micro-batches), up to the fp32 summation order."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    one = tmp_path / "one"
+    cfg = tiny_config(tiny_model, data, one, training={"steps": 2, "grad_accumulation": 2, "save_every": 0})
+    cfg.model.quantize = "4bit"
+    train(cfg, "torch", echo=lambda *a: None)
+    two = tmp_path / "two"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--backend", "torch", "--model", str(tiny_model),
+                        "--data", str(data), "--output", str(two), "--steps", "2", "--nproc", "2",
+                        "--set", "model.quantize=4bit", "--set", "training.grad_accumulation=2",
+                        "--set", "lora.target_modules=all-linear", "--set", "training.save_every=0",
+                        "--set", "training.lr=1e-2", "--set", "training.batch_size=2", "--set", "data.max_length=128"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "data parallel: 2 processes" in r.stdout
+    _, a, _ = load_adapter(one / "adapter")
+    _, b, _ = load_adapter(two / "adapter")
+    assert sorted(a) == sorted(b) and max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-5
+    assert max(float(np.abs(a[k]).max()) for k in a if "lora_B" in k) > 1e-3  # it trained
