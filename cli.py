@@ -52,6 +52,13 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.secho("interrupted", fg="red", err=True)
             sys.exit(130)
+        except OSError as exc:  # a write refused by the system (read-only, permission, name too long)
+            from common.ownership import os_error
+            err = os_error(exc, exc.filename or "")
+            if err is None or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            click.secho(f"error: {err}", fg="red", err=True)
+            sys.exit(err.exit_code)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -92,7 +99,11 @@ def build_config(config, sets, **shortcuts):
             over["output"] = value
             continue
         sec, name = mapping[key]
-        over.setdefault(sec, {})[name] = value
+        if not isinstance(over.setdefault(sec, {}), dict):
+            from common.errors import ConfigError
+            raise ConfigError(f"'{sec}' must be a mapping of keys, got {over[sec]!r}", where="--set",
+                              fix=f"set one key of it, e.g. --set {sec}.{name}=...")
+        over[sec][name] = value
     return load_config(config, over)
 
 
@@ -101,7 +112,7 @@ def config_options(f):
         click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML config (see configs/)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set lora.rank=16 (repeatable; see config-help)."),
-        click.option("--model", help='Base model: "embedded", a local HF directory or a hub id.'),
+        click.option("--model", help='Base model: "embedded" (SmolLM2), "gemma3-270m", a local HF directory or a hub id.'),
         click.option("--data", help="Training JSONL (data.train)."),
         click.option("--valid", help="Validation JSONL (data.valid)."),
         click.option("--steps", type=int, help="Optimizer steps (training.steps)."),
@@ -169,7 +180,9 @@ def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, o
         from common.distributed import launch
         job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
                "init_adapter": init_adapter, "dry_run": dry_run}
-        code = launch(nproc, backend, job, echo=echo)
+        from common.signals import terminate_as_interrupt
+        with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
+            code = launch(nproc, backend, job, echo=echo)
         if code:
             click.secho(f"error: a training process exited with code {code} (its message is above)", fg="red", err=True)
             sys.exit(code)
@@ -224,7 +237,9 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     are skipped, an unfinished run resumes from its last checkpoint (as train --resume) or, with
     no checkpoint, starts over.
     """
+    from common.ownership import check_output_dir
     from common.sweep import run_sweep
+    check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
     run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
               echo=echo, max_new_tokens=max_new_tokens)
 
@@ -254,11 +269,15 @@ def convert(src, dst, fmt, model):
               help="Merge into the base as quantized for training (de-quantized 4-bit weights + adapter, "
                    "what a QLoRA adapter was trained against; MLX backend), saved in the base's dtype, "
                    "and report the precision lost against the unquantized merge.")
-def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
+@click.option("--reader", type=click.Choice(["any", "mlx-lm"]), default="any", show_default=True,
+              help="mlx-lm: for Gemma 3, a directory plain mlx-lm reads as exactly the trained model (its "
+                   "bfloat16 embedding scale compensated in untied embeddings); transformers reads that one "
+                   "differently. Other families: the same directory serves every reader.")
+def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
     from common.merge import merge_adapter
-    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize)
+    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
              "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
@@ -268,6 +287,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize):
         echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
              f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
              f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
+    if info.get("note"):
+        echo(f"[twinlora] note: {info['note']}")
     echo(f"[twinlora] merged model: {output}")
 
 
@@ -280,6 +301,10 @@ def export_gguf_cmd(model_dir, out_file, dtype):
     does: llama and qwen2 (byte-level BPE tokenizer) and Gemma 3 (Gemma3ForCausalLM, or the language
     model of Gemma3ForConditionalGeneration; needs its SentencePiece tokenizer.model)."""
     from common.gguf_export import export_gguf
+    from common.models import check_model_dir
+    from common.ownership import check_output_file
+    check_model_dir(Path(model_dir))
+    check_output_file(out_file, "OUT_FILE", magic=b"GGUF", inputs=[model_dir])
     out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
     echo(f"[twinlora] wrote {out}")
 
@@ -298,6 +323,12 @@ def export_gguf_cmd(model_dir, out_file, dtype):
 def generate(prompt, adapters, model, backend, max_new_tokens, template, system):
     """Greedy generation with a base model and optional adapter(s)."""
     from common.session import add_adapter, open_model, reply
+    if max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}", where="--max-new-tokens",
+                        fix="pass a positive number of tokens, e.g. --max-new-tokens 64")
+    if template == "raw" and not all(p.strip() for p in prompt):
+        raise UserError("an empty --prompt with --template raw gives the model nothing to continue", where="--prompt",
+                        fix="give a non-empty prompt")
     named = [_named_adapter(a) for a in adapters]
     if len({label for label, _ in named}) < len(named):
         raise UserError("two --adapter values have the same name", where="--adapter",
@@ -361,7 +392,9 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, max_new_toke
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for compare.md/.csv/.png.")
 def compare(eval_dirs, labels, output):
     """Put several evaluations side by side (baseline vs tuned, MLX vs torch) with deltas and a chart."""
+    from common.ownership import check_output_dir
     from common.reports import compare as run_compare
+    check_output_dir(output, "compare", "--output", inputs=eval_dirs)
     echo(run_compare([Path(d) for d in eval_dirs], labels.split(",") if labels else None, Path(output)))
 
 
@@ -387,6 +420,13 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from common.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
     from common.session import open_model
+    from common.ownership import check_output_file
+    if output:
+        check_output_file(output, "--output", magic=b"{")
+    for d in runs or ():
+        if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS
+            raise UserError("no training log here (log.jsonl with train steps)", where=f"--runs {d}",
+                            fix="pass two run directories written by `cli.py train`")
     tols = (tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
     if dequantized_from != "both" and not quantize:
         raise UserError("only applies to QLoRA parity", where="--dequantized-from",
@@ -398,9 +438,15 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
                      tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
     if runs:
         rep["loss_curves"] = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
+    if rep["family"].get("warning"):
+        click.echo(f"warning: {rep['family']['warning']}", err=True)
     for r in rep["prompts"]:
         echo(f"prompt: {r['prompt'][:70]!r}\n  max|Δlogit| {r['max_abs_logit_diff']:.2e}  KL {r['mean_kl']:.2e}  "
              f"same text: {r['same_text']}\n  mlx:   {r['mlx_text'][:100]!r}\n  torch: {r['torch_text'][:100]!r}")
+    if rep["long_probe"]:
+        lp = rep["long_probe"]
+        echo(f"long probe: {lp['tokens']} positions ({', '.join(lp['why'])})\n  max|Δlogit| "
+             f"{lp['max_abs_logit_diff']:.2e}  KL {lp['mean_kl']:.2e}")
     echo(f"max |Δlogit| = {rep['max_abs_logit_diff']:.3e} (tolerance {rep['tolerance']['max_abs_logit_diff']:.0e}); "
          f"mean KL = {rep['mean_kl']:.3e} (tolerance {rep['tolerance']['mean_kl']:.0e}); "
          f"same greedy text: {rep['same_greedy_text']}")

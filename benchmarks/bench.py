@@ -248,12 +248,12 @@ def _run_mlx_lm(spec: dict) -> dict:
     from mlx.utils import tree_flatten
     from mlx_lm.utils import load_model
 
-    from backends.mlx.backend import _config_overrides   # rope_theta where transformers 5 nests it
+    from backends.mlx.families import config_overrides   # what transformers 5 nests, read by mlx-lm
     from common.adapter import block_relative, init_lora_weights, mlx_keys, peft_to_mlx, spec_from_config
 
     warm, main = _load_rows(spec)
     model_dir = Path(spec["model_dir"])
-    model, _ = load_model(model_dir, model_config=_config_overrides(model_dir))
+    model, _ = load_model(model_dir, model_config=config_overrides(model_dir))
     if spec["dtype"] != "float32":
         model.set_dtype(getattr(mx, spec["dtype"]))
     model.freeze()

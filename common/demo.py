@@ -22,8 +22,9 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     from common.runs import RunDir
     from common.session import open_model, reply
 
+    from common.ownership import check_output_dir
     t_start = time.time()
-    if out.exists():
+    if check_output_dir(out, "demo", "--output"):  # only a previous demo of ours is removed
         shutil.rmtree(out)
     timings = {}
 

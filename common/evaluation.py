@@ -57,6 +57,18 @@ def generate_items(opened, examples: list[Example], template: str, system_prompt
     return items
 
 
+def check_eval_examples(examples: list[Example]) -> None:
+    """Eval needs a question and a reference answer per record, and `meta` (if any) an object."""
+    from common.errors import DataError
+    for ex in examples:
+        if ex.text is not None:
+            raise DataError('a {"text"} record has no question and reference answer to evaluate', where=ex.source,
+                            fix="evaluate prompt/completion, Alpaca or messages records (e.g. a prepared test.jsonl)")
+        if "meta" in ex.meta and not isinstance(ex.meta["meta"], dict):
+            raise DataError(f'"meta" must be an object, got {type(ex.meta["meta"]).__name__}', where=ex.source,
+                            fix='write "meta" as a JSON object, e.g. {"id": 1}, or drop it')
+
+
 def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
              limit: int | None, max_new_tokens: int, template: str, system_prompt: str | None,
              metric_options: dict, label: str | None, batch_size: int = 8, echo=print) -> dict:
@@ -64,10 +76,16 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
     from common.reports import write_eval_report
     from common.session import open_model
 
+    from common.ownership import check_output_dir
     if metrics:
         check_metric_names(metrics, metric_options)  # before the (slow) generation
+    check_output_dir(out_dir, "eval", "--output", inputs=[data, adapter])
     examples = load_examples(data)[:limit] if limit else load_examples(data)
+    check_eval_examples(examples)
     metrics = metrics or default_metrics(examples)
+    if "bertscore" in metrics:
+        from common.metrics import resolve_encoder
+        resolve_encoder(metric_options.get("encoder"))  # its directory is checked before generating
     opened = open_model(backend, model, adapter=adapter)
     items = generate_items(opened, examples, template, system_prompt, max_new_tokens, batch_size, echo)
     batched = batch_size if hasattr(opened.backend, "generate_batch") else 1

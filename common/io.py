@@ -79,6 +79,16 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
     return n
 
 
+def _check_encodable(obj: Any, where: str) -> None:
+    """A JSON escape can spell a lone surrogate (\\ud800), which no UTF-8 text holds: it would fail
+    later, in the tokenizer or when a file is written."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DataError("a string holds a lone surrogate escape (e.g. \\ud800), which is not text",
+                        where=where, fix="remove the escape or write the full character") from None
+
+
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     path = Path(path)
     if not path.is_file():
@@ -90,6 +100,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
                         where=f"{path}:{exc.lineno}", fix="repair the JSON syntax") from exc
     except UnicodeDecodeError as exc:
         raise DataError("not UTF-8 text", where=str(path), fix="save the file as UTF-8") from exc
+    except RecursionError:
+        raise DataError("JSON nested too deeply", where=str(path), fix="flatten the document") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise DataError(f"a value cannot be read ({exc})", where=str(path), fix="write the number as text or shorten it") from None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
@@ -103,11 +117,20 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    yield lineno, json.loads(line)
+                    obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise DataError(f"malformed JSON ({exc.msg}, column {exc.colno})",
                                     where=f"{path}:{lineno}",
                                     fix="make each line one complete JSON object") from exc
+                except RecursionError:
+                    raise DataError("JSON nested too deeply", where=f"{path}:{lineno}",
+                                    fix="make each line one flat record") from None
+                except ValueError as exc:  # e.g. an integer of more than 4300 digits
+                    raise DataError(f"a value cannot be read ({exc})", where=f"{path}:{lineno}",
+                                    fix="write the number as text or shorten it") from None
+                if "\\u" in line:
+                    _check_encodable(obj, f"{path}:{lineno}")
+                yield lineno, obj
         except UnicodeDecodeError as exc:
             raise DataError("not UTF-8 text", where=str(path), fix="save the file as UTF-8") from exc
 
@@ -142,14 +165,26 @@ def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
+def _usual_permissions(root: Path) -> None:
+    """Files 0666 and directories 0777 minus the umask, like any tool's output: libraries that
+    write through their own temporary files (safetensors) leave 0600, which a server running as
+    another user cannot read."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~_UMASK)
+        for name in filenames:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory beside `final_dir`; it becomes `final_dir` only on success."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output gets the usual permissions
     try:
         yield tmp
+        _usual_permissions(tmp)
         replace_dir(tmp, final_dir)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -42,10 +42,73 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
             "argmax_agree": float(np.mean([r["argmax_agree"] for r in rows]))}
 
 
+def gemma_note(model_dir: Path) -> str | None:
+    """What a merged Gemma 3 cannot carry: mlx-lm's bfloat16 embedding scale (docs/parity.md)."""
+    from common.families import read_raw
+    cfg = read_raw(model_dir)
+    if "gemma3" not in str(cfg.get("model_type")):
+        return None
+    return ("plain mlx-lm reads this Gemma 3 with its embedding scale sqrt(hidden_size) rounded to bfloat16, "
+            "not transformers' float32 value that twinlora trains with on both backends; load it with twinlora "
+            "(either backend) or transformers for the exact model")
+
+
+def for_plain_mlx_lm(model_dir: Path) -> str:
+    """Rewrite a merged Gemma 3 text model so that plain mlx-lm computes exactly it: mlx-lm scales
+    the embeddings by bfloat16(sqrt(hidden)) instead of sqrt(hidden), so the input embeddings are
+    stored pre-multiplied by sqrt(hidden) / bfloat16(sqrt(hidden)) and the output head keeps the
+    original matrix (untied: `lm_head.weight`). transformers reads this directory as another model."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from common.io import atomic_path
+    cfg = json.loads((model_dir / "config.json").read_text())
+    if cfg.get("model_type") != "gemma3_text":
+        return "the same directory serves every reader for this family"
+    hidden = int(cfg["hidden_size"])
+    ratio = np.float32(np.float32(hidden ** 0.5) / _bfloat16(hidden ** 0.5))
+    for f in sorted(model_dir.glob("*.safetensors")):
+        tensors = load_file(str(f))
+        if "model.embed_tokens.weight" not in tensors:
+            continue
+        emb = tensors["model.embed_tokens.weight"]
+        tensors.setdefault("lm_head.weight", emb.copy())
+        tensors["model.embed_tokens.weight"] = (emb.astype(np.float32) * ratio).astype(emb.dtype)
+        with atomic_path(f) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+    cfg["tie_word_embeddings"] = False
+    write_json(model_dir / "config.json", cfg)
+    return (f"for plain mlx-lm: input embeddings pre-scaled by {float(ratio):.6f} (sqrt({hidden}) / its bfloat16 "
+            "rounding) and untied from the output head; transformers and twinlora read this directory as "
+            "another model (merge with --reader any for them)")
+
+
+def _bfloat16(x: float) -> float:
+    """x rounded to bfloat16 (round to nearest even), as mlx's mx.array(x, mx.bfloat16)."""
+    import numpy as np
+    bits = int(np.array(x, np.float32).view(np.uint32))
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return float(np.array(bits, np.uint32).view(np.float32))
+
+
 def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_base_mismatch: bool = False,
-                  quantize: str | None = None) -> dict:
+                  quantize: str | None = None, reader: str = "any") -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
+    from common.models import resolve_model
+    from common.ownership import check_output_dir
     from common.session import open_model
+    # before loading anything: never over the base or the adapter, never over what is not ours
+    check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
+    if reader == "mlx-lm":
+        from common.models import read_model_config
+        kind = read_model_config(resolve_model(model)).get("model_type")
+        if "gemma" in str(kind) and kind != "gemma3_text":
+            from common.errors import ConfigError
+            raise ConfigError(f"--reader mlx-lm is implemented for Gemma 3 text models (gemma3_text), not {kind}",
+                              where="--reader", fix="merge with --reader any and load the result with twinlora "
+                                                    "or transformers")
     opened = open_model(backend, model, quantize=quantize, adapter=adapter, allow_base_mismatch=allow_base_mismatch)
     trained_on = (((opened.meta or {}).get("config") or {}).get("model") or {}).get("quantize")
     info = {"base_model": model, "adapter": str(adapter), "backend": backend, "quantized_base": quantize,
@@ -63,6 +126,10 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
         del opened  # the probe loads the merged and the unquantized models one at a time
         if quantize:
             info["precision_lost"] = precision_lost(backend, tmp, model, adapter, tokenizer)
+        if reader == "mlx-lm":
+            info["reader"], info["note"] = "mlx-lm", for_plain_mlx_lm(tmp)
+        elif gemma_note(tmp):
+            info["note"] = gemma_note(tmp)
         write_json(tmp / "twinlora_merge.json", info)
     return info
 

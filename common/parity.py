@@ -25,18 +25,67 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def compare_logits(a: np.ndarray, b: np.ndarray) -> dict:
-    """max |Δlogit| and mean KL(a‖b) over positions."""
-    la, lb = log_softmax(a), log_softmax(b)
-    kl = (np.exp(la) * (la - lb)).sum(-1)
-    return {"max_abs_logit_diff": float(np.abs(a.astype(np.float64) - b).max()), "mean_kl": float(kl.mean()),
-            "argmax_agree": float((a.argmax(-1) == b.argmax(-1)).mean())}
+def compare_logits(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> dict:
+    """max |Δlogit| and mean KL(a‖b) over positions; float64, `chunk` positions at a time (a
+    262k-vocabulary Gemma over a 2080-position probe would otherwise need gigabytes)."""
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    diff, kls, agree = 0.0, [], []
+    for i in range(0, a.shape[0], chunk):
+        x, y = a[i:i + chunk], b[i:i + chunk]
+        la, lb = log_softmax(x), log_softmax(y)
+        kls.append((np.exp(la) * (la - lb)).sum(-1))
+        diff = max(diff, float(np.abs(x.astype(np.float64) - y).max()))
+        agree.append(x.argmax(-1) == y.argmax(-1))
+    return {"max_abs_logit_diff": diff, "mean_kl": float(np.concatenate(kls).mean()),
+            "argmax_agree": float(np.concatenate(agree).mean())}
 
 
-def prompt_ids(tokenizer, prompts: list[str], template: str = "chat") -> list[list[int]]:
+def prompt_ids(tokenizer, prompts: list[str], template: str | None = None) -> list[list[int]]:
+    """Prompts rendered as a user turn through the chat template, or as raw text (with the
+    tokenizer's BOS) for a base model that has no chat template."""
     from common.tokenize import Tokenizer
+    if template is None:
+        template = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
     tk = Tokenizer(tokenizer, template)
     return [tk.encode_prompt(user_turn(p, f"prompt {i}")) for i, p in enumerate(prompts)]
+
+
+def long_probe_length(text: dict) -> tuple[int, list[str]]:
+    """How many positions the long probe must cover, and why: past the sliding window (the masks
+    and the sliding layers' rope differ only there) and, for llama3 rope scaling, past 2048 (where
+    the scaled low frequencies matter). 0 when nothing asks for it."""
+    rp = text.get("rope_parameters") or {}
+    kinds = {v.get("rope_type") for v in rp.values() if isinstance(v, dict)} | {rp.get("rope_type")}
+    need, why = 0, []
+    window = text.get("sliding_window")
+    slides = "sliding_attention" in (text.get("layer_types") or []) or text.get("use_sliding_window")
+    if window and slides:
+        need, why = max(need, int(window) + 32), why + [f"sliding window {window}"]
+    if kinds & {"llama3", "yarn", "dynamic", "longrope"}:  # position-dependent scalings
+        need, why = max(need, 2048 + 32), why + [f"rope scaling {sorted(k for k in kinds if k)}"]
+    limit = int(text.get("max_position_embeddings") or need)
+    return min(need, limit), why
+
+
+def long_probe_ids(tokenizer, n: int) -> list[int]:
+    """`n` token ids of real text (the parity prompts repeated), starting with BOS when the tokenizer has one."""
+    ids = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    chunk = tokenizer("\n".join(PROMPTS) + "\n", add_special_tokens=False)["input_ids"]
+    while len(ids) < n:
+        ids += chunk
+    return ids[:n]
+
+
+def family_check(model_dir) -> dict:
+    """Is this architecture one whose parity the tests prove (common/families.py)?"""
+    from common.families import VERIFIED, family_report
+    rep = family_report(model_dir)
+    out = {"model_type": rep["model_type"], "verified": rep["verified"], "problems": rep["problems"]}
+    if not rep["verified"]:
+        out["warning"] = (f"model_type {rep['model_type']!r} is not one twinlora proves equal on both backends "
+                          f"({', '.join(VERIFIED)}): the figures below are measured, not guaranteed")
+    out["long_probe"] = long_probe_length(rep["text"])
+    return out
 
 
 def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
@@ -45,6 +94,7 @@ def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
     from common.session import eos_ids
     (na, a), (nb, b) = sessions.items()
     tok = a.tokenizer
+    family = family_check(a.model_dir)
     ids_list = prompt_ids(tok, prompts)
     stops = eos_ids(tok)
     rows, worst_logit, kls = [], 0.0, []
@@ -57,10 +107,18 @@ def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
                      "same_text": ga == gb})
         worst_logit = max(worst_logit, cmp["max_abs_logit_diff"])
         kls.append(cmp["mean_kl"])
+    n_long, why = family.pop("long_probe")
+    long = None
+    if n_long:
+        arr = np.array([long_probe_ids(tok, n_long)], dtype=np.int32)
+        long = {"tokens": n_long, "why": why, **compare_logits(a.backend.logits(arr), b.backend.logits(arr))}
+        worst_logit = max(worst_logit, long["max_abs_logit_diff"])
+        kls.append(long["mean_kl"])
     ok = worst_logit <= tol_logit and max(kls) <= tol_kl and all(r["same_text"] for r in rows)
-    return {"backends": [na, nb], "max_abs_logit_diff": worst_logit, "mean_kl": float(np.mean(kls)),
+    return {"backends": [na, nb], "family": family, "max_abs_logit_diff": worst_logit, "mean_kl": float(np.mean(kls)),
             "max_kl": float(max(kls)), "tolerance": {"max_abs_logit_diff": tol_logit, "mean_kl": tol_kl},
-            "same_greedy_text": all(r["same_text"] for r in rows), "pass": ok, "prompts": rows}
+            "same_greedy_text": all(r["same_text"] for r in rows), "pass": ok, "prompts": rows,
+            "long_probe": long}
 
 
 def loss_curve_gap(log_a: list[dict], log_b: list[dict]) -> dict:

@@ -3,6 +3,7 @@ a summary a person can read. Checkpoints hold everything exact resume needs."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,41 @@ from common.errors import TrainingError
 from common.io import atomic_dir, atomic_path, disk_full_error, is_disk_full, sha256_file, write_json, write_text
 
 CHECKPOINTS = "checkpoints"
+
+
+def plan_run(final: str | Path, overwrite: bool, resume: bool) -> tuple[Path, bool]:
+    """Where a training writes, checked before any work: (directory, staged).
+
+    Only a twinlora run (ours: `common.ownership.is_run_dir`) is ever resumed or replaced.
+    `--overwrite` never deletes the previous run first: the new run is built beside it in the
+    hidden `.NAME.overwrite/` (staged) and replaces it only once complete, so a new run that fails
+    or is killed leaves the previous one intact; `--overwrite --resume` continues such an
+    interrupted replacement from its last checkpoint."""
+    from common.ownership import check_path_writable, is_run_dir
+    check_path_writable(final, "--output")  # the text as given: Path("") would read as "."
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise TrainingError("output path exists and is not a directory", where=str(final),
+                            fix="choose another --output")
+    if not final.exists() or not any(final.iterdir()):
+        return final, False
+    if not is_run_dir(final):
+        raise TrainingError("output directory exists and is not a twinlora run (no twinlora_run.json), so "
+                            "twinlora will not resume, replace or write into it", where=str(final),
+                            fix=f"choose another --output (e.g. {final.name}-2) or move that directory away")
+    whole = final.absolute()  # "." has no name: the staging directory sits beside the run, never in it
+    staging = Path(os.path.normpath(whole)).parent / f".{Path(os.path.normpath(whole)).name}.overwrite"
+    if staging.exists() and not is_run_dir(staging):
+        raise TrainingError("the staging directory of --overwrite exists and is not ours", where=str(staging),
+                            fix="move it away")
+    if overwrite and resume and staging.exists():
+        return staging, True
+    if resume:
+        return final, False
+    if overwrite:
+        return staging, True
+    raise TrainingError("output directory already exists and is not empty", where=str(final),
+                        fix="pass --resume to continue it, --overwrite to start over, or another --output")
 
 
 class RunDir:
@@ -40,11 +76,14 @@ class RunDir:
         return exists
 
     def prepare(self, overwrite: bool, resume: bool) -> None:
-        """Create the run directory (emptied first with --overwrite); see check_free."""
+        """Create the run directory and its marker (a run of ours is emptied first with --overwrite:
+        that is the staging directory of `plan_run`, never the user's previous run); see check_free."""
+        from common.ownership import is_run_dir, mark_run
         exists = self.check_free(overwrite, resume)
-        if exists and overwrite and not resume:
+        if exists and overwrite and not resume and is_run_dir(self.path):
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
+        mark_run(self.path)
 
     def log(self, record: dict) -> None:
         """Append one line (a log is appended, not rewritten: a line torn by a kill is skipped by read_log)."""
@@ -85,6 +124,8 @@ class RunDir:
         """Remove what a kill can leave in checkpoints/: `.step-*.tmp` (a checkpoint being written),
         `.step-*.del` (one being pruned); a `.step-N.old` whose `step-N` is missing (killed between
         the two renames of a replacement) is complete and is put back."""
+        for p in self.path.glob(".adapter.*.tmp"):  # an adapter export cut by a kill
+            shutil.rmtree(p, ignore_errors=True)
         root = self.path / CHECKPOINTS
         if not root.is_dir():
             return

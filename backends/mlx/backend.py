@@ -15,6 +15,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
+from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.errors import BackendError
@@ -23,19 +24,6 @@ DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # mlx-lm architectures whose logits are exactly head(model.model(x)), the head being `lm_head` or
 # the tied embedding: for these the loss projects only the target positions (see _loss_sum).
 _PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
-
-
-def _config_overrides(model_dir: Path) -> dict:
-    """transformers 5 nests rope_theta in rope_parameters; mlx-lm reads the top level."""
-    cfg = json.loads((model_dir / "config.json").read_text())
-    rp = cfg.get("rope_parameters")
-    over = {}
-    if isinstance(rp, dict):
-        if "rope_theta" in rp and "rope_theta" not in cfg:
-            over["rope_theta"] = rp["rope_theta"]
-        if rp.get("rope_type", "default") != "default" and "rope_scaling" not in cfg:
-            over["rope_scaling"] = dict(rp)
-    return over
 
 
 def _disk_dtype(model_dir: Path):
@@ -71,7 +59,8 @@ class Backend:
         self.device = str(mx.default_device())
         self.model_dir = Path(model_dir)
         mx.reset_peak_memory()  # peak_memory_bytes() reports this model's run, not earlier ones
-        self.model, self.config = load_model(self.model_dir, model_config=_config_overrides(self.model_dir))
+        self.model, self.config = load_model(self.model_dir, model_config=config_overrides(self.model_dir))
+        align(self.model)  # transformers' Gemma 3 embedding scale (backends/mlx/families.py)
         if DTYPES[dtype] != mx.float32 or any(v.dtype != mx.float32 for _, v in tree_flatten(self.model.parameters())):
             self.model.set_dtype(DTYPES[dtype])
         self.quantize = quantize

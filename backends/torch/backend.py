@@ -96,7 +96,7 @@ class Backend:
         # distribute() sets one of these; `sharded`: FSDP holds the weights, so forward passes and
         # weight reads are collectives that every rank must run
         self.fsdp, self.ddp, self.sharded = fsdp, None, False
-        kwargs: dict = {"dtype": self.dtype}
+        kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}  # never a pickle (common.models)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         self.dtype_name = dtype

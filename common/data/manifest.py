@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from common.errors import DataError
-from common.io import read_json
+from common.io import read_json, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -80,6 +80,10 @@ def resolve_split(manifest: Manifest, name: str, required: bool = True) -> Path 
         if not path.is_file():
             raise DataError(f"the manifest lists {fname} but the file is missing", where=str(path),
                             fix="run `cli.py prepare` again for this directory")
+        digest = info.get("sha256") if isinstance(info, dict) else None
+        if digest and sha256_file(path) != digest:  # a file replaced or cut after prepare wrote the manifest
+            raise DataError(f"{fname} does not match the sha256 the manifest records for it", where=str(path),
+                            fix="run `cli.py prepare` again for this directory, or train on the JSONL file directly")
         return path
     if required:
         raise DataError(f"the manifest lists no {name} split", where=str(manifest.path),

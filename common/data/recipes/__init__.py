@@ -107,4 +107,9 @@ def run_recipe(name: str, inputs: list[str], out_dir: str | Path, seed: int = 0,
     if not inputs:
         raise UserError(f"recipe {name} needs at least one input", where="prepare",
                         fix="give input files (or, for legi, code ids such as LEGITEXT000031366350)")
-    return recipe.run([str(i) for i in inputs], Path(out_dir), seed=seed, options=options)
+    from common.io import atomic_dir
+    from common.ownership import check_output_dir
+    check_output_dir(out_dir, "prepared", "--out", inputs=[i for i in inputs if Path(i).exists()])
+    # every file goes into a temporary directory renamed once: a failure leaves the old set whole
+    with atomic_dir(out_dir) as tmp:
+        return recipe.run([str(i) for i in inputs], tmp, seed=seed, options=options)

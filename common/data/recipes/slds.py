@@ -77,7 +77,8 @@ def load_template(path: str | Path) -> tuple[Path, jinja2.Template]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("template file not found", where=str(path), fix="give the path of a Jinja template")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+    from common.templates import jinja_env
+    env = jinja_env()  # sandboxed: a template file may come from anyone
     try:
         return path, env.from_string(path.read_text(encoding="utf-8"))
     except jinja2.TemplateSyntaxError as exc:
@@ -92,6 +93,9 @@ def render(template: tuple[Path, jinja2.Template], variables: dict) -> str:
     except jinja2.UndefinedError as exc:
         raise ConfigError(f"template uses an undefined variable ({exc.message})", where=str(path),
                           fix=f"available variables: {', '.join(sorted(variables))}") from exc
+    except jinja2.exceptions.SecurityError as exc:
+        raise ConfigError(f"template tried an operation the sandbox refuses ({exc})", where=str(path),
+                          fix="a prompt template may only use its variables and Jinja filters") from exc
 
 
 # ---------------------------------------------------------------- records
