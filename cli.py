@@ -90,7 +90,7 @@ def build_config(config, sets, **shortcuts):
     from common.config import load_config, parse_set
     over = parse_set(list(sets))
     mapping = {"model": ("model", "path"), "data": ("data", "train"), "valid": ("data", "valid"),
-               "steps": ("training", "steps"), "lr": ("training", "lr"), "seed": ("training", "seed"),
+               "steps": ("training", "steps"), "epochs": ("training", "epochs"), "lr": ("training", "lr"), "seed": ("training", "seed"),
                "batch_size": ("training", "batch_size"), "rank": ("lora", "rank")}
     for key, value in shortcuts.items():
         if value is None:
@@ -113,9 +113,11 @@ def config_options(f):
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set lora.rank=16 (repeatable; see config-help)."),
         click.option("--model", help='Base model: "embedded" (SmolLM2), "gemma3-270m", a local HF directory or a hub id.'),
-        click.option("--data", help="Training JSONL (data.train)."),
+        click.option("--data", help="Training JSONL (data.train), a prepare manifest.json, or a folder with "
+                     "train.jsonl (+ valid.jsonl), as mlx-lm's --data."),
         click.option("--valid", help="Validation JSONL (data.valid)."),
-        click.option("--steps", type=int, help="Optimizer steps (training.steps)."),
+        click.option("--steps", type=int, help="Optimizer steps (training.steps; wins over epochs)."),
+        click.option("--epochs", type=float, help="Passes over the training set (training.epochs), when no steps are set."),
         click.option("--lr", type=float, help="Peak learning rate (training.lr)."),
         click.option("--batch-size", type=int, help="Micro-batch size (training.batch_size)."),
         click.option("--rank", type=int, help="LoRA rank (lora.rank)."),
@@ -134,7 +136,18 @@ def config_help():
 
 
 # ------------------------------------------------------------------ prepare
-@cli.command()
+class PrepareCommand(click.Command):
+    """`prepare --help` ends with every recipe's --option list, read from the recipe registry
+    (imported only when help is shown, so other commands start fast)."""
+
+    def format_epilog(self, ctx, formatter):
+        from common.data.recipes import RECIPES
+        with formatter.section("Recipe options (--option KEY=VALUE)"):
+            formatter.write_dl([(f"{r.name}: --option {k}=", v) for r in RECIPES.values()
+                                for k, v in r.all_options.items()])
+
+
+@cli.command(cls=PrepareCommand)
 @click.argument("recipe")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write train/valid/test.jsonl + manifest.json.")
@@ -169,12 +182,12 @@ def prepare(recipe, inputs, out_dir, seed, options):
               help="Data-parallel processes on this machine (torch: gloo on CPU / nccl with one GPU each; "
               "mlx: ring on 127.0.0.1). training.grad_accumulation must be a multiple of it; the global "
               "batch stays batch_size × grad_accumulation. See docs/scale-out.md.")
-def train(config, sets, model, data, valid, steps, lr, batch_size, rank, seed, output, backend, resume, overwrite,
-          init_adapter, dry_run, nproc):
+def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank, seed, output, backend, resume,
+          overwrite, init_adapter, dry_run, nproc):
     """Train a LoRA adapter. The run directory gets config.yaml, log.jsonl, loss.png,
     checkpoints/ and adapter/ (PEFT format + twinlora.json; mlx-lm format too on MLX)."""
     from common.trainer import train as run_train
-    cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, lr=lr,
+    cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, epochs=epochs, lr=lr,
                        batch_size=batch_size, rank=rank, seed=seed, output=output)
     if nproc > 1:
         from common.distributed import launch

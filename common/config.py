@@ -47,9 +47,14 @@ class DataConfig:
     template: str = opt("chat", '"chat" = the tokenizer\'s chat template; "raw" = prompt + '
                         "completion + EOS, no template; or a path to a Jinja chat-template file.")
     system_prompt: Optional[str] = opt(None, "System message added to chat examples that have none.")
-    mask_prompt: bool = opt(True, "Train only on the completion (the last assistant turn); "
-                            "prompt tokens are masked out of the loss.")
-    max_length: int = opt(512, "Longest tokenized example; longer ones are truncated (with a warning).")
+    mask_prompt: bool = opt(True, "Mask prompt tokens out of the loss (which turns are trained: "
+                            "data.train_on); false trains every token, the same as train_on: all.")
+    train_on: Literal["all_assistant", "last", "all"] = opt(
+        "all_assistant", "Which tokens of a chat record are trained: all_assistant = every assistant turn "
+        "(TRL assistant_only_loss, Axolotl roles_to_train: [assistant]); last = the last assistant turn only "
+        "(mlx-lm --mask-prompt); all = every token. Single-turn records: all_assistant = last.")
+    max_length: int = opt(512, "Longest tokenized example; longer ones are truncated (with a warning that "
+                          "counts the examples losing completion tokens).")
     too_long: Literal["truncate", "drop", "error"] = opt(
         "truncate", "What to do with an example longer than max_length.")
 
@@ -66,12 +71,16 @@ class LoraConfig:
     layers: Optional[int] = opt(None, "Adapt only the last N transformer blocks (None = all).")
     use_rslora: bool = opt(False, "rsLoRA: scale alpha/sqrt(r) instead of alpha/r.")
     use_dora: bool = opt(False, "DoRA: weight-decomposed LoRA (adds a magnitude vector per layer).")
+    scale: Optional[float] = opt(None, "mlx-lm's LoRA `scale` (its default 20.0): when set, alpha = scale × rank "
+                                 "(scale × sqrt(rank) with rsLoRA), so the update is the same as in mlx-lm.")
 
 
 @dataclass
 class TrainingConfig:
-    steps: Optional[int] = opt(100, "Optimizer steps (wins over epochs when both are set).")
-    epochs: Optional[float] = opt(None, "Passes over the training set, used when steps is None.")
+    steps: Optional[int] = opt(None, "Optimizer steps (HF max_steps, mlx-lm iters); when set it wins over "
+                               "epochs, and the run says so. Null: the length comes from epochs.")
+    epochs: Optional[float] = opt(None, "Passes over the training set (HF num_train_epochs), used when steps is "
+                                  "null; 1 epoch when both are null.")
     batch_size: int = opt(1, "Examples per micro-batch.")
     grad_accumulation: int = opt(1, "Micro-batches per optimizer step (the loss is token-weighted "
                                  "across them on both backends).")
@@ -99,6 +108,16 @@ class TrainingConfig:
     eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
     log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")
     keep_checkpoints: int = opt(2, "Keep the last N checkpoints.")
+    keep_best: bool = opt(True, "With validation data, keep the adapter with the lowest validation loss in "
+                          "adapter-best/ (adapter/ is always the last step's).")
+    early_stopping_patience: Optional[int] = opt(
+        None, "Stop after this many validations (every eval_every steps) without an improvement of the best "
+        "validation loss by more than early_stopping_min_delta (HF EarlyStoppingCallback). Null = off.")
+    early_stopping_min_delta: float = opt(0.0, "Smallest drop of the validation loss that counts as an "
+                                          "improvement (HF early_stopping_threshold).")
+    report_to: Union[str, list] = opt(["csv"], 'Experiment trackers (transformers\' report_to): a list of csv '
+                                      "(metrics.csv), tensorboard (tensorboard/ event files, via tensorboardX), "
+                                      'wandb, mlflow (when installed), or "none".')
 
 
 @dataclass
@@ -119,6 +138,13 @@ TOP_LEVEL = ("output", "name")
 
 
 def _type_name(tp) -> str:
+    """`int`, `one of: cosine | linear | constant`, `float or null`: what config-help shows."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of: " + " | ".join(map(str, args))
+    if origin is Union:
+        parts = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in args else "")
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -186,29 +212,39 @@ def _convert(value: Any, tp, key: str, problems: list[str]):
 
 
 def _apply(cfg: Config, updates: dict, origin: str, problems: list[str]) -> None:
-    """Apply a nested dict of updates onto cfg, collecting every problem."""
+    """Apply a nested dict of updates onto cfg, collecting every problem (an unknown key gets a
+    "did you mean" naming our key, for other tools' names too: common/config_names.py)."""
+    from common.config_names import suggest
     if not isinstance(updates, dict):
         problems.append(f"{origin}: the top level must be a mapping of sections")
         return
+    explicit = cfg.__dict__.setdefault("_explicit", set())  # keys the user wrote (not a dataclass field)
     valid_top = list(SECTIONS) + list(TOP_LEVEL)
     for top, value in updates.items():
         if top in TOP_LEVEL:
             setattr(cfg, top, _convert(value, _hint(Config, top), top, problems))
             continue
         if top not in SECTIONS:
-            problems.append(f"unknown key '{top}' (valid: {', '.join(valid_top)})")
+            hint = suggest(str(top), SECTIONS, TOP_LEVEL)
+            problems.append(f"unknown key '{top}'{hint}" if hint else
+                            f"unknown key '{top}' (valid: {', '.join(valid_top)})")
             continue
         if value is None:
             continue
         if not isinstance(value, dict):
-            problems.append(f"'{top}' must be a mapping of keys, got {value!r}")
+            # mlx-lm writes `model: <path>` and `data: <folder>` at the top level
+            hint = {"model": ", did you mean model.path?", "data": ", did you mean data.train? (a file, a "
+                    "folder with train.jsonl/valid.jsonl, or a prepare manifest.json)"}.get(top, "")
+            problems.append(f"'{top}' must be a mapping of keys, got {value!r}{hint}")
             continue
         section = getattr(cfg, top)
         names = [f.name for f in fields(section)]
         for key, v in value.items():
             if key not in names:
-                problems.append(f"unknown key '{top}.{key}' (valid in '{top}': {', '.join(names)})")
+                hint = suggest(f"{top}.{key}", SECTIONS, TOP_LEVEL)
+                problems.append(f"unknown key '{top}.{key}'{hint} (valid in '{top}': {', '.join(names)})")
                 continue
+            explicit.add(f"{top}.{key}")
             setattr(section, key, _convert(v, _hint(type(section), key), f"{top}.{key}", problems))
 
 
@@ -242,7 +278,6 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         (t.lr > 0, "training.lr must be > 0"),
         (not t.lr > 1, f"training.lr={t.lr:g} is absurd for AdamW (it moves each weight by about lr per step); "
                        "use a value <= 1, typically 1e-5 to 1e-3"),
-        (t.steps is not None or t.epochs is not None, "set training.steps or training.epochs"),
         (t.steps is None or t.steps > 0, "training.steps must be > 0"),
         (t.epochs is None or t.epochs > 0, "training.epochs must be > 0"),
         (t.batch_size >= 1, "training.batch_size must be >= 1"),
@@ -261,17 +296,43 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         (lo.alpha > 0, "lora.alpha must be > 0"),
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
         (lo.layers is None or lo.layers >= 1, "lora.layers must be >= 1 or null"),
+        (lo.scale is None or lo.scale > 0, "lora.scale must be > 0 or null"),
+        (t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+         "training.early_stopping_patience must be >= 1 or null"),
+        (t.early_stopping_min_delta >= 0, "training.early_stopping_min_delta must be >= 0"),
         (d.max_length >= 8, "data.max_length must be >= 8"),
         (not (t.parallel == "fsdp" and cfg.model.quantize),
          "training.parallel: fsdp does not support model.quantize (bitsandbytes 4-bit parameters are not "
          "sharded here); use training.parallel: ddp with QLoRA (each GPU holds the 4-bit base)"),
     ]
     problems += [msg for ok, msg in checks if not ok]
+    _resolve_scale(cfg, problems)
+    from common.tracking import check_report_to
+    t.report_to = check_report_to(t.report_to, problems)
     tm = lo.target_modules
     if isinstance(tm, str) and tm != "all-linear":
         lo.target_modules = [tm]
     elif isinstance(tm, list) and (not tm or not all(isinstance(x, str) and x for x in tm)):
         problems.append('lora.target_modules must be a non-empty list of names or "all-linear"')
+
+
+def _resolve_scale(cfg: Config, problems: list[str]) -> None:
+    """mlx-lm's `scale` → our alpha (alpha = scale × r, × sqrt(r) with rsLoRA), once; the note
+    saying so is printed by `train` (cfg.notes)."""
+    lo = cfg.lora
+    if lo.scale is None:
+        return
+    factor = lo.rank ** 0.5 if lo.use_rslora else lo.rank
+    alpha = lo.scale * factor
+    if "lora.alpha" in getattr(cfg, "_explicit", ()) and not math.isclose(lo.alpha, alpha, rel_tol=1e-9):
+        problems.append(f"lora.scale={lo.scale:g} and lora.alpha={lo.alpha:g} disagree: scale = alpha/"
+                        f"{'sqrt(rank)' if lo.use_rslora else 'rank'} = {lo.alpha / factor:g} here; set one of them")
+        return
+    cfg.__dict__.setdefault("notes", []).append(
+        f"lora.scale={lo.scale:g} (mlx-lm's scale) → lora.alpha = scale × {'sqrt(r)' if lo.use_rslora else 'r'} = "
+        f"{lo.scale:g} × {factor:g} = {alpha:g}; the update is scaled by alpha/{'sqrt(r)' if lo.use_rslora else 'r'} "
+        f"= {lo.scale:g}, as in mlx-lm")
+    lo.alpha, lo.scale = alpha, None
 
 
 def parse_set(items: list[str]) -> dict:
@@ -323,8 +384,10 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
     if not problems:
         _validate(cfg, problems)
     if problems:
+        renamed = any("did you mean" in p for p in problems)
         raise ConfigError("; ".join(problems), where=where or "flags",
-                          fix="see `cli.py config-help` for every key, its type and default")
+                          fix=("rename the keys as suggested; " if renamed else "")
+                          + "see `cli.py config-help` for every key, its type and default")
     return cfg
 
 

@@ -45,6 +45,11 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
         runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
         timings[f"train_{backend}_s"] = round(time.time() - t, 1)
 
+    for backend, r in runs.items():
+        if r.get("val_loss_before") is not None:
+            echo(f"[{backend}] validation loss {r['val_loss_before']:.4f} before training → {r['val_loss']:.4f} after "
+                 f"({100 * (r['val_loss'] - r['val_loss_before']) / r['val_loss_before']:+.1f}%); plot: {out / backend / 'loss.png'}")
+
     t = stage("4/5 parity: the MLX-trained adapter on both backends")
     adapter = out / "mlx" / "adapter"
     sessions = {b: open_model(b, "embedded", adapter=adapter) for b in ("mlx", "torch")}
@@ -75,6 +80,7 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
 
     summary = {"timings": timings, "eval_table": table, "final_loss": {b: runs[b]["final_loss"] for b in runs},
                "val_loss": {b: runs[b]["val_loss"] for b in runs},
+               "val_loss_before": {b: runs[b].get("val_loss_before") for b in runs},
                "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
                "loss_curves": rep["loss_curves"], "generations": generations}
     write_json(out / "summary.json", summary)

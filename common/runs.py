@@ -178,27 +178,35 @@ class RunDir:
         return weights, opt, state
 
     # ------------------------------------------------------------ plot
-    def plot_loss(self) -> Path | None:
+    def plot_loss(self, title: str | None = None, best_step: int | None = None) -> Path | None:
+        """loss.png: the training loss, the validation loss from its step-0 baseline (before
+        training) on, the baseline as a dashed line and the best validation marked."""
         rows = self.read_log()
         train = [(r["step"], r["loss"]) for r in rows if r.get("event") == "train"]
-        valid = [(r["step"], r["val_loss"]) for r in rows if r.get("event") == "eval"]
+        valid = sorted((r["step"], r["val_loss"]) for r in rows if r.get("event") == "eval")
         if not train:
             return None
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(*zip(*train), label="train loss")
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=(7, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
         if valid:
-            ax.plot(*zip(*valid), "o-", label="validation loss")
+            ax.plot(*zip(*valid), "o-", label="validation loss", color="tab:orange")
+            if valid[0][0] == 0:
+                ax.axhline(valid[0][1], ls="--", lw=1, color="grey",
+                           label=f"validation before training ({valid[0][1]:.3f})")
+            best = [v for v in valid if v[0] == best_step]
+            if best:
+                ax.plot(*best[0], "*", ms=14, color="tab:red", label=f"best (step {best[0][0]}, {best[0][1]:.3f})")
+        ax.set_title(title or f"{self.path.name}: loss")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (mean per target token)")
         ax.legend()
         ax.grid(alpha=0.3)
+        fig.tight_layout()
         out = self.path / "loss.png"
-        try:
-            with atomic_path(out) as tmp:
-                fig.savefig(tmp, dpi=100, format="png")
-        finally:
-            plt.close(fig)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
         return out

@@ -5,7 +5,9 @@ Both backends train on exactly these strings, tokenized once in `common.tokenize
 - a path to a Jinja file: used as the chat template instead;
 - "raw": no template, prompt + completion (+ EOS added at tokenization), as TRL does for
   prompt-completion rows.
-The completion is the last assistant turn; everything before it is the prompt.
+The completion is the last assistant turn; everything before it is the prompt. `segments` cuts
+the full text at every assistant turn, so `common.tokenize` can train all of them
+(data.train_on: all_assistant) with one mask for both backends.
 """
 from __future__ import annotations
 
@@ -95,3 +97,45 @@ class Renderer:
                             where=ex.source, fix="use a template whose generation prompt is a prefix "
                             "of the rendered conversation, or data.template: raw")
         return prompt, full[len(prompt):]
+
+    def segments(self, ex: Example, train_on: str = "last") -> list[tuple[str, bool]]:
+        """The full training text as (text, trained) pieces, in order, consecutive pieces merged.
+
+        "last" (and single-turn records): [(prompt, False), (completion, True)], as `render`.
+        "all_assistant": every assistant turn's text (its content and the template's end-of-turn
+        text) is trained, found by rendering the conversation up to each assistant turn with and
+        without it, as TRL's assistant mask and Axolotl's roles_to_train do.
+        """
+        prompt, completion = self.render(ex)
+        msgs = self._messages(ex)
+        earlier = [i for i, m in enumerate(msgs[:-1]) if m["role"] == "assistant"]
+        if ex.text is not None or train_on != "all_assistant" or not earlier:
+            return [(prompt, False), (completion, True)]
+        if self.mode == "raw":
+            # raw prompt = "\n".join(contents of msgs[:-1]): each assistant content is trained
+            pieces = []
+            for i, m in enumerate(msgs[:-1]):
+                pieces += [(m["content"], m["role"] == "assistant"), ("\n", False)]
+            pieces = pieces[:-1] + [(completion, True)]
+        else:
+            full, pieces, pos = prompt + completion, [], 0
+            for i in earlier:
+                before = self._apply(msgs[:i], True, ex.source)
+                upto = self._apply(msgs[: i + 1], False, ex.source)
+                if not (upto.startswith(before) and prompt.startswith(upto) and len(before) >= pos):
+                    raise DataError(f"the chat template renders assistant turn messages[{i}] differently inside "
+                                    "the conversation, so its tokens cannot be located", where=ex.source,
+                                    fix="set data.train_on: last (train the last assistant turn only), or use "
+                                    "a template that renders earlier turns unchanged")
+                pieces += [(full[pos:len(before)], False), (full[len(before):len(upto)], True)]
+                pos = len(upto)
+            pieces += [(full[pos:len(prompt)], False), (completion, True)]
+        merged: list[tuple[str, bool]] = []
+        for text, trained in pieces:
+            if not text:
+                continue
+            if merged and merged[-1][1] == trained:
+                merged[-1] = (merged[-1][0] + text, trained)
+            else:
+                merged.append((text, trained))
+        return merged

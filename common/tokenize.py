@@ -47,14 +47,19 @@ class Tokenizer:
     """Renders and tokenizes Examples with one tokenizer, template and mask policy."""
 
     def __init__(self, tokenizer, template: str = "chat", system_prompt: str | None = None,
-                 mask_prompt: bool = True, max_length: int = 512, too_long: str = "truncate"):
+                 mask_prompt: bool = True, max_length: int = 512, too_long: str = "truncate",
+                 train_on: str = "all_assistant"):
         self.tok = tokenizer
         self.renderer = Renderer(tokenizer, template, system_prompt)
         self.mask_prompt = mask_prompt
+        # mask_prompt: false trains every token, whatever train_on says
+        self.train_on = train_on if mask_prompt else "all"
         self.max_length = max_length
         self.too_long = too_long
         self.eos_id = tokenizer.eos_token_id
-        self.stats = {"truncated": 0, "dropped": 0}
+        # truncated: examples cut to max_length; cut_targets: those of them that lose trained tokens;
+        # targets_lost / targets: trained tokens cut off / in all examples before cutting
+        self.stats = {"truncated": 0, "dropped": 0, "cut_targets": 0, "targets_lost": 0, "targets": 0}
 
     def encode_prompt(self, ex: Example) -> list[int]:
         """Ids of the prompt alone: what generation starts from."""
@@ -69,16 +74,18 @@ class Tokenizer:
         return list(self.tok(text, add_special_tokens=add_special)["input_ids"])
 
     def encode(self, ex: Example) -> Tokenized | None:
-        prompt, completion = self.renderer.render(ex)
-        p_ids = self._encode(prompt, first=True)
-        c_ids = self._encode(completion, first=not p_ids)
+        # Each piece is tokenized on its own (the last prompt exactly as generation sees it);
+        # a piece is trained or not as a whole (data.train_on).
+        ids: list[int] = []
+        mask: list[int] = []
+        for text, trained in self.renderer.segments(ex, self.train_on):
+            piece = self._encode(text, first=not ids)
+            ids += piece
+            mask += [int(trained or self.train_on == "all" or not ex.is_chat)] * len(piece)
         if self.renderer.mode == "raw" and self.eos_id is not None:
-            c_ids.append(self.eos_id)
-        ids = p_ids + c_ids
-        if self.mask_prompt and ex.is_chat:
-            mask = [0] * len(p_ids) + [1] * len(c_ids)
-        else:
-            mask = [1] * len(ids)
+            ids.append(self.eos_id)
+            mask.append(1)
+        self.stats["targets"] += sum(mask[1:])
         if len(ids) > self.max_length:
             if self.too_long == "error":
                 raise DataError(f"example is {len(ids)} tokens, longer than data.max_length={self.max_length}",
@@ -86,8 +93,11 @@ class Tokenizer:
             if self.too_long == "drop":
                 self.stats["dropped"] += 1
                 return None
+            lost = sum(mask[self.max_length:])
             ids, mask = ids[: self.max_length], mask[: self.max_length]
             self.stats["truncated"] += 1
+            self.stats["cut_targets"] += lost > 0
+            self.stats["targets_lost"] += lost
         if sum(mask[1:]) == 0:
             self.stats["dropped"] += 1
             self.stats.setdefault("dropped_sources", []).append(ex.source)
@@ -96,9 +106,8 @@ class Tokenizer:
 
     def encode_all(self, examples: list[Example], where: str = "dataset") -> list[Tokenized]:
         out = [t for t in (self.encode(ex) for ex in examples) if t is not None]
-        if self.stats["truncated"]:
-            log.warning("%s: %d of %d examples were longer than max_length=%d and were truncated",
-                        where, self.stats["truncated"], len(examples), self.max_length)
+        self.stats["examples"] = len(examples)
+        # (truncation is reported once, by the caller: see truncation_warning)
         if self.stats["dropped"]:
             log.warning("%s: %d examples had no completion token within max_length=%d and were skipped "
                         "(first: %s)", where, self.stats["dropped"], self.max_length,
@@ -107,3 +116,14 @@ class Tokenizer:
             raise DataError("dataset is empty after tokenization (every example was dropped)", where=where,
                             fix="raise data.max_length or check that completions are not empty")
         return out
+
+
+def truncation_warning(stats: dict, max_length: int, what: str = "training") -> str | None:
+    """One line saying how many examples were cut and how many of them lose trained tokens."""
+    if not stats.get("truncated"):
+        return None
+    total = stats.get("examples")
+    return (f"[twinlora] warning: {stats['truncated']}{f' of {total}' if total else ''} {what} examples truncated "
+            f"to max_length={max_length}; {stats['cut_targets']} lose completion tokens "
+            f"({stats['targets_lost']:,} of {stats['targets']:,} trained tokens cut) — raise data.max_length "
+            "to keep them")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.adapter import check_shapes, expected_shapes, init_lora_weights, non_finite, save_common, spec_from_config
-from common.batching import batches_per_epoch, eval_batches, iterate_batches
+from common.batching import batches_per_epoch, iterate_batches
 from common.config import Config, dump_yaml
 from common.data.formats import load_examples
 from common.errors import ConfigError, DataError, TrainingError
@@ -26,7 +26,9 @@ from common.resume import check_init_adapter, check_resume
 from common.runs import RunDir
 from common.signals import interrupt_name
 from common.schedule import lr_at, warmup_steps
-from common.tokenize import Tokenizer, load_tokenizer
+from common.tokenize import Tokenizer, load_tokenizer, truncation_warning
+from common.tracking import Trackers, check_installed
+from common.validation import BestTracker, validate
 
 
 def library_versions(backend: str) -> dict:
@@ -42,11 +44,23 @@ def library_versions(backend: str) -> dict:
 
 
 def total_steps(cfg: Config, n_train: int) -> int:
+    """training.steps when set (it wins over epochs, as HF max_steps), else epochs (1 when null)."""
     t = cfg.training
     if t.steps:
         return t.steps
     per_epoch = batches_per_epoch(n_train, t.batch_size) / t.grad_accumulation
-    return max(1, math.ceil(t.epochs * per_epoch))
+    return max(1, math.ceil((t.epochs or 1.0) * per_epoch))
+
+
+def length_note(cfg: Config, n_train: int, steps: int) -> str:
+    """How the run length was chosen, e.g. 'steps=30 (3 epochs of 20 examples, 1 × 2 per step)'."""
+    t = cfg.training
+    per_step = f"{t.batch_size} × {t.grad_accumulation} per step"
+    if t.steps:
+        epochs = steps * t.batch_size * t.grad_accumulation / max(n_train, 1)
+        return (f"steps={steps} (training.steps, ≈{epochs:.2f} epochs of {n_train} examples, {per_step}"
+                + (f"; training.epochs={t.epochs:g} is ignored: steps wins)" if t.epochs else ")"))
+    return f"steps={steps} ({t.epochs or 1:g} epoch{'s' if (t.epochs or 1) != 1 else ''} of {n_train} examples, {per_step})"
 
 
 def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
@@ -59,11 +73,12 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
 
     def encode(path: str) -> tuple[Tokenizer, list]:
         # one Tokenizer per file, so its truncation/drop counts are that file's
-        tk = Tokenizer(tokenizer, d.template, d.system_prompt, d.mask_prompt, d.max_length, d.too_long)
+        tk = Tokenizer(tokenizer, d.template, d.system_prompt, d.mask_prompt, d.max_length, d.too_long, d.train_on)
         return tk, tk.encode_all(load_examples(path), path)
 
     tk, train = encode(d.train)
-    valid = encode(d.valid)[1] if d.valid else []
+    tk_valid, valid = encode(d.valid) if d.valid else (None, [])
+    tk.valid_stats = tk_valid.stats if tk_valid else {}  # for the one truncation line per file
     return tk, train, valid
 
 
@@ -106,11 +121,21 @@ def _fmt_eta(seconds: float) -> str:
 
 
 def evaluate_loss(be, data, batch_size: int, pad_id: int) -> float:
-    total, n = 0.0, 0
-    for b in eval_batches(data, batch_size, pad_id):
-        s, k = be.eval_loss(b)
-        total, n = total + s, n + k
-    return total / max(n, 1)
+    return validate(be, data, batch_size, pad_id)
+
+
+def _check_validation_settings(cfg: Config, valid_data: list) -> None:
+    """Early stopping needs validations to decide on: refuse it without them, before any long work."""
+    t = cfg.training
+    if not t.early_stopping_patience:
+        return
+    if not valid_data:
+        raise ConfigError("early stopping needs validation data, and none is given", where="training.early_stopping_patience",
+                          fix="set data.valid (or --valid), or remove training.early_stopping_patience")
+    if not t.eval_every:
+        raise ConfigError("early stopping needs validations during training, and training.eval_every is 0",
+                          where="training.early_stopping_patience",
+                          fix="set training.eval_every to a step count (e.g. 50), or remove training.early_stopping_patience")
 
 
 def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = False,
@@ -167,6 +192,8 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
     tk, train_data, valid_data = prepare_data(cfg, tokenizer)
     t = cfg.training
     steps = 2 if dry_run else total_steps(cfg, len(train_data))
+    _check_validation_settings(cfg, valid_data)
+    check_installed(t.report_to if not dry_run else [])
     warm = warmup_steps(steps, t.warmup_steps, t.warmup_ratio)
 
     if writes:
@@ -187,11 +214,15 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
         check_init_adapter(spec_i, spec, init_adapter)
         modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, init_adapter)
     start, opt_state, opt_step, state = 0, {}, 0, {}
+    end = steps  # the last step: `steps`, or where early stopping ended the run
     ckpts = run.checkpoint_dirs() if resume else []
     if resume and ckpts:
         weights, opt_state, state = run.load_checkpoint(ckpts[-1])
         start, opt_step = state["step"], state["optimizer_step"]
         check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
+    tracker = BestTracker.from_state(state, t.early_stopping_patience, t.early_stopping_min_delta)
+    if tracker.stopped_at is not None:
+        end = tracker.stopped_at  # the run had stopped early: only the final writes remain
     be.attach_lora(spec, modules, weights)
     if dist.world_size > 1:
         be.distribute(dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
@@ -206,16 +237,19 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
     echo(f"[twinlora] backend={backend} ({be.device}) model={cfg.model.path} LoRA r={spec.rank} alpha={spec.alpha} "
          f"scale={spec.scale:.4g} modules={len(modules)} trainable={n_params:,} train={len(train_data)} "
          f"valid={len(valid_data)} steps={steps}" + (f" (resuming at step {start})" if start else ""))
-    for note in getattr(be, "notes", []):
+    echo(f"[twinlora] {length_note(cfg, len(train_data), steps)}")
+    for note in getattr(cfg, "notes", []) + getattr(be, "notes", []):  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
-    if tk.stats["truncated"]:
-        echo(f"[twinlora] warning: {tk.stats['truncated']} training examples truncated to max_length={cfg.data.max_length}")
+    for stats, what in ((tk.stats, "training"), (tk.valid_stats, "validation")):
+        warning = truncation_warning(stats, cfg.data.max_length, what)
+        if warning:
+            echo(warning)
 
     meta_base = {
         "base_model": {"name": cfg.model.path, "path": str(model_dir), "sha256": weights_hash(model_dir)},
         "data": {"train": {"path": cfg.data.train, "sha256": data_sha["train"], "examples": len(train_data)},
                  **({"valid": {"path": cfg.data.valid, "sha256": data_sha["valid"]}} if cfg.data.valid else {})},
-        "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt,
+        "template": cfg.data.template, "mask_prompt": cfg.data.mask_prompt, "train_on": cfg.data.train_on,
         "config": cfg.to_dict(), "backend": backend, "versions": library_versions(backend),
     }
     if dist.world_size > 1:
@@ -234,6 +268,33 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
             if resume:  # --resume before any checkpoint: drop what the killed attempt logged
                 run.truncate_log(0)
             run.log({"event": "start", "step": 0, "backend": backend, "steps": steps})
+    # TensorBoard drops the events a killed attempt wrote past the checkpoint (all of them without one)
+    purge = start + 1 if start else (0 if resume else None)
+    trackers = Trackers(t.report_to, run, cfg.to_dict(), purge, cfg.name or run.path.name) if writes else None
+
+    def log(rec: dict) -> None:
+        if writes:
+            run.log(rec)
+            trackers.log(rec)
+
+    # Validations run on rank 0 (and on every rank under FSDP, where the forward is a collective,
+    # or with early stopping, so that every rank takes the same decision without a message).
+    validating = bool(valid_data) and (dist.is_main or collective or bool(t.early_stopping_patience))
+
+    def keep_best(at: int, loss: float) -> None:
+        """Record a validation; write adapter-best/ when it is the best so far (under FSDP every
+        rank gathers the weights)."""
+        if tracker.update(at, loss) and t.keep_best:
+            w = be.lora_weights()
+            if writes:
+                save_common(run.path / "adapter-best", spec, w,
+                            {**meta_base, "metrics": {"val_loss": loss, "step": at, "best_of": "validation loss"}},
+                            mlx_keys_list=getattr(be, "keys", None) if backend == "mlx" else None)
+
+    if validating and start == 0 and not dry_run:
+        tracker.baseline = validate(be, valid_data, t.batch_size, pad_id, echo, "before training")
+        log({"event": "eval", "step": 0, "val_loss": tracker.baseline})
+        echo(f"step 0/{steps}  validation loss {tracker.baseline:.4f} (before training)")
 
     batches = iterate_batches(train_data, t.batch_size, pad_id, t.seed, t.batching, start=start * t.grad_accumulation)
     last_loss, val_loss, step = state.get("last_loss"), state.get("val_loss"), start
@@ -255,10 +316,11 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
         return run.save_checkpoint(at, weights, opt, ostep,
                                    {"total_steps": steps, "last_loss": last_loss, "val_loss": val_loss,
                                     "micro_batches_done": at * t.grad_accumulation,
-                                    "data_sha256": data_sha, "config": cfg.to_dict()}, t.keep_checkpoints)
+                                    "data_sha256": data_sha, "config": cfg.to_dict(),
+                                    "validation": tracker.state()}, t.keep_checkpoints)
 
     try:
-        for step in range(start, steps):
+        for step in range(start, end):
             ts = time.time()
             loss_sum, n_targets, n_tokens = 0.0, 0, 0
             for i in range(t.grad_accumulation):
@@ -291,15 +353,21 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
                 eta = elapsed / (done - start) * (steps - done)
                 rec = {"event": "train", "step": done, "loss": loss, "lr": lr, "grad_norm": gnorm,
                        "targets": n_targets, "tokens": n_tokens, "tokens_per_s": tps, "step_s": dt}
-                if writes:
-                    run.log(rec)
+                log(rec)
                 echo(f"step {done}/{steps}  loss {loss:.4f}  lr {lr:.2e}  grad {gnorm:.3f}  "
                      f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
-            if valid_data and (dist.is_main or collective) and t.eval_every and done % t.eval_every == 0 and done != steps:
-                val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
-                if writes:
-                    run.log({"event": "eval", "step": done, "val_loss": val_loss})
-                echo(f"step {done}/{steps}  validation loss {val_loss:.4f}")
+            if validating and t.eval_every and done % t.eval_every == 0 and done != steps:
+                val_loss = validate(be, valid_data, t.batch_size, pad_id)
+                log({"event": "eval", "step": done, "val_loss": val_loss})
+                if not dry_run:
+                    keep_best(done, val_loss)
+                echo(f"step {done}/{steps}  validation loss {tracker.describe(val_loss)}")
+                if tracker.stopped_at is not None:
+                    echo(f"[twinlora] early stopping at step {done}: {tracker.bad} validations without an improvement "
+                         f"> {t.early_stopping_min_delta:g} (patience {t.early_stopping_patience}); best "
+                         f"{tracker.best:.4f} at step {tracker.best_step}")
+                    end = done
+                    break
             if (writes or collective and not dry_run) and t.save_every and done % t.save_every == 0 and done != steps:
                 checkpoint(done)
             if step_delay:
@@ -308,6 +376,8 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
         # Save the state after the last applied update (not if the interrupt hit inside one: the
         # weights may be half-updated, so the last checkpoint on disk is the one to resume from).
         # (not under FSDP: saving gathers over ranks that the interrupt may have stopped)
+        if trackers is not None:
+            trackers.flush()
         if writes and completed > start and not updating and not collective:
             saved = run.path / "checkpoints" / f"step-{completed:06d}"
             path = saved if saved.is_dir() else checkpoint(completed)
@@ -326,17 +396,25 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
     if not dist.is_main and not collective:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
-    if valid_data:
-        val_loss = evaluate_loss(be, valid_data, t.batch_size, pad_id)
+    # (a resumed run whose final checkpoint exists already holds the final validation)
+    final_val = bool(valid_data) and end == steps and not (start == end and state.get("val_loss") is not None)
+    if final_val:
+        val_loss = validate(be, valid_data, t.batch_size, pad_id, echo, "after training")
+        keep_best(end, val_loss)
     final_weights = be.lora_weights()  # gathered once for the last checkpoint and the adapter
-    checkpoint(steps, final_weights)
+    checkpoint(end, final_weights)
     if not dist.is_main:
         dist.close()
         return {"rank": dist.rank, "final_loss": last_loss, "steps": steps}
+    if final_val:
+        log({"event": "eval", "step": end, "val_loss": val_loss})
     if valid_data:
-        run.log({"event": "eval", "step": steps, "val_loss": val_loss})
+        echo(f"step {end}/{steps}  validation loss {tracker.describe(val_loss)}")
+    trackers.close()
     elapsed = time.time() - t0
     summary = {"final_loss": last_loss, "val_loss": val_loss, "steps": steps, "seconds": round(elapsed, 2),
+               "val_loss_before": tracker.baseline, "best_val_loss": tracker.best, "best_step": tracker.best_step,
+               "stopped_early_at": tracker.stopped_at,
                "tokens_per_s": tokens_seen / max(elapsed, 1e-9) if tokens_seen else None,
                "median_step_s": float(np.median(step_times)) if step_times else None,
                "peak_memory_bytes": be.peak_memory_bytes(),
@@ -349,8 +427,9 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
     mlx_keys = getattr(be, "keys", None) if backend == "mlx" else None
     save_common(run.adapter, spec, final_weights, {**meta_base, "metrics": summary}, mlx_keys_list=mlx_keys)
     write_json(run.path / "summary.json", summary)
-    run.log({"event": "end", "step": steps, **summary})
-    run.plot_loss()
+    run.log({"event": "end", "step": end, **summary})
+    run.plot_loss(title=f"{cfg.name or run.path.name}: {backend}, {cfg.model.path}, LoRA r={spec.rank}",
+                  best_step=tracker.best_step)
     write_text(run.path / "README.md", _run_readme(cfg, backend, summary, run))
     shown = Path(cfg.output)  # where the run is once a staged --overwrite has been swapped in
     echo(f"[twinlora] adapter: {shown / 'adapter'}  log: {shown / 'log.jsonl'}  plot: {shown / 'loss.png'}")
@@ -366,8 +445,12 @@ def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
             f"rsLoRA={cfg.lora.use_rslora} DoRA={cfg.lora.use_dora}\n"
             f"- steps: {s['steps']} in {s['seconds']} s, median step "
             f"{'n/a' if s['median_step_s'] is None else format(s['median_step_s'], '.3f')} s\n"
-            f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}\n"
-            f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n"
+            f"- final train loss: {s['final_loss']:.4f}, validation loss: {val}"
+            + (f" (before training: {s['val_loss_before']:.4f})" if s.get("val_loss_before") is not None else "") + "\n"
+            + (f"- best validation loss: {s['best_val_loss']:.4f} at step {s['best_step']} (`adapter-best/`)\n"
+               if s.get("best_step") is not None and cfg.training.keep_best else "")
+            + (f"- early stopping at step {s['stopped_early_at']}\n" if s.get("stopped_early_at") else "")
+            + f"- peak memory: {s['peak_memory_bytes'] / 2**20:.0f} MiB\n"
             + (f"- base weights: {s['base_weight_bytes'] / 2**20:.1f} MiB in {s['quantize']} vs "
                f"{s['base_weight_bytes_unquantized'] / 2**20:.1f} MiB in {cfg.model.dtype}: "
                f"{s['base_memory_saved_bytes'] / 2**20:.1f} MiB saved\n" if s.get("quantize") else "")

@@ -114,7 +114,7 @@ def test_two_processes_match_one(run, setup, two_procs, tmp_path):
     output, two = _finished(procs, run)
     engine = "FSDP2: weights sharded" if parallel == "fsdp" else "replicated"
     assert "data parallel: 2 processes" in output and engine in output
-    assert output.count(f"step {STEPS}/{STEPS}") == 1  # rank 0 only
+    assert output.count(f"step {STEPS}/{STEPS}  loss") == 1  # rank 0 only
 
     w1, w2 = _weights(one), _weights(two)
     assert w1.keys() == w2.keys()
@@ -125,7 +125,7 @@ def test_two_processes_match_one(run, setup, two_procs, tmp_path):
     assert [r["targets"] for r in l1] == [r["targets"] for r in l2]  # same global batch
     loss_gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(l1, l2))
     v1, v2 = ([r["val_loss"] for r in RunDir(d).read_log() if r.get("event") == "eval"] for d in (one, two))
-    assert len(v2) == 2 and np.allclose(v1, v2, rtol=0, atol=LOSS_TOL)  # step 2 and the end
+    assert len(v2) == 3 and np.allclose(v1, v2, rtol=0, atol=LOSS_TOL)  # before training, step 2 and the end
     print(f"{run}: 1 vs 2 processes: max |Δweight| {gap:.2e}, max |Δloss| {loss_gap:.2e}")  # pytest -s
     assert loss_gap <= LOSS_TOL
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["step-000002", "step-000003"]

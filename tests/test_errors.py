@@ -175,7 +175,7 @@ def sample_longer_than_max_length_truncate_warns(ctx):
     r = train_cli(ctx, "--set", "data.max_length=32", data=data)
     assert r.exit_code == 0, r.output
     lines = [l for l in r.output.splitlines() if "warning" in l]
-    assert len(lines) == 1 and "3 training examples truncated to max_length=32" in lines[0], r.output
+    assert len(lines) == 1 and "3 of 3 training examples truncated to max_length=32; 3 lose completion" in lines[0], r.output
     assert (ctx.out / "adapter").is_dir()
     return lines[0]
 
@@ -220,7 +220,8 @@ def no_training_data(ctx):
 def config_unknown_key(ctx):
     cfg = write(ctx.tmp / "c.yaml", "lora:\n  rnak: 8\n")
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(cfg), "unknown key 'lora.rnak'", "valid in 'lora': rank", "config-help")
+    line = expect_error(r, str(cfg), "unknown key 'lora.rnak', did you mean lora.rank?", "valid in 'lora': rank",
+                        "config-help")
     assert not ctx.out.exists()
     return line
 
@@ -763,9 +764,24 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     model = ctx.tmp / "mm"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
-    (model / "model.safetensors").write_bytes(b"")
+    from safetensors.numpy import save_file
+    save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
     line = expect_error(r, "--reader", "gemma3_text", "--reader any")
+
+
+# ---------------------------------------------------------------- training UX (issue 16)
+
+@row("E110")
+def trl_style_config(ctx):
+    cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
+                "lora_r: 16\nmax_seq_length: 512\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    line = expect_error(r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
+                        "unknown key 'num_train_epochs', did you mean training.epochs?",
+                        "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
+                        "unknown key 'lora_r', did you mean lora.rank?",
+                        "unknown key 'max_seq_length', did you mean data.max_length?", "rename the keys as suggested")
     assert not ctx.out.exists()
     return line
 
@@ -784,6 +800,87 @@ def gemma_wheels_missing(ctx):
 # rows E57-E99 (issue 14: outputs we own, locks, --resume, signals, sandboxing, tracebacks) live in
 # tests/safety_rows.py; importing it registers them here
 import safety_rows  # noqa: E402,F401
+
+
+@row("E111")
+def mlx_lm_style_config(ctx):
+    cfg = write(ctx.tmp / "mlx.yaml", "iters: 600\nbatch_size: 4\nnum_layers: 8\n"
+                "lora_parameters: {rank: 8, scale: 20.0, dropout: 0.0}\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    line = expect_error(r, str(cfg), "unknown key 'iters', did you mean training.steps?",
+                        "unknown key 'batch_size', did you mean training.batch_size?",
+                        "unknown key 'num_layers', did you mean lora.layers?",
+                        "lora.scale (alpha = scale × rank)")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E112")
+def scale_and_alpha_disagree(ctx):
+    line = expect_error(train_cli(ctx, "--set", "lora.scale=20", "--set", "lora.alpha=16", "--set", "lora.rank=8"),
+                        "lora.scale=20 and lora.alpha=16 disagree", "scale = alpha/rank = 2")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E113")
+def early_stopping_without_validation(ctx):
+    line = expect_error(train_cli(ctx, "--set", "training.early_stopping_patience=2", "--set", "training.eval_every=1"),
+                        "training.early_stopping_patience: early stopping needs validation data", "--valid")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E114")
+def early_stopping_without_eval_every(ctx):
+    line = expect_error(train_cli(ctx, "--valid", ctx.data, "--set", "training.early_stopping_patience=2"),
+                        "training.eval_every is 0", "set training.eval_every")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E115")
+def tracker_not_installed(ctx):
+    ctx.mp.setattr("importlib.util.find_spec", lambda name, *a: None)
+    line = expect_error(train_cli(ctx, "--set", "training.report_to=[csv,wandb]"),
+                        "training.report_to: wandb is not installed", "pip install wandb")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E116")
+def tracker_unknown(ctx):
+    line = expect_error(train_cli(ctx, "--set", "training.report_to=tensorbord"),
+                        "training.report_to: 'tensorbord' is not one of csv, tensorboard, wandb, mlflow, none")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E117")
+def data_folder_without_train_file(ctx):
+    folder = ctx.tmp / "data"
+    write(folder / "training.jsonl", "{}\n")
+    line = expect_error(train_cli(ctx, data=folder), str(folder), "no train.jsonl", "as mlx-lm expects")
+    assert not ctx.out.exists()
+    return line
+
+
+@row("E118")
+def template_changes_earlier_turns(ctx):
+    # a template that shortens earlier assistant turns (as reasoning templates strip their thinking)
+    tmpl = write(ctx.tmp / "strip.jinja", "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                 "{% if m.role == 'assistant' and not loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}"
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    data = write_jsonl(ctx.tmp / "mt.jsonl", [{"messages": [
+        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]}])
+    line = expect_error(train_cli(ctx, "--set", f"data.template={tmpl}", data=data), f"{data}:1:",
+                        "renders assistant turn messages[1] differently", "data.train_on: last")
+    assert not ctx.out.exists()
+    # the fix works: only the last turn is trained
+    r = train_cli(ctx, "--set", f"data.template={tmpl}", "--set", "data.train_on=last", data=data)
+    assert r.exit_code == 0, r.output
+    return line
 
 
 # ---------------------------------------------------------------- the table and the runner

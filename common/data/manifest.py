@@ -91,8 +91,26 @@ def resolve_split(manifest: Manifest, name: str, required: bool = True) -> Path 
     return None
 
 
+def resolve_folder(train: str | None, valid: str | None) -> tuple[str | None, str | None]:
+    """data.train given as a folder (mlx-lm's --data habit): its manifest.json when `prepare` wrote
+    one, else its train.jsonl (and valid.jsonl when present and no valid file is given)."""
+    if not train or not Path(train).is_dir():
+        return train, valid
+    folder = Path(train)
+    if (folder / MANIFEST).is_file():
+        return str(folder / MANIFEST), valid
+    if not (folder / "train.jsonl").is_file():
+        raise DataError("this data folder has no train.jsonl (nor a manifest.json)", where=str(folder),
+                        fix="put train.jsonl (and valid.jsonl) in the folder, as mlx-lm expects, or pass a JSONL file")
+    if valid is None and (folder / "valid.jsonl").is_file():
+        valid = str(folder / "valid.jsonl")
+    return str(folder / "train.jsonl"), valid
+
+
 def resolve_data(train: str | None, valid: str | None) -> tuple[str | None, str | None]:
-    """data.train / data.valid as given, or, when data.train is a manifest, its train/valid files."""
+    """data.train / data.valid as given, or, when data.train is a manifest (or a folder), its
+    train/valid files."""
+    train, valid = resolve_folder(train, valid)
     if not train or not is_manifest(train):
         return train, valid
     m = load_manifest(train)
