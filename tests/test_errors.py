@@ -768,6 +768,7 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
     line = expect_error(r, "--reader", "gemma3_text", "--reader any")
+    return line
 
 
 # ---------------------------------------------------------------- training UX (issue 16)
