@@ -44,8 +44,8 @@ LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
 # The same shape scaled down for --dry-run.
 TINY_LLAMA = dict(LLAMA_3_2_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=16384)
-# Embedded models to train on. Gemma 3 270M joins here once common/models.py ships it.
-EMBEDDED = ["embedded"]
+# The embedded models (common/models.py): SmolLM2-135M-Instruct and Gemma 3 270M.
+EMBEDDED = ["embedded", "gemma3-270m"]
 
 COLUMNS = ["check", "backend", "device", "model", "dtype", "attention", "tokens/s", "MFU", "peak memory", "result"]
 
