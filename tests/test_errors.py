@@ -768,21 +768,6 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
     line = expect_error(r, "--reader", "gemma3_text", "--reader any")
-    return line
-
-
-# ---------------------------------------------------------------- training UX (issue 16)
-
-@row("E110")
-def trl_style_config(ctx):
-    cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
-                "lora_r: 16\nmax_seq_length: 512\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
-                        "unknown key 'num_train_epochs', did you mean training.epochs?",
-                        "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
-                        "unknown key 'lora_r', did you mean lora.rank?",
-                        "unknown key 'max_seq_length', did you mean data.max_length?", "rename the keys as suggested")
     assert not ctx.out.exists()
     return line
 
@@ -801,6 +786,22 @@ def gemma_wheels_missing(ctx):
 # rows E57-E99 (issue 14: outputs we own, locks, --resume, signals, sandboxing, tracebacks) live in
 # tests/safety_rows.py; importing it registers them here
 import safety_rows  # noqa: E402,F401
+
+
+# ---------------------------------------------------------------- training UX (issue 16)
+
+@row("E110")
+def trl_style_config(ctx):
+    cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
+                "lora_r: 16\nmax_seq_length: 512\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    line = expect_error(r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
+                        "unknown key 'num_train_epochs', did you mean training.epochs?",
+                        "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
+                        "unknown key 'lora_r', did you mean lora.rank?",
+                        "unknown key 'max_seq_length', did you mean data.max_length?", "rename the keys as suggested")
+    assert not ctx.out.exists()
+    return line
 
 
 @row("E111")
