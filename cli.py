@@ -540,7 +540,12 @@ def compare(eval_dirs, labels, output):
 @click.option("--tol-kl", type=float, help="Max mean KL allowed (default 1e-6).")
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
 @click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
-def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output):
+@click.option("--quantize", type=click.Choice(["4bit"]), default=None,
+              help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ), then "
+                   "check the adapter on both backends over the same de-quantized 4-bit weights.")
+@click.option("--dequantized-from", type=click.Choice(["both", "mlx", "torch"]), default="both", show_default=True,
+              help="With --quantize: whose 4-bit quantizer gives the shared de-quantized weights.")
+def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
     """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
     greedy generations. Exits 1 above tolerance."""
     from common.io import write_json
@@ -554,6 +559,12 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
         if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS
             raise UserError("no training log here (log.jsonl with train steps)", where=f"--runs {d}",
                             fix="pass two run directories written by `cli.py train`")
+    tols = (tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
+    if dequantized_from != "both" and not quantize:
+        raise UserError("only applies to QLoRA parity", where="--dequantized-from",
+                        fix="add --quantize 4bit, or drop --dequantized-from")
+    if quantize:
+        _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output, runs)
     sessions = {b: open_model(b, model, adapter=adapter) for b in ("mlx", "torch")}
     rep = run_parity(sessions, list(prompts) or PROMPTS, max_new_tokens,
                      tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
@@ -573,6 +584,36 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
          f"same greedy text: {rep['same_greedy_text']}")
     if "loss_curves" in rep:
         lc = rep["loss_curves"]
+        echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
+    if output:
+        write_json(Path(output), rep)
+    echo("PARITY: PASS" if rep["pass"] else "PARITY: FAIL")
+    sys.exit(0 if rep["pass"] else 1)
+
+
+def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output, runs=None):
+    """`parity --quantize 4bit` (common/qparity.py): quantization error per backend, then adapter
+    parity over the same de-quantized weights; exits like `parity`."""
+    from common.io import write_json
+    from common.qparity import BACKENDS, qlora_parity
+    rep = qlora_parity(model, adapter, prompts, max_new_tokens, *tols,
+                       sources=BACKENDS if sources == "both" else (sources,))
+    q = rep["quantization"]
+    for b in BACKENDS:
+        echo(f"quantization error, {b} ({q[b]['quantizer']}) against its {q[b]['against']}: "
+             f"max |Δlogit| {q[b]['max_abs_logit_diff']:.3g}, mean KL {q[b]['mean_kl']:.3g}, "
+             f"same argmax {100 * q[b]['argmax_agree']:.1f}%")
+    x = q["mlx_4bit_vs_torch_nf4"]
+    echo(f"mlx 4-bit vs torch NF4 (different quantizers, not expected to agree): max |Δlogit| "
+         f"{x['max_abs_logit_diff']:.3g}, mean KL {x['mean_kl']:.3g}, same argmax {100 * x['argmax_agree']:.1f}%")
+    for src, r in rep["same_weights"].items():
+        echo(f"same weights (the {src} 4-bit base, de-quantized) on mlx and torch: max |Δlogit| "
+             f"{r['max_abs_logit_diff']:.3e} (tolerance {r['tolerance']['max_abs_logit_diff']:.0e}); mean KL "
+             f"{r['mean_kl']:.3e}; same greedy text: {r['same_greedy_text']} -> {'PASS' if r['pass'] else 'FAIL'}")
+    if runs:  # two QLoRA runs: their loss curves differ by what the two quantizers do to the base
+        from common.parity import loss_curve_gap
+        from common.runs import RunDir
+        rep["loss_curves"] = lc = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
         echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
     if output:
         write_json(Path(output), rep)

@@ -33,8 +33,8 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
     quantize: Optional[Literal["4bit"]] = opt(
-        None, "Quantize the frozen base: torch = bitsandbytes NF4 + double quant (CUDA only); "
-        "mlx = affine 4-bit, group size 64.")
+        None, "Quantize the frozen base: torch = bitsandbytes NF4 + double quant (CUDA; CPU works, "
+        "slowly); mlx = affine 4-bit, group size 64.")
     attn_implementation: Optional[str] = opt(
         None, 'torch only: "sdpa", "eager" or "flash_attention_2"; None lets transformers choose.')
 
@@ -94,7 +94,7 @@ class TrainingConfig:
     adam_eps: float = opt(1e-8, "AdamW epsilon.")
     max_grad_norm: Optional[float] = opt(1.0, "Clip the global gradient norm (None = no clipping).")
     optimizer: Literal["adamw", "paged_adamw_8bit"] = opt(
-        "adamw", "paged_adamw_8bit needs bitsandbytes on CUDA (torch backend).")
+        "adamw", "paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW, CUDA only (torch backend).")
     seed: int = opt(0, "Seed for LoRA init, data order and dropout.")
     grad_checkpointing: bool = opt(False, "Recompute each decoder layer's activations in the backward pass: "
                                    "memory grows ~linearly with length (docs/benchmark-cpu.md), ~1/3 more compute.")

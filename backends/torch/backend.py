@@ -8,7 +8,7 @@ baseline `cli.py bench` measures against.
 from __future__ import annotations
 
 import contextlib
-
+import logging
 import os
 import warnings
 from contextlib import nullcontext
@@ -25,6 +25,9 @@ from common.models import normalize_config
 
 # PEFT 0.21 reads a transformers attribute that transformers 5 deprecated: harmless, but noisy.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+# bitsandbytes (imported by PEFT when installed) warns at import that it cannot fetch a CPU bf16 kernel
+# from the hub; that kernel is not used here (see _exact_cpu_4bit) and nothing is fetched at run time.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # transformers causal LMs whose logits are head(model.model(x)) (+ final softcapping where the
@@ -71,6 +74,16 @@ def _common_key(name: str, adapter: str = "default") -> str | None:
     return None
 
 
+def _exact_cpu_4bit(model) -> None:
+    """bitsandbytes' CPU inference kernel (used in eval mode on CPUs with AVX512-BF16) computes in
+    bf16 whatever the compute dtype; its training path de-quantizes and multiplies in the compute
+    dtype. Keep the latter everywhere, so logits, validation loss and training see the same weights
+    (exactly dequant(NF4(W)))."""
+    for mod in model.modules():
+        if type(mod).__name__ == "Linear4bit":
+            mod.support_avx512bf16_for_cpu = False
+
+
 class Backend:
     name = "torch"
 
@@ -90,14 +103,21 @@ class Backend:
         kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}  # never a pickle (common.models)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
+        self.dtype_name = dtype
+        self.notes: list[str] = []  # printed by the trainer (e.g. "4-bit on CPU is slow")
         if quantize == "4bit":
             kwargs["quantization_config"] = self._bnb_config()
-            kwargs["device_map"] = {"": torch.cuda.current_device()}  # this rank's GPU under --nproc/torchrun
+            # this rank's GPU under --nproc/torchrun; bitsandbytes' CPU path otherwise
+            kwargs["device_map"] = {"": torch.cuda.current_device() if self.device == "cuda" else self.device}
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
         if quantize != "4bit" and not fsdp:
             self.model.to(self.device)  # under FSDP each layer moves to this rank's device as it is sharded
         if quantize == "4bit":
             from peft import prepare_model_for_kbit_training
+            if self.device == "cpu":
+                _exact_cpu_4bit(self.model)
+                self.notes.append("4-bit (bitsandbytes NF4) on CPU: every matmul de-quantizes its weight first, "
+                                  "so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
             kw = {"use_reentrant": False}
@@ -113,6 +133,7 @@ class Backend:
         self.optimizer = None
         self.grad_checkpointing = grad_checkpointing
         self.active_adapter = None
+        self._specs: dict = {}  # adapter name -> (spec, {module path: shape}), for a merge that rebuilds the model
         self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
         # the base in `dtype` without quantization; a bitsandbytes Params4bit keeps its shape in quant_state
         self._full_bytes = sum(int(np.prod(qs.shape)) if (qs := getattr(p, "quant_state", None)) is not None
@@ -125,23 +146,39 @@ class Backend:
         return int(self._full_bytes if unquantized else self._base_bytes)
 
     def _bnb_config(self):
-        if not torch.cuda.is_available():
-            # bitsandbytes >= 0.50 has an experimental CPU path; twinlora's QLoRA path (NF4 + double
-            # quantization, paged 8-bit AdamW) is written for CUDA and refused elsewhere.
-            raise BackendError("4-bit quantization (bitsandbytes NF4) needs an NVIDIA GPU with CUDA; "
-                               "none is available here", where="model.quantize",
-                               fix="remove model.quantize on this machine, or use --backend mlx "
-                               "(mlx-lm 4-bit works on CPU)")
+        """NF4 + double quantization. Compute dtype: bf16 on CUDA (fp16 below compute capability 8),
+        the model dtype elsewhere (bitsandbytes >= 0.49 runs NF4 on CPU; float32 keeps parity exact)."""
+        if self.device not in ("cuda", "cpu"):
+            raise BackendError(f"4-bit quantization (bitsandbytes NF4) runs on CUDA or CPU, not {self.device}",
+                               where="model.quantize", fix="set TWINLORA_DEVICE=cpu, or use --backend mlx "
+                               "(mlx-lm 4-bit)")
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
-            raise BackendError("4-bit quantization needs bitsandbytes", where="model.quantize",
-                               fix="pip install bitsandbytes") from exc
+            raise BackendError("4-bit quantization on the torch backend needs bitsandbytes, which is not "
+                               "installed", where="model.quantize",
+                               fix='pip install "bitsandbytes>=0.49" (scripts/setup.sh installs it), '
+                               "or use --backend mlx") from exc
         from transformers import BitsAndBytesConfig
-        major, _ = torch.cuda.get_device_capability()
-        compute = torch.bfloat16 if major >= 8 else torch.float16
+        if self.device == "cuda":
+            major, _ = torch.cuda.get_device_capability()
+            compute = torch.bfloat16 if major >= 8 else torch.float16
+        else:
+            compute = self.dtype
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+    def dequantized_weights(self) -> dict[str, torch.Tensor]:
+        """Module path → de-quantized weight (in the model dtype) of every 4-bit Linear: the base
+        weights a QLoRA adapter is trained against, dequant(NF4(W))."""
+        import bitsandbytes.functional as bnbf
+        out = {}
+        for name, mod in self.base_model().named_modules():
+            if type(mod).__name__ == "Linear4bit" and ".lora_" not in name:
+                w = mod.weight
+                path = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
+                out[path] = bnbf.dequantize_4bit(w.data, w.quant_state).to(self.dtype)
+        return out
 
     # ------------------------------------------------------------ structure
     def linear_modules(self) -> dict[str, tuple[int, int]]:
@@ -171,6 +208,7 @@ class Backend:
         """Add a named adapter over the same base (PEFT `add_adapter`); active after `set_active_adapter`."""
         from peft import LoraConfig, get_peft_model
 
+        self._specs[name] = (spec, dict(modules))
         cfg = peft_config_dict(spec)
         # Exact module paths, so PEFT adapts precisely the modules the shared layer chose.
         lc = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
@@ -282,9 +320,12 @@ class Backend:
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
         params = list(self._params.values())
         if kind == "paged_adamw_8bit":
-            if not torch.cuda.is_available():
-                raise BackendError("paged_adamw_8bit needs bitsandbytes on an NVIDIA GPU", where="training.optimizer",
-                                   fix="use training.optimizer: adamw on this machine")
+            if self.device != "cuda":
+                # paging moves optimizer states through CUDA unified memory: nothing to page on a CPU
+                raise BackendError("paged_adamw_8bit needs bitsandbytes on an NVIDIA GPU (it pages through CUDA "
+                                   "unified memory)", where="training.optimizer",
+                                   fix="use training.optimizer: adamw on this machine (QLoRA with model.quantize: "
+                                   "4bit runs on CPU)")
             import bitsandbytes as bnb
             self.optimizer = bnb.optim.PagedAdamW8bit(params, lr=0.0, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
         else:
@@ -477,14 +518,29 @@ class Backend:
 
     @torch.no_grad()
     def merge_and_save(self, out_dir: Path) -> None:
+        """Fold the active adapter into the base and save. A 4-bit base is de-quantized first (the
+        adapter is added to dequant(NF4(W)), the weights it was trained against), saved in the
+        model dtype; PEFT's own merge would re-quantize the sum to 4 bits."""
         if self.quantize:
-            raise BackendError("merging into the de-quantized 4-bit base is implemented on the MLX backend",
-                               where="--quantize", fix="merge without --quantize (into the unquantized base, "
-                               "the usual QLoRA merge; the adapter is the same), or use --backend mlx")
-        merged = self.peft.merge_and_unload(safe_merge=True)
+            self._merge_dequantized(Path(out_dir))
+            return
+        merged = self.peft.merge_and_unload(safe_merge=True) if self.peft is not None else self.model
         merged.config.use_cache = True
         merged.save_pretrained(str(out_dir), safe_serialization=True)
         normalize_config(Path(out_dir))
+
+    def _merge_dequantized(self, out_dir: Path) -> None:
+        """The float model with dequant(NF4(W)) in place of each quantized weight, plus the active
+        adapter (same spec, same weights), merged by PEFT as for an unquantized base."""
+        deq = self.dequantized_weights()
+        adapter = (*self._specs[self.active_adapter], self.lora_weights()) if self.peft is not None else None
+        plain = Backend(self.model_dir, dtype=self.dtype_name)
+        with torch.no_grad():
+            for path, w in deq.items():
+                plain.model.get_submodule(path).weight.copy_(w.to(plain.model.device))
+        if adapter is not None:
+            plain.attach_lora(*adapter)
+        plain.merge_and_save(out_dir)
 
     def peak_memory_bytes(self) -> int:
         if self.device == "cuda":
