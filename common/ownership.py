@@ -105,15 +105,20 @@ def check_path_writable(path: str | Path, flag: str) -> None:
             return
 
 
+def _refuse_inputs(path: Path, flag: str, inputs: Iterable, what: str) -> None:
+    """An output never lands on (or around) one of the command's inputs."""
+    for inp in inputs:
+        if inp and Path(inp).exists() and _same_or_inside(Path(inp), path):
+            raise UserError(f"the output would replace the input {inp}", where=f"{flag} {path}",
+                            fix=f"write to a new {what}; an input is never overwritten")
+
+
 def check_output_dir(path: str | os.PathLike, kind: str, flag: str, inputs: Iterable = ()) -> bool:
     """Before the work: may `path` receive a `kind` output? Returns whether it exists and is ours
     (it will be replaced when the new one is complete); raises a UserError otherwise."""
     check_path_writable(path, flag)
     path = Path(path)
-    for inp in inputs:
-        if inp and Path(inp).exists() and _same_or_inside(Path(inp), path):
-            raise UserError(f"the output would replace the input {inp}", where=f"{flag} {path}",
-                            fix="write to a new directory; an input is never overwritten")
+    _refuse_inputs(path, flag, inputs, "directory")
     if not path.exists():
         return False
     if not path.is_dir():
@@ -133,10 +138,7 @@ def check_output_file(path: str | os.PathLike, flag: str, magic: bytes | None = 
     starts with `magic` (a file of the same kind); raises a UserError otherwise."""
     check_path_writable(path, flag)
     path = Path(path)
-    for inp in inputs:
-        if inp and Path(inp).exists() and _same_or_inside(Path(inp), path):
-            raise UserError(f"the output would replace the input {inp}", where=f"{flag} {path}",
-                            fix="write to a new file; an input is never overwritten")
+    _refuse_inputs(path, flag, inputs, "file")
     if path.is_dir():
         raise UserError("the output is a directory, a file name is expected", where=f"{flag} {path}",
                         fix=f"give a file name, e.g. {path / 'out'}")
