@@ -24,7 +24,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks.bench import PLAIN, ROOT, _env, _worker_cmd, model_facts, synth_examples
+from benchmarks.bench import PLAIN, ROOT, _env, _mib, _worker_cmd, _x, model_facts, synth_examples
 
 RUNNERS = (("ours-mlx", "mlx"), ("mlx-lm", "mlx"), ("ours-torch", "torch"), ("trl", "torch"))
 LONG = 4096          # from this length on: one measured step, no warm-up (a step is minutes on a CPU)
@@ -311,14 +311,6 @@ def _status(r: dict, limit_gib: float) -> str:
 # ------------------------------------------------------------------ report
 def _loss(r: dict) -> str:
     return "" if r.get("loss") is None else f"{r['loss']:.4f}"
-
-
-def _mib(b) -> str:
-    return "n/a" if b is None else f"{b / 2**20:.0f}"
-
-
-def _x(v) -> str:
-    return "" if v is None else f"{v:.2f}×"
 
 
 def render_sweep(res: dict) -> str:
