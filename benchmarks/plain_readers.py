@@ -6,7 +6,9 @@ Prints max |Δlogit| over the parity prompts (raw text) and a long probe (past t
 - plain transformers (AutoModelForCausalLM on MERGED_DIR) vs twinlora's torch backend, base + adapter;
 - plain mlx-lm (`mlx_lm.utils.load_model`, no twinlora override) vs the same;
 - plain mlx-lm on MERGED_DIR vs plain mlx-lm on the base with the adapter's mlx-lm files
-  (`adapter/mlx`, written by MLX runs): merged == unmerged under one reader.
+  (`adapter/mlx`, written by MLX runs): merged == unmerged under one reader;
+- with `--gguf FILE` (written by `cli.py export-gguf MERGED_DIR FILE`): plain transformers reading
+  the GGUF (`gguf_file=`) vs the same unmerged model: the GGUF round trip.
 For Gemma the second differs by mlx-lm's bfloat16 embedding scale (docs/parity.md), the third not.
 """
 from __future__ import annotations
@@ -38,10 +40,11 @@ def _mlx(model_dir: Path, probes, adapter: Path | None = None) -> list[np.ndarra
     return [np.array(model(mx.array(p)).astype(mx.float32)) for p in probes]
 
 
-def _hf(model_dir: Path, probes) -> list[np.ndarray]:
+def _hf(model_dir: Path, probes, gguf_file: str | None = None) -> list[np.ndarray]:
     import torch
     from transformers import AutoModelForCausalLM
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    extra = {"gguf_file": gguf_file} if gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **extra).eval()
     with torch.no_grad():
         return [model(input_ids=torch.from_numpy(p.astype(np.int64))).logits.numpy() for p in probes]
 
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("merged")
     ap.add_argument("--model", required=True)
     ap.add_argument("--adapter", required=True)
+    ap.add_argument("--gguf", help="a GGUF exported from MERGED_DIR: also compare plain transformers reading it")
     args = ap.parse_args()
     from common.models import resolve_model
     from common.session import open_model
@@ -71,6 +75,9 @@ def main() -> None:
     if (adapter / "mlx" / "adapters.safetensors").is_file():
         rows["plain_mlx_lm_merged_vs_plain_mlx_lm_base_plus_adapter"] = _gap(
             plain_merged, _mlx(base, probes, adapter / "mlx"))
+    if args.gguf:
+        gguf = Path(args.gguf)
+        rows["plain_transformers_gguf_vs_unmerged"] = _gap(_hf(gguf.parent, probes, gguf.name), unmerged)
     print(json.dumps(rows, indent=2))
 
 
