@@ -1,5 +1,5 @@
-"""The interface every backend implements. Everything else (data, schedule, loop, checkpoints,
-adapter files, metrics) lives in `common/` and is written once.
+"""The interface every backend implements. Everything else is written once: data, schedule,
+checkpoints, adapter files and metrics in `common/`, the loop and the other jobs in `jobs/`.
 
 Weights cross the boundary as numpy arrays in PEFT naming and shapes; batches cross it as the
 numpy arrays built by `common.batching`.
@@ -53,7 +53,7 @@ class Backend(Protocol):
         """Seed the framework RNG (dropout) for one step; re-seeded every step so resume is exact."""
 
     def distribute(self, world_size: int) -> None:
-        """Several processes (common/distributed.py), after attach_lora: hand the model to the
+        """Several processes (jobs/distributed.py), after attach_lora: hand the model to the
         framework's data-parallel engine (torch DDP or FSDP2; nothing to wrap on MLX)."""
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
@@ -66,7 +66,7 @@ class Backend(Protocol):
         zero them. Returns the pre-clip gradient norm."""
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
-        """Data parallel only (common/distributed.py): leave the accumulated gradients summed over
+        """Data parallel only (jobs/distributed.py): leave the accumulated gradients summed over
         all ranks, and sum `scalars` (loss sum, target tokens, tokens); returns the summed scalars."""
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:

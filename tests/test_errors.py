@@ -71,7 +71,7 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture(scope="module")
 def trained_adapter(tiny_model, tmp_path_factory) -> Path:
     """A 1-step torch adapter on tiny_model; rows copy it before damaging it."""
-    from common.trainer import train
+    from jobs.trainer import train
     root = tmp_path_factory.mktemp("errors_run")
     data = write_jsonl(root / "train.jsonl", [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)])
     train(tiny_config(tiny_model, data, root / "run", training={"steps": 1}), "torch", echo=quiet)
@@ -975,7 +975,7 @@ def study_without_test_split(ctx):
 @row("E151")
 def study_with_other_settings(ctx):
     from common.io import write_json
-    from common.study import SETTINGS, plan_study
+    from jobs.study import SETTINGS, plan_study
     config = _study_config(ctx, test=str(ctx.data))
     earlier = plan_study(config, [], ["torch"], ctx.out)  # as a first `study` run records it
     write_json(ctx.out / SETTINGS, earlier.settings())

@@ -259,7 +259,7 @@ class Backend:
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
         """Data parallel: sum the accumulated gradients (one flat all_sum) and `scalars` (float64)
-        over the mx.distributed group; see common/distributed.py."""
+        over the mx.distributed group; see jobs/distributed.py."""
         flat = tree_flatten(self._grads)
         total = mx.distributed.all_sum(mx.concatenate([g.reshape(-1) for _, g in flat]))
         out, offset = [], 0

@@ -420,7 +420,7 @@ class Backend:
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
         """Data parallel: the gradients were already summed over the ranks by DDP/FSDP in the last
-        backward; sum `scalars` (loss sum, target tokens, tokens; float64) too. See common/distributed.py."""
+        backward; sum `scalars` (loss sum, target tokens, tokens; float64) too. See jobs/distributed.py."""
         import torch.distributed as td
         if self.ddp is not None or self.sharded:
             for p in self._params.values():  # DDP and FSDP average over the N ranks: back to a sum

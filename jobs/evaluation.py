@@ -48,7 +48,7 @@ def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
 def generate_items(opened, examples: list[Example], template: str, system_prompt: str | None,
                    max_new_tokens: int, batch_size: int = 8, echo=print) -> list[dict]:
     """Greedy answers for every example; batched where the backend has `generate_batch`."""
-    from common.session import eos_ids
+    from jobs.session import eos_ids
     tk = Tokenizer(opened.tokenizer, template, system_prompt)
     stops = eos_ids(opened.tokenizer)
     be = opened.backend
@@ -122,7 +122,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
              metric_options: dict, label: str | None, batch_size: int = 8, echo=print, seed: int = 0) -> dict:
     from common.metrics import check_metric_names, score_all
     from common.reports import write_eval_report
-    from common.session import open_model
+    from jobs.session import open_model
 
     from common.ownership import check_output_dir
     if metrics:
