@@ -119,7 +119,7 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
         opened.tokenizer.save_pretrained(str(tmp))
         # transformers 5 saves tokenizer.json only; GGUF export of SentencePiece models (Gemma)
         # needs the base's tokenizer.model, so it travels with the merged model
-        spm = Path(opened.backend.model_dir) / "tokenizer.model"
+        spm = Path(opened.model_dir) / "tokenizer.model"
         if spm.is_file() and not (tmp / "tokenizer.model").exists():
             shutil.copyfile(spm, tmp / "tokenizer.model")
         tokenizer = opened.tokenizer

@@ -54,7 +54,7 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
     out, quantized = {}, {}
     for b in BACKENDS:
         q, be = logits(b, quantize="4bit")
-        quantizer = "bitsandbytes NF4 + double quant" if b == "torch" else "mlx affine 4-bit, group 64"
+        quantizer = be.capabilities.quantizers["4bit"]
         del be
         full, _ = logits(b)
         out[b] = {"quantizer": quantizer, "against": "unquantized base" + (" + adapter" if adapter else ""),
