@@ -2,11 +2,12 @@
 
 Runs, one after another, each in its own Python subprocess (so peak RSS is per run):
 
-- ours-mlx:   a minimal loop over our MLX Backend (common.batching → Backend.accumulate /
-              apply_gradients, common.schedule), i.e. the body of jobs.trainer's step;
+- ours-mlx:   our MLX Backend driven by the training job's own step loop (jobs.fit: common.batching
+              → Backend.accumulate / apply_gradients, common.schedule), without its validation,
+              checkpoints and logs;
 - mlx-lm:     plain `mlx_lm.tuner.trainer.train` with `linear_to_lora_layers` (same rank, scale,
               keys), its compiled step, its `default_loss` and its own collation (pads to 32·k + 1);
-- ours-torch: the same minimal loop over our torch Backend;
+- ours-torch: the same loop over our torch Backend;
 - trl:        plain TRL `SFTTrainer` + PEFT `LoraConfig` (completion_only_loss, no packing, no bf16,
               no gradient checkpointing, report_to none, max_grad_norm 1.0, cosine schedule).
 
@@ -191,12 +192,13 @@ def _calibrate(framework: str, n: int = 2048, reps: int = 6) -> dict:
 
 
 def _run_ours(spec: dict) -> dict:
+    """Our training step, as `train` runs it: jobs.fit over our Backend (no validation, no checkpoints)."""
     from itertools import chain, islice
 
     from backends import get_backend
     from common.adapter import init_lora_weights, spec_from_config
     from common.batching import iterate_batches
-    from common.schedule import lr_at
+    from jobs.fit import StepRule, fit
 
     blas = None
     if spec["backend"] == "mlx":
@@ -216,17 +218,18 @@ def _run_ours(spec: dict) -> dict:
     batches = chain(islice(iterate_batches(warm, bs, pad, seed, mode), spec["warmup"]) if spec["warmup"] else [],
                     islice(iterate_batches(main, bs, pad, seed, mode), spec["steps"]))
     times, losses, tokens, padded = [], [], [], []
-    prev = time.perf_counter()
-    for step, b in enumerate(batches):
-        be.seed(seed * 1_000_003 + step)
-        s, n = be.accumulate(b)
-        be.apply_gradients(lr_at(step, total, spec["lr"], "cosine", 0, 0.0), n, 1.0)
+    prev = [time.perf_counter()]
+
+    def record(r) -> None:  # step time = wall time between consecutive step ends, as for the baselines
         now = time.perf_counter()
-        times.append(now - prev)
-        prev = now
-        losses.append(s / max(n, 1))
-        tokens.append(b.n_tokens)
-        padded.append(int(b.ids.size))
+        times.append(now - prev[0])
+        prev[0] = now
+        losses.append(r.loss)
+        tokens.append(r.tokens)
+        padded.append(r.slots)
+
+    fit(be, batches, StepRule(total, spec["lr"], "cosine", 0, 0.0, max_grad_norm=1.0, seed=seed), 0, total,
+        callbacks=[record])
     fw_peak = None
     if spec["backend"] == "mlx":
         fw_peak = be.peak_memory_bytes()

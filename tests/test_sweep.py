@@ -9,6 +9,7 @@ import pytest
 from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
 import jobs.evaluation
+import jobs.fit
 import jobs.trainer
 from common.config import dump_yaml
 from common.errors import TrainingError
@@ -103,8 +104,8 @@ def test_interrupted_sweep_finishes_only_missing_runs(full, base, monkeypatch):
                 if step == 1:
                     raise KeyboardInterrupt
                 return real_lr_at(step, *args)
-            real_lr_at = jobs.trainer.lr_at
-            monkeypatch.setattr(jobs.trainer, "lr_at", lr_at)
+            real_lr_at = jobs.fit.lr_at
+            monkeypatch.setattr(jobs.fit, "lr_at", lr_at)
         return real_train(cfg, *a, **k)
     monkeypatch.setattr(jobs.trainer, "train", cut_third)
     with pytest.raises(TrainingError, match="interrupted"):
