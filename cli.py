@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 
 ROOT = Path(__file__).resolve().parent
+# The checkout, or site-packages/twinlora/ when installed: the modules import each other as
+# common.*, backends.*, jobs.* (pyproject.toml, README "Installing").
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
