@@ -253,7 +253,7 @@ def test_truncation_warning_once_counts_lost_completions(tiny_model, tmp_path):
 # ---------------------------------------------------------------- item 3: steps vs epochs
 
 def test_epochs_are_honoured_and_steps_win_when_set(tiny_model, chat_jsonl, tmp_path):
-    from jobs.trainer import length_note, total_steps
+    from jobs.train_setup import length_note, total_steps
     assert load_config(overrides={"data": {"train": "x"}}).training.steps is None
     cfg = load_config(overrides={"training": {"epochs": 3, "batch_size": 2, "grad_accumulation": 2}})
     assert total_steps(cfg, 12) == 9  # 6 batches per epoch / 2 per step × 3 epochs

@@ -1,0 +1,162 @@
+"""Stage 1 of the training job (jobs/trainer.py): everything decided before the model loads.
+What the backend cannot do is refused, the data read and tokenized, the run length fixed, the
+run directory and a `--resume` checked, so that a mistake costs seconds, not a model load.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from backends import canonical, get_backend
+from backends.capabilities import Capabilities, capabilities
+from common.batching import batches_per_epoch
+from common.config import Config
+from common.data.formats import load_examples
+from common.errors import ConfigError, DataError
+from common.io import sha256_file
+from common.models import resolve_model
+from common.resume import check_resume
+from common.runs import RunDir
+from common.schedule import warmup_steps
+from common.tokenize import Tokenizer, load_tokenizer
+from common.tracking import check_installed
+from jobs.distributed import Dist, from_env
+
+
+@dataclass
+class Job:
+    """What setup decided, read by the later stages."""
+    cfg: Config
+    backend: str                 # canonical name: mlx, torch
+    caps: Capabilities
+    backend_cls: type
+    dist: Dist
+    run: RunDir
+    echo: Callable
+    writes: bool                 # rank 0 of a real run writes the run directory, nobody else
+    dry_run: bool
+    resume: bool
+    overwrite: bool
+    init_adapter: str | None
+    model_dir: Path
+    tokenizer: object
+    tk: Tokenizer
+    train_data: list
+    valid_data: list
+    steps: int
+    warm: int                    # warm-up steps of the schedule
+    data_sha: dict
+
+
+def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: bool, init_adapter: str | None,
+          dry_run: bool, echo, dist) -> Job:
+    """Stage 1, before the model loads: what the backend cannot do is refused, the data is read
+    and tokenized, the run length fixed, the run directory and a resume checked."""
+    backend_cls = get_backend(backend)
+    backend = canonical(backend)
+    caps = capabilities(backend)
+    caps.check_training(cfg.training)
+    # Data parallel when launched by `train --nproc N`, torchrun or mlx.launch (1 process otherwise):
+    # rank r runs micro-batches i with i % N == r, gradients and token counts are summed before the step.
+    dist = dist or from_env(backend, cfg.training)
+    writes = not dry_run and dist.is_main  # only rank 0 writes the run directory
+    echo = echo if dist.is_main else (lambda *a, **k: None)
+    run = RunDir(run_dir)
+    model_dir = resolve_model(cfg.model.path)
+    tokenizer = load_tokenizer(model_dir)
+    tk, train_data, valid_data = prepare_data(cfg, tokenizer)
+    t = cfg.training
+    steps = 2 if dry_run else total_steps(cfg, len(train_data))
+    _check_validation_settings(cfg, valid_data)
+    check_installed(t.report_to if not dry_run else [])
+    if writes:
+        run.check_free(overwrite, resume)  # fail early; the directory is created once setup succeeded
+        if resume:
+            run.clean_stale()
+    dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
+    data_sha = {"train": sha256_file(cfg.data.train), **({"valid": sha256_file(cfg.data.valid)} if cfg.data.valid else {})}
+    if resume and run.checkpoint_dirs():  # before the model loads: what may change on --resume
+        _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps)
+    return Job(cfg, backend, caps, backend_cls, dist, run, echo, writes, dry_run, resume, overwrite, init_adapter,
+               model_dir, tokenizer, tk, train_data, valid_data, steps, warmup_steps(steps, t.warmup_steps, t.warmup_ratio),
+               data_sha)
+
+
+def total_steps(cfg: Config, n_train: int) -> int:
+    """training.steps when set (it wins over epochs, as HF max_steps), else epochs (1 when null)."""
+    t = cfg.training
+    if t.steps:
+        return t.steps
+    per_epoch = batches_per_epoch(n_train, t.batch_size) / t.grad_accumulation
+    return max(1, math.ceil((t.epochs or 1.0) * per_epoch))
+
+
+def length_note(cfg: Config, n_train: int, steps: int) -> str:
+    """How the run length was chosen, e.g. 'steps=30 (3 epochs of 20 examples, 1 × 2 per step)'."""
+    t = cfg.training
+    per_step = f"{t.batch_size} × {t.grad_accumulation} per step"
+    if t.steps:
+        epochs = steps * t.batch_size * t.grad_accumulation / max(n_train, 1)
+        return (f"steps={steps} (training.steps, ≈{epochs:.2f} epochs of {n_train} examples, {per_step}"
+                + (f"; training.epochs={t.epochs:g} is ignored: steps wins)" if t.epochs else ")"))
+    return f"steps={steps} ({t.epochs or 1:g} epoch{'s' if (t.epochs or 1) != 1 else ''} of {n_train} examples, {per_step})"
+
+
+def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
+    from common.data.manifest import resolve_data
+    # data.train may be a `prepare` manifest.json: use its train/valid files (paths checked there)
+    cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
+    if not cfg.data.train:
+        raise DataError("no training data given", where="data.train", fix="set data.train in the config or pass --data")
+    d = cfg.data
+
+    def encode(path: str) -> tuple[Tokenizer, list]:
+        # one Tokenizer per file, so its truncation/drop counts are that file's
+        tk = Tokenizer(tokenizer, d.template, d.system_prompt, d.mask_prompt, d.max_length, d.too_long, d.train_on)
+        return tk, tk.encode_all(load_examples(path), path)
+
+    tk, train = encode(d.train)
+    tk_valid, valid = encode(d.valid) if d.valid else (None, [])
+    tk.valid_stats = tk_valid.stats if tk_valid else {}  # for the one truncation line per file
+    return tk, train, valid
+
+
+def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int) -> None:
+    """The checkpoint's config (or the run's config.yaml for checkpoints that lack it) against this one."""
+    import json
+
+    import yaml
+    try:
+        state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_checkpoint reports the damaged checkpoint
+    saved = state.get("config")
+    if saved is None and (run.path / "config.yaml").is_file():
+        try:
+            saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            saved = None
+    new = cfg.to_dict()
+    if isinstance(saved, dict) and saved.get("data", {}).get("train") and new["data"]["train"]:
+        # the same file named another way (relative/absolute) is the same data; its content is compared by hash
+        for split in ("train", "valid"):
+            a, b = saved["data"].get(split), new["data"].get(split)
+            if a and b and Path(a).absolute() == Path(b).absolute():
+                saved["data"][split] = b
+    check_resume(ckpt, state, saved if isinstance(saved, dict) else None, new, data_sha, steps)
+
+
+def _check_validation_settings(cfg: Config, valid_data: list) -> None:
+    """Early stopping needs validations to decide on: refuse it without them, before any long work."""
+    t = cfg.training
+    if not t.early_stopping_patience:
+        return
+    if not valid_data:
+        raise ConfigError("early stopping needs validation data, and none is given", where="training.early_stopping_patience",
+                          fix="set data.valid (or --valid), or remove training.early_stopping_patience")
+    if not t.eval_every:
+        raise ConfigError("early stopping needs validations during training, and training.eval_every is 0",
+                          where="training.early_stopping_patience",
+                          fix="set training.eval_every to a step count (e.g. 50), or remove training.early_stopping_patience")
