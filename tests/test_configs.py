@@ -52,11 +52,13 @@ def test_demo_config_trains(tiny_model, tmp_path, name, backend):
 
 
 def test_every_module_imports_without_a_backend_framework():
-    """Byte-compile check of every module, and `common/` imports neither mlx nor torch at module level."""
+    """Byte-compile check of every module, and neither `common/` nor `jobs/` imports mlx or torch at
+    module level (the backends load lazily, through backends.get_backend)."""
     import importlib
     import subprocess
     import sys
-    mods = sorted({".".join(p.relative_to(ROOT).with_suffix("").parts) for p in (ROOT / "common").rglob("*.py")})
+    mods = sorted({".".join(p.relative_to(ROOT).with_suffix("").parts)
+                   for top in ("common", "jobs") for p in (ROOT / top).rglob("*.py")})
     code = ("import sys, importlib\n"
             f"for m in {mods!r}: importlib.import_module(m)\n"
             "bad = [m for m in ('mlx', 'mlx.core', 'torch') if m in sys.modules]\n"
