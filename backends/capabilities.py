@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.errors import ConfigError
+from common.errors import BackendError
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Capabilities:
             return
         where, what, fix = _REFUSALS[feature]
         having = " and ".join(c.name for c in DECLARED.values() if getattr(c, feature))
-        raise ConfigError(f"{what} is implemented on the {having} backend only", where=where, fix=fix.format(name=self.name))
+        raise BackendError(f"{what} is implemented on the {having} backend only", where=where, fix=fix.format(name=self.name))
 
 
 _REFUSALS = {  # feature → (config key, what is asked, how to do without it)

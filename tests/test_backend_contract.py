@@ -62,11 +62,11 @@ def test_every_protocol_method_is_called_by_a_job():
 
 def test_a_missing_capability_is_refused_in_one_line():
     from common.config import Config
-    from common.errors import ConfigError
+    from common.errors import BackendError
     cfg = Config()
     cfg.training.parallel = "fsdp"
     capabilities("torch").check_training(cfg.training)
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(BackendError) as e:
         capabilities("mlx").check_training(cfg.training)
     assert str(e.value) == ("training.parallel: fsdp (sharded training) is implemented on the torch backend only"
                             " — fix: use training.parallel: ddp with --backend mlx (every process holds the model)")
