@@ -14,7 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from common.adapter import non_finite, save_common
+from backends.base import Backend
+from common.adapter import AdapterSpec, non_finite, save_common
 from common.errors import TrainingError
 from common.runs import RunDir
 from common.tracking import Trackers
@@ -29,7 +30,7 @@ class Outputs:
     writes: bool
     echo: Callable
     trackers: Trackers | None
-    spec: object                     # the AdapterSpec
+    spec: AdapterSpec
     meta: dict                       # twinlora.json without the metrics
     mlx_keys: list[str] | None       # mlx-lm's own adapter files are written too when given
 
@@ -90,7 +91,7 @@ class Validation:
     """Validation loss before training, every eval_every steps and after training; the best
     adapter (adapter-best/) and early stopping through `BestTracker`."""
 
-    def __init__(self, out: Outputs, be, data: list, t, pad_id: int, steps: int, tracker: BestTracker,
+    def __init__(self, out: Outputs, be: Backend, data: list, t, pad_id: int, steps: int, tracker: BestTracker,
                  active: bool, dry_run: bool, last: float | None):
         self.out, self.be, self.data, self.t, self.pad_id, self.steps = out, be, data, t, pad_id, steps
         self.tracker, self.active, self.dry_run = tracker, active, dry_run
@@ -136,7 +137,7 @@ class Checkpoints:
     """Adapter weights, optimizer moments and the data position every save_every steps, so that
     `--resume` continues exactly (and from the last one after an interrupt)."""
 
-    def __init__(self, out: Outputs, be, t, steps: int, extra: dict, meter: Meter, validation: Validation,
+    def __init__(self, out: Outputs, be: Backend, t, steps: int, extra: dict, meter: Meter, validation: Validation,
                  active: bool):
         self.out, self.be, self.t, self.steps, self.extra = out, be, t, steps, extra
         self.meter, self.validation, self.active = meter, validation, active

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
+from backends.base import Backend
 from common.schedule import lr_at
 from jobs.distributed import Dist
 
@@ -73,7 +74,7 @@ class Diverged(Exception):
 Callback = Callable[[StepReport], "bool | None"]
 
 
-def fit(be, batches: Iterator, rule: StepRule, start: int, end: int, *, dist: Dist | None = None,
+def fit(be: Backend, batches: Iterator, rule: StepRule, start: int, end: int, *, dist: Dist | None = None,
         callbacks: Sequence[Callback] = (), state: FitState | None = None) -> FitState:
     """Run steps start … end-1. After each step the callbacks run in order; one that returns True
     stops the run there (the later ones do not run for that step)."""
@@ -86,7 +87,7 @@ def fit(be, batches: Iterator, rule: StepRule, start: int, end: int, *, dist: Di
     return state
 
 
-def train_step(be, batches: Iterator, rule: StepRule, step: int, dist: Dist, state: FitState) -> StepReport:
+def train_step(be: Backend, batches: Iterator, rule: StepRule, step: int, dist: Dist, state: FitState) -> StepReport:
     """One optimizer step (0-based `step`): this rank's micro-batches, the sums over the ranks, the update."""
     t0 = time.perf_counter()
     loss_sum, n_targets, n_tokens, slots = 0.0, 0, 0, 0

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from backends import canonical, get_backend
-from common.adapter import (block_relative, check_shapes, expected_shapes, init_lora_weights, load_adapter, mlx_keys,
-                            modules_for_adapter, spec_from_config)
+from backends.base import Backend
+from common.adapter import (AdapterSpec, block_relative, check_shapes, expected_shapes, init_lora_weights,
+                            load_adapter, mlx_keys, modules_for_adapter, spec_from_config)
 from common.batching import iterate_batches
 from common.config import Config, dump_yaml
 from common.errors import TrainingError
@@ -80,8 +81,8 @@ def run_stages(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = Fa
 @dataclass
 class Model:
     """What build made: the backend holding the base and the adapter, and where the run starts."""
-    be: object
-    spec: object                 # the AdapterSpec
+    be: Backend
+    spec: AdapterSpec
     modules: dict                # adapted module path → (out, in)
     n_params: int
     start: int                   # the first step to run (> 0 when resumed)
