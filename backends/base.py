@@ -38,8 +38,6 @@ class Backend(Protocol):
     def lora_weights(self) -> dict[str, np.ndarray]:
         """Current adapter weights, PEFT-named, float32."""
 
-    def set_lora_weights(self, weights: dict[str, np.ndarray]) -> None: ...
-
     def add_adapter(self, name: str, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
                     weights: dict[str, np.ndarray]) -> None:
         """Add another named adapter over the same loaded base (attach_lora's is "default")."""
