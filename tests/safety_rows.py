@@ -1,6 +1,6 @@
 """docs/errors.md rows E57-E99 (issue 14): outputs we own, output == input, locks, --resume and
 --init-adapter checks, non-finite weights, SIGTERM, sandboxed templates, pickles, manifests, and
-the inputs that used to end in a traceback. Imported by tests/test_errors.py, which runs every row
+the inputs that used to end in a traceback. Registered through tests/error_rows.py; tests/test_errors.py runs every row
 through the same checks (one `error:` line, exit 2, no traceback, the documented pattern)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
 from ownership_helpers import _wait_for, snapshot, user_dir
-from test_errors import expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
+from error_rows import expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
 
 
 # ---------------------------------------------------------------- outputs we own
