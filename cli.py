@@ -2,7 +2,7 @@
 """twinlora: LoRA fine-tuning on MLX or PyTorch with one config, one adapter format, and proof
 that both backends give the same model.
 
-Each command parses its flags, loads the config, and calls one job in `common/`. Mistakes in the
+Each command parses its flags, loads the config, and calls one job in `jobs/`. Mistakes in the
 input print one line (where, what, how to fix) and exit 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
@@ -189,11 +189,11 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
           overwrite, init_adapter, dry_run, nproc):
     """Train a LoRA adapter. The run directory gets config.yaml, log.jsonl, loss.png,
     checkpoints/ and adapter/ (PEFT format + twinlora.json; mlx-lm format too on MLX)."""
-    from common.trainer import train as run_train
+    from jobs.trainer import train as run_train
     cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, epochs=epochs, lr=lr,
                        batch_size=batch_size, rank=rank, seed=seed, output=output)
     if nproc > 1:
-        from common.distributed import launch
+        from jobs.launch import launch
         job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
                "init_adapter": init_adapter, "dry_run": dry_run}
         from common.signals import terminate_as_interrupt
@@ -270,7 +270,7 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     no checkpoint, starts over.
     """
     from common.ownership import check_output_dir
-    from common.sweep import run_sweep
+    from jobs.sweep import run_sweep
     check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
     run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
               echo=echo, max_new_tokens=max_new_tokens)
@@ -299,7 +299,7 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     Run again to finish an interrupted study: finished stages are kept, training resumes from
     its last checkpoint (as sweep does).
     """
-    from common.study import run_study
+    from jobs.study import run_study
     run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
               metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
               test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed)
@@ -341,7 +341,7 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
-    from common.merge import merge_adapter
+    from jobs.merge import merge_adapter
     info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
@@ -397,9 +397,9 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
              template, system):
     """Answer prompts with a base model and optional adapter(s): greedy by default, or sampled
     (--temperature/--top-p/--seed); --chat for a conversation, --base to see the base answer too."""
-    from common.evaluation import resolve_prompting
+    from jobs.evaluation import resolve_prompting
     from common.sampling import Sampling
-    from common.session import add_adapter, open_model
+    from jobs.session import add_adapter, open_model
     sampling = Sampling(temperature, top_p, seed).check()
     if not prompt and not chat:
         raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
@@ -439,7 +439,7 @@ def _answer(opened, key, messages, max_new_tokens, template, system, sampling, s
     """One answer by adapter `key` (None: the base without adapters); streamed when asked, in
     which case the text is already on screen and an empty string is returned."""
     import contextlib
-    from common.session import TextStream, answer
+    from jobs.session import TextStream, answer
     be = opened.backend
     if key is not None:
         be.set_active_adapter(key)
@@ -473,7 +473,7 @@ def _chat(opened, max_new_tokens, template, system, sampling, label) -> None:
             continue
         history.append({"role": "user", "content": text})
         echo(f"{label}> ", nl=False)
-        from common.session import TextStream, answer
+        from jobs.session import TextStream, answer
         shown = TextStream(opened.tokenizer, lambda t: echo(t, nl=False))
         reply = answer(opened, history, max_new_tokens, template, system, sampling, shown)
         shown.finish(reply)
@@ -512,7 +512,7 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
-    from common.evaluation import run_eval
+    from jobs.evaluation import run_eval
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
     scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
                       metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
@@ -554,9 +554,9 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
     greedy generations. Exits 1 above tolerance."""
     from common.io import write_json
-    from common.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
+    from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
-    from common.session import open_model
+    from jobs.session import open_model
     from common.ownership import check_output_file
     if output:
         check_output_file(output, "--output", magic=b"{")
@@ -597,10 +597,10 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
 
 
 def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output, runs=None):
-    """`parity --quantize 4bit` (common/qparity.py): quantization error per backend, then adapter
+    """`parity --quantize 4bit` (jobs/qparity.py): quantization error per backend, then adapter
     parity over the same de-quantized weights; exits like `parity`."""
     from common.io import write_json
-    from common.qparity import BACKENDS, qlora_parity
+    from jobs.qparity import BACKENDS, qlora_parity
     rep = qlora_parity(model, adapter, prompts, max_new_tokens, *tols,
                        sources=BACKENDS if sources == "both" else (sources,))
     q = rep["quantization"]
@@ -616,7 +616,7 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
              f"{r['max_abs_logit_diff']:.3e} (tolerance {r['tolerance']['max_abs_logit_diff']:.0e}); mean KL "
              f"{r['mean_kl']:.3e}; same greedy text: {r['same_greedy_text']} -> {'PASS' if r['pass'] else 'FAIL'}")
     if runs:  # two QLoRA runs: their loss curves differ by what the two quantizers do to the base
-        from common.parity import loss_curve_gap
+        from jobs.parity import loss_curve_gap
         from common.runs import RunDir
         rep["loss_curves"] = lc = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
         echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
@@ -635,7 +635,7 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
 def demo(output, steps, eval_items):
     """End-to-end on the embedded SmolLM2-135M-Instruct: prepare (French law sample) → train MLX →
     train torch (same init) → parity → generate."""
-    from common.demo import run_demo
+    from jobs.demo import run_demo
     run_demo(Path(output), steps, echo, eval_items=eval_items)
 
 

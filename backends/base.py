@@ -1,8 +1,10 @@
-"""The interface every backend implements. Everything else (data, schedule, loop, checkpoints,
-adapter files, metrics) lives in `common/` and is written once.
+"""The contract between the jobs and a backend: the methods the jobs call (`Backend`; what each
+backend supports is declared in `backends/capabilities.py`). Everything else is written once: data, schedule,
+checkpoints, adapter files and metrics in `common/`, the loop and the other jobs in `jobs/`.
 
 Weights cross the boundary as numpy arrays in PEFT naming and shapes; batches cross it as the
-numpy arrays built by `common.batching`.
+numpy arrays built by `common.batching`. `tests/test_backend_contract.py` checks both
+implementations against this file (method names and signatures).
 """
 from __future__ import annotations
 
@@ -11,14 +13,18 @@ from typing import Protocol
 
 import numpy as np
 
+from backends.capabilities import Capabilities
 from common.adapter import AdapterSpec
 from common.batching import Batch
 
 
 class Backend(Protocol):
-    name: str
+    """What the jobs call. A backend holds one base model with its LoRA adapters and runs the
+    forward/backward and the AdamW step; the loop, the data and the files are the jobs'."""
+    capabilities: Capabilities
     device: str
-    sharded: bool  # True once distribute() sharded the weights (FSDP): forward and weight reads are collectives
+    sharded: bool      # True once distribute() sharded the weights (FSDP): forward and weight reads are collectives
+    notes: list[str]   # printed when training starts (e.g. "4-bit on CPU is slow")
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None,
@@ -26,6 +32,7 @@ class Backend(Protocol):
         """`fsdp`: distribute() will shard the model (torch only; the model then stays on the CPU
         until each layer is sharded onto this rank's device)."""
 
+    # ------------------------------------------------------------ structure and adapters
     def linear_modules(self) -> dict[str, tuple[int, int]]:
         """Every linear layer of the base: HF path → (out, in)."""
 
@@ -35,9 +42,6 @@ class Backend(Protocol):
                     weights: dict[str, np.ndarray]) -> None:
         """Wrap `modules` with LoRA (or DoRA) layers and set their weights (PEFT-named)."""
 
-    def lora_weights(self) -> dict[str, np.ndarray]:
-        """Current adapter weights, PEFT-named, float32."""
-
     def add_adapter(self, name: str, spec: AdapterSpec, modules: dict[str, tuple[int, int]],
                     weights: dict[str, np.ndarray]) -> None:
         """Add another named adapter over the same loaded base (attach_lora's is "default")."""
@@ -45,13 +49,17 @@ class Backend(Protocol):
     def set_active_adapter(self, name: str) -> None:
         """Make adapter `name` the one forward/generate/lora_weights use; the base is not reloaded."""
 
-    def make_optimizer(self, betas: tuple[float, float], eps: float, weight_decay: float, kind: str) -> None: ...
+    def lora_weights(self) -> dict[str, np.ndarray]:
+        """Current adapter weights, PEFT-named, float32."""
+
+    # ------------------------------------------------------------ training (jobs/fit.py)
+    def make_optimizer(self, betas: tuple[float, float], eps: float, weight_decay: float, kind: str = "adamw") -> None: ...
 
     def seed(self, seed: int) -> None:
-        """Seed the framework RNG (dropout) for one step; re-seeded every step so resume is exact."""
+        """Seed the framework RNG (dropout) for one micro-batch; re-seeded every time so resume is exact."""
 
     def distribute(self, world_size: int) -> None:
-        """Several processes (common/distributed.py), after attach_lora: hand the model to the
+        """Several processes (jobs/distributed.py), after attach_lora: hand the model to the
         framework's data-parallel engine (torch DDP or FSDP2; nothing to wrap on MLX)."""
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
@@ -64,7 +72,7 @@ class Backend(Protocol):
         zero them. Returns the pre-clip gradient norm."""
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
-        """Data parallel only (common/distributed.py): leave the accumulated gradients summed over
+        """Data parallel only (jobs/distributed.py): leave the accumulated gradients summed over
         all ranks, and sum `scalars` (loss sum, target tokens, tokens); returns the summed scalars."""
 
     def optimizer_state(self) -> tuple[dict[str, np.ndarray], int]:
@@ -72,8 +80,10 @@ class Backend(Protocol):
 
     def load_optimizer_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
 
-    def eval_loss(self, batch: Batch) -> tuple[float, int]: ...
+    def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        """(summed loss, target tokens) of one batch, no gradient."""
 
+    # ------------------------------------------------------------ inference and output
     def logits(self, ids: np.ndarray) -> np.ndarray:
         """float32 logits [B, T, V] for int ids [B, T]."""
 
@@ -94,3 +104,10 @@ class Backend(Protocol):
     def base_weight_bytes(self, unquantized: bool = False) -> int:
         """Bytes of the frozen base weights in memory (packed + scales when quantized); with
         `unquantized`, what they would take in model.dtype (the 16/32-bit run's weights)."""
+
+
+class BatchGenerator(Protocol):
+    """A backend whose `capabilities.batched_generation` is True also has this (eval uses it)."""
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations of several prompts at once (left-padded, masked)."""

@@ -3,7 +3,7 @@
 Runs, one after another, each in its own Python subprocess (so peak RSS is per run):
 
 - ours-mlx:   a minimal loop over our MLX Backend (common.batching → Backend.accumulate /
-              apply_gradients, common.schedule), i.e. the body of common.trainer's step;
+              apply_gradients, common.schedule), i.e. the body of jobs.trainer's step;
 - mlx-lm:     plain `mlx_lm.tuner.trainer.train` with `linear_to_lora_layers` (same rank, scale,
               keys), its compiled step, its `default_loss` and its own collation (pads to 32·k + 1);
 - ours-torch: the same minimal loop over our torch Backend;

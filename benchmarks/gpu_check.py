@@ -1,6 +1,6 @@
 """`scripts/gpu-check.sh`: one run that proves the CUDA path on one NVIDIA GPU and prints one table.
 
-Rows (each through the real `common.trainer.train` / `common.parity`, one after another in this
+Rows (each through the real `jobs.trainer.train` / `jobs.parity`, one after another in this
 process, the peak memory counter reset before each):
 
 - torch on CUDA, float32 and bfloat16, eager vs SDPA attention (flash_attention_2 where the
@@ -177,7 +177,7 @@ class Check:
         from benchmarks.bench import model_facts
         from common.config import load_config
         from common.models import resolve_model
-        from common.trainer import train
+        from jobs.trainer import train
         out = self.work / f"run-{len(self.rows):02d}"
         cfg = load_config(overrides={
             "model": {"path": model, "dtype": dtype, "quantize": quantize, "attn_implementation": attn},
@@ -245,8 +245,8 @@ class Check:
 
     def parity_row(self, model: str, label: str) -> dict:
         """A float32 torch adapter (trained on this device), loaded on torch here and on MLX on the CPU."""
-        from common.parity import PROMPTS, run_parity
-        from common.session import open_model
+        from jobs.parity import PROMPTS, run_parity
+        from jobs.session import open_model
         key = (model, "torch", "float32", "sdpa", None)
         if key not in self.runs:  # the fp32 SDPA row failed or did not run
             self.train_row("parity: train torch fp32", model, "torch", "float32", "sdpa", label=label)

@@ -22,7 +22,7 @@ import numpy as np
 
 def _probes(tokenizer, model_dir: Path) -> list[np.ndarray]:
     from common.families import parsed_config
-    from common.parity import PROMPTS, long_probe_ids, long_probe_length
+    from jobs.parity import PROMPTS, long_probe_ids, long_probe_length
     out = [np.array([tokenizer(p)["input_ids"]], dtype=np.int32) for p in PROMPTS]
     n, _ = long_probe_length(parsed_config(model_dir))
     if n:
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--gguf", help="a GGUF exported from MERGED_DIR: also compare plain transformers reading it")
     args = ap.parse_args()
     from common.models import resolve_model
-    from common.session import open_model
+    from jobs.session import open_model
     from common.tokenize import load_tokenizer
     base, merged, adapter = resolve_model(args.model), Path(args.merged), Path(args.adapter)
     probes = _probes(load_tokenizer(base), base)

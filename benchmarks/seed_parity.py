@@ -31,8 +31,8 @@ def main() -> None:
     from test_families import gap, hf_logits, plain_mlx_logits, seq
 
     from common.runs import RunDir
-    from common.session import open_model
-    from common.trainer import train
+    from jobs.session import open_model
+    from jobs.trainer import train
 
     root = Path(args.out or tempfile.mkdtemp(prefix="seed-parity-"))
     data = write_jsonl(root / "train.jsonl", chat_rows(12))

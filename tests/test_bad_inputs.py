@@ -6,7 +6,7 @@ import pytest
 
 from helpers import run_cli, tiny_config
 
-from common.trainer import train
+from jobs.trainer import train
 
 
 def _train_cli(model, data, out, *extra):

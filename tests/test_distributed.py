@@ -25,7 +25,7 @@ from helpers import chat_rows, tiny_config, write_jsonl
 from common.config import dump_yaml
 from common.errors import ConfigError
 from common.runs import RunDir
-from common.trainer import train
+from jobs.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_TOL, LOSS_TOL = 1e-5, 2e-6
@@ -160,7 +160,8 @@ def test_fsdp_resume_is_exact(setup, two_procs, tmp_path):
 
 
 def test_grad_accumulation_must_split_over_processes(setup):
-    from common.distributed import from_env, launch
+    from jobs.distributed import from_env
+    from jobs.launch import launch
     root, model, data = setup
     cfg = tiny_config(model, data, root / "never", training={"grad_accumulation": 3})
     with pytest.raises(ConfigError, match="not a multiple of the 2 processes"):

@@ -33,7 +33,7 @@ DOC = ROOT / "docs" / "errors.md"
 @pytest.fixture(scope="module")
 def trained_adapter(tiny_model, tmp_path_factory) -> Path:
     """A 1-step torch adapter on tiny_model; rows copy it before damaging it."""
-    from common.trainer import train
+    from jobs.trainer import train
     root = tmp_path_factory.mktemp("errors_run")
     data = write_jsonl(root / "train.jsonl", [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)])
     train(tiny_config(tiny_model, data, root / "run", training={"steps": 1}), "torch", echo=quiet)

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import run_cli, tiny_config
 
-from common.trainer import train
+from jobs.trainer import train
 
 SHARED_SQUAD_RECORDS = 4
 
@@ -72,7 +72,7 @@ def test_squad_eval_and_compare(tiny_model, tmp_path):
 
 
 def test_limit_draws_a_seeded_sample_not_the_first_records():
-    from common.evaluation import sample
+    from jobs.evaluation import sample
     rows = list(range(40))
     picked, idx = sample(rows, 6, seed=0)
     assert picked == idx and idx == sorted(idx) and len(set(idx)) == 6
@@ -102,7 +102,7 @@ def test_eval_uses_the_adapters_prompting_flags_cut_answers_and_reports_perplexi
     import math
     import numpy as np
     from helpers import chat_rows, write_jsonl
-    from common.session import open_model
+    from jobs.session import open_model
     from common.tokenize import Tokenizer
     from common.data.formats import load_examples
 
@@ -122,7 +122,7 @@ def test_eval_uses_the_adapters_prompting_flags_cut_answers_and_reports_perplexi
     assert "Réponds en droit." in pred["prompt"]
     assert pred["scores"]["truncated"] is True and m["metrics"]["n_truncated"] == 1
     # test loss = token-weighted cross-entropy of the reference, computed here from the logits
-    from common.evaluation import sample
+    from jobs.evaluation import sample
     ex = sample(load_examples(data), 1, 3)[0][0]
     opened = open_model("torch", str(tiny_model), adapter=adapter)
     t = Tokenizer(opened.tokenizer, "chat", "Réponds en droit.", True, 128).encode(ex)

@@ -61,7 +61,7 @@ def seeds(tmp_path_factory):
 def trained(seeds, tmp_path_factory):
     """4 steps per backend per family, same seed (same initial LoRA), chat data, all-linear."""
     from common.runs import RunDir
-    from common.trainer import train
+    from jobs.trainer import train
     root = tmp_path_factory.mktemp("seed-runs")
     data = write_jsonl(root / "train.jsonl", chat_rows(8))
     out = {}
@@ -76,7 +76,7 @@ def trained(seeds, tmp_path_factory):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_base_logits_agree(seeds, name):
-    from common.session import open_model
+    from jobs.session import open_model
     ids = seq(name, long=True)
     torch_logits = open_model("torch", str(seeds[name])).backend.logits(ids)
     assert gap(open_model("mlx", str(seeds[name])).backend.logits(ids), torch_logits) < TOL
@@ -114,7 +114,7 @@ def test_config_json_we_write_is_one_model(seeds, name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_trained_adapter_agrees(seeds, trained, name):
-    from common.session import open_model
+    from jobs.session import open_model
     (run_m, loss_m), (run_t, loss_t) = trained[name, "mlx"], trained[name, "torch"]
     assert len(loss_m) == len(loss_t) == 4 and loss_m[-1] < loss_m[0]
     assert max(abs(a - b) / abs(b) for a, b in zip(loss_m, loss_t)) < 1e-4, (loss_m, loss_t)
@@ -142,7 +142,7 @@ def test_merge_read_by_plain_libraries(seeds, trained, name, backend, tmp_path):
     """The merged directory, read by plain transformers and plain mlx-lm, is base + adapter.
     Gemma under plain mlx-lm: equal once its embedding scale is transformers' (a merged file cannot
     carry it), and without that equal to plain mlx-lm's own base + adapter (same reader)."""
-    from common.session import open_model
+    from jobs.session import open_model
     adapter = trained[name, "torch"][0] / "adapter"
     merged = tmp_path / "merged"
     r = run_cli("merge", "--backend", backend, "--model", seeds[name], "--adapter", adapter, "--output", merged)
@@ -161,7 +161,7 @@ def test_merge_read_by_plain_libraries(seeds, trained, name, backend, tmp_path):
 def test_merge_for_plain_mlx_lm_gemma(seeds, trained, tmp_path):
     """`merge --reader mlx-lm`: plain mlx-lm reads the merged Gemma as exactly the trained model
     (transformers then reads another one, as the note says)."""
-    from common.session import open_model
+    from jobs.session import open_model
     adapter = trained["gemma-3-4b", "torch"][0] / "adapter"
     merged = tmp_path / "for-mlx"
     r = run_cli("merge", "--model", seeds["gemma-3-4b"], "--adapter", adapter, "--output", merged, "--reader", "mlx-lm")

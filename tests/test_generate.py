@@ -31,7 +31,7 @@ def test_sampler_follows_temperature_and_top_p():
 
 @pytest.fixture(scope="module")
 def adapter(tiny_model, tmp_path_factory):
-    from common.trainer import train
+    from jobs.trainer import train
     root = tmp_path_factory.mktemp("gen")
     data = write_jsonl(root / "train.jsonl", chat_rows(12))
     train(tiny_config(tiny_model, data, root / "run", training={"steps": 4}), "torch", echo=lambda *a, **k: None)
@@ -39,7 +39,7 @@ def adapter(tiny_model, tmp_path_factory):
 
 
 def test_same_seed_same_sampled_text_on_both_backends(tiny_model, adapter):
-    from common.session import answer, open_model
+    from jobs.session import answer, open_model
     msgs = [{"role": "user", "content": "Que dit l'article L101-1 ?"}]
     texts = {}
     for backend in ("mlx", "torch"):
@@ -62,7 +62,7 @@ def test_stream_prints_the_same_answer(tiny_model, adapter):
 def test_chat_keeps_the_conversation(tiny_model, adapter):
     from click.testing import CliRunner
     import cli
-    from common.session import answer, open_model
+    from jobs.session import answer, open_model
     r = CliRunner().invoke(cli.cli, ["generate", "--backend", "mlx", "--model", str(tiny_model), "--adapter",
                                      str(adapter), "--chat", "--max-new-tokens", "10"],
                            input="Que dit l'article L100-1 ?\nEt l'article L103-1 ?\n/exit\n", obj={})

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import chat_rows, tiny_config, write_jsonl
 
-from common.trainer import train
+from jobs.trainer import train
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def torch_run(tiny_model, tmp_path_factory):
 def test_autopeft_loads_the_adapter_offline(torch_run, tiny_model, monkeypatch):
     import torch
     from peft import AutoPeftModelForCausalLM
-    from common.session import open_model
+    from jobs.session import open_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = json.loads((torch_run / "adapter_config.json").read_text())
@@ -146,7 +146,7 @@ def test_hub_id_base_loads_offline_from_the_hf_cache(torch_run, tiny_model, tmp_
     import shutil
     import torch
     from peft import AutoPeftModelForCausalLM
-    from common.session import open_model
+    from jobs.session import open_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     rev = "0123456789abcdef0123456789abcdef01234567"

@@ -367,7 +367,7 @@ def test_resume_config_changes_listed():
 
 def test_demo_starts_over_only_in_a_demo_directory(tmp_path, monkeypatch):
     import common.data.recipes as recipes
-    from common.demo import run_demo
+    from jobs.demo import run_demo
     from common.errors import UserError
 
     class Stop(Exception):

@@ -15,7 +15,7 @@ from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
 from common.adapter import load_adapter
 from common.runs import RunDir
-from common.trainer import train
+from jobs.trainer import train
 
 pytest.importorskip("bitsandbytes")
 
@@ -61,7 +61,7 @@ def plain_bnb_base(model_dir: Path):
 def test_nf4_double_quant_trains_on_cpu_and_states_memory(nf4_run, tiny_model):
     from transformers import AutoModelForCausalLM
 
-    from common.session import open_model
+    from jobs.session import open_model
     out, summary, lines = nf4_run
     losses = [r["loss"] for r in RunDir(out).read_log() if r.get("event") == "train"]
     assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5  # it learns (6.14 -> 4.75 here)
@@ -100,9 +100,9 @@ def test_merge_into_dequantized_nf4_base_reports_precision_lost(nf4_run, tiny_mo
     adapter was trained against), and the precision lost against the unquantized merge."""
     from transformers import AutoModelForCausalLM
 
-    from common.merge import probe_ids
-    from common.parity import compare_logits
-    from common.session import open_model
+    from jobs.merge import probe_ids
+    from jobs.parity import compare_logits
+    from jobs.session import open_model
     adapter, out = nf4_run[0] / "adapter", tmp_path / "merged"
     r = run_cli("merge", "--backend", "torch", "--model", tiny_model, "--adapter", adapter, "--output", out,
                 "--quantize", "4bit")
@@ -131,7 +131,7 @@ def test_merge_into_dequantized_nf4_base_reports_precision_lost(nf4_run, tiny_mo
 def test_plain_peft_loads_the_adapter_over_a_plain_bnb_base(nf4_run, tiny_model):
     from peft import PeftModel
 
-    from common.session import open_model
+    from jobs.session import open_model
     adapter = nf4_run[0] / "adapter"
     ours = open_model("torch", str(tiny_model), quantize="4bit", adapter=adapter).backend.logits(IDS)
     model = PeftModel.from_pretrained(plain_bnb_base(tiny_model), str(adapter))
@@ -147,7 +147,7 @@ def test_plain_peft_loads_the_adapter_over_a_plain_bnb_base(nf4_run, tiny_model)
 
 
 def opened_base_logits(tiny_model) -> np.ndarray:
-    from common.session import open_model
+    from jobs.session import open_model
     return open_model("torch", str(tiny_model), quantize="4bit").backend.logits(IDS)
 
 
@@ -157,8 +157,8 @@ def opened_base_logits(tiny_model) -> np.ndarray:
 def test_dequantized_base_is_what_the_4bit_model_computes(backend, nf4_run, tiny_model, tmp_path):
     """The shared weights of `parity --quantize` are exactly the backend's 4-bit base: the written
     float model (+ adapter) gives the 4-bit model's logits, on either backend."""
-    from common.qparity import dequantized_base
-    from common.session import open_model
+    from jobs.qparity import dequantized_base
+    from jobs.session import open_model
     adapter = nf4_run[0] / "adapter"
     base = dequantized_base(backend, str(tiny_model), tmp_path / "deq")
     q = open_model(backend, str(tiny_model), quantize="4bit", adapter=adapter).backend.logits(IDS)
@@ -168,8 +168,8 @@ def test_dequantized_base_is_what_the_4bit_model_computes(backend, nf4_run, tiny
 
 
 def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_run, tiny_model, tmp_path):
-    from common.parity import PROMPTS, compare_logits, prompt_ids
-    from common.session import open_model
+    from jobs.parity import PROMPTS, compare_logits, prompt_ids
+    from jobs.session import open_model
     adapter = nf4_run[0] / "adapter"
     r = run_cli("parity", "--model", tiny_model, "--adapter", adapter, "--quantize", "4bit",
                 "--max-new-tokens", "4", "--output", tmp_path / "parity.json", "--runs", nf4_run[0], nf4_run[0])

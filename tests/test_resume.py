@@ -49,7 +49,7 @@ def setup(tiny_model, tmp_path_factory):
     """A config file (8 steps, a checkpoint every step, 6 batches per epoch) and, per backend, an
     uninterrupted reference run trained in-process from that same file."""
     from common.config import dump_yaml, load_config
-    from common.trainer import train
+    from jobs.trainer import train
     root = tmp_path_factory.mktemp("resume")
     data = root / "train.jsonl"
     rows = chat_rows(12)
@@ -118,7 +118,7 @@ def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
     from backends import get_backend
     from common.config import load_config
     from common.errors import TrainingError
-    from common.trainer import train
+    from jobs.trainer import train
     cfg_file, refs = setup
     cls = get_backend(backend)
     orig, calls = cls.accumulate, {"n": 0}
@@ -143,7 +143,7 @@ def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_data_same_adapter(setup, backend, tmp_path):
     from common.config import load_config
-    from common.trainer import train
+    from jobs.trainer import train
     cfg_file, refs = setup
     train(load_config(cfg_file, {"output": str(tmp_path / "again")}), backend, echo=quiet)
     a = _tensors(tmp_path / "again" / "adapter" / "adapter_model.safetensors")

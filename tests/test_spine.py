@@ -13,7 +13,7 @@ from common.adapter import (MLX_WEIGHTS, load_adapter, mlx_to_peft, peft_to_mlx,
 from common.data.formats import load_examples
 from common.runs import RunDir
 from common.tokenize import Tokenizer, load_tokenizer
-from common.trainer import train
+from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
 
@@ -134,8 +134,8 @@ def test_weight_converters_are_exact_inverses():
 
 
 def test_logits_agree_across_backends_with_adapter(trained, tiny_model):
-    from common.parity import compare_logits
-    from common.session import open_model
+    from jobs.parity import compare_logits
+    from jobs.session import open_model
     runs, _ = trained
     for trained_on in BACKENDS:
         adapter = runs[trained_on][0] / "adapter"
@@ -158,7 +158,7 @@ def test_parity_command_passes(trained, tiny_model):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_merge_equals_base_plus_adapter(trained, tiny_model, tmp_path, backend):
-    from common.session import open_model
+    from jobs.session import open_model
     runs, _ = trained
     adapter = runs[backend][0] / "adapter"
     r = run_cli("merge", "--backend", backend, "--model", tiny_model, "--adapter", adapter, "--output", tmp_path / "merged")

@@ -10,11 +10,11 @@ import pytest
 
 from helpers import run_cli, write_jsonl
 
-import common.evaluation
-import common.trainer
+import jobs.evaluation
+import jobs.trainer
 from common.config import dump_yaml, load_config
 from common.errors import ConfigError
-from common.study import run_study
+from jobs.study import run_study
 
 OPTS = dict(curve_every=2, curve_items=3, test_items=None, max_new_tokens=4, n_boot=200, seed=0)
 
@@ -100,8 +100,8 @@ def test_rerun_does_nothing(full, config, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("nothing should run again")
-    monkeypatch.setattr(common.trainer, "train", boom)
-    monkeypatch.setattr(common.evaluation, "run_eval", boom)
+    monkeypatch.setattr(jobs.trainer, "train", boom)
+    monkeypatch.setattr(jobs.evaluation, "run_eval", boom)
     run_study(config[1], [], ["mlx", "torch"], out, echo=lambda *a, **k: None, **OPTS)
     assert (out / "study.json").read_text(encoding="utf-8") == before
 
@@ -116,9 +116,9 @@ def test_interrupted_study_finishes_what_is_missing(full, config, monkeypatch):
         shutil.rmtree(cut / p) if (cut / p).is_dir() else (cut / p).unlink()
     (cut / "mlx" / "run" / "summary.json").unlink()
     trained, scored = [], []
-    real_train, real_eval = common.trainer.train, common.evaluation.run_eval
-    monkeypatch.setattr(common.trainer, "train", lambda *a, **k: trained.append(k) or real_train(*a, **k))
-    monkeypatch.setattr(common.evaluation, "run_eval", lambda **k: scored.append(k["label"]) or real_eval(**k))
+    real_train, real_eval = jobs.trainer.train, jobs.evaluation.run_eval
+    monkeypatch.setattr(jobs.trainer, "train", lambda *a, **k: trained.append(k) or real_train(*a, **k))
+    monkeypatch.setattr(jobs.evaluation, "run_eval", lambda **k: scored.append(k["label"]) or real_eval(**k))
     run_study(config[1], [], ["mlx", "torch"], cut, echo=lambda *a, **k: None, **OPTS)
     assert [k["resume"] for k in trained] == [True]
     assert scored == ["mlx curve step 4", "mlx tuned test"]
@@ -141,8 +141,8 @@ def test_demo_learned_form_example(tiny_model, tmp_path):
     opens in the training data's form."""
     from conftest import ROOT
     from common.data.recipes import run_recipe
-    from common.demo import FORM, learned_form_example
-    from common.session import open_model
+    from jobs.demo import FORM, learned_form_example
+    from jobs.session import open_model
     assert FORM.match("Article L100-3 du Code des relations entre le public et l'administration — emplacement")
     assert not FORM.match("L'article L100-3 du code des relations") and not FORM.match("Article 3 du Code")
     run_recipe("legi", [str(ROOT / "data/legi/LEGITEXT000031366350_crpa_sample.json")], tmp_path / "d", seed=0, options={})

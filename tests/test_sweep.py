@@ -8,11 +8,11 @@ import pytest
 
 from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
-import common.evaluation
-import common.trainer
+import jobs.evaluation
+import jobs.trainer
 from common.config import dump_yaml
 from common.errors import TrainingError
-from common.sweep import grid_points, parse_grid, run_sweep
+from jobs.sweep import grid_points, parse_grid, run_sweep
 
 SETS = ["lora.rank=2,4", "training.lr=1e-3,1e-2"]
 NAMES = ["rank-2_lr-1e-3", "rank-2_lr-1e-2", "rank-4_lr-1e-3", "rank-4_lr-1e-2"]
@@ -69,7 +69,7 @@ def test_sweep_writes_one_row_per_run(full):
     md = (out / "sweep.md").read_text(encoding="utf-8")
     assert md.count("\n| rank-") == 4 and "Lowest validation loss" in md
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    from common.sweep import figure
+    from jobs.sweep import figure
     fig = figure(rows, out)
     assert [ax.get_ylim()[0] for ax in fig.axes] == [0.0, 0.0]  # both y axes start at zero
     assert sum("training" == line.rsplit(": ", 1)[-1] for line in lines) == 4
@@ -81,8 +81,8 @@ def test_second_run_trains_nothing(full, base, monkeypatch):
 
     def boom(*a, **k):
         raise AssertionError("nothing should be trained or generated again")
-    monkeypatch.setattr(common.trainer, "train", boom)
-    monkeypatch.setattr(common.evaluation, "run_eval", boom)
+    monkeypatch.setattr(jobs.trainer, "train", boom)
+    monkeypatch.setattr(jobs.evaluation, "run_eval", boom)
     lines = []
     run_sweep(base[1], SETS, "mlx", out, metrics=["rouge", "length"], limit_eval=2,
               echo=lambda m="", **k: lines.append(m), max_new_tokens=8)
@@ -94,7 +94,7 @@ def test_second_run_trains_nothing(full, base, monkeypatch):
 def test_interrupted_sweep_finishes_only_missing_runs(full, base, monkeypatch):
     root, config = base
     out = root / "cut"
-    real_train, calls, cut = common.trainer.train, [], {"at": 3}
+    real_train, calls, cut = jobs.trainer.train, [], {"at": 3}
 
     def cut_third(cfg, *a, **k):
         calls.append(cfg.name)
@@ -103,17 +103,17 @@ def test_interrupted_sweep_finishes_only_missing_runs(full, base, monkeypatch):
                 if step == 1:
                     raise KeyboardInterrupt
                 return real_lr_at(step, *args)
-            real_lr_at = common.trainer.lr_at
-            monkeypatch.setattr(common.trainer, "lr_at", lr_at)
+            real_lr_at = jobs.trainer.lr_at
+            monkeypatch.setattr(jobs.trainer, "lr_at", lr_at)
         return real_train(cfg, *a, **k)
-    monkeypatch.setattr(common.trainer, "train", cut_third)
+    monkeypatch.setattr(jobs.trainer, "train", cut_third)
     with pytest.raises(TrainingError, match="interrupted"):
         run_sweep(config, SETS, "mlx", out, echo=lambda *a, **k: None)
     assert calls == NAMES[:3] and not (out / NAMES[2] / "adapter").exists()
     assert (out / NAMES[2] / "checkpoints" / "step-000001").is_dir() and not (out / "sweep.csv").exists()
 
     monkeypatch.undo()
-    monkeypatch.setattr(common.trainer, "train", cut_third)
+    monkeypatch.setattr(jobs.trainer, "train", cut_third)
     calls.clear()
     cut["at"] = None  # no further interruption
     lines = []

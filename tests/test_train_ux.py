@@ -18,7 +18,7 @@ from common.data.formats import load_examples
 from common.errors import ConfigError
 from common.runs import RunDir
 from common.tokenize import Tokenizer, load_tokenizer
-from common.trainer import train
+from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
 
@@ -164,7 +164,7 @@ def overfit_split(tmp_path):
 
 
 def test_best_tracker_rules():
-    from common.validation import BestTracker
+    from jobs.validation import BestTracker
     b = BestTracker(patience=2, min_delta=0.1)
     assert b.update(1, 2.0) and b.bad == 0
     assert b.update(2, 1.95) and b.bad == 1 and b.best_step == 2  # new best, but not by > min_delta
@@ -253,7 +253,7 @@ def test_truncation_warning_once_counts_lost_completions(tiny_model, tmp_path):
 # ---------------------------------------------------------------- item 3: steps vs epochs
 
 def test_epochs_are_honoured_and_steps_win_when_set(tiny_model, chat_jsonl, tmp_path):
-    from common.trainer import length_note, total_steps
+    from jobs.trainer import length_note, total_steps
     assert load_config(overrides={"data": {"train": "x"}}).training.steps is None
     cfg = load_config(overrides={"training": {"epochs": 3, "batch_size": 2, "grad_accumulation": 2}})
     assert total_steps(cfg, 12) == 9  # 6 batches per epoch / 2 per step × 3 epochs

@@ -13,7 +13,7 @@ from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
 from common.adapter import COMMON_WEIGHTS, load_adapter
 from common.runs import RunDir
-from common.trainer import train
+from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
 VARIANTS = {"rslora": {"use_rslora": True}, "dora": {"use_dora": True}}
@@ -61,7 +61,7 @@ def hf_logits(model_dir: Path, **kw) -> np.ndarray:
 
 
 def opened_logits(backend: str, model: Path, adapter: Path | None = None, **kw) -> np.ndarray:
-    from common.session import open_model
+    from jobs.session import open_model
     return open_model(backend, str(model), adapter=adapter, **kw).backend.logits(IDS)
 
 
@@ -107,7 +107,7 @@ def test_mlx_loads_torch_trained_adapter(runs, tiny_model, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_loss_curves_and_weights_agree(runs, variant):
-    from common.parity import loss_curve_gap
+    from jobs.parity import loss_curve_gap
     gap = loss_curve_gap(RunDir(runs[variant, "mlx"][0]).read_log(), RunDir(runs[variant, "torch"][0]).read_log())
     # measured: 2e-6 (DoRA), 7e-7 (rsLoRA) after 3 steps at lr 1e-2; float32 rounding only
     assert gap["steps"] == 3 and gap["max_abs_loss_gap"] < 1e-4
@@ -263,7 +263,7 @@ def test_mlx_4bit_training_saves_memory_and_adapter_loads_unquantized(mlx_4bit, 
 
 
 def test_merge_into_quantized_base(mlx_4bit, tiny_model, tmp_path):
-    from common.session import open_model
+    from jobs.session import open_model
     adapter = mlx_4bit[0] / "adapter"
     q = open_model("mlx", str(tiny_model), quantize="4bit", adapter=adapter)
     q_logits = q.backend.logits(IDS)
@@ -284,8 +284,8 @@ def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_mod
     4-bit base lost, measured against the unquantized merge, printed and kept in twinlora_merge.json."""
     from transformers import AutoTokenizer
 
-    from common.merge import probe_ids
-    from common.parity import compare_logits
+    from jobs.merge import probe_ids
+    from jobs.parity import compare_logits
     adapter, out = mlx_4bit[0] / "adapter", tmp_path / "merged-q"
     r = run_cli("merge", "--backend", "mlx", "--model", tiny_model, "--adapter", adapter, "--output", out,
                 "--quantize", "4bit")
@@ -298,7 +298,7 @@ def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_mod
     import torch
     from transformers import AutoModelForCausalLM
 
-    from common.session import open_model
+    from jobs.session import open_model
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()
     full = open_model("mlx", str(tiny_model), adapter=adapter).backend
     worst = 0.0
@@ -317,7 +317,7 @@ def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_mod
 
 @pytest.fixture(scope="module")
 def merged_dora(runs, tiny_model, tmp_path_factory):
-    from common.merge import merge_adapter
+    from jobs.merge import merge_adapter
     out = tmp_path_factory.mktemp("m") / "merged"
     merge_adapter("torch", str(tiny_model), str(runs["dora", "mlx"][0] / "adapter"), out)
     return out
@@ -388,7 +388,7 @@ def test_gguf_refuses_unsupported(tmp_path, merged_dora):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_switch_adapters_without_reloading_base(runs, tiny_model, backend):
-    from common.session import add_adapter, eos_ids, open_model
+    from jobs.session import add_adapter, eos_ids, open_model
     a = runs["rslora", "torch"][0] / "adapter"          # all-linear, rsLoRA
     b = runs["dora", "mlx"][0] / "adapter"              # all-linear, DoRA
     o = open_model(backend, str(tiny_model), adapter=a)

@@ -18,6 +18,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from backends.mlx.attention import long_attention
+from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
@@ -73,16 +74,16 @@ def _targets(batch: Batch) -> mx.array:
 
 class Backend:
     name = "mlx"
+    capabilities = DECLARED["mlx"]
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None, fsdp: bool = False):
         from mlx_lm.utils import load_model
 
         if fsdp:
-            raise BackendError("fsdp (sharded training) is implemented on the torch backend only",
-                               where="training.parallel", fix="use training.parallel: ddp with --backend mlx "
-                               "(every process holds the model; mlx 4-bit bases shrink it)")
+            self.capabilities.refuse("fsdp")
         self.sharded = False  # MLX data parallel replicates the model (see distribute)
+        self.notes: list[str] = []
         self.device = str(mx.default_device())
         self.model_dir = Path(model_dir)
         mx.reset_peak_memory()  # peak_memory_bytes() reports this model's run, not earlier ones
@@ -199,7 +200,7 @@ class Backend:
 
     # ------------------------------------------------------------ training
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
-        if kind != "adamw":
+        if kind not in self.capabilities.optimizers:
             raise BackendError(f"training.optimizer={kind} is a bitsandbytes (CUDA) optimizer",
                                where="training.optimizer", fix="use adamw with --backend mlx")
         self.optimizer = optim.AdamW(learning_rate=0.0, betas=list(betas), eps=eps,
@@ -226,11 +227,8 @@ class Backend:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        if batch.position_ids is not None:
-            # mlx-lm's models take no position_ids or attention mask: a packed row would attend
-            # across samples. Refuse rather than train a different model.
-            raise BackendError("training.batching: packed is implemented on the torch backend only",
-                               where="training.batching", fix="use batching: bucketed with --backend mlx")
+        if batch.position_ids is not None:  # a packed row would attend across samples here
+            self.capabilities.refuse("packed_batching")
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
@@ -255,7 +253,7 @@ class Backend:
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
         """Data parallel: sum the accumulated gradients (one flat all_sum) and `scalars` (float64)
-        over the mx.distributed group; see common/distributed.py."""
+        over the mx.distributed group; see jobs/distributed.py."""
         flat = tree_flatten(self._grads)
         total = mx.distributed.all_sum(mx.concatenate([g.reshape(-1) for _, g in flat]))
         out, offset = [], 0

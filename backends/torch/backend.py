@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from backends.capabilities import DECLARED
 from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.errors import BackendError
@@ -86,6 +87,7 @@ def _exact_cpu_4bit(model) -> None:
 
 class Backend:
     name = "torch"
+    capabilities = DECLARED["torch"]
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None, fsdp: bool = False):
@@ -416,7 +418,7 @@ class Backend:
 
     def all_reduce(self, scalars: list[float]) -> list[float]:
         """Data parallel: the gradients were already summed over the ranks by DDP/FSDP in the last
-        backward; sum `scalars` (loss sum, target tokens, tokens; float64) too. See common/distributed.py."""
+        backward; sum `scalars` (loss sum, target tokens, tokens; float64) too. See jobs/distributed.py."""
         import torch.distributed as td
         if self.ddp is not None or self.sharded:
             for p in self._params.values():  # DDP and FSDP average over the N ranks: back to a sum

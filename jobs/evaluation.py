@@ -47,12 +47,12 @@ def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
 
 def generate_items(opened, examples: list[Example], template: str, system_prompt: str | None,
                    max_new_tokens: int, batch_size: int = 8, echo=print) -> list[dict]:
-    """Greedy answers for every example; batched where the backend has `generate_batch`."""
-    from common.session import eos_ids
+    """Greedy answers for every example; batched where the backend generates in batches."""
+    from jobs.session import eos_ids
     tk = Tokenizer(opened.tokenizer, template, system_prompt)
     stops = eos_ids(opened.tokenizer)
     be = opened.backend
-    step = batch_size if hasattr(be, "generate_batch") and batch_size > 1 else 1
+    step = batch_size if be.capabilities.batched_generation and batch_size > 1 else 1
     items, t0 = [], time.time()
     for start in range(0, len(examples), step):
         chunk = examples[start: start + step]
@@ -122,7 +122,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
              metric_options: dict, label: str | None, batch_size: int = 8, echo=print, seed: int = 0) -> dict:
     from common.metrics import check_metric_names, score_all
     from common.reports import write_eval_report
-    from common.session import open_model
+    from jobs.session import open_model
 
     from common.ownership import check_output_dir
     if metrics:
@@ -141,7 +141,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
         echo(f"[eval] template {template!r}" + (f", system prompt {system_prompt!r}" if system_prompt else "")
              + " as recorded with the adapter (--template / --system override)")
     items = generate_items(opened, examples, template, system_prompt, max_new_tokens, batch_size, echo)
-    batched = batch_size if hasattr(opened.backend, "generate_batch") else 1
+    batched = batch_size if opened.backend.capabilities.batched_generation else 1
     scores = score_all(items, metrics, **metric_options)
     cut = [it["id"] for it in items if it["truncated"]]
     scores.update(n_truncated=len(cut), truncated_rate=len(cut) / len(items))

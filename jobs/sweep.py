@@ -178,14 +178,14 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
 
     `metrics`: None = validation loss only; a list of metric names (see common.metrics) = also
     generate on the first `limit_eval` validation records and score them; ["auto"] = the recipe's
-    default metrics (common.evaluation.default_metrics).
+    default metrics (jobs.evaluation.default_metrics).
     """
     from backends import canonical
-    from common import trainer
+    from jobs import trainer
     from common.config import load_config, parse_set
     from common.data.formats import load_examples
     from common.data.manifest import resolve_data
-    from common.evaluation import run_eval
+    from jobs.evaluation import run_eval
 
     out_dir = Path(out_dir)
     axes, fixed = parse_grid(sets)

@@ -91,7 +91,7 @@ def family_check(model_dir) -> dict:
 def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
                tol_logit: float = MAX_ABS_LOGIT_TOL, tol_kl: float = MEAN_KL_TOL) -> dict:
     """`sessions`: {"mlx": Opened, "torch": Opened} with the same base and adapter."""
-    from common.session import eos_ids
+    from jobs.session import eos_ids
     (na, a), (nb, b) = sessions.items()
     tok = a.tokenizer
     family = family_check(a.model_dir)

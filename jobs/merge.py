@@ -15,7 +15,7 @@ from common.io import atomic_dir, write_json
 
 def probe_ids(tokenizer) -> list[list[int]]:
     """Token ids of the parity prompts (plain text, no template): the precision probe."""
-    from common.parity import PROMPTS
+    from jobs.parity import PROMPTS
     return [list(tokenizer(p)["input_ids"]) for p in PROMPTS]
 
 
@@ -24,8 +24,8 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
     the unquantized merge, on the probe prompts; models are loaded one at a time."""
     import numpy as np
 
-    from common.parity import compare_logits
-    from common.session import open_model
+    from jobs.parity import compare_logits
+    from jobs.session import open_model
 
     probes = probe_ids(tokenizer)
 
@@ -98,7 +98,7 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
     """Merge and save; returns what twinlora_merge.json records."""
     from common.models import resolve_model
     from common.ownership import check_output_dir
-    from common.session import open_model
+    from jobs.session import open_model
     # before loading anything: never over the base or the adapter, never over what is not ours
     check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
     if reader == "mlx-lm":
@@ -119,7 +119,7 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
         opened.tokenizer.save_pretrained(str(tmp))
         # transformers 5 saves tokenizer.json only; GGUF export of SentencePiece models (Gemma)
         # needs the base's tokenizer.model, so it travels with the merged model
-        spm = Path(opened.backend.model_dir) / "tokenizer.model"
+        spm = Path(opened.model_dir) / "tokenizer.model"
         if spm.is_file() and not (tmp / "tokenizer.model").exists():
             shutil.copyfile(spm, tmp / "tokenizer.model")
         tokenizer = opened.tokenizer

@@ -28,7 +28,7 @@ from common.signals import interrupt_name
 from common.schedule import lr_at, warmup_steps
 from common.tokenize import Tokenizer, load_tokenizer, truncation_warning
 from common.tracking import Trackers, check_installed
-from common.validation import BestTracker, validate
+from jobs.validation import BestTracker, validate
 
 
 def library_versions(backend: str) -> dict:
@@ -144,7 +144,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     are resumed or replaced; `--overwrite` builds the new run beside the old and swaps at the end),
     held with a lock for the whole run (`common.lock`), and SIGTERM saves progress like Ctrl-C."""
     from backends import canonical, get_backend
-    from common.distributed import from_env
+    from jobs.distributed import from_env
     from common.io import replace_dir
     from common.lock import RunLock
     from common.runs import plan_run
@@ -170,7 +170,7 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
 def _train(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False, resume: bool = False,
            init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
     from backends import canonical, get_backend
-    from common.distributed import from_env
+    from jobs.distributed import from_env
     from common.adapter import load_adapter, modules_for_adapter
 
     backend_cls = get_backend(backend)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.io import atomic_dir
-from common.parity import compare_logits, prompt_ids, run_parity
+from jobs.parity import compare_logits, prompt_ids, run_parity
 
 BACKENDS = ("mlx", "torch")
 
@@ -24,7 +24,7 @@ BACKENDS = ("mlx", "torch")
 def dequantized_base(backend: str, model: str, out_dir: Path) -> Path:
     """Write the base as `backend`'s 4-bit quantizer leaves it, de-quantized to the base's float
     dtype: a plain HF directory any backend loads (the weights a QLoRA adapter trained there saw)."""
-    from common.session import open_model
+    from jobs.session import open_model
     opened = open_model(backend, model, quantize="4bit")
     with atomic_dir(out_dir) as tmp:
         opened.backend.merge_and_save(tmp)  # no adapter attached: the de-quantized base alone
@@ -44,7 +44,7 @@ def _summary(rows: list[dict]) -> dict:
 def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> dict:
     """Per backend, its 4-bit base (+ adapter) against its unquantized base (+ adapter); and the two
     4-bit models against each other. Models are loaded one at a time."""
-    from common.session import open_model
+    from jobs.session import open_model
 
     def logits(backend: str, **kw) -> tuple[list, object]:
         opened = open_model(backend, model, adapter=adapter, **kw)
@@ -54,7 +54,7 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
     out, quantized = {}, {}
     for b in BACKENDS:
         q, be = logits(b, quantize="4bit")
-        quantizer = "bitsandbytes NF4 + double quant" if b == "torch" else "mlx affine 4-bit, group 64"
+        quantizer = be.capabilities.quantizers["4bit"]
         del be
         full, _ = logits(b)
         out[b] = {"quantizer": quantizer, "against": "unquantized base" + (" + adapter" if adapter else ""),
@@ -68,7 +68,7 @@ def qlora_parity(model: str, adapter: str | None, prompts: list[str], max_new_to
                  tol_logit: float, tol_kl: float, sources: tuple[str, ...] = BACKENDS) -> dict:
     """Quantization error per backend, then adapter parity on the same de-quantized weights of each
     quantizer in `sources`; passes when every same-weights parity passes."""
-    from common.session import open_model
+    from jobs.session import open_model
     rep = {"quantization": quantization_errors(model, adapter, prompts), "same_weights": {}}
     with tempfile.TemporaryDirectory(prefix="twinlora-qparity-") as work:
         for src in sources:

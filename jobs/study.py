@@ -1,7 +1,7 @@
 """The quality study: does fine-tuning teach? Baseline vs tuned adapters on the held-out test
 split, on each backend, with learning curves and paired bootstrap 95 % intervals.
 
-It drives the project's own jobs (common.trainer.train, common.evaluation.run_eval, the metrics
+It drives the project's own jobs (jobs.trainer.train, jobs.evaluation.run_eval, the metrics
 of common.metrics) and only adds the bookkeeping. Stages, each skipped when its output is
 already complete, so a rerun finishes an interrupted study (as `sweep` does):
 
@@ -12,7 +12,7 @@ already complete, so a rerun finishes an interrupted study (as `sweep` does):
 3. report: study.md, study.json, study.png (always rewritten from the stage outputs).
 
 Torch runs before MLX in one process: once MLX has loaded OpenBLAS, torch's BLAS threads fight it
-for the cores (common/demo.py measured 5x slower torch training), not the other way round.
+for the cores (jobs/demo.py measured 5x slower torch training), not the other way round.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def _eval_complete(eval_dir: Path, n_items: int | None) -> bool:
 def _evaluate(plan: Plan, backend: str, adapter: Path | None, data: str, limit: int | None, out_dir: Path,
               label: str, echo) -> None:
     from common.data.formats import load_examples
-    from common.evaluation import run_eval
+    from jobs.evaluation import run_eval
     n = len(load_examples(data))
     n = min(n, limit) if limit else n
     if _eval_complete(out_dir, n):
@@ -169,7 +169,7 @@ def _evaluate(plan: Plan, backend: str, adapter: Path | None, data: str, limit: 
 
 def _train(plan: Plan, backend: str, run_dir: Path, echo) -> None:
     """As `sweep`: a finished run is kept, an unfinished one resumes from its last checkpoint."""
-    from common import trainer
+    from jobs import trainer
     from common.adapter import META
     from common.runs import RunDir
     if (run_dir / "adapter" / META).is_file():

@@ -22,9 +22,9 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     from common.data.recipes import run_recipe
     from common.io import write_json
     from common.models import embedded_model_dir
-    from common.parity import PROMPTS, loss_curve_gap, run_parity
+    from jobs.parity import PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
-    from common.session import open_model, reply
+    from jobs.session import open_model, reply
 
     from common.ownership import check_output_dir
     t_start = time.time()
@@ -109,7 +109,7 @@ def learned_form_example(test_file: Path, base, tuned, echo=print, max_new_token
     answer opens in the training data's form ("Article <n> du Code ..."). docs/quality.md measures
     the same on 40-70 test items with intervals; this is the one example you can read."""
     from common.data.formats import load_examples
-    from common.session import answer
+    from jobs.session import answer
     examples = load_examples(test_file)
     ex = next((e for e in examples if e.meta.get("meta", e.meta).get("template") == "locate"), examples[0])
     question = list(ex.messages[:-1])
@@ -141,7 +141,7 @@ def _train_in_subprocess(backend: str, data_dir: Path, run_dir: Path, steps: int
 
 def _eval_side_by_side(out: Path, test_file: Path, n: int, echo) -> str:
     """`eval` three times (same test records, greedy) and `compare` the three reports."""
-    from common.evaluation import run_eval
+    from jobs.evaluation import run_eval
     from common.reports import compare
     runs = [("baseline", "torch", None), ("mlx-tuned", "mlx", out / "mlx" / "adapter"),
             ("torch-tuned", "torch", out / "torch" / "adapter")]

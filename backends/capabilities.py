@@ -1,0 +1,64 @@
+"""What each backend supports, in one table the jobs ask (rather than testing a backend's name);
+the refusals of what a backend lacks are written here once. Importing this needs neither mlx
+nor torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    name: str
+    packages: tuple[str, ...]          # distributions whose versions an adapter records
+    packed_batching: bool = False      # training.batching: packed (samples kept apart by position ids)
+    fsdp: bool = False                 # training.parallel: fsdp (weights sharded over the processes)
+    quantizers: dict = field(default_factory=dict)  # model.quantize kind → the quantizer that runs it
+    optimizers: tuple[str, ...] = ("adamw",)        # training.optimizer kinds
+    batched_generation: bool = False   # has generate_batch (backends.base.BatchGenerator)
+    mlx_adapter: bool = False          # a run also writes mlx-lm's own adapter files (adapter/mlx/)
+
+    def check_training(self, training) -> None:
+        """Refuse, before any work, a `training` config section this backend cannot run."""
+        if training.batching == "packed":
+            self.refuse("packed_batching")
+        if training.parallel == "fsdp":
+            self.refuse("fsdp")
+
+    def refuse(self, feature: str) -> None:
+        """Raise the one error for `feature` when this backend lacks it (the backends call it too,
+        for callers that skip check_training)."""
+        if getattr(self, feature):
+            return
+        where, what, fix = _REFUSALS[feature]
+        having = " and ".join(c.name for c in DECLARED.values() if getattr(c, feature))
+        raise ConfigError(f"{what} is implemented on the {having} backend only", where=where, fix=fix.format(name=self.name))
+
+
+_REFUSALS = {  # feature → (config key, what is asked, how to do without it)
+    "packed_batching": ("training.batching", "training.batching: packed", "use batching: bucketed with --backend {name}"),
+    "fsdp": ("training.parallel", "fsdp (sharded training)",
+             "use training.parallel: ddp with --backend {name} (every process holds the model)"),
+}
+
+DECLARED = {
+    "mlx": Capabilities(
+        "mlx", packages=("mlx", "mlx-lm"),
+        quantizers={"4bit": "mlx affine 4-bit, group 64"},
+        mlx_adapter=True),
+    "torch": Capabilities(
+        "torch", packages=("torch", "transformers", "peft"),
+        packed_batching=True,  # mlx-lm's models take no position ids: a packed row would attend across samples
+        fsdp=True,
+        quantizers={"4bit": "bitsandbytes NF4 + double quant"},
+        optimizers=("adamw", "paged_adamw_8bit"),
+        batched_generation=True),
+}
+
+
+def capabilities(backend: str) -> Capabilities:
+    """The capabilities of a backend by any of its names (mlx, torch, cuda)."""
+    from backends import canonical
+    return DECLARED[canonical(backend)]

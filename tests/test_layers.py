@@ -1,0 +1,102 @@
+"""The layers, read from the source (ast, nothing imported): `common/` at the bottom never imports a
+backend or a job, `backends/` never imports a job, and no module of ours imports itself back
+through others, at module level or inside a function."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("common", "backends", "jobs", "benchmarks")
+
+
+def _modules() -> dict[str, Path]:
+    out = {"cli": ROOT / "cli.py"}
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str) -> str | None:
+    """The module of ours that `name` (an imported module or module.attribute) loads."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(module: str) -> set[str]:
+    """Our modules that `module` imports anywhere in its body (lazy imports count)."""
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [f"{node.module}.{a.name}" for a in node.names]  # `from jobs import trainer`
+        else:
+            continue
+        found |= {m for m in map(_resolve, names) if m and m != module}
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_the_walk_sees_the_layers():
+    assert {"common.config", "backends.mlx.backend", "jobs.trainer", "cli"} <= set(MODULES)
+    assert "jobs.trainer" in GRAPH["cli"] and "common.config" in GRAPH["jobs.trainer"]
+
+
+def test_common_imports_no_backend_and_no_job():
+    bad = {m: sorted(i for i in deps if _layer(i) in ("backends", "jobs", "benchmarks", "cli"))
+           for m, deps in GRAPH.items() if _layer(m) == "common"}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_backends_import_no_job():
+    bad = {m: sorted(i for i in deps if _layer(i) in ("jobs", "benchmarks", "cli"))
+           for m, deps in GRAPH.items() if _layer(m) == "backends"}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_jobs_are_not_imported_by_what_they_drive():
+    bad = {m: sorted(i for i in deps if _layer(i) in ("benchmarks", "cli"))
+           for m, deps in GRAPH.items() if _layer(m) == "jobs"}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def _cycle() -> list[str] | None:
+    """One import cycle among our modules (a package's __init__ counts as importing nothing
+    it does not name), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(GRAPH[m]):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (found := visit(d)):
+                return found
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(GRAPH):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def test_no_import_cycle():
+    assert _cycle() is None, " → ".join(_cycle())
