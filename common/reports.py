@@ -15,13 +15,10 @@ from typing import Any, Sequence
 
 from common.errors import DataError, UserError
 from common.io import read_json, write_bytes, write_json, write_jsonl, write_text
+from common.metric_registry import chart_points, metric_info
 
 # Per-item score used to pick best/worst examples, first present wins.
 MAIN_ITEM_SCORES = ("squad_f1", "rougeL_f", "bertscore_f1", "citation_ok")
-# Metrics drawn in compare.png (0-1 metrics are drawn ×100 to share one axis with SQuAD/BLEU).
-CHART_METRICS = ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
-                 "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")
-HUNDRED_SCALE = {"squad_exact", "squad_f1", "bleu"}
 EXAMPLE_CHARS = 400
 
 
@@ -152,9 +149,8 @@ def _is_number(value: Any) -> bool:
 
 def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float | None]]]:
     """(metric, values per run, deltas of runs 2.. vs run 1) for every metric with a meaning
-    (`common.metrics.metric_info`: counts and settings such as n_items or bertscore_layer are left
+    (`common.metric_registry.metric_info`: counts and settings such as n_items or bertscore_layer are left
     out), in order of first appearance. Deltas are rounded to 12 decimals so 0.7 - 0.5 reads 0.2."""
-    from common.metrics import metric_info
     names = list(dict.fromkeys(k for run in runs for k, v in run.items() if _is_number(v) and metric_info(k)))
     table = []
     for name in names:
@@ -169,7 +165,6 @@ def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float 
 def signed_points(name: str, delta: float | None) -> float | None:
     """A delta in points (0–1 rates ×100), signed so that positive means better; None for a
     descriptive metric (lengths) or a missing value."""
-    from common.metrics import metric_info
     direction, points = metric_info(name) or (0, 1)
     return None if delta is None or not direction else round(direction * delta * points, 9)
 
@@ -180,7 +175,6 @@ def _verdict(name: str, delta: float | None) -> str:
 
 
 def _arrow(name: str) -> str:
-    from common.metrics import metric_info
     return {1: "↑", -1: "↓"}.get((metric_info(name) or (0,))[0], "")
 
 
@@ -216,7 +210,7 @@ def _chart(rows: list, labels: list[str]) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
     from matplotlib.figure import Figure
 
-    shown = [(n, v, d) for n, v, d in rows if n in CHART_METRICS]
+    shown = [(n, v, d) for n, v, d in rows if chart_points(n)]
     deltas = [(n, [signed_points(n, x) for x in d]) for n, _, d in rows if _verdict(n, 0.0)]
     two = len(labels) > 1 and bool(deltas)
     fig = Figure(figsize=(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
@@ -225,7 +219,7 @@ def _chart(rows: list, labels: list[str]) -> bytes:
     ax = fig.add_subplot(1, 2 if two else 1, 1)
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
-        heights = [(v[j] or 0) * (1 if n in HUNDRED_SCALE else 100) if _is_number(v[j]) else 0
+        heights = [(v[j] or 0) * chart_points(n) if _is_number(v[j]) else 0
                    for n, v, _ in shown]
         ax.bar([i + j * width for i in range(len(shown))], heights, width, label=label)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(shown))])

@@ -29,10 +29,6 @@ import yaml
 from common.errors import ConfigError
 from common.io import read_json, write_bytes, write_json, write_text
 
-# The headline numbers of each metric family, in this order, as table columns.
-HEADLINE = {"rouge": ("rouge1_f", "rouge2_f", "rougeL_f"), "bertscore": ("bertscore_f1",),
-            "citations": ("citation_accuracy", "citation_hallucination_rate"),
-            "squad": ("squad_exact", "squad_f1"), "bleu": ("bleu",), "length": ("length_pred_words_mean",)}
 SHORT = {"training.lr": "lr", "training.steps": "steps", "lora.rank": "rank", "lora.alpha": "alpha"}
 EVAL_DIR = "eval"
 
@@ -164,7 +160,8 @@ def _value(cfg, key: str) -> Any:
 
 
 def _metric_columns(scores: dict) -> dict[str, Any]:
-    return {k: scores.get(k) for m in scores.get("metrics") or [] for k in HEADLINE.get(m, ())}
+    from common.metric_registry import headline_keys
+    return {k: scores.get(k) for k in headline_keys(scores.get("metrics") or [])}
 
 
 def _print(msg: str = "", nl: bool = True) -> None:
@@ -176,9 +173,9 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
               max_new_tokens: int = 128) -> list[dict]:
     """Train, evaluate and tabulate every grid point; return one row dict per run.
 
-    `metrics`: None = validation loss only; a list of metric names (see common.metrics) = also
+    `metrics`: None = validation loss only; a list of metric names (common.metric_registry) = also
     generate on the first `limit_eval` validation records and score them; ["auto"] = the recipe's
-    default metrics (jobs.evaluation.default_metrics).
+    default metrics (common.metric_registry.default_metrics).
     """
     from backends import canonical
     from jobs import trainer
@@ -192,8 +189,8 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
     points = grid_points(axes)
     auto = metrics is not None and list(metrics) == ["auto"]
     if metrics is not None and not auto:
-        from common.metrics import METRICS
-        unknown = [m for m in metrics if m not in METRICS]
+        from common.metric_registry import METRICS, unknown_metrics
+        unknown = unknown_metrics(metrics)
         if unknown:
             raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
                               fix=f"choose among {', '.join(METRICS)}, or auto")
@@ -328,9 +325,4 @@ def figure(rows: list[dict], out_dir: Path):
     fig.tight_layout()
     return fig
 
-
-def load_rows(out_dir: Path) -> list[dict]:
-    """The rows of a written sweep.csv (strings), for scripts."""
-    text = (Path(out_dir) / "sweep.csv").read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
 
