@@ -207,16 +207,15 @@ def _chart(rows: list, labels: list[str]) -> bytes:
     """Left: the scores (0–100 scale, from zero). Right: each run's change against the first run,
     in points, signed so that right is better whatever the metric's direction; a 1-point change
     is as visible as a 20-point one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
+    from common import plots
 
     shown = [(n, v, d) for n, v, d in rows if chart_points(n)]
     deltas = [(n, [signed_points(n, x) for x in d]) for n, _, d in rows if _verdict(n, 0.0)]
     two = len(labels) > 1 and bool(deltas)
-    fig = Figure(figsize=(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
-                          max(4.5, 0.35 * len(deltas) * max(1, len(labels) - 1) + 1.5) if two else 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 2 if two else 1, 1)
+    fig, axes = plots.figure(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
+                             max(4.5, 0.35 * len(deltas) * max(1, len(labels) - 1) + 1.5) if two else 4.5,
+                             2 if two else 1)
+    ax = axes[0]
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
         heights = [(v[j] or 0) * chart_points(n) if _is_number(v[j]) else 0
@@ -224,14 +223,11 @@ def _chart(rows: list, labels: list[str]) -> bytes:
         ax.bar([i + j * width for i in range(len(shown))], heights, width, label=label)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(shown))])
     ax.set_xticklabels([n for n, _, _ in shown], rotation=30, ha="right")
-    ax.set_ylabel("score (0–100; 0–1 metrics ×100)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("scores")
+    plots.style(ax, title="scores", ylabel="score (0–100; 0–1 metrics ×100)", zero=True)
     if not shown:
         ax.text(0.5, 0.5, "no main metric in these runs", ha="center", transform=ax.transAxes)
-    ax.legend()
     if two:
-        dx = fig.add_subplot(1, 2, 2)
+        dx = axes[1]
         others = labels[1:]
         h = 0.8 / len(others)
         for j, label in enumerate(others):
@@ -248,12 +244,10 @@ def _chart(rows: list, labels: list[str]) -> bytes:
         dx.axvline(0, color="black", linewidth=0.8)
         lim = max([abs(x or 0) for _, d in deltas for x in d] + [1.0]) * 1.3
         dx.set_xlim(-lim, lim)
-        dx.set_xlabel(f"change vs {labels[0]} (points for scores and rates, raw for loss; right = better)")
-        dx.set_title(f"Δ vs {labels[0]}" + (f" ({', '.join(others)})" if len(others) > 1 else f": {others[0]}"))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+        plots.style(dx, title=f"Δ vs {labels[0]}" + (f" ({', '.join(others)})" if len(others) > 1 else f": {others[0]}"),
+                    xlabel=f"change vs {labels[0]} (points for scores and rates, raw for loss; right = better)",
+                    legend=False)
+    return plots.png(fig)
 
 
 def _compact(value: Any) -> str:

@@ -17,7 +17,6 @@ for the cores (jobs/demo.py measured 5x slower torch training), not the other wa
 from __future__ import annotations
 
 import copy
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,8 @@ from typing import Any, Sequence
 
 from common.bootstrap import LEVEL, N_BOOT, overlap, paired_bootstrap
 from common.errors import ConfigError
+from common.io import read_json, write_json, write_text
 from common.metric_registry import Headline, study_headlines
-from common.io import read_json, write_bytes, write_json, write_text
 
 STUDY = "study.json"
 SETTINGS = "settings.json"
@@ -365,19 +364,17 @@ def _one_line(text: Any, width: int = 160) -> str:
 def figure(report: dict):
     """Left: validation loss per backend; middle: the headline on the curve items by step;
     right: test-split headline per system with its interval."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(14, 4.2))
-    FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    from common import plots
+    fig, (ax1, ax2, ax3) = plots.figure(14, 4.2, 3)
     for b, c in report["curves"].items():
         if c["val_loss"]:
             ax1.plot(*zip(*c["val_loss"]), marker="o", label=b)
         if c["metric"]:
             ax2.plot([s for s, _, _ in c["metric"]], [v for _, v, _ in c["metric"]], marker="o", label=b)
     head = report["results"][0]
-    ax1.set(xlabel="step", ylabel="validation loss (per target token)", title="validation loss")
-    ax2.set(xlabel="step (0 = base model)", ylabel=head["metric"], title=f"{head['metric']} on validation items")
+    plots.style(ax1, xlabel="step", ylabel="validation loss (per target token)", title="validation loss")
+    plots.style(ax2, xlabel="step (0 = base model)", ylabel=head["metric"], title=f"{head['metric']} on validation items",
+                zero=True)
     if head.get("n_items"):
         names = list(head["systems"])
         means = [head["systems"][n]["mean"] for n in names]
@@ -385,18 +382,12 @@ def figure(report: dict):
                [head["systems"][n]["hi"] - m for n, m in zip(names, means)]]
         ax3.bar(names, means, yerr=err, capsize=6, color=["#999999"] + ["#1f77b4", "#ff7f0e"][:len(names) - 1])
         ax3.set(ylabel=head["metric"], title=f"test split, {LEVEL:.0%} bootstrap intervals (n={head['n_items']})")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax2.set_ylim(bottom=0)
-    ax3.set_ylim(bottom=0)
-    fig.tight_layout()
+    plots.style(ax3, zero=True, legend=False)
     return fig
 
 
 def write_report(out: Path, report: dict) -> None:
     write_text(out / "study.md", report["markdown"])
     write_json(out / STUDY, {k: v for k, v in report.items() if k != "markdown"})
-    buf = io.BytesIO()
-    figure(report).savefig(buf, format="png", dpi=100)
-    write_bytes(out / "study.png", buf.getvalue())
+    from common import plots
+    plots.save(figure(report), out / "study.png")

@@ -287,42 +287,28 @@ def write_table(rows: list[dict], out_dir: Path, swept: list[str]) -> tuple[str,
 
 def plot(rows: list[dict], out_dir: Path) -> bytes:
     """sweep.png: `figure` rendered."""
-    buf = io.BytesIO()
-    figure(rows, out_dir).savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    from common import plots
+    return plots.png(figure(rows, out_dir))
 
 
 def figure(rows: list[dict], out_dir: Path):
     """Left: the training-loss curves overlaid; right: final train and validation loss per run.
     Both y axes start at zero (a zoomed axis makes a 1% difference look like a factor of two);
     the bars carry their values so small differences stay readable."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
-
+    from common import plots
     from common.runs import RunDir
-    fig = Figure(figsize=(12, 4.5))
-    FigureCanvasAgg(fig)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, (left, right) = plots.figure(12, 4.5, 2)
     for r in rows:
         curve = [(x["step"], x["loss"]) for x in RunDir(out_dir / r["run"]).read_log() if x.get("event") == "train"]
         if curve:
             left.plot(*zip(*curve), label=r["run"])
-    left.set_xlabel("step")
-    left.set_ylabel("training loss (mean per target token)")
-    left.set_ylim(bottom=0)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    plots.style(left, xlabel="step", ylabel="training loss (mean per target token)", zero=True)
     xs = range(len(rows))
     for j, (key, label) in enumerate((("final_loss", "final train loss"), ("val_loss", "validation loss"))):
         bars = right.bar([x + (j - 0.5) * 0.4 for x in xs], [r.get(key) or 0 for r in rows], 0.4, label=label)
         right.bar_label(bars, labels=[f"{r[key]:.3f}" if isinstance(r.get(key), (int, float)) else ""
                                       for r in rows], fontsize=6, padding=2)
-    right.set_ylim(bottom=0)
     right.set_xticks(list(xs))
     right.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
-    right.set_ylabel("loss")
-    right.legend(fontsize=7)
-    fig.tight_layout()
+    plots.style(right, ylabel="loss", zero=True)
     return fig
-
-
