@@ -5,7 +5,7 @@ same checks (one `error:` line, exit 2, no traceback, the documented pattern).""
 from __future__ import annotations
 
 
-from error_rows import expect_error, row, train_cli, write
+from error_rows import expect_error, refused, row, train_cli, write
 from helpers import run_cli, write_jsonl
 
 
@@ -15,34 +15,26 @@ from helpers import run_cli, write_jsonl
 def config_unknown_key(ctx):
     cfg = write(ctx.tmp / "c.yaml", "lora:\n  rnak: 8\n")
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(cfg), "unknown key 'lora.rnak', did you mean lora.rank?", "valid in 'lora': rank",
+    return refused(ctx, r, str(cfg), "unknown key 'lora.rnak', did you mean lora.rank?", "valid in 'lora': rank",
                         "config-help")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E13")
 def config_wrong_type(ctx):
-    line = expect_error(train_cli(ctx, "--set", "training.batch_size=two"),
+    return refused(ctx, train_cli(ctx, "--set", "training.batch_size=two"),
                         "training.batch_size: expected an integer, got 'two'")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E14")
 def negative_lr(ctx):
-    line = expect_error(train_cli(ctx, "--set", "training.lr=-1"), "training.lr must be > 0")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, "--set", "training.lr=-1"), "training.lr must be > 0")
 
 
 @row("E15")
 def yaml_syntax_error(ctx):
     cfg = write(ctx.tmp / "c.yaml", "training:\n  steps: 2\n  lr: [1e-4\nlora:\n  rank: 4\n")
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, f"{cfg}:4:", "not valid YAML")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, f"{cfg}:4:", "not valid YAML")
 
 
 @row("E16")
@@ -65,9 +57,7 @@ def value_not_allowed(ctx):
 
 @row("E19")
 def template_file_missing(ctx):
-    line = expect_error(train_cli(ctx, "--set", "data.template=nope.jinja"), "nope.jinja", "template file not found")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, "--set", "data.template=nope.jinja"), "nope.jinja", "template file not found")
 
 
 # ---------------------------------------------------------------- training UX (issue 16)
@@ -77,13 +67,11 @@ def trl_style_config(ctx):
     cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
                 "lora_r: 16\nmax_seq_length: 512\n")
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
+    return refused(ctx, r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
                         "unknown key 'num_train_epochs', did you mean training.epochs?",
                         "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
                         "unknown key 'lora_r', did you mean lora.rank?",
                         "unknown key 'max_seq_length', did you mean data.max_length?", "rename the keys as suggested")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E111")
@@ -91,62 +79,48 @@ def mlx_lm_style_config(ctx):
     cfg = write(ctx.tmp / "mlx.yaml", "iters: 600\nbatch_size: 4\nnum_layers: 8\n"
                 "lora_parameters: {rank: 8, scale: 20.0, dropout: 0.0}\n")
     r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(cfg), "unknown key 'iters', did you mean training.steps?",
+    return refused(ctx, r, str(cfg), "unknown key 'iters', did you mean training.steps?",
                         "unknown key 'batch_size', did you mean training.batch_size?",
                         "unknown key 'num_layers', did you mean lora.layers?",
                         "lora.scale (alpha = scale × rank)")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E112")
 def scale_and_alpha_disagree(ctx):
-    line = expect_error(train_cli(ctx, "--set", "lora.scale=20", "--set", "lora.alpha=16", "--set", "lora.rank=8"),
+    return refused(ctx, train_cli(ctx, "--set", "lora.scale=20", "--set", "lora.alpha=16", "--set", "lora.rank=8"),
                         "lora.scale=20 and lora.alpha=16 disagree", "scale = alpha/rank = 2")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E113")
 def early_stopping_without_validation(ctx):
-    line = expect_error(train_cli(ctx, "--set", "training.early_stopping_patience=2", "--set", "training.eval_every=1"),
+    return refused(ctx, train_cli(ctx, "--set", "training.early_stopping_patience=2", "--set", "training.eval_every=1"),
                         "training.early_stopping_patience: early stopping needs validation data", "--valid")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E114")
 def early_stopping_without_eval_every(ctx):
-    line = expect_error(train_cli(ctx, "--valid", ctx.data, "--set", "training.early_stopping_patience=2"),
+    return refused(ctx, train_cli(ctx, "--valid", ctx.data, "--set", "training.early_stopping_patience=2"),
                         "training.eval_every is 0", "set training.eval_every")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E115")
 def tracker_not_installed(ctx):
     ctx.mp.setattr("importlib.util.find_spec", lambda name, *a: None)
-    line = expect_error(train_cli(ctx, "--set", "training.report_to=[csv,wandb]"),
+    return refused(ctx, train_cli(ctx, "--set", "training.report_to=[csv,wandb]"),
                         "training.report_to: wandb is not installed", "pip install wandb")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E116")
 def tracker_unknown(ctx):
-    line = expect_error(train_cli(ctx, "--set", "training.report_to=tensorbord"),
+    return refused(ctx, train_cli(ctx, "--set", "training.report_to=tensorbord"),
                         "training.report_to: 'tensorbord' is not one of csv, tensorboard, wandb, mlflow, none")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E117")
 def data_folder_without_train_file(ctx):
     folder = ctx.tmp / "data"
     write(folder / "training.jsonl", "{}\n")
-    line = expect_error(train_cli(ctx, data=folder), str(folder), "no train.jsonl", "as mlx-lm expects")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=folder), str(folder), "no train.jsonl", "as mlx-lm expects")
 
 
 @row("E118")

@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from error_rows import expect_error, row, train_cli, write
+from error_rows import expect_error, refused, row, train_cli, write
 from helpers import run_cli, write_jsonl
 
 
@@ -17,49 +17,37 @@ from helpers import run_cli, write_jsonl
 @row("E01")
 def malformed_jsonl_line(ctx):
     data = write(ctx.tmp / "bad.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
-    line = expect_error(train_cli(ctx, data=data), f"{data}:2:", "malformed JSON")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:2:", "malformed JSON")
 
 
 @row("E02")
 def wrong_field_names(ctx):
     data = write(ctx.tmp / "bad.jsonl", '{"question": "a", "answer": "b"}\n')
-    line = expect_error(train_cli(ctx, data=data), f"{data}:1:", "no known shape", "question")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", "no known shape", "question")
 
 
 @row("E03")
 def data_file_missing(ctx):
     missing = ctx.tmp / "nope.jsonl"
-    line = expect_error(train_cli(ctx, data=missing), str(missing), "data file not found")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=missing), str(missing), "data file not found")
 
 
 @row("E04")
 def empty_data_file(ctx):
     data = write(ctx.tmp / "empty.jsonl", "\n\n")
-    line = expect_error(train_cli(ctx, data=data), str(data), "dataset is empty")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), str(data), "dataset is empty")
 
 
 @row("E05")
 def everything_dropped_by_max_length(ctx):
-    line = expect_error(train_cli(ctx, "--set", "data.too_long=drop", "--set", "data.max_length=8"),
+    return refused(ctx, train_cli(ctx, "--set", "data.too_long=drop", "--set", "data.max_length=8"),
                         str(ctx.data), "dataset is empty after tokenization")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E06")
 def sample_longer_than_max_length_error(ctx):
-    line = expect_error(train_cli(ctx, "--set", "data.too_long=error", "--set", "data.max_length=16"),
+    return refused(ctx, train_cli(ctx, "--set", "data.too_long=error", "--set", "data.max_length=16"),
                         f"{ctx.data}:1:", "longer than data.max_length=16", "data.too_long")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E07")
@@ -78,34 +66,26 @@ def sample_longer_than_max_length_truncate_warns(ctx):
 def unknown_role(ctx):
     data = write_jsonl(ctx.tmp / "bad.jsonl", [{"messages": [{"role": "robot", "content": "hi"},
                                                        {"role": "assistant", "content": "yo"}]}])
-    line = expect_error(train_cli(ctx, data=data), f"{data}:1:", 'unknown role "robot"', "system, user, assistant")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", 'unknown role "robot"', "system, user, assistant")
 
 
 @row("E09")
 def field_of_wrong_type(ctx):
     data = write(ctx.tmp / "bad.jsonl", '{"instruction": "a", "output": 3}\n')
-    line = expect_error(train_cli(ctx, data=data), f"{data}:1:", '"output" must be a string')
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", '"output" must be a string')
 
 
 @row("E10")
 def not_utf8(ctx):
     data = ctx.tmp / "latin1.jsonl"
     data.write_bytes('{"prompt": "é", "completion": "à"}\n'.encode("latin-1"))
-    line = expect_error(train_cli(ctx, data=data), str(data), "not UTF-8")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), str(data), "not UTF-8")
 
 
 @row("E11")
 def no_training_data(ctx):
     r = run_cli("train", "--backend", "torch", "--model", ctx.model, "--output", ctx.out)
-    line = expect_error(r, "data.train", "no training data")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, "data.train", "no training data")
 
 
 # ---------------------------------------------------------------- prepared data (manifest)
@@ -122,25 +102,19 @@ def manifest_path_escapes(ctx):
     secret = write(ctx.tmp / "secret" / "train.jsonl", ctx.data.read_text())
     assert secret.is_file()
     m = _manifest(ctx, {"../secret/train.jsonl": {"rows": 12}})
-    line = expect_error(train_cli(ctx, data=m), str(m), "'../secret/train.jsonl' escapes the manifest's directory")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=m), str(m), "'../secret/train.jsonl' escapes the manifest's directory")
 
 
 @row("E46")
 def manifest_absolute_path(ctx):
     m = _manifest(ctx, {str(ctx.data): {"rows": 12}})
-    line = expect_error(train_cli(ctx, data=m), str(m), "is absolute")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=m), str(m), "is absolute")
 
 
 @row("E47")
 def manifest_lists_missing_file(ctx):
     m = _manifest(ctx, {"train.jsonl": {"rows": 12}, "valid.jsonl": {"rows": 3}})
-    line = expect_error(train_cli(ctx, data=m), str(m.parent / "valid.jsonl"), "the file is missing")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=m), str(m.parent / "valid.jsonl"), "the file is missing")
 
 
 # ---------------------------------------------------------------- prepare recipes
@@ -154,27 +128,21 @@ def unknown_recipe(ctx):
 @row("E49")
 def legi_input_not_json(ctx):
     bad = write(ctx.tmp / "code.json", '{"type": "code",\n  "data": oops}\n')
-    line = expect_error(run_cli("prepare", "legi", bad, "--out", ctx.out), f"{bad}:2", "not valid JSON")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, run_cli("prepare", "legi", bad, "--out", ctx.out), f"{bad}:2", "not valid JSON")
 
 
 @row("E50")
 def legi_input_not_legi(ctx):
     bad = write(ctx.tmp / "code.json", '{"articles": []}\n')
-    line = expect_error(run_cli("prepare", "legi", bad, "--out", ctx.out), str(bad), "not legi-data JSON")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, run_cli("prepare", "legi", bad, "--out", ctx.out), str(bad), "not legi-data JSON")
 
 
 @row("E51")
 def squad_missing_field(ctx):
     bad = write(ctx.tmp / "dev.json", json.dumps({"data": [{"title": "T", "paragraphs": [
         {"context": "c", "qas": [{"id": "q1", "answers": [], "is_impossible": True}]}]}]}))
-    line = expect_error(run_cli("prepare", "squad", bad, "--out", ctx.out),
+    return refused(ctx, run_cli("prepare", "squad", bad, "--out", ctx.out),
                         f"{bad}:data[0].paragraphs[0].qas[0]", 'missing "question"')
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E52")

@@ -38,6 +38,13 @@ def expect_error(result, *needles, code: int = 2) -> str:
     return lines[0]
 
 
+def refused(ctx, result, *needles, code: int = 2) -> str:
+    """`expect_error`, and the refused command wrote nothing at its output (ctx.out)."""
+    line = expect_error(result, *needles, code=code)
+    assert not ctx.out.exists()
+    return line
+
+
 def no_hidden_leftovers(root: Path) -> None:
     """No temporary file or directory (`.name.*.tmp`, `.name.old`, `.name.del`) anywhere under root."""
     left = [p for p in Path(root).rglob(".*") if p.name != ".twinlora_hash.json"]

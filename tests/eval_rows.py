@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from error_rows import expect_error, row, write
+from error_rows import expect_error, refused, row, write
 from helpers import run_cli, tiny_config
 
 
@@ -28,9 +28,7 @@ def compare_without_metrics(ctx):
     a.mkdir()
     b.mkdir()
     write(a / "metrics.json", json.dumps({"metrics": {"rouge1_f": 0.5}}))
-    line = expect_error(run_cli("compare", a, b, "--output", ctx.out), str(b), "no metrics.json")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, run_cli("compare", a, b, "--output", ctx.out), str(b), "no metrics.json")
 
 
 # ---------------------------------------------------------------- outputs, eval, generate (E120-E129)
@@ -59,9 +57,7 @@ def mlx_lm_adapter_without_base(ctx):
 @row("E121")
 def mlx_lm_adapter_base_missing(ctx):
     src = _plain_mlx_lm_adapter(ctx, model="../checkpoints/gone")
-    line = expect_error(run_cli("convert", src, ctx.out, "--to", "common"), "'../checkpoints/gone'", "--base")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, run_cli("convert", src, ctx.out, "--to", "common"), "'../checkpoints/gone'", "--base")
 
 
 @row("E122")
@@ -119,6 +115,4 @@ def study_with_other_settings(ctx):
 @row("E152")
 def study_curve_beyond_budget(ctx):
     r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--curve-every", "9")
-    line = expect_error(r, "--curve-every 9", "training.steps (4)")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, "--curve-every 9", "training.steps (4)")

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from error_rows import expect_error, generate_cli, row, train_cli, write
+from error_rows import expect_error, generate_cli, refused, row, train_cli, write
 from helpers import run_cli
 
 
@@ -21,9 +21,7 @@ from helpers import run_cli
 def model_path_missing(ctx):
     missing = ctx.tmp / "no-model"
     r = run_cli("train", "--backend", "torch", "--model", missing, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(missing), "model path not found")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(missing), "model path not found")
 
 
 @row("E21")
@@ -32,9 +30,7 @@ def model_dir_without_config(ctx):
     shutil.copytree(ctx.model, d)
     (d / "config.json").unlink()
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(d), "no config.json")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(d), "no config.json")
 
 
 @row("E22")
@@ -43,9 +39,7 @@ def model_with_pickle_weights(ctx):
     shutil.copytree(ctx.model, d)
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(d), "only pickle weights found (pytorch_model.bin)", "safetensors only")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(d), "only pickle weights found (pytorch_model.bin)", "safetensors only")
 
 
 @row("E23")
@@ -57,27 +51,21 @@ def tokenizer_without_chat_template(ctx):
     tc.pop("chat_template", None)
     (d / "tokenizer_config.json").write_text(json.dumps(tc))
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
-    line = expect_error(r, "data.template", "no chat template", '"raw"')
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, "data.template", "no chat template", '"raw"')
 
 
 # ---------------------------------------------------------------- LoRA settings
 
 @row("E24")
 def unknown_target_module(ctx):
-    line = expect_error(train_cli(ctx, "--set", "lora.target_modules=[nope]"),
+    return refused(ctx, train_cli(ctx, "--set", "lora.target_modules=[nope]"),
                         "lora.target_modules", "['nope'] match no linear layer", "q_proj")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E25")
 def rank_larger_than_layer(ctx):
-    line = expect_error(train_cli(ctx, "--rank", "100"), "lora.rank=100 is larger than layer",
+    return refused(ctx, train_cli(ctx, "--rank", "100"), "lora.rank=100 is larger than layer",
                         "self_attn.v_proj (32×64)", "use a rank <= 32")
-    assert not ctx.out.exists()
-    return line
 
 
 # ---------------------------------------------------------------- adapters
@@ -169,26 +157,20 @@ def backend_library_missing(ctx):
         ctx.mp.delitem(sys.modules, m)
     ctx.mp.setattr(builtins, "__import__", fake_import)
     ctx.mp.setattr(importlib, "import_module", fake_module)
-    line = expect_error(train_cli(ctx, backend="mlx"), "--backend", "the mlx backend needs mlx", "pip install")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, backend="mlx"), "--backend", "the mlx backend needs mlx", "pip install")
 
 
 @row("E33")
 def unknown_backend(ctx):
-    line = expect_error(train_cli(ctx, backend="jax"), "--backend", "unknown backend 'jax'", "mlx, cuda, torch")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, backend="jax"), "--backend", "unknown backend 'jax'", "mlx, cuda, torch")
 
 
 @row("E34")
 def four_bit_without_bitsandbytes(ctx):
     import sys
     ctx.mp.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
-    line = expect_error(train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs bitsandbytes",
+    return refused(ctx, train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs bitsandbytes",
                         "pip install")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E35")
@@ -196,10 +178,8 @@ def paged_optimizer_without_cuda(ctx):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    line = expect_error(train_cli(ctx, "--set", "training.optimizer=paged_adamw_8bit"), "training.optimizer",
+    return refused(ctx, train_cli(ctx, "--set", "training.optimizer=paged_adamw_8bit"), "training.optimizer",
                         "paged_adamw_8bit needs bitsandbytes")
-    assert not ctx.out.exists()
-    return line
 
 
 # ---------------------------------------------------------------- model families (issue 13)
@@ -251,9 +231,7 @@ def merge_for_mlx_lm_multimodal_gemma(ctx):
     from safetensors.numpy import save_file
     save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
     r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
-    line = expect_error(r, "--reader", "gemma3_text", "--reader any")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, "--reader", "gemma3_text", "--reader any")
 
 
 @row("E131")
