@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
+from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
 
 
 class BackendChoice(click.Choice):
@@ -207,8 +209,6 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 
 
 # ------------------------------------------------------------------ bench
-from benchmarks.defaults import BENCH  # noqa: E402  (a dict, no imports)
-
 @cli.command()
 @click.option("--model", default=BENCH["model"], show_default=True, help="Base model for every run.")
 @click.option("--data", type=click.Path(), help="Prepared JSONL to train on (default: synthetic uniform + ragged sets).")
@@ -256,8 +256,8 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
-@click.option("--metrics", help='Also generate on the validation split and score: a comma list of '
-              'rouge,bertscore,citations,squad,bleu,length, or "auto" (the recipe\'s). Default: validation loss only.')
+@click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
+              f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
 @click.option("--limit", type=int, default=20, show_default=True, help="Validation records used for --metrics.")
 @click.option("--max-new-tokens", default=128, show_default=True, help="Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
@@ -497,7 +497,7 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--model", default="embedded", show_default=True)
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
-@click.option("--metrics", help="Comma list of rouge,bertscore,citations,squad,bleu,length (default: by recipe).")
+@click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
 @click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
 @click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")

@@ -93,6 +93,8 @@ REGISTRY: dict[str, Metric] = {x.name: x for x in (
            scores=(Score("length_pred_words_mean", 0, headline=True), Score("length_pred_words_median", 0))),
 )}
 METRICS = tuple(REGISTRY)
+# The per-item score report.md picks its best and worst examples by: the first one present.
+EXAMPLE_KEYS = ("squad_f1", "rougeL_f", "bertscore_f1", "citation_ok")
 
 # Numbers the jobs report beside the metrics (eval: test loss, cut answers; sweep: validation loss).
 JOB_SCORES = (Score("test_loss", -1), Score("test_perplexity", -1), _rate("truncated_rate", -1), Score("val_loss", -1))

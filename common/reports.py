@@ -15,10 +15,8 @@ from typing import Any, Sequence
 
 from common.errors import DataError, UserError
 from common.io import read_json, write_bytes, write_json, write_jsonl, write_text
-from common.metric_registry import chart_points, metric_info
+from common.metric_registry import EXAMPLE_KEYS, chart_points, metric_info
 
-# Per-item score used to pick best/worst examples, first present wins.
-MAIN_ITEM_SCORES = ("squad_f1", "rougeL_f", "bertscore_f1", "citation_ok")
 EXAMPLE_CHARS = 400
 
 
@@ -58,7 +56,7 @@ def _quote(text: Any) -> str:
 def _main_score(per_item: Sequence[dict], main: str | None) -> str | None:
     if main:
         return main
-    return next((k for k in MAIN_ITEM_SCORES if any(row.get(k) is not None for row in per_item)), None)
+    return next((k for k in EXAMPLE_KEYS if any(row.get(k) is not None for row in per_item)), None)
 
 
 def _examples(rows: list[dict], key: str) -> str:
