@@ -8,6 +8,9 @@ Both backends train on exactly these strings, tokenized once in `common.tokenize
 The completion is the last assistant turn; everything before it is the prompt. `segments` cuts
 the full text at every assistant turn, so `common.tokenize` can train all of them
 (data.train_on: all_assistant) with one mask for both backends.
+
+Every Jinja file twinlora reads (a data.template file, a recipe's prompt files) goes through
+`load_template`; the ones it renders itself go through the one sandboxed `jinja_env`.
 """
 from __future__ import annotations
 
@@ -66,14 +69,14 @@ def _compiled(path: Path, text: str):
 
 
 def load_template(path: str | Path, where: str | None = None,
-                  fix: str = "give the path of a Jinja template", compile: bool = False) -> TemplateFile:
-    """The one reader of Jinja files (chat templates and recipe prompts). `compile`: check the
+                  fix: str = "give the path of a Jinja template", check: bool = False) -> TemplateFile:
+    """The one reader of Jinja files (chat templates and recipe prompts). `check`: compile it
     syntax now, so a broken prompt file fails before any record is read."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError("template file not found", where=where or str(p), fix=fix)
     loaded = TemplateFile(p, p.read_text(encoding="utf-8"))
-    if compile:
+    if check:
         _compiled(loaded.path, loaded.text)
     return loaded
 

@@ -100,8 +100,8 @@ class HeadnotePrompts:
     """Renders one record to messages; fits it to `max_length` by cutting the decision."""
 
     def __init__(self, options: dict):
-        self.system = load_template(options.get("system_template") or TEMPLATE_DIR / "slds_system.jinja", compile=True)
-        self.user = load_template(options.get("user_template") or TEMPLATE_DIR / "slds_user.jinja", compile=True)
+        self.system = load_template(options.get("system_template") or TEMPLATE_DIR / "slds_system.jinja", check=True)
+        self.user = load_template(options.get("user_template") or TEMPLATE_DIR / "slds_user.jinja", check=True)
         self.max_length = options.get("max_length")
         if self.max_length is not None:
             try:
