@@ -1,6 +1,7 @@
 """`export-gguf`: write a (merged) Hugging Face model directory as one GGUF file for llama.cpp.
 
-Supported architectures: llama (LlamaForCausalLM, e.g. SmolLM2, Llama 3 without rope scaling) and
+Supported architectures: llama (LlamaForCausalLM, e.g. SmolLM2, Llama 3.x with its llama3 rope
+scaling written as llama.cpp's `rope_freqs` tensor) and
 qwen2 (Qwen2ForCausalLM) with a byte-level BPE tokenizer (llama.cpp's "gpt2" tokenizer model), and
 gemma3 (Gemma3ForCausalLM; and Gemma3ForConditionalGeneration, the 4B+ multimodal checkpoints, of
 which the language model only is written, as llama.cpp's converter does: the vision tower and its
@@ -30,7 +31,11 @@ loader both rely on it:
   holes as "[PAD<id>]" UNUSED; merges, special ids, add_bos/eos and the chat template come from
   gguf-py's SpecialVocab reading the tokenizer files;
 - `tokenizer.ggml.pre` names the pre-tokenizer regex; only ones recognised from tokenizer.json are
-  written (a wrong one would silently change tokenization), anything else is refused.
+  written (a wrong one would silently change tokenization), anything else is refused;
+- llama3 rope scaling (Llama 3.1/3.2) as `LlamaModel.generate_extra_tensors` writes it: a f32
+  `rope_freqs.weight` tensor of head_dim/2 per-frequency divisors (1 for short wavelengths,
+  `factor` for long ones, smoothed in between), which llama.cpp's rope divides each frequency by.
+  transformers' GGUF loader ignores that tensor (it reads the model unscaled): a note says so.
 
 Gemma 3 (`Gemma3Model` in convert_hf_to_gguf.py, as transformers' GGUF loader reads it back):
 - every RMSNorm weight (input, post-attention, pre- and post-feedforward, q_norm, k_norm and the
@@ -98,6 +103,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         raise ModelError(f"GGUF export supports {', '.join(sorted(ARCHS))}, not {hf_arch}", where=str(cfg_path),
                          fix="use llama.cpp's convert_hf_to_gguf.py for this architecture")
     arch = ARCHS[hf_arch]
+    extra = None
     if arch == "gemma3":
         text = _gemma3_config(model_dir)
         keys = _gemma3_keys(text, str(cfg_path), note)
@@ -111,6 +117,11 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         tied = bool(cfg.get("tie_word_embeddings", False))
         vocab, add_vocab = _vocab(model_dir, vocab_size), _add_bpe_vocab
         tensors = _read_tensors(model_dir)
+        extra = _llama3_rope_freqs(cfg)
+        if extra is not None:
+            note("llama3 rope scaling is written as llama.cpp's rope_freqs tensor; transformers' GGUF loader "
+                 "ignores it (from_pretrained(gguf_file=...) reads the model unscaled: load the safetensors "
+                 "directory there instead)")
 
     gg_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[arch]
     names = gguf.get_tensor_name_map(gg_arch, n_layers)
@@ -125,6 +136,8 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
         add_vocab(w, model_dir, *vocab)
+        if extra is not None:   # llama.cpp writes its generated tensors first
+            w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", extra, raw_dtype=gguf.GGMLQuantizationType.F32)
         for name in written:
             data = _permute_qk(name, tensors[name], cfg) if arch == "llama" else tensors[name]
             new = names.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -178,9 +191,10 @@ def _model_metadata(w, model_dir: Path, cfg: dict, n_params: int) -> None:
 
 def _llama_keys(cfg: dict, arch: str, where: str) -> list[tuple[str, object]]:
     """The GGUFWriter calls for llama / qwen2 hyper-parameters (llama.cpp's TextModel + LlamaModel)."""
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if (rope.get("rope_type") or rope.get("type") or "default") != "default":
-        raise ModelError(f"rope scaling {rope.get('rope_type') or rope.get('type')!r} is not supported by this exporter",
+    rope = _rope(cfg)
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind != "default" and not (kind == "llama3" and arch == "llama"):
+        raise ModelError(f"rope scaling {kind!r} is not supported by this exporter for {arch}",
                          where=where, fix="use llama.cpp's convert_hf_to_gguf.py for this model")
     n_head, n_kv = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
@@ -199,6 +213,38 @@ def _llama_keys(cfg: dict, arch: str, where: str) -> list[tuple[str, object]]:
     if cfg.get("head_dim") or head_dim != hidden // n_head:  # llama.cpp: whenever config.json has head_dim
         keys += [("add_key_length", head_dim), ("add_value_length", head_dim)]
     return keys
+
+
+def _rope(cfg: dict) -> dict:
+    return cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+
+
+def _llama3_rope_freqs(cfg: dict) -> np.ndarray | None:
+    """llama.cpp's `rope_freqs` for llama3 rope scaling (convert_hf_to_gguf.py, LlamaModel.
+    generate_extra_tensors): per frequency of the unscaled rope, the divisor llama.cpp applies.
+    None for a model without llama3 scaling."""
+    import math
+    rope = _rope(cfg)
+    if (rope.get("rope_type") or rope.get("type")) != "llama3":
+        return None
+    base = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    dim = int(cfg.get("head_dim") or int(cfg["hidden_size"]) // int(cfg["num_attention_heads"]))
+    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor = float(rope.get("factor", 8.0))
+    low, high = float(rope.get("low_freq_factor", 1.0)), float(rope.get("high_freq_factor", 4.0))
+    old_len = float(rope.get("original_max_position_embeddings", 8192))
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_len / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 # ------------------------------------------------------------------ Gemma 3

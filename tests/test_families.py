@@ -174,9 +174,8 @@ def test_merge_for_plain_mlx_lm_gemma(seeds, trained, tmp_path):
     assert info["reader"] == "mlx-lm" and json.loads((merged / "config.json").read_text())["tie_word_embeddings"] is False
 
 
-def test_gguf_round_trip_qwen2_and_llama3_refused(seeds, trained, tmp_path):
-    """qwen2 merged → GGUF → transformers' GGUF loader is the same model; llama3 rope scaling
-    (llama.cpp's rope_freqs tensor) is refused with one clear line rather than written wrong."""
+def test_gguf_round_trip_qwen2(seeds, trained, tmp_path):
+    """qwen2 merged → GGUF → transformers' GGUF loader is the same model."""
     adapter = trained["qwen2.5-3b", "torch"][0] / "adapter"
     merged = tmp_path / "qwen"
     assert run_cli("merge", "--backend", "torch", "--model", seeds["qwen2.5-3b"], "--adapter", adapter,
@@ -190,9 +189,38 @@ def test_gguf_round_trip_qwen2_and_llama3_refused(seeds, trained, tmp_path):
     with torch.no_grad():
         got = back(input_ids=torch.from_numpy(ids.astype(np.int64))).logits.numpy()
     assert gap(got, hf_logits(merged, ids)) < TOL
-    r = run_cli("export-gguf", seeds["llama-3.2-1b"], tmp_path / "l.gguf")
-    assert r.exit_code == 2 and "rope scaling 'llama3' is not supported by this exporter" in r.output
-    assert not (tmp_path / "l.gguf").exists()
+
+
+def test_gguf_llama3_rope_freqs(seeds, tmp_path):
+    """Llama-3.2-1B shape → GGUF: llama3 rope scaling as llama.cpp's rope_freqs tensor, whose
+    divisors turn the unscaled frequencies into exactly transformers' llama3 inv_freq; every weight
+    round-trips (transformers' loader, which ignores rope_freqs, equals the model read unscaled)."""
+    import torch
+    from gguf import GGUFReader
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    src = seeds["llama-3.2-1b"]
+    out = tmp_path / "g" / "l.gguf"
+    r = run_cli("export-gguf", src, out)
+    assert r.exit_code == 0, r.output
+    assert "llama3 rope scaling is written as llama.cpp's rope_freqs tensor" in r.output
+    t = {x.name: x for x in GGUFReader(str(out)).tensors}["rope_freqs.weight"]
+    cfg = AutoConfig.from_pretrained(str(src))
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert t.tensor_type.name == "F32" and int(t.n_elements) == head_dim // 2
+    theta = cfg.rope_parameters["rope_theta"]
+    unscaled = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    want, _ = ROPE_INIT_FUNCTIONS["llama3"](cfg, "cpu")
+    assert np.allclose(unscaled / np.asarray(t.data, np.float64), want.double().numpy(), rtol=1e-6)
+    assert np.asarray(t.data).max() == cfg.rope_parameters["factor"] and np.asarray(t.data).min() == 1.0
+    ids = seq("llama-3.2-1b")
+    back = AutoModelForCausalLM.from_pretrained(str(out.parent), gguf_file=out.name, dtype=torch.float32).eval()
+    unscaled_cfg = AutoConfig.from_pretrained(str(src))
+    unscaled_cfg.rope_parameters = {"rope_type": "default", "rope_theta": theta}
+    plain = AutoModelForCausalLM.from_pretrained(str(src), config=unscaled_cfg, dtype=torch.float32).eval()
+    with torch.no_grad():
+        x = torch.from_numpy(ids.astype(np.int64))
+        assert gap(back(input_ids=x).logits.numpy(), plain(input_ids=x).logits.numpy()) < TOL
 
 
 def test_gguf_round_trip_gemma3_4b_shape(seeds, trained, tmp_path):
