@@ -21,7 +21,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
+from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
 
 
 class BackendChoice(click.Choice):
@@ -88,19 +90,23 @@ def cli(ctx, debug):
 
 
 # ------------------------------------------------------------------ config
+# Shortcut flag → config key: the flag's help and type are read from the schema (common.config).
+SHORTCUTS = {"model": "model.path", "data": "data.train", "valid": "data.valid", "steps": "training.steps",
+             "epochs": "training.epochs", "lr": "training.lr", "batch_size": "training.batch_size",
+             "rank": "lora.rank", "seed": "training.seed", "output": "output"}
+SHORT_NAMES = {"output": "-o"}
+
+
 def build_config(config, sets, **shortcuts):
     from common.config import load_config, parse_set
     over = parse_set(list(sets))
-    mapping = {"model": ("model", "path"), "data": ("data", "train"), "valid": ("data", "valid"),
-               "steps": ("training", "steps"), "epochs": ("training", "epochs"), "lr": ("training", "lr"), "seed": ("training", "seed"),
-               "batch_size": ("training", "batch_size"), "rank": ("lora", "rank")}
-    for key, value in shortcuts.items():
+    for flag, value in shortcuts.items():
         if value is None:
             continue
-        if key == "output":
-            over["output"] = value
+        sec, _, name = SHORTCUTS[flag].rpartition(".")
+        if not sec:
+            over[name] = value
             continue
-        sec, name = mapping[key]
         if not isinstance(over.setdefault(sec, {}), dict):
             from common.errors import ConfigError
             raise ConfigError(f"'{sec}' must be a mapping of keys, got {over[sec]!r}", where="--set",
@@ -109,22 +115,21 @@ def build_config(config, sets, **shortcuts):
     return load_config(config, over)
 
 
+def shortcut_option(flag: str):
+    """`--flag` for one config key, with the schema's help text and type."""
+    from common.config import schema_field
+    key = SHORTCUTS[flag]
+    text, scalar, _ = schema_field(key)
+    names = [f"--{flag.replace('_', '-')}"] + ([SHORT_NAMES[flag]] if flag in SHORT_NAMES else [])
+    return click.option(*names, flag, type=scalar, help=f"{text} ({key})")
+
+
 def config_options(f):
     for opt in reversed([
         click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML config (see configs/)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override any config key, e.g. --set lora.rank=16 (repeatable; see config-help)."),
-        click.option("--model", help='Base model: "embedded" (SmolLM2), "gemma3-270m", a local HF directory or a hub id.'),
-        click.option("--data", help="Training JSONL (data.train), a prepare manifest.json, or a folder with "
-                     "train.jsonl (+ valid.jsonl), as mlx-lm's --data."),
-        click.option("--valid", help="Validation JSONL (data.valid)."),
-        click.option("--steps", type=int, help="Optimizer steps (training.steps; wins over epochs)."),
-        click.option("--epochs", type=float, help="Passes over the training set (training.epochs), when no steps are set."),
-        click.option("--lr", type=float, help="Peak learning rate (training.lr)."),
-        click.option("--batch-size", type=int, help="Micro-batch size (training.batch_size)."),
-        click.option("--rank", type=int, help="LoRA rank (lora.rank)."),
-        click.option("--seed", type=int, help="Seed (training.seed)."),
-        click.option("--output", "-o", help="Run directory (output)."),
+        *[shortcut_option(flag) for flag in SHORTCUTS],
     ]):
         f = opt(f)
     return f
@@ -207,22 +212,22 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 
 # ------------------------------------------------------------------ bench
 @cli.command()
-@click.option("--model", default="embedded", show_default=True, help="Base model for every run.")
+@click.option("--model", default=BENCH["model"], show_default=True, help="Base model for every run.")
 @click.option("--data", type=click.Path(), help="Prepared JSONL to train on (default: synthetic uniform + ragged sets).")
-@click.option("--steps", default=6, show_default=True, help="Measured steps per run.")
-@click.option("--warmup", default=2, show_default=True, help="Warm-up steps (excluded).")
-@click.option("--repeats", default=1, show_default=True, help="Repetitions; the median is reported.")
-@click.option("--batch-size", default=2, show_default=True)
-@click.option("--max-length", default=128, show_default=True)
-@click.option("--rank", default=8, show_default=True)
-@click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help="Backends to measure (default: mlx and torch).")
+@click.option("--steps", default=BENCH["steps"], show_default=True, help="Measured steps per run.")
+@click.option("--warmup", default=BENCH["warmup"], show_default=True, help="Warm-up steps (excluded).")
+@click.option("--repeats", default=BENCH["repeats"], show_default=True, help="Repetitions; the median is reported.")
+@click.option("--batch-size", default=BENCH["batch_size"], show_default=True)
+@click.option("--max-length", default=BENCH["max_length"], show_default=True)
+@click.option("--rank", default=BENCH["rank"], show_default=True)
+@click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help=f"Backends to measure (default: {' and '.join(BENCH['backends'])}).")
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
 @click.option("--threads", type=int, help="torch/OpenBLAS threads per run.")
-@click.option("--output", "-o", default="runs/bench", show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
+@click.option("--output", "-o", default=BENCH["output"], show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
 @click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
               "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
               "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
-@click.option("--mem-limit-gib", default=10.0, show_default=True, help="--lengths: kill a run above this resident memory.")
+@click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, help="--lengths: kill a run above this resident memory.")
 @click.option("--budget-min", type=float, help="--lengths: start no new run after this many minutes (the rest is "
               "reported as skipped; rerun to continue).")
 def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
@@ -234,13 +239,13 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
     if lengths:
         from benchmarks.longseq import parse_lengths, run_length_sweep
         run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
-                         backends=list(backends) or ["mlx", "torch"], out_dir=Path(output), echo=echo,
+                         backends=list(backends or BENCH["backends"]), out_dir=Path(output), echo=echo,
                          threads=threads, mem_limit_gib=mem_limit_gib,
                          budget_s=None if budget_min is None else 60 * budget_min)
         return
     from benchmarks.bench import run_bench
     run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
-              max_length=max_length, rank=rank, backends=list(backends) or ["mlx", "torch"], ragged=not no_ragged,
+              max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
               out_dir=Path(output), echo=echo, threads=threads)
 
 
@@ -253,8 +258,8 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
               help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
-@click.option("--metrics", help='Also generate on the validation split and score: a comma list of '
-              'rouge,bertscore,citations,squad,bleu,length, or "auto" (the recipe\'s). Default: validation loss only.')
+@click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
+              f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
 @click.option("--limit", type=int, default=20, show_default=True, help="Validation records used for --metrics.")
 @click.option("--max-new-tokens", default=128, show_default=True, help="Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
@@ -494,7 +499,7 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--model", default="embedded", show_default=True)
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
-@click.option("--metrics", help="Comma list of rouge,bertscore,citations,squad,bleu,length (default: by recipe).")
+@click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
 @click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
 @click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")

@@ -46,9 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The defaults fit a 2-core CPU in a few minutes; raise them for a real model on a GPU or a Mac.
-DEFAULTS = dict(model="embedded", data=None, steps=6, warmup=2, repeats=1, batch_size=2, max_length=128,
-                rank=8, backends=["mlx", "torch"], ragged=True, out_dir=Path("runs/bench"))
+from benchmarks.defaults import BENCH as DEFAULTS  # noqa: E402  (after the sys.path line)
+
 PLAIN = {"ours-mlx": "mlx-lm", "ours-torch": "trl"}
 RAGGED_MIN = 16
 
@@ -463,10 +462,11 @@ def _summ(results: list[dict], warmup: int, step_targets: list[int]) -> dict:
             "device": results[0].get("device"), "blas": results[0].get("blas"), "repeats": per}
 
 
-def run_bench(model: str = "embedded", data: str | None = None, steps: int = 6, warmup: int = 2,
-              repeats: int = 1, batch_size: int = 2, max_length: int = 128, rank: int = 8,
-              backends: list[str] | tuple[str, ...] = ("mlx", "torch"), ragged: bool = True,
-              out_dir: Path = Path("runs/bench"), echo=print, *, alpha: float | None = None,
+def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: int = DEFAULTS["steps"],
+              warmup: int = DEFAULTS["warmup"], repeats: int = DEFAULTS["repeats"],
+              batch_size: int = DEFAULTS["batch_size"], max_length: int = DEFAULTS["max_length"],
+              rank: int = DEFAULTS["rank"], backends: list[str] | tuple[str, ...] = DEFAULTS["backends"],
+              ragged: bool = True, out_dir: Path = Path(DEFAULTS["output"]), echo=print, *, alpha: float | None = None,
               targets: str | list[str] = ("q_proj", "v_proj"), lr: float = 1e-4, seed: int = 0,
               dtype: str = "float32", attn_implementation: str | None = None, threads: int | None = None,
               timeout: int = 3600) -> dict:
@@ -684,26 +684,5 @@ def render_markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        _worker(sys.argv[2])
-    else:
-        import argparse
-        ap = argparse.ArgumentParser(description="twinlora bench (use `cli.py bench`)")
-        ap.add_argument("--model", default=DEFAULTS["model"])
-        ap.add_argument("--data", default=None)
-        ap.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-        ap.add_argument("--warmup", type=int, default=DEFAULTS["warmup"])
-        ap.add_argument("--repeats", type=int, default=DEFAULTS["repeats"])
-        ap.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-        ap.add_argument("--max-length", type=int, default=DEFAULTS["max_length"])
-        ap.add_argument("--rank", type=int, default=DEFAULTS["rank"])
-        ap.add_argument("--backend", action="append", choices=["mlx", "torch", "cuda"])
-        ap.add_argument("--no-ragged", action="store_true")
-        ap.add_argument("--targets", default="q_proj,v_proj")
-        ap.add_argument("--out", default=str(DEFAULTS["out_dir"]))
-        ap.add_argument("--threads", type=int, default=None)
-        a = ap.parse_args()
-        run_bench(a.model, a.data, a.steps, a.warmup, a.repeats, a.batch_size, a.max_length, a.rank,
-                  a.backend or DEFAULTS["backends"], not a.no_ragged, Path(a.out), targets=a.targets,
-                  threads=a.threads)
+if __name__ == "__main__":  # a measured run's subprocess (`cli.py bench` is the command line)
+    _worker(sys.argv[2])

@@ -4,8 +4,7 @@ Why: a model may write `Art. L. 3121-27`, `article L3121-27` or `L.3121-27` for 
 article; citation metrics must compare numbers, not spellings. Canonical form = the code
 prefix in capitals glued to the number, no dots, spaces or `*`: `L3121-27`, `R4511-1`, `12`.
 Assumed in the canonical form (and why it is lossy on purpose):
-- `R*211-1` becomes `R211-1` (models rarely write the star; legi-data `num` keeps it, so
-  `known_articles` pass through `canonical_article` too);
+- `R*211-1` becomes `R211-1` (models rarely write the star; legi-data `num` keeps it);
 - `1er` becomes `1`;
 - a range `articles L. 100-1 à L. 100-3` yields its two ends only (no expansion);
 - a prefixed number (`L. 100-1`) counts anywhere, but needs a hyphen (`L 1` is too ambiguous);
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Iterable
 
 _PREFIX = r"(?<!\w)(?-i:LO|L|R|D|A)"  # capitals only: "a 2-1" is not an article
 # A prefixed article number: "L3121-27", "L. 3121-27", "R.*4511-1", "D 123-4".
@@ -49,8 +47,3 @@ def extract_citations(text: str) -> set[str]:
         for prefix, number in _LIST_ITEM.findall(m.group(1)):
             found.add(canonical_article((prefix or "") + number))
     return found
-
-
-def canonical_set(nums: Iterable[str] | None) -> set[str] | None:
-    """Canonicalise a set of known article numbers (e.g. every `data.num` of a code)."""
-    return None if nums is None else {canonical_article(n) for n in nums if n and n.strip()}

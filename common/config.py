@@ -41,7 +41,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = opt(None, "Training JSONL (text / Alpaca / prompt-completion / messages).")
+    train: Optional[str] = opt(None, "Training JSONL (text / Alpaca / prompt-completion / messages), a prepare "
+                               "manifest.json, or a folder with train.jsonl (+ valid.jsonl), as mlx-lm's --data.")
     valid: Optional[str] = opt(None, "Validation JSONL (optional): its loss is logged every eval_every steps.")
     test: Optional[str] = opt(None, "Test JSONL used by `eval` when no --data is given.")
     template: str = opt("chat", '"chat" = the tokenizer\'s chat template; "raw" = prompt + '
@@ -400,6 +401,17 @@ def config_from_dict(data: dict) -> Config:
     if problems:
         raise ConfigError("; ".join(problems), where="saved config")
     return cfg
+
+
+def schema_field(key: str) -> tuple[str, type | None, Any]:
+    """(help, scalar type or None, default) of a dotted key such as "training.lr" or "output": what a
+    CLI shortcut flag shows, so the flag's help is the schema's and never a copy."""
+    sec, _, name = key.rpartition(".")
+    cls = SECTIONS[sec] if sec else Config
+    f = next(f for f in fields(cls) if f.name == name)
+    tp = typing.get_type_hints(cls)[name]
+    scalar = next((t for t in (typing.get_args(tp) or (tp,)) if t in (int, float)), None)
+    return f.metadata.get("help", ""), scalar, f.default
 
 
 def describe() -> str:

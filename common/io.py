@@ -143,10 +143,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
     """Move a fully written temporary directory into place (old one removed only after)."""
     final_dir = Path(final_dir)

@@ -2,7 +2,8 @@
 (MLX or PyTorch) that generated the text.
 
 Every function takes plain lists of strings and returns a dict: corpus-level numbers plus, where
-it makes sense, a `per_item` list. Scales follow each metric's usual convention, so figures can be
+it makes sense, a `per_item` list; `common.metric_registry` names them, with what each number
+means, and scores items with them. Scales follow each metric's usual convention, so figures can be
 compared with published ones: ROUGE, BERTScore and citation rates in [0, 1]; SQuAD and BLEU in
 [0, 100]. Heavy imports (torch, bert_score) happen inside `bertscore` only.
 """
@@ -19,11 +20,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from common.citations import canonical_set, extract_citations
+from common.citations import extract_citations
 from common.errors import DataError, ModelError, UserError
-
-METRICS = ("rouge", "bertscore", "citations", "squad", "bleu", "length")
-
 
 def _mean(values: Iterable[float]) -> float | None:
     values = list(values)
@@ -143,9 +141,11 @@ def _num_layers(path: Path) -> int:
                      fix="pass the layer explicitly")
 
 
+BERTSCORE_BATCH = 16  # on the CPU, as evaluation runs offline beside the generating backend
+
+
 def bertscore(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
-              encoder: str | os.PathLike | None = None, layer: int | None = None,
-              batch_size: int = 16, device: str | None = None) -> dict:
+              encoder: str | os.PathLike | None = None, layer: int | None = None) -> dict:
     """BERTScore P/R/F1 (Zhang et al. 2020) via the `bert_score` package on a local encoder.
 
     Greedy cosine matching of layer-`layer` token embeddings, no idf weighting, [CLS]/[SEP] left
@@ -176,8 +176,8 @@ def bertscore(predictions: Sequence[str], references: Sequence[str | Sequence[st
     if todo:
         p, r, f = bert_score.score([pairs[i][0] for i in todo], [pairs[i][1] for i in todo],
                                    model_type=str(path), num_layers=int(layer), idf=False,
-                                   rescale_with_baseline=False, batch_size=batch_size,
-                                   device=device or "cpu", use_fast_tokenizer=True)
+                                   rescale_with_baseline=False, batch_size=BERTSCORE_BATCH,
+                                   device="cpu", use_fast_tokenizer=True)
         for i, prf in zip(todo, zip(p.tolist(), r.tolist(), f.tolist())):
             scores[i] = prf
     out.update({f"bertscore_{k}": _mean(s[j] for s in scores) for j, k in enumerate(("p", "r", "f1"))})
@@ -189,7 +189,6 @@ def bertscore(predictions: Sequence[str], references: Sequence[str | Sequence[st
 
 def citation_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]],
                     sources: Sequence[str | None] | None = None,
-                    known_articles: Iterable[str] | None = None,
                     questions: Sequence[str | None] | None = None) -> dict:
     """Citation accuracy, hallucinated-citation rate and cites-any rate for legal answers.
 
@@ -202,12 +201,11 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
     - echo rate: share of items whose question names an article that the prediction repeats
       (informative, not a score).
     - hallucination rate: share of cited numbers (distinct per prediction, pooled over items)
-      found neither in the reference, nor in the item's source text, nor in `known_articles`
-      (the code's article numbers, when given). None when no prediction cites anything.
+      found neither in the reference, nor in the item's source text, nor in the question. None
+      when no prediction cites anything.
     - cites_any rate: share of all predictions citing at least one article.
     """
     _check_pairs(predictions, references, "citations")
-    known = canonical_set(known_articles) or set()
     sources = list(sources) if sources is not None else [None] * len(predictions)
     questions = list(questions) if questions is not None else [None] * len(predictions)
     per_item, n_cited, n_halluc, only_q, echoes, asked = [], 0, 0, 0, 0, 0
@@ -215,7 +213,7 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
         cited = extract_citations(pred)
         ref_cits = extract_citations(ref if isinstance(ref, str) else " ".join(ref))
         in_question = extract_citations(q or "")
-        allowed = ref_cits | extract_citations(src or "") | known | in_question
+        allowed = ref_cits | extract_citations(src or "") | in_question
         halluc = sorted(cited - allowed)
         n_cited += len(cited)
         n_halluc += len(halluc)
@@ -236,7 +234,6 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
         "citation_items_question_only": only_q,
         "citation_items_without_reference": len(per_item) - len(scored) - only_q,
         "citations_predicted_total": n_cited,
-        "citation_known_articles": len(known) if known_articles is not None else None,
         "per_item": per_item,
     }
 
@@ -351,112 +348,3 @@ def length_stats(predictions: Sequence[str], references: Sequence[str | Sequence
     models that ramble or stop early. With several references, the first one is measured."""
     refs = [r[0] for r in _ref_lists(references)]
     return {**_stats([p or "" for p in predictions], "length_pred"), **_stats(refs, "length_ref")}
-
-
-# ---------------------------------------------------------------- all at once
-
-OPTIONS = {"bertscore": {"encoder", "layer", "batch_size", "device"},
-           "citations": {"known_articles"}, "squad": {"no_answer_string"}, "bleu": {"tokenize"}}
-PER_ITEM_KEYS = {"rouge": ("rougeL_f",), "bertscore": ("bertscore_f1",),
-                 "citations": ("citation_ok", "citations_predicted", "citations_hallucinated"),
-                 "squad": ("squad_exact", "squad_f1")}
-
-
-def _items_fields(items: Sequence[dict]) -> tuple[list[str], list[Any]]:
-    preds, refs = [], []
-    for i, item in enumerate(items):
-        where = f"item {i}" + (f" (id {item['id']})" if isinstance(item, dict) and "id" in item else "")
-        if not isinstance(item, dict) or not isinstance(item.get("prediction"), str):
-            raise DataError("missing or non-text 'prediction'", where=where,
-                            fix="give every item a 'prediction' string")
-        if not isinstance(item.get("reference"), str) and not isinstance(item.get("references"), list):
-            raise DataError("missing 'reference' (or 'references' list)", where=where,
-                            fix="give every item the expected answer as 'reference'")
-        preds.append(item["prediction"])
-        listed = [r for r in item.get("references") or [] if isinstance(r, str) and r]
-        refs.append(listed or item.get("reference") or "")
-    return preds, refs
-
-
-def _squad_golds(items: Sequence[dict]) -> list[list[str]]:
-    """Gold answers per item: `references` if given (may be []), else [reference]; an item with
-    `is_impossible: true` is unanswerable whatever its reference says."""
-    golds = []
-    for item in items:
-        if item.get("is_impossible"):
-            golds.append([])
-        elif isinstance(item.get("references"), list):
-            golds.append([r for r in item["references"] if isinstance(r, str)])
-        else:
-            golds.append([item.get("reference") or ""])
-    return golds
-
-
-def check_metric_names(metrics: Sequence[str], options: dict | None = None) -> None:
-    """Unknown metric or option names are a UserError (checked before any generation runs)."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise UserError(f"unknown metric(s): {', '.join(unknown)}", where="metrics",
-                        fix=f"choose among {', '.join(METRICS)}")
-    allowed = set().union(*OPTIONS.values())
-    bad = sorted(set(options or {}) - allowed)
-    if bad:
-        raise UserError(f"unknown metric option(s): {', '.join(bad)}", where="metrics",
-                        fix=f"use only {', '.join(sorted(allowed))}")
-
-
-def score_all(items: Sequence[dict], metrics: Sequence[str], **options: Any) -> dict:
-    """Score items `{"prediction", "reference", "references"?, "source"?, "id"?, "is_impossible"?}`.
-
-    Returns one flat dict of metric values (plus `n_items`, `metrics`) and `per_item`: one dict per
-    item with its id and per-item scores. Options: encoder, layer, batch_size, device (bertscore),
-    known_articles (citations), no_answer_string (squad), tokenize (bleu).
-    """
-    check_metric_names(metrics, options)
-    if not items:
-        raise DataError("nothing to score: no items", where="metrics", fix="check the eval dataset")
-    preds, refs = _items_fields(items)
-    per_item: list[dict] = [{"id": it.get("id", i)} for i, it in enumerate(items)]
-    result: dict[str, Any] = {"n_items": len(items), "metrics": list(metrics)}
-    for name in dict.fromkeys(metrics):
-        opts = {k: v for k, v in options.items() if k in OPTIONS.get(name, ())}
-        if name == "rouge":
-            part = rouge(preds, refs)
-        elif name == "bertscore":
-            part = bertscore(preds, refs, **opts)
-        elif name == "citations":
-            part = citation_scores(preds, refs, [it.get("source") for it in items], **opts,
-                                   questions=[it.get("question") for it in items])
-        elif name == "squad":
-            part = squad_scores(preds, _squad_golds(items), **opts)
-        elif name == "bleu":
-            part = bleu(preds, refs, **opts)
-        else:
-            part = length_stats(preds, refs)
-        for row, scores in zip(per_item, part.pop("per_item", [])):
-            row.update({k: scores[k] for k in PER_ITEM_KEYS.get(name, ()) if k in scores})
-        result.update(part)
-    result["per_item"] = per_item
-    return result
-
-
-# ---------------------------------------------------------------- what each number means
-
-# Exact name → (direction, points per unit). direction +1: higher is better, -1: lower is better,
-# 0: descriptive (lengths). Points: 0–1 rates ×100, so "+1.2" reads as 1.2 points everywhere.
-_EXACT = {"citation_accuracy": (1, 100), "citation_cites_any_rate": (1, 100),
-          "citation_hallucination_rate": (-1, 100), "citation_echo_rate": (0, 100),
-          "bleu": (1, 1), "squad_exact": (1, 1), "squad_f1": (1, 1),
-          "test_loss": (-1, 1), "test_perplexity": (-1, 1), "truncated_rate": (-1, 100), "val_loss": (-1, 1),
-          "length_pred_words_mean": (0, 1), "length_pred_words_median": (0, 1)}
-_PREFIX = (("rouge", (1, 100)), ("bertscore_f1", (1, 100)), ("bertscore_p", (1, 100)),
-           ("bertscore_r", (1, 100)), ("squad_HasAns_exact", (1, 1)), ("squad_HasAns_f1", (1, 1)),
-           ("squad_NoAns_exact", (1, 1)), ("squad_NoAns_f1", (1, 1)))
-
-
-def metric_info(name: str) -> tuple[int, float] | None:
-    """(direction, points per unit) of a reported metric; None for a count or a setting
-    (n_items, bertscore_layer, citation_items_scored, reference lengths...), which compare leaves out."""
-    if name in _EXACT:
-        return _EXACT[name]
-    return next((info for prefix, info in _PREFIX if name.startswith(prefix)), None)

@@ -15,13 +15,8 @@ from typing import Any, Sequence
 
 from common.errors import DataError, UserError
 from common.io import read_json, write_bytes, write_json, write_jsonl, write_text
+from common.metric_registry import EXAMPLE_KEYS, chart_points, metric_info
 
-# Per-item score used to pick best/worst examples, first present wins.
-MAIN_ITEM_SCORES = ("squad_f1", "rougeL_f", "bertscore_f1", "citation_ok")
-# Metrics drawn in compare.png (0-1 metrics are drawn ×100 to share one axis with SQuAD/BLEU).
-CHART_METRICS = ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
-                 "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")
-HUNDRED_SCALE = {"squad_exact", "squad_f1", "bleu"}
 EXAMPLE_CHARS = 400
 
 
@@ -61,7 +56,7 @@ def _quote(text: Any) -> str:
 def _main_score(per_item: Sequence[dict], main: str | None) -> str | None:
     if main:
         return main
-    return next((k for k in MAIN_ITEM_SCORES if any(row.get(k) is not None for row in per_item)), None)
+    return next((k for k in EXAMPLE_KEYS if any(row.get(k) is not None for row in per_item)), None)
 
 
 def _examples(rows: list[dict], key: str) -> str:
@@ -152,9 +147,8 @@ def _is_number(value: Any) -> bool:
 
 def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float | None]]]:
     """(metric, values per run, deltas of runs 2.. vs run 1) for every metric with a meaning
-    (`common.metrics.metric_info`: counts and settings such as n_items or bertscore_layer are left
+    (`common.metric_registry.metric_info`: counts and settings such as n_items or bertscore_layer are left
     out), in order of first appearance. Deltas are rounded to 12 decimals so 0.7 - 0.5 reads 0.2."""
-    from common.metrics import metric_info
     names = list(dict.fromkeys(k for run in runs for k, v in run.items() if _is_number(v) and metric_info(k)))
     table = []
     for name in names:
@@ -169,7 +163,6 @@ def compare_rows(runs: Sequence[dict]) -> list[tuple[str, list[Any], list[float 
 def signed_points(name: str, delta: float | None) -> float | None:
     """A delta in points (0–1 rates ×100), signed so that positive means better; None for a
     descriptive metric (lengths) or a missing value."""
-    from common.metrics import metric_info
     direction, points = metric_info(name) or (0, 1)
     return None if delta is None or not direction else round(direction * delta * points, 9)
 
@@ -180,7 +173,6 @@ def _verdict(name: str, delta: float | None) -> str:
 
 
 def _arrow(name: str) -> str:
-    from common.metrics import metric_info
     return {1: "↑", -1: "↓"}.get((metric_info(name) or (0,))[0], "")
 
 
@@ -213,31 +205,27 @@ def _chart(rows: list, labels: list[str]) -> bytes:
     """Left: the scores (0–100 scale, from zero). Right: each run's change against the first run,
     in points, signed so that right is better whatever the metric's direction; a 1-point change
     is as visible as a 20-point one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
+    from common import plots
 
-    shown = [(n, v, d) for n, v, d in rows if n in CHART_METRICS]
+    shown = [(n, v, d) for n, v, d in rows if chart_points(n)]
     deltas = [(n, [signed_points(n, x) for x in d]) for n, _, d in rows if _verdict(n, 0.0)]
     two = len(labels) > 1 and bool(deltas)
-    fig = Figure(figsize=(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
-                          max(4.5, 0.35 * len(deltas) * max(1, len(labels) - 1) + 1.5) if two else 4.5))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 2 if two else 1, 1)
+    fig, axes = plots.figure(max(6.0, 1.0 + len(shown) * (0.4 + 0.3 * len(labels))) + (6.0 if two else 0.0),
+                             max(4.5, 0.35 * len(deltas) * max(1, len(labels) - 1) + 1.5) if two else 4.5,
+                             2 if two else 1)
+    ax = axes[0]
     width = 0.8 / max(1, len(labels))
     for j, label in enumerate(labels):
-        heights = [(v[j] or 0) * (1 if n in HUNDRED_SCALE else 100) if _is_number(v[j]) else 0
+        heights = [(v[j] or 0) * chart_points(n) if _is_number(v[j]) else 0
                    for n, v, _ in shown]
         ax.bar([i + j * width for i in range(len(shown))], heights, width, label=label)
     ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(shown))])
     ax.set_xticklabels([n for n, _, _ in shown], rotation=30, ha="right")
-    ax.set_ylabel("score (0–100; 0–1 metrics ×100)")
-    ax.set_ylim(bottom=0)
-    ax.set_title("scores")
+    plots.style(ax, title="scores", ylabel="score (0–100; 0–1 metrics ×100)", zero=True)
     if not shown:
         ax.text(0.5, 0.5, "no main metric in these runs", ha="center", transform=ax.transAxes)
-    ax.legend()
     if two:
-        dx = fig.add_subplot(1, 2, 2)
+        dx = axes[1]
         others = labels[1:]
         h = 0.8 / len(others)
         for j, label in enumerate(others):
@@ -254,12 +242,10 @@ def _chart(rows: list, labels: list[str]) -> bytes:
         dx.axvline(0, color="black", linewidth=0.8)
         lim = max([abs(x or 0) for _, d in deltas for x in d] + [1.0]) * 1.3
         dx.set_xlim(-lim, lim)
-        dx.set_xlabel(f"change vs {labels[0]} (points for scores and rates, raw for loss; right = better)")
-        dx.set_title(f"Δ vs {labels[0]}" + (f" ({', '.join(others)})" if len(others) > 1 else f": {others[0]}"))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+        plots.style(dx, title=f"Δ vs {labels[0]}" + (f" ({', '.join(others)})" if len(others) > 1 else f": {others[0]}"),
+                    xlabel=f"change vs {labels[0]} (points for scores and rates, raw for loss; right = better)",
+                    legend=False)
+    return plots.png(fig)
 
 
 def _compact(value: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import TrainingError
-from common.io import atomic_dir, atomic_path, disk_full_error, is_disk_full, sha256_file, write_json, write_text
+from common.io import atomic_dir, disk_full_error, is_disk_full, sha256_file, write_json, write_text
 
 CHECKPOINTS = "checkpoints"
 
@@ -186,11 +186,8 @@ class RunDir:
         valid = sorted((r["step"], r["val_loss"]) for r in rows if r.get("event") == "eval")
         if not train:
             return None
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-        from matplotlib.figure import Figure
-        fig = Figure(figsize=(7, 4))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
+        from common import plots
+        fig, (ax,) = plots.figure(7, 4)
         ax.plot(*zip(*train), label="train loss", color="tab:blue", alpha=0.8)
         if valid:
             ax.plot(*zip(*valid), "o-", label="validation loss", color="tab:orange")
@@ -200,13 +197,6 @@ class RunDir:
             best = [v for v in valid if v[0] == best_step]
             if best:
                 ax.plot(*best[0], "*", ms=14, color="tab:red", label=f"best (step {best[0][0]}, {best[0][1]:.3f})")
-        ax.set_title(title or f"{self.path.name}: loss")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss (mean per target token)")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = self.path / "loss.png"
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=100, format="png")
-        return out
+        plots.style(ax, title=title or f"{self.path.name}: loss", xlabel="step",
+                    ylabel="loss (mean per target token)")
+        return plots.save(fig, self.path / "loss.png")

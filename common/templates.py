@@ -8,9 +8,14 @@ Both backends train on exactly these strings, tokenized once in `common.tokenize
 The completion is the last assistant turn; everything before it is the prompt. `segments` cuts
 the full text at every assistant turn, so `common.tokenize` can train all of them
 (data.train_on: all_assistant) with one mask for both backends.
+
+Every Jinja file twinlora reads (a data.template file, a recipe's prompt files) goes through
+`load_template`; the ones it renders itself go through the one sandboxed `jinja_env`.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.data.formats import Example
@@ -33,15 +38,55 @@ def jinja_env():
 _ENV = None
 
 
-def load_template(template: str) -> str | None:
-    """Return a Jinja chat-template string for a file path, None for "chat"/"raw"."""
+@dataclass(frozen=True)
+class TemplateFile:
+    """A Jinja file read once: `text` for a chat template (transformers renders it, in its own
+    sandbox), `render` for a prompt template twinlora renders in `jinja_env`."""
+    path: Path
+    text: str
+
+    def render(self, variables: dict) -> str:
+        """The template's output, stripped; a bad template is a ConfigError naming the file."""
+        import jinja2
+        try:
+            return _compiled(self.path, self.text).render(**variables).strip()
+        except jinja2.UndefinedError as exc:
+            raise ConfigError(f"template uses an undefined variable ({exc.message})", where=str(self.path),
+                              fix=f"available variables: {', '.join(sorted(variables))}") from exc
+        except jinja2.exceptions.SecurityError as exc:
+            raise ConfigError(f"template tried an operation the sandbox refuses ({exc})", where=str(self.path),
+                              fix="a prompt template may only use its variables and Jinja filters") from exc
+
+
+@functools.lru_cache(maxsize=32)  # slds renders each record several times while fitting it
+def _compiled(path: Path, text: str):
+    import jinja2
+    try:
+        return jinja_env().from_string(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ConfigError(f"Jinja syntax error: {exc.message}", where=f"{path}:{exc.lineno}",
+                          fix="repair the template") from exc
+
+
+def load_template(path: str | Path, where: str | None = None,
+                  fix: str = "give the path of a Jinja template", check: bool = False) -> TemplateFile:
+    """The one reader of Jinja files (chat templates and recipe prompts). `check`: compile it
+    syntax now, so a broken prompt file fails before any record is read."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("template file not found", where=where or str(p), fix=fix)
+    loaded = TemplateFile(p, p.read_text(encoding="utf-8"))
+    if check:
+        _compiled(loaded.path, loaded.text)
+    return loaded
+
+
+def chat_template(template: str) -> str | None:
+    """The Jinja chat-template text of data.template: a file's text; None for "chat"/"raw"."""
     if template in ("chat", "raw"):
         return None
-    p = Path(template)
-    if not p.is_file():
-        raise ConfigError("template file not found", where=template,
-                          fix='set data.template to "chat", "raw" or a path to a .jinja file')
-    return p.read_text(encoding="utf-8")
+    return load_template(template, where=template,
+                         fix='set data.template to "chat", "raw" or a path to a .jinja file').text
 
 
 class Renderer:
@@ -50,8 +95,7 @@ class Renderer:
     def __init__(self, tokenizer, template: str = "chat", system_prompt: str | None = None):
         self.tokenizer = tokenizer
         self.mode = "raw" if template == "raw" else "chat"
-        self.chat_template = load_template(template)
-        self.template_name = template
+        self.chat_template = chat_template(template)
         self.system_prompt = system_prompt
         if self.mode == "chat" and self.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise ConfigError("the tokenizer has no chat template, and data.template is \"chat\"",

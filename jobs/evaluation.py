@@ -18,16 +18,6 @@ from common.data.formats import Example, load_examples
 from common.tokenize import Tokenizer
 
 
-def default_metrics(examples: list[Example]) -> list[str]:
-    """Pick the recipe's metrics from what the records carry."""
-    meta = examples[0].meta.get("meta", examples[0].meta)
-    if "is_impossible" in meta:
-        return ["squad", "bleu", "bertscore", "length"]
-    if "article_num" in meta:
-        return ["rouge", "bertscore", "citations", "bleu", "length"]
-    return ["rouge", "bleu", "bertscore", "length"]
-
-
 def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
     meta = ex.meta.get("meta", ex.meta)
     item = {"id": meta.get("id", i), "prompt": prompt, "reference": ex.completion.strip(),
@@ -120,7 +110,7 @@ def check_eval_examples(examples: list[Example]) -> None:
 def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
              limit: int | None, max_new_tokens: int, template: str | None, system_prompt: str | None,
              metric_options: dict, label: str | None, batch_size: int = 8, echo=print, seed: int = 0) -> dict:
-    from common.metrics import check_metric_names, score_all
+    from common.metric_registry import check_metric_names, default_metrics, score_all
     from common.reports import write_eval_report
     from jobs.session import open_model
 

@@ -2,7 +2,7 @@
 split, on each backend, with learning curves and paired bootstrap 95 % intervals.
 
 It drives the project's own jobs (jobs.trainer.train, jobs.evaluation.run_eval, the metrics
-of common.metrics) and only adds the bookkeeping. Stages, each skipped when its output is
+of common.metric_registry) and only adds the bookkeeping. Stages, each skipped when its output is
 already complete, so a rerun finishes an interrupted study (as `sweep` does):
 
 1. baseline: the base model on the test split, and on `curve_items` validation records (step 0);
@@ -17,7 +17,6 @@ for the cores (jobs/demo.py measured 5x slower torch training), not the other wa
 from __future__ import annotations
 
 import copy
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,41 +24,11 @@ from typing import Any, Sequence
 
 from common.bootstrap import LEVEL, N_BOOT, overlap, paired_bootstrap
 from common.errors import ConfigError
-from common.io import read_json, write_bytes, write_json, write_text
+from common.io import read_json, write_json, write_text
+from common.metric_registry import Headline, study_headlines
 
 STUDY = "study.json"
 SETTINGS = "settings.json"
-
-
-@dataclass(frozen=True)
-class Headline:
-    """One reported score: a per-item key of predictions.jsonl, averaged over items (or a subset)."""
-    key: str
-    label: str
-    subset: str | None = None  # "has_answer" / "no_answer": SQuAD v2's HasAns / NoAns items only
-    scale: float = 1.0         # shown × scale (SQuAD is already ×100)
-
-
-HEADLINES = {
-    "squad": (Headline("squad_f1", "F1"), Headline("squad_exact", "EM"),
-              Headline("squad_f1", "HasAns F1", "has_answer"), Headline("squad_exact", "NoAns EM", "no_answer")),
-    "rouge": (Headline("rougeL_f", "ROUGE-L", scale=100.0),),
-    "citations": (Headline("citation_ok", "citation accuracy", scale=100.0),),
-}
-
-
-def study_metrics(examples) -> list[str]:
-    """What the records carry decides: SQuAD v2 → squad; legal articles → ROUGE + citations."""
-    meta = examples[0].meta.get("meta", examples[0].meta)
-    if "is_impossible" in meta:
-        return ["squad", "length"]
-    if "article_num" in meta:
-        return ["rouge", "citations", "length"]
-    return ["rouge", "length"]
-
-
-def headlines(metrics: Sequence[str]) -> list[Headline]:
-    return [h for m in metrics for h in HEADLINES.get(m, ())]
 
 
 def order_backends(backends: Sequence[str]) -> list[str]:
@@ -99,7 +68,7 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
     from common.config import load_config, parse_set
     from common.data.formats import load_examples
     from common.data.manifest import resolve_data
-    from common.metrics import METRICS
+    from common.metric_registry import METRICS, default_metrics, unknown_metrics
 
     out = Path(out_dir)
     cfg = load_config(config_path, parse_set(list(sets)))
@@ -119,12 +88,12 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
         raise ConfigError(f"--curve-every {every} is outside 1..training.steps ({cfg.training.steps})",
                           where="--curve-every", fix="pick a step interval within the training budget")
     if metrics:
-        unknown = [m for m in metrics if m not in METRICS]
+        unknown = unknown_metrics(metrics)
         if unknown:
             raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
                               fix=f"choose among {', '.join(METRICS)}")
-    metrics = list(metrics) if metrics else study_metrics(load_examples(cfg.data.test))
-    if not headlines(metrics):
+    metrics = list(metrics) if metrics else default_metrics(load_examples(cfg.data.test), job="study")
+    if not study_headlines(metrics):
         raise ConfigError(f"none of the metrics {', '.join(metrics)} has a per-item score to bootstrap",
                           where="--metrics", fix="include squad, rouge or citations")
     # every checkpoint is kept: the learning curve scores each of them
@@ -282,7 +251,7 @@ def build_report(plan: Plan) -> dict:
     tuned = [f"{b}-tuned" for b in plan.backends]
     pairs = [("baseline", t) for t in tuned] + ([(tuned[0], tuned[1])] if len(tuned) == 2 else [])
     results = []
-    for h in headlines(plan.metrics):
+    for h in study_headlines(plan.metrics):
         vals = item_values(systems, h)
         if not next(iter(vals.values())):
             results.append({"metric": h.label, "key": h.key, "subset": h.subset, "n_items": 0})
@@ -298,7 +267,7 @@ def build_report(plan: Plan) -> dict:
                         "systems": boot["systems"], "pairs": boot["pairs"], "verdict": verdict,
                         "backends_agree_within_intervals": agree})
     curves = {b: {"val_loss": _loss_curve(plan.out / b / "run"),
-                  "metric": _metric_curve(plan, b, headlines(plan.metrics)[0])} for b in plan.backends}
+                  "metric": _metric_curve(plan, b, study_headlines(plan.metrics)[0])} for b in plan.backends}
     training = {}
     for b in plan.backends:
         p = plan.out / b / "run" / "summary.json"
@@ -314,7 +283,7 @@ def build_report(plan: Plan) -> dict:
 
 def _examples(systems: dict[str, list[dict]], plan: Plan, k: int = 3) -> list[dict]:
     """The first k test items where a tuned answer scores above the baseline's, to show what changed."""
-    h = headlines(plan.metrics)[0]
+    h = study_headlines(plan.metrics)[0]
     base, tuned = systems["baseline"], systems[f"{plan.backends[0]}-tuned"]
     out = []
     for b, t in zip(base, tuned):
@@ -368,7 +337,7 @@ def markdown(report: dict, plan: Plan) -> str:
         losses = dict(report["curves"][b]["val_loss"])
         for step, value, n in report["curves"][b]["metric"]:
             crow.append([b, step, f"{value:.1f}", n, f"{losses[step]:.4f}" if step in losses else ""])
-    h0 = headlines(plan.metrics)[0]
+    h0 = study_headlines(plan.metrics)[0]
     lines += [_table(["backend", "step", f"{h0.label} (validation items)", "items", "validation loss"], crow) + "\n",
               "Step 0 is the base model. Validation loss is on the whole validation split.\n"]
     train = report["training"]
@@ -395,19 +364,17 @@ def _one_line(text: Any, width: int = 160) -> str:
 def figure(report: dict):
     """Left: validation loss per backend; middle: the headline on the curve items by step;
     right: test-split headline per system with its interval."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(14, 4.2))
-    FigureCanvasAgg(fig)
-    ax1, ax2, ax3 = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    from common import plots
+    fig, (ax1, ax2, ax3) = plots.figure(14, 4.2, 3)
     for b, c in report["curves"].items():
         if c["val_loss"]:
             ax1.plot(*zip(*c["val_loss"]), marker="o", label=b)
         if c["metric"]:
             ax2.plot([s for s, _, _ in c["metric"]], [v for _, v, _ in c["metric"]], marker="o", label=b)
     head = report["results"][0]
-    ax1.set(xlabel="step", ylabel="validation loss (per target token)", title="validation loss")
-    ax2.set(xlabel="step (0 = base model)", ylabel=head["metric"], title=f"{head['metric']} on validation items")
+    plots.style(ax1, xlabel="step", ylabel="validation loss (per target token)", title="validation loss")
+    plots.style(ax2, xlabel="step (0 = base model)", ylabel=head["metric"], title=f"{head['metric']} on validation items",
+                zero=True)
     if head.get("n_items"):
         names = list(head["systems"])
         means = [head["systems"][n]["mean"] for n in names]
@@ -415,18 +382,12 @@ def figure(report: dict):
                [head["systems"][n]["hi"] - m for n, m in zip(names, means)]]
         ax3.bar(names, means, yerr=err, capsize=6, color=["#999999"] + ["#1f77b4", "#ff7f0e"][:len(names) - 1])
         ax3.set(ylabel=head["metric"], title=f"test split, {LEVEL:.0%} bootstrap intervals (n={head['n_items']})")
-    for ax in (ax1, ax2):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    ax2.set_ylim(bottom=0)
-    ax3.set_ylim(bottom=0)
-    fig.tight_layout()
+    plots.style(ax3, zero=True, legend=False)
     return fig
 
 
 def write_report(out: Path, report: dict) -> None:
     write_text(out / "study.md", report["markdown"])
     write_json(out / STUDY, {k: v for k, v in report.items() if k != "markdown"})
-    buf = io.BytesIO()
-    figure(report).savefig(buf, format="png", dpi=100)
-    write_bytes(out / "study.png", buf.getvalue())
+    from common import plots
+    plots.save(figure(report), out / "study.png")

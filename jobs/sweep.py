@@ -29,10 +29,6 @@ import yaml
 from common.errors import ConfigError
 from common.io import read_json, write_bytes, write_json, write_text
 
-# The headline numbers of each metric family, in this order, as table columns.
-HEADLINE = {"rouge": ("rouge1_f", "rouge2_f", "rougeL_f"), "bertscore": ("bertscore_f1",),
-            "citations": ("citation_accuracy", "citation_hallucination_rate"),
-            "squad": ("squad_exact", "squad_f1"), "bleu": ("bleu",), "length": ("length_pred_words_mean",)}
 SHORT = {"training.lr": "lr", "training.steps": "steps", "lora.rank": "rank", "lora.alpha": "alpha"}
 EVAL_DIR = "eval"
 
@@ -164,7 +160,8 @@ def _value(cfg, key: str) -> Any:
 
 
 def _metric_columns(scores: dict) -> dict[str, Any]:
-    return {k: scores.get(k) for m in scores.get("metrics") or [] for k in HEADLINE.get(m, ())}
+    from common.metric_registry import headline_keys
+    return {k: scores.get(k) for k in headline_keys(scores.get("metrics") or [])}
 
 
 def _print(msg: str = "", nl: bool = True) -> None:
@@ -176,9 +173,9 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
               max_new_tokens: int = 128) -> list[dict]:
     """Train, evaluate and tabulate every grid point; return one row dict per run.
 
-    `metrics`: None = validation loss only; a list of metric names (see common.metrics) = also
+    `metrics`: None = validation loss only; a list of metric names (common.metric_registry) = also
     generate on the first `limit_eval` validation records and score them; ["auto"] = the recipe's
-    default metrics (jobs.evaluation.default_metrics).
+    default metrics (common.metric_registry.default_metrics).
     """
     from backends import canonical
     from jobs import trainer
@@ -192,8 +189,8 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
     points = grid_points(axes)
     auto = metrics is not None and list(metrics) == ["auto"]
     if metrics is not None and not auto:
-        from common.metrics import METRICS
-        unknown = [m for m in metrics if m not in METRICS]
+        from common.metric_registry import METRICS, unknown_metrics
+        unknown = unknown_metrics(metrics)
         if unknown:
             raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
                               fix=f"choose among {', '.join(METRICS)}, or auto")
@@ -290,47 +287,28 @@ def write_table(rows: list[dict], out_dir: Path, swept: list[str]) -> tuple[str,
 
 def plot(rows: list[dict], out_dir: Path) -> bytes:
     """sweep.png: `figure` rendered."""
-    buf = io.BytesIO()
-    figure(rows, out_dir).savefig(buf, format="png", dpi=100)
-    return buf.getvalue()
+    from common import plots
+    return plots.png(figure(rows, out_dir))
 
 
 def figure(rows: list[dict], out_dir: Path):
     """Left: the training-loss curves overlaid; right: final train and validation loss per run.
     Both y axes start at zero (a zoomed axis makes a 1% difference look like a factor of two);
     the bars carry their values so small differences stay readable."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
-
+    from common import plots
     from common.runs import RunDir
-    fig = Figure(figsize=(12, 4.5))
-    FigureCanvasAgg(fig)
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, (left, right) = plots.figure(12, 4.5, 2)
     for r in rows:
         curve = [(x["step"], x["loss"]) for x in RunDir(out_dir / r["run"]).read_log() if x.get("event") == "train"]
         if curve:
             left.plot(*zip(*curve), label=r["run"])
-    left.set_xlabel("step")
-    left.set_ylabel("training loss (mean per target token)")
-    left.set_ylim(bottom=0)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=7)
+    plots.style(left, xlabel="step", ylabel="training loss (mean per target token)", zero=True)
     xs = range(len(rows))
     for j, (key, label) in enumerate((("final_loss", "final train loss"), ("val_loss", "validation loss"))):
         bars = right.bar([x + (j - 0.5) * 0.4 for x in xs], [r.get(key) or 0 for r in rows], 0.4, label=label)
         right.bar_label(bars, labels=[f"{r[key]:.3f}" if isinstance(r.get(key), (int, float)) else ""
                                       for r in rows], fontsize=6, padding=2)
-    right.set_ylim(bottom=0)
     right.set_xticks(list(xs))
     right.set_xticklabels([r["run"] for r in rows], rotation=30, ha="right", fontsize=7)
-    right.set_ylabel("loss")
-    right.legend(fontsize=7)
-    fig.tight_layout()
+    plots.style(right, ylabel="loss", zero=True)
     return fig
-
-
-def load_rows(out_dir: Path) -> list[dict]:
-    """The rows of a written sweep.csv (strings), for scripts."""
-    text = (Path(out_dir) / "sweep.csv").read_text(encoding="utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
-

@@ -1,6 +1,6 @@
 """docs/errors.md rows E57-E99 (issue 14): outputs we own, output == input, locks, --resume and
 --init-adapter checks, non-finite weights, SIGTERM, sandboxed templates, pickles, manifests, and
-the inputs that used to end in a traceback. Imported by tests/test_errors.py, which runs every row
+the inputs that used to end in a traceback. Registered through tests/error_rows.py; tests/test_errors.py runs every row
 through the same checks (one `error:` line, exit 2, no traceback, the documented pattern)."""
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
 from ownership_helpers import _wait_for, snapshot, user_dir
-from test_errors import expect_error, generate_cli, no_hidden_leftovers, row, train_cli, write
+from error_rows import expect_error, generate_cli, no_hidden_leftovers, refused, row, train_cli, write
 
 
 # ---------------------------------------------------------------- outputs we own
@@ -242,9 +242,7 @@ def pickle_beside_odd_safetensors(ctx):
     (d / "model.safetensors").rename(d / "weights.safetensors")
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle would run code here")
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(d), "pickle weights (pytorch_model.bin)", "rename the weights to model.safetensors")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(d), "pickle weights (pytorch_model.bin)", "rename the weights to model.safetensors")
 
 
 @row("E93")
@@ -253,9 +251,7 @@ def safetensors_not_named_model(ctx):
     shutil.copytree(ctx.model, d)
     (d / "model.safetensors").rename(d / "weights.safetensors")
     r = run_cli("train", "--backend", "mlx", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(d), "(weights.safetensors) are not named model.safetensors")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(d), "(weights.safetensors) are not named model.safetensors")
 
 
 @row("E71")
@@ -279,10 +275,8 @@ def manifest_hash_mismatch(ctx):
     assert run_cli("prepare", "jsonl", src, "--out", prepared).exit_code == 0
     train = prepared / "train.jsonl"
     train.write_text("".join(train.read_text().splitlines(keepends=True)[:5]))  # 5 rows where it says 16
-    line = expect_error(train_cli(ctx, data=prepared / "manifest.json"), str(train),
+    return refused(ctx, train_cli(ctx, data=prepared / "manifest.json"), str(train),
                         "does not match the sha256 the manifest records")
-    assert not ctx.out.exists()
-    return line
 
 
 @row("E73")
@@ -359,9 +353,7 @@ def output_not_utf8(ctx):
 @row("E79")
 def json_nested_too_deep(ctx):
     data = write(ctx.tmp / "deep.jsonl", '{"text": ' + "[" * 100000 + "]" * 100000 + "}\n")
-    line = expect_error(train_cli(ctx, data=data), f"{data}:1", "JSON nested too deeply")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1", "JSON nested too deeply")
 
 
 @row("E80")
@@ -379,9 +371,7 @@ def config_huge_integer(ctx):
 @row("E81")
 def lone_surrogate(ctx):
     data = write(ctx.tmp / "s.jsonl", '{"prompt": "a \\ud800 b", "completion": "c"}\n')
-    line = expect_error(train_cli(ctx, data=data), f"{data}:1", "lone surrogate")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1", "lone surrogate")
 
 
 @row("E82")
@@ -446,9 +436,7 @@ def model_safetensors_truncated(ctx):
     f = d / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(f), "safetensors file is truncated")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(f), "safetensors file is truncated")
 
 
 @row("E90")
@@ -457,9 +445,7 @@ def model_config_json_broken(ctx):
     shutil.copytree(ctx.model, d)
     (d / "config.json").write_text('{"model_type": "llama",')
     r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
-    line = expect_error(r, str(d / "config.json"), "config.json is not valid JSON")
-    assert not ctx.out.exists()
-    return line
+    return refused(ctx, r, str(d / "config.json"), "config.json is not valid JSON")
 
 
 @row("E91")

@@ -13,9 +13,10 @@ import pytest
 
 from common.citations import canonical_article, extract_citations
 from common.errors import DataError, UserError
+from common.metric_registry import score_all
 from common.metrics import (bertscore, bleu, citation_scores, default_encoder_path, length_stats,
-                            normalize_answer, resolve_encoder, rouge, score_all, squad_exact,
-                            squad_f1, squad_gold, squad_scores)
+                            normalize_answer, resolve_encoder, rouge, squad_exact, squad_f1, squad_gold,
+                            squad_scores)
 
 from conftest import SHARED  # noqa: E402
 
@@ -125,13 +126,12 @@ def test_citation_metrics_hand_computed():
     preds = ["Voir l'article L. 1234-5.", "Selon l'article R. 4511-1 et L. 9999-9.",
              "Pas de citation.", "Voir article 12."]
     refs = ["Article L1234-5 du code", "article R4511-2", "Sans citation", "rien"]
-    r = citation_scores(preds, refs, known_articles={"R*4511-1"})
+    r = citation_scores(preds, refs)
     assert r["citation_accuracy"] == 0.5  # items 1 and 2 have reference citations; 1 is right
     assert (r["citation_items_scored"], r["citation_items_without_reference"]) == (2, 2)
-    assert r["citation_hallucination_rate"] == 0.5  # 4 cited; L9999-9 and 12 in neither set
+    assert r["citation_hallucination_rate"] == 0.75  # 4 cited; R4511-1, L9999-9 and 12 in neither set
     assert r["citation_cites_any_rate"] == 0.75
     assert [row["citation_ok"] for row in r["per_item"]] == [True, False, None, None]
-    assert citation_scores(preds, refs)["citation_hallucination_rate"] == 0.75
     assert citation_scores(["rien"], ["rien"])["citation_hallucination_rate"] is None
 
 
@@ -194,8 +194,38 @@ def test_score_all_errors():
         score_all([], ["rouge"])
 
 
+def test_registry_gives_the_tables_it_replaced():
+    """Direction, scale, chart, sweep columns, study headlines and defaults all come from one table;
+    these are the values the separate tables held (metrics, reports, sweep, study, evaluation)."""
+    from types import SimpleNamespace as NS
+
+    from common.metric_registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
+                                        study_headlines)
+    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "length")
+    assert {k: chart_points(k) for k in ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
+                                         "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")} == \
+        {**dict.fromkeys(("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
+                          "citation_cites_any_rate"), 100.0), "squad_exact": 1.0, "squad_f1": 1.0, "bleu": 1.0}
+    assert chart_points("rouge1_p") is None and chart_points("test_loss") is None
+    assert headline_keys(list(METRICS)) == ["rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
+                                            "citation_hallucination_rate", "squad_exact", "squad_f1", "bleu",
+                                            "length_pred_words_mean"]
+    assert (metric_info("rouge2_p"), metric_info("citation_hallucination_rate"), metric_info("squad_NoAns_f1"),
+            metric_info("citation_echo_rate"), metric_info("truncated_rate"), metric_info("val_loss")) == \
+        ((1, 100), (-1, 100), (1, 1), (0, 100), (-1, 100), (-1, 1))
+    assert metric_info("n_items") is None and metric_info("bertscore_layer") is None
+    assert [(h.key, h.label, h.subset, h.scale) for h in study_headlines(["rouge", "citations", "length"])] == \
+        [("rougeL_f", "ROUGE-L", None, 100.0), ("citation_ok", "citation accuracy", None, 100.0)]
+    squad, legal, text = ([NS(meta={"meta": meta})] for meta in ({"is_impossible": False}, {"article_num": "1"}, {}))
+    assert [default_metrics(x) for x in (squad, legal, text)] == [
+        ["squad", "bleu", "bertscore", "length"], ["rouge", "bertscore", "citations", "bleu", "length"],
+        ["rouge", "bleu", "bertscore", "length"]]
+    assert [default_metrics(x, job="study") for x in (squad, legal, text)] == [
+        ["squad", "length"], ["rouge", "citations", "length"], ["rouge", "length"]]
+
+
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, common.metrics, common.reports; assert 'torch' not in sys.modules"
+    code = "import sys, common.metrics, common.metric_registry, common.reports; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 

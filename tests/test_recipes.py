@@ -366,7 +366,7 @@ def test_slds_render_split_and_truncation(tmp_path):
         r["meta"]["sample_id"] for rs in all_rows(tmp_path / "cut").values() for r in rs if r["meta"]["truncated"])
 
     with pytest.warns(UserWarning, match="10 could not fit"), pytest.raises(DataError, match="empty"):
-        run_recipe("slds", [str(src)], tmp_path / "tiny", options={"max_length": 5, "count_tokens": len})
+        run_recipe("slds", [str(src)], tmp_path / "tiny", options={"max_length": 5})
 
 
 def test_slds_template_replacement(tmp_path):

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from common.errors import UserError
-from common.metrics import score_all
+from common.metric_registry import score_all
 from common.reports import compare, compare_rows, write_eval_report
 
 ITEMS = [

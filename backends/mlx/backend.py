@@ -99,7 +99,6 @@ class Backend:
             nn.quantize(self.model, group_size=64, bits=4,
                         class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
         self.model.freeze()
-        self.grad_checkpointing = grad_checkpointing
         if grad_checkpointing:
             from backends.mlx.checkpoint import checkpoint_layers
             checkpoint_layers(self.model.layers)   # this model only (mlx-lm's patches the class)
@@ -179,9 +178,6 @@ class Backend:
         from common.adapter import mlx_to_peft
         flat = dict(tree_flatten(self.model.trainable_parameters()))
         return mlx_to_peft({k: np.array(v.astype(mx.float32)) for k, v in flat.items()})
-
-    def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
-        self._load_into(self._active_layers, weights, init)
 
     def _load_into(self, layers: dict, weights: dict[str, np.ndarray], init: bool) -> None:
         """Set A, B (and DoRA's m) of `layers` from PEFT-named weights. Tensors for other modules are

@@ -133,7 +133,6 @@ class Backend:
         self.model.config.use_cache = False
         self.peft = None
         self.optimizer = None
-        self.grad_checkpointing = grad_checkpointing
         self.active_adapter = None
         self._specs: dict = {}  # adapter name -> (spec, {module path: shape}), for a merge that rebuilds the model
         self._base_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
@@ -241,9 +240,6 @@ class Backend:
     def lora_weights(self) -> dict[str, np.ndarray]:
         """PEFT-named float32 copies; under FSDP gathered from the shards (every rank must call it)."""
         return {k: _full(p.detach()).to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
-
-    def set_lora_weights(self, weights: dict[str, np.ndarray], init: bool = False) -> None:
-        self._load_into(self._params, weights, init)
 
     def _load_into(self, params: dict, weights: dict[str, np.ndarray], init: bool) -> None:
         """Copy PEFT-named weights into `params`. At init an adapter may lack the DoRA magnitude

@@ -42,10 +42,6 @@ class Example:
         return self.text is None
 
     @property
-    def prompt_messages(self) -> list[dict]:
-        return list(self.messages[:-1])
-
-    @property
     def completion(self) -> str:
         return self.text if self.text is not None else self.messages[-1]["content"]
 

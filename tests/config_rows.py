@@ -1,0 +1,141 @@
+"""docs/errors.md rows about configs: the schema, values, and configs written with other tools' names (issue 16).
+
+Each row is registered under its id by `@row`; tests/test_errors.py runs every row through the
+same checks (one `error:` line, exit 2, no traceback, the documented pattern)."""
+from __future__ import annotations
+
+
+from error_rows import expect_error, refused, row, train_cli, write
+from helpers import run_cli, write_jsonl
+
+
+# ---------------------------------------------------------------- config
+
+@row("E12")
+def config_unknown_key(ctx):
+    cfg = write(ctx.tmp / "c.yaml", "lora:\n  rnak: 8\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(cfg), "unknown key 'lora.rnak', did you mean lora.rank?", "valid in 'lora': rank",
+                        "config-help")
+
+
+@row("E13")
+def config_wrong_type(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "training.batch_size=two"),
+                        "training.batch_size: expected an integer, got 'two'")
+
+
+@row("E14")
+def negative_lr(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "training.lr=-1"), "training.lr must be > 0")
+
+
+@row("E15")
+def yaml_syntax_error(ctx):
+    cfg = write(ctx.tmp / "c.yaml", "training:\n  steps: 2\n  lr: [1e-4\nlora:\n  rank: 4\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, f"{cfg}:4:", "not valid YAML")
+
+
+@row("E16")
+def config_file_missing(ctx):
+    cfg = ctx.tmp / "nope.yaml"
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    return expect_error(r, str(cfg), "config file not found")
+
+
+@row("E17")
+def set_without_equals(ctx):
+    return expect_error(train_cli(ctx, "--set", "training.lr"), "--set 'training.lr' is not KEY=VALUE")
+
+
+@row("E18")
+def value_not_allowed(ctx):
+    return expect_error(train_cli(ctx, "--set", "training.schedule=cosin"),
+                        "training.schedule: 'cosin' is not one of 'cosine', 'linear', 'constant'")
+
+
+@row("E19")
+def template_file_missing(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "data.template=nope.jinja"), "nope.jinja", "template file not found")
+
+
+# ---------------------------------------------------------------- training UX (issue 16)
+
+@row("E110")
+def trl_style_config(ctx):
+    cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
+                "lora_r: 16\nmax_seq_length: 512\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
+                        "unknown key 'num_train_epochs', did you mean training.epochs?",
+                        "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
+                        "unknown key 'lora_r', did you mean lora.rank?",
+                        "unknown key 'max_seq_length', did you mean data.max_length?", "rename the keys as suggested")
+
+
+@row("E111")
+def mlx_lm_style_config(ctx):
+    cfg = write(ctx.tmp / "mlx.yaml", "iters: 600\nbatch_size: 4\nnum_layers: 8\n"
+                "lora_parameters: {rank: 8, scale: 20.0, dropout: 0.0}\n")
+    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(cfg), "unknown key 'iters', did you mean training.steps?",
+                        "unknown key 'batch_size', did you mean training.batch_size?",
+                        "unknown key 'num_layers', did you mean lora.layers?",
+                        "lora.scale (alpha = scale × rank)")
+
+
+@row("E112")
+def scale_and_alpha_disagree(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "lora.scale=20", "--set", "lora.alpha=16", "--set", "lora.rank=8"),
+                        "lora.scale=20 and lora.alpha=16 disagree", "scale = alpha/rank = 2")
+
+
+@row("E113")
+def early_stopping_without_validation(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "training.early_stopping_patience=2", "--set", "training.eval_every=1"),
+                        "training.early_stopping_patience: early stopping needs validation data", "--valid")
+
+
+@row("E114")
+def early_stopping_without_eval_every(ctx):
+    return refused(ctx, train_cli(ctx, "--valid", ctx.data, "--set", "training.early_stopping_patience=2"),
+                        "training.eval_every is 0", "set training.eval_every")
+
+
+@row("E115")
+def tracker_not_installed(ctx):
+    ctx.mp.setattr("importlib.util.find_spec", lambda name, *a: None)
+    return refused(ctx, train_cli(ctx, "--set", "training.report_to=[csv,wandb]"),
+                        "training.report_to: wandb is not installed", "pip install wandb")
+
+
+@row("E116")
+def tracker_unknown(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "training.report_to=tensorbord"),
+                        "training.report_to: 'tensorbord' is not one of csv, tensorboard, wandb, mlflow, none")
+
+
+@row("E117")
+def data_folder_without_train_file(ctx):
+    folder = ctx.tmp / "data"
+    write(folder / "training.jsonl", "{}\n")
+    return refused(ctx, train_cli(ctx, data=folder), str(folder), "no train.jsonl", "as mlx-lm expects")
+
+
+@row("E118")
+def template_changes_earlier_turns(ctx):
+    # a template that shortens earlier assistant turns (as reasoning templates strip their thinking)
+    tmpl = write(ctx.tmp / "strip.jinja", "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+                 "{% if m.role == 'assistant' and not loop.last %}(earlier answer){% else %}{{ m.content }}{% endif %}"
+                 "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    data = write_jsonl(ctx.tmp / "mt.jsonl", [{"messages": [
+        {"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]}])
+    line = expect_error(train_cli(ctx, "--set", f"data.template={tmpl}", data=data), f"{data}:1:",
+                        "renders assistant turn messages[1] differently", "data.train_on: last")
+    assert not ctx.out.exists()
+    # the fix works: only the last turn is trained
+    r = train_cli(ctx, "--set", f"data.template={tmpl}", "--set", "data.train_on=last", data=data)
+    assert r.exit_code == 0, r.output
+    return line

