@@ -5,8 +5,8 @@ same checks (one `error:` line, exit 2, no traceback, the documented pattern).""
 from __future__ import annotations
 
 
-from error_rows import expect_error, refused, row, train_cli, write
-from helpers import run_cli, write_jsonl
+from error_rows import expect_error, refused, row, train_cli, train_config, write
+from helpers import write_jsonl
 
 
 # ---------------------------------------------------------------- config
@@ -14,7 +14,7 @@ from helpers import run_cli, write_jsonl
 @row("E12")
 def config_unknown_key(ctx):
     cfg = write(ctx.tmp / "c.yaml", "lora:\n  rnak: 8\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    r = train_config(ctx, cfg)
     return refused(ctx, r, str(cfg), "unknown key 'lora.rnak', did you mean lora.rank?", "valid in 'lora': rank",
                         "config-help")
 
@@ -33,14 +33,14 @@ def negative_lr(ctx):
 @row("E15")
 def yaml_syntax_error(ctx):
     cfg = write(ctx.tmp / "c.yaml", "training:\n  steps: 2\n  lr: [1e-4\nlora:\n  rank: 4\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    r = train_config(ctx, cfg)
     return refused(ctx, r, f"{cfg}:4:", "not valid YAML")
 
 
 @row("E16")
 def config_file_missing(ctx):
     cfg = ctx.tmp / "nope.yaml"
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    r = train_config(ctx, cfg)
     return expect_error(r, str(cfg), "config file not found")
 
 
@@ -62,12 +62,16 @@ def template_file_missing(ctx):
 
 # ---------------------------------------------------------------- training UX (issue 16)
 
+def _foreign_config(ctx, name: str, text: str, *needles) -> str:
+    """A config written in another tool's key names, refused naming ours."""
+    cfg = write(ctx.tmp / name, text)
+    return refused(ctx, train_config(ctx, cfg), str(cfg), *needles)
+
+
 @row("E110")
 def trl_style_config(ctx):
-    cfg = write(ctx.tmp / "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
-                "lora_r: 16\nmax_seq_length: 512\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    return refused(ctx, r, str(cfg), "unknown key 'learning_rate', did you mean training.lr?",
+    return _foreign_config(ctx, "trl.yaml", "learning_rate: 2.0e-4\nnum_train_epochs: 3\nper_device_train_batch_size: 4\n"
+                           "lora_r: 16\nmax_seq_length: 512\n", "unknown key 'learning_rate', did you mean training.lr?",
                         "unknown key 'num_train_epochs', did you mean training.epochs?",
                         "unknown key 'per_device_train_batch_size', did you mean training.batch_size?",
                         "unknown key 'lora_r', did you mean lora.rank?",
@@ -76,10 +80,8 @@ def trl_style_config(ctx):
 
 @row("E111")
 def mlx_lm_style_config(ctx):
-    cfg = write(ctx.tmp / "mlx.yaml", "iters: 600\nbatch_size: 4\nnum_layers: 8\n"
-                "lora_parameters: {rank: 8, scale: 20.0, dropout: 0.0}\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
-    return refused(ctx, r, str(cfg), "unknown key 'iters', did you mean training.steps?",
+    return _foreign_config(ctx, "mlx.yaml", "iters: 600\nbatch_size: 4\nnum_layers: 8\n"
+                           "lora_parameters: {rank: 8, scale: 20.0, dropout: 0.0}\n", "unknown key 'iters', did you mean training.steps?",
                         "unknown key 'batch_size', did you mean training.batch_size?",
                         "unknown key 'num_layers', did you mean lora.layers?",
                         "lora.scale (alpha = scale × rank)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from pathlib import Path
 
 from helpers import run_cli
@@ -54,6 +55,23 @@ def no_hidden_leftovers(root: Path) -> None:
 def train_cli(ctx, *extra, data=None, out=None, steps="1", backend="torch"):
     return run_cli("train", "--backend", backend, "--model", ctx.model, "--data", data or ctx.data,
                    "--output", out or ctx.out, "--steps", steps, *extra)
+
+
+def train_model(ctx, model):
+    """`train` on another (broken) base model, the rest as every row."""
+    return run_cli("train", "--backend", "torch", "--model", model, "--data", ctx.data, "--output", ctx.out)
+
+
+def train_config(ctx, cfg):
+    """`train --config cfg` with the row's model, data and output."""
+    return run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+
+
+def model_copy(ctx) -> Path:
+    """A copy of the tiny model for a row to break."""
+    d = ctx.tmp / "model"
+    shutil.copytree(ctx.model, d)
+    return d
 
 
 def write(path: Path, text: str) -> Path:

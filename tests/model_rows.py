@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from error_rows import expect_error, generate_cli, refused, row, train_cli, write
+from error_rows import expect_error, generate_cli, model_copy, refused, row, train_cli, train_model, write
 from helpers import run_cli
 
 
@@ -20,32 +20,29 @@ from helpers import run_cli
 @row("E20")
 def model_path_missing(ctx):
     missing = ctx.tmp / "no-model"
-    r = run_cli("train", "--backend", "torch", "--model", missing, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, missing)
     return refused(ctx, r, str(missing), "model path not found")
 
 
 @row("E21")
 def model_dir_without_config(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "config.json").unlink()
-    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, d)
     return refused(ctx, r, str(d), "no config.json")
 
 
 @row("E22")
 def model_with_pickle_weights(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
-    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, d)
     return refused(ctx, r, str(d), "only pickle weights found (pytorch_model.bin)", "safetensors only")
 
 
 @row("E23")
 def tokenizer_without_chat_template(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "chat_template.jinja").unlink(missing_ok=True)
     tc = json.loads((d / "tokenizer_config.json").read_text())
     tc.pop("chat_template", None)

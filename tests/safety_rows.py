@@ -18,7 +18,7 @@ import numpy as np
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
 from ownership_helpers import _wait_for, snapshot, user_dir
-from error_rows import expect_error, generate_cli, no_hidden_leftovers, refused, row, train_cli, write
+from error_rows import expect_error, generate_cli, model_copy, no_hidden_leftovers, refused, row, train_cli, train_config, train_model, write
 
 
 # ---------------------------------------------------------------- outputs we own
@@ -237,18 +237,16 @@ def template_escapes_sandbox(ctx):
 
 @row("E70")
 def pickle_beside_odd_safetensors(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "model.safetensors").rename(d / "weights.safetensors")
     (d / "pytorch_model.bin").write_bytes(b"\x80\x04 a pickle would run code here")
-    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, d)
     return refused(ctx, r, str(d), "pickle weights (pytorch_model.bin)", "rename the weights to model.safetensors")
 
 
 @row("E93")
 def safetensors_not_named_model(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "model.safetensors").rename(d / "weights.safetensors")
     r = run_cli("train", "--backend", "mlx", "--model", d, "--data", ctx.data, "--output", ctx.out)
     return refused(ctx, r, str(d), "(weights.safetensors) are not named model.safetensors")
@@ -359,7 +357,7 @@ def json_nested_too_deep(ctx):
 @row("E80")
 def config_huge_integer(ctx):
     cfg = write(ctx.tmp / "c.yaml", "training:\n  steps: " + "9" * 5000 + "\n")
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    r = train_config(ctx, cfg)
     line = expect_error(r, str(cfg), "a value cannot be read")
     expect_error(train_cli(ctx, "--set", "training.steps=" + "9" * 5000), "not valid YAML")
     data = write(ctx.tmp / "big.jsonl", '{"prompt": "a", "completion": "b", "n": ' + "9" * 5000 + "}\n")
@@ -378,7 +376,7 @@ def lone_surrogate(ctx):
 def config_utf16(ctx):
     cfg = ctx.tmp / "c.yaml"
     cfg.write_bytes("training:\n  steps: 2\n".encode("utf-16"))
-    r = run_cli("train", "--config", cfg, "--model", ctx.model, "--data", ctx.data, "--output", ctx.out)
+    r = train_config(ctx, cfg)
     return expect_error(r, str(cfg), "not UTF-8 text", "save the config as UTF-8")
 
 
@@ -431,20 +429,18 @@ def twinlora_json_invalid(ctx):
 
 @row("E89")
 def model_safetensors_truncated(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     f = d / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, d)
     return refused(ctx, r, str(f), "safetensors file is truncated")
 
 
 @row("E90")
 def model_config_json_broken(ctx):
-    d = ctx.tmp / "model"
-    shutil.copytree(ctx.model, d)
+    d = model_copy(ctx)
     (d / "config.json").write_text('{"model_type": "llama",')
-    r = run_cli("train", "--backend", "torch", "--model", d, "--data", ctx.data, "--output", ctx.out)
+    r = train_model(ctx, d)
     return refused(ctx, r, str(d / "config.json"), "config.json is not valid JSON")
 
 
