@@ -472,43 +472,80 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
               timeout: int = 3600) -> dict:
     """Train ours and the plain library on each backend, on uniform data (or `data`) and, with
     `ragged`, on ragged data; write bench.md and bench.json into out_dir; return the results."""
-    from backends import canonical
-    from common.batching import epoch_order
+    from common.config import LoraConfig
     from common.models import resolve_model
     from common.tokenize import load_tokenizer
 
-    import importlib.util
-
-    from common.errors import BackendError, ConfigError
-    if steps < 1 or warmup < 0 or repeats < 1 or batch_size < 1 or max_length < 8 or rank < 1:
-        raise ConfigError("bench needs steps, repeats, batch size, rank >= 1, warmup >= 0, max length >= 8",
-                          where="bench options", fix="check --steps/--warmup/--repeats/--batch-size/--max-length")
+    _check_options(steps, warmup, repeats, batch_size, max_length, rank)
     out_dir = Path(out_dir)
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
+    fams = families(backends)
+    _check_installed(fams)
+    alpha = float(alpha if alpha is not None else 2 * rank)
+    targets = target_list(targets)
+    model_dir = resolve_model(model)
+    tok = load_tokenizer(model_dir)
+    facts = model_facts(model_dir, LoraConfig(rank=rank, alpha=alpha, target_modules=targets))
+    datasets = _datasets(tok, data, warmup * batch_size, steps * batch_size, max_length, ragged, seed)
+    base = dict(model=model, model_dir=str(model_dir), steps=steps, warmup=warmup, batch_size=batch_size,
+                max_length=max_length, rank=rank, alpha=alpha, targets=targets, lr=lr, seed=seed, dtype=dtype,
+                attn_implementation=attn_implementation, pad_id=tok.pad_token_id, threads=threads)
+    plan = _plan(datasets, fams)
+    echo(_header(base, facts, repeats, len(plan)))
+    calib = _calibrate_all(fams, work, threads, timeout, echo)
+    specs = _specs(plan, datasets, base, work)
+    results = _run_repeats(specs, repeats, warmup, work, timeout, echo)
+    _best_peaks(specs, results, calib)
+    rows = _rows(specs, results, warmup, facts, calib)
+    result = _result(base, results, repeats, fams, facts, calib, rows)
+    _write_bench(result, out_dir, echo)
+    return result
+
+
+# ------------------------------------------------------------------ run_bench's stages
+def _check_options(steps: int, warmup: int, repeats: int, batch_size: int, max_length: int, rank: int) -> None:
+    """Refuse sizes that cannot make a measured run, before anything is loaded."""
+    from common.errors import ConfigError
+    if steps < 1 or warmup < 0 or repeats < 1 or batch_size < 1 or max_length < 8 or rank < 1:
+        raise ConfigError("bench needs steps, repeats, batch size, rank >= 1, warmup >= 0, max length >= 8",
+                          where="bench options", fix="check --steps/--warmup/--repeats/--batch-size/--max-length")
+
+
+def families(backends) -> list[str]:
+    """The backend families asked for, each once, in the order given (aliases folded)."""
+    from backends import canonical
     fams = []
     for b in backends:
         c = canonical(b)
         if c not in fams:
             fams.append(c)
+    return fams
+
+
+def _check_installed(fams: list[str]) -> None:
+    """Name the missing packages now rather than as a failed worker minutes later."""
+    import importlib.util
+
+    from common.errors import BackendError
     needs = {"mlx": ["mlx", "mlx_lm"], "torch": ["torch", "transformers", "peft", "trl", "datasets"]}
     for fam in fams:
         missing = [m for m in needs[fam] if importlib.util.find_spec(m) is None]
         if missing:
             raise BackendError(f"benchmarking the {fam} backend needs {', '.join(missing)}", where="--backend",
                                fix=f"pip install {' '.join(m.replace('_', '-') for m in missing)}, or drop --backend {fam}")
-    alpha = float(alpha if alpha is not None else 2 * rank)
-    targets = targets if isinstance(targets, str) and targets == "all-linear" else (
-        [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets))
-    model_dir = resolve_model(model)
-    tok = load_tokenizer(model_dir)
-    pad_id = tok.pad_token_id
 
-    from common.config import LoraConfig
-    facts = model_facts(model_dir, LoraConfig(rank=rank, alpha=alpha, target_modules=targets))
 
+def target_list(targets) -> str | list[str]:
+    """"all-linear" as is; a comma string or a sequence as a list of module names."""
+    if isinstance(targets, str) and targets == "all-linear":
+        return targets
+    return [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
+
+
+def _datasets(tok, data: str | None, n_warm: int, n_main: int, max_length: int, ragged: bool, seed: int) -> dict:
+    """{name: (warm-up pool, measured pool)}: `data` (repeated to size) or uniform synthetic, plus ragged."""
     datasets = {}
-    n_warm, n_main = warmup * batch_size, steps * batch_size
     if data:
         ex = user_examples(data, tok, max_length)
         if len(ex) < n_warm + n_main:
@@ -520,11 +557,13 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
     if ragged:
         ex = synth_examples(tok, n_warm + n_main, max_length, True, seed)
         datasets["ragged"] = (ex[:n_warm], ex[n_warm:])
+    return datasets
 
-    base = dict(model=model, model_dir=str(model_dir), steps=steps, warmup=warmup, batch_size=batch_size,
-                max_length=max_length, rank=rank, alpha=alpha, targets=targets, lr=lr, seed=seed, dtype=dtype,
-                attn_implementation=attn_implementation, pad_id=pad_id, threads=threads)
-    plan = []          # (dataset, runner, backend, batching)
+
+def _plan(datasets: dict, fams: list[str]) -> list[tuple[str, str, str, str]]:
+    """The runs as (dataset, runner, backend, batching): ours beside its plain library; on ragged
+    data ours also with its length-aware batching."""
+    plan = []
     for dname in datasets:
         is_ragged = dname == "ragged"
         if "mlx" in fams:
@@ -538,18 +577,35 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
             if is_ragged:
                 plan += [(dname, "ours-torch", "torch", "packed")]
             plan += [(dname, "trl", "torch", "padded")]
+    return plan
 
-    echo(f"[bench] model={model} ({facts['params_total']:,} params), LoRA r={rank} alpha={alpha:g} on "
-         f"{targets if isinstance(targets, str) else ','.join(targets)} ({facts['modules']} modules, "
-         f"{facts['n_trainable']:,} trainable); batch {batch_size}, max length {max_length}, "
-         f"{warmup} warm-up + {steps} measured steps, {repeats} repeat(s); {len(plan)} runs × {repeats}")
+
+def _header(base: dict, facts: dict, repeats: int, n_runs: int) -> str:
+    """The first console line: what is measured and how many runs it takes."""
+    targets = base["targets"]
+    return (f"[bench] model={base['model']} ({facts['params_total']:,} params), LoRA r={base['rank']} "
+            f"alpha={base['alpha']:g} on {targets if isinstance(targets, str) else ','.join(targets)} "
+            f"({facts['modules']} modules, {facts['n_trainable']:,} trainable); batch {base['batch_size']}, "
+            f"max length {base['max_length']}, {base['warmup']} warm-up + {base['steps']} measured steps, "
+            f"{repeats} repeat(s); {n_runs} runs × {repeats}")
+
+
+def _calibrate_all(fams: list[str], work: Path, threads, timeout: int, echo) -> dict:
+    """Each family's fp32 matmul peak, measured in a worker before the runs (the MFU denominator)."""
     calib = {}
     for fam in fams:
         echo(f"[bench] measuring fp32 matmul throughput ({fam}, 2048²)...")
         calib[fam] = _launch({"runner": f"calib-{fam}", "threads": threads}, work, f"calib-{fam}", timeout, echo)
         extra = f", BLAS preloaded: {calib[fam].get('blas')}" if fam == "mlx" else ""
         echo(f"[bench]   {fam}: {calib[fam]['gflops']:.1f} GFLOP/s on {calib[fam]['device']}{extra}")
+    return calib
 
+
+def _specs(plan: list, datasets: dict, base: dict, work: Path) -> list[tuple[str, dict]]:
+    """(name, worker spec) per run: the dataset written once to work/, the groups every run of
+    that batching trains on, and each step's target count (for the pass loss)."""
+    from common.batching import epoch_order
+    bs, seed = base["batch_size"], base["seed"]
     specs = []
     for dname, runner, backend, batching in plan:
         warm, main = datasets[dname]
@@ -558,15 +614,19 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
             data_file.write_text(json.dumps({"warm": [[list(r.ids), list(r.mask)] for r in warm],
                                              "main": [[list(r.ids), list(r.mask)] for r in main]}))
         mode = "padded" if batching == "packed" else batching
-        groups = {k: epoch_order(len(pool), batch_size, seed, 0, mode, [len(r.ids) for r in pool])
+        groups = {k: epoch_order(len(pool), bs, seed, 0, mode, [len(r.ids) for r in pool])
                   for k, pool in (("warm_groups", warm), ("main_groups", main))}
         step_targets = [sum(pool[i].n_targets for i in g)
                         for pool, gs in ((warm, groups["warm_groups"]), (main, groups["main_groups"])) for g in gs]
         specs.append((f"{dname}-{runner}-{batching}",
                       dict(base, dataset=dname, step_targets=step_targets, runner=runner, backend=backend, batching=batching,
                            data_file=str(data_file), **groups)))
-    # Repeats are interleaved (every run once, then again), so a change in machine load hits ours
-    # and the plain runs alike.
+    return specs
+
+
+def _run_repeats(specs: list, repeats: int, warmup: int, work: Path, timeout: int, echo) -> dict[str, list]:
+    """Every run `repeats` times, interleaved (every run once, then again), so a change in machine
+    load hits ours and the plain runs alike; one console line per run."""
     results: dict[str, list] = {name: [] for name, _ in specs}
     for rep in range(repeats):
         for name, spec in specs:
@@ -578,40 +638,56 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
             echo(f"[bench] {name} (repeat {rep + 1}/{repeats}): {sum(r['tokens'][warmup:]) / sum(m):.1f} tok/s, "
                  f"median step {statistics.median(m):.3f} s, peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB"
                  + (f", load average {load0:.1f}" if load0 is not None else ""))
-    for name, spec in specs:             # the matmul peak: best of every measurement of the run
+    return results
+
+
+def _best_peaks(specs: list, results: dict, calib: dict) -> None:
+    """The matmul peak: best of every measurement of the run (each worker measures after its run)."""
+    for name, spec in specs:
         for r in results[name]:
             c, best = r.get("calibration"), calib[spec["backend"]]
             best["measurements"] = best.get("measurements", 1) + (1 if c else 0)
             if c and c["gflops"] > best["gflops"]:
                 best["gflops"] = c["gflops"]
+
+
+def _rows(specs: list, results: dict, warmup: int, facts: dict, calib: dict) -> list[dict]:
+    """One table row per run (medians over repeats, MFU), then each of ours against its plain counterpart."""
     rows = []
     for name, spec in specs:
         s = _summ(results[name], warmup, spec["step_targets"])
         mfu = facts["flops_per_token"] * s["tok_s"] / (calib[spec["backend"]]["gflops"] * 1e9)
         rows.append(dict(data=spec["dataset"], run=spec["runner"], backend=spec["backend"],
                          batching=spec["batching"], mfu=mfu, **s))
-
-    for r in rows:                       # ratios: each of ours against its plain counterpart
+    for r in rows:
         plain = PLAIN.get(r["run"])
         p = next((x for x in rows if x["run"] == plain and x["data"] == r["data"]), None)
         r["speed_vs_plain"] = r["tok_s"] / p["tok_s"] if p else None
         r["rss_vs_plain"] = r["rss"] / p["rss"] if p else None
+    return rows
+
+
+def _result(base: dict, results: dict, repeats: int, fams: list, facts: dict, calib: dict, rows: list) -> dict:
+    """bench.json's content: the settings, the machine and its load, the facts and the rows."""
     loads = [x for rs in results.values() for r in rs for x in r["loadavg"] if x is not None]
-    result = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in base.items()},
-              "loadavg": [min(loads), max(loads)] if loads else None,
-              "repeats": repeats, "backends": fams, "facts": facts, "calibration": calib, "rows": rows,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "cpus": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    return {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in base.items()},
+            "loadavg": [min(loads), max(loads)] if loads else None,
+            "repeats": repeats, "backends": fams, "facts": facts, "calibration": calib, "rows": rows,
+            "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                        "cpus": os.cpu_count()},
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def _write_bench(result: dict, out_dir: Path, echo) -> None:
+    """bench.json and bench.md (atomic writes), the table on the console, then where they are."""
+    from common.io import write_text
     md = render_markdown(result)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from common.io import write_text
     write_text(out_dir / "bench.json", json.dumps(result, indent=2, default=str))
     write_text(out_dir / "bench.md", md)
     echo("")
     echo(md)
     echo(f"[bench] wrote {out_dir / 'bench.md'} and {out_dir / 'bench.json'}")
-    return result
 
 
 def _mib(b) -> str:
