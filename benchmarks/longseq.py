@@ -22,9 +22,11 @@ import os
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench import PLAIN, ROOT, _env, _mib, _worker_cmd, _x, model_facts, synth_examples
+from benchmarks.bench import (PLAIN, ROOT, _env, _mib, _worker_cmd, _x, families, model_facts, synth_examples,
+                              target_list)
 
 RUNNERS = (("ours-mlx", "mlx"), ("mlx-lm", "mlx"), ("ours-torch", "torch"), ("trl", "torch"))
 LONG = 4096          # from this length on: one measured step, no warm-up (a step is minutes on a CPU)
@@ -147,11 +149,8 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
                      dtype: str = "float32", threads: int | None = None, mem_limit_gib: float = 10.0,
                      timeout: float = 1800.0, budget_s: float | None = None) -> dict:
     """Measure every (length, run, checkpointing) cell; write longseq.md/.json/.png into out_dir."""
-    from backends import canonical
-    from common.batching import epoch_order
     from common.config import LoraConfig
     from common.errors import ConfigError
-    from common.io import write_bytes, write_text
     from common.models import resolve_model
     from common.tokenize import load_tokenizer
 
@@ -159,25 +158,17 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
     if steps < 1 or warmup < 0 or mem_limit_gib <= 0:
         raise ConfigError("bench --lengths needs --steps >= 1, --warmup >= 0 and --mem-limit-gib > 0",
                           where="bench options", fix="check --steps/--warmup/--mem-limit-gib")
-    fams = []
-    for b in backends:
-        if canonical(b) not in fams:
-            fams.append(canonical(b))
-    targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")] \
-        if isinstance(targets, str) else list(targets)
+    fams = families(backends)
+    targets = target_list(targets)
     alpha = float(2 * rank)
     model_dir = resolve_model(model)
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    max_pos = cfg.get("text_config", cfg).get("max_position_embeddings")
-    if max_pos and lengths[-1] > int(max_pos):
-        raise ConfigError(f"{lengths[-1]} tokens is beyond the model's context (max_position_embeddings "
-                          f"{max_pos})", where="--lengths", fix=f"use lengths <= {max_pos}, or a model with a longer context")
+    _check_context(model_dir, lengths)
     tok = load_tokenizer(model_dir)
     facts = model_facts(model_dir, LoraConfig(rank=rank, alpha=alpha, target_modules=targets))
     out_dir = Path(out_dir)
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
-    mem_limit = int(mem_limit_gib * 2 ** 30)
+    limits = _Limits(budget_s, timeout, int(mem_limit_gib * 2 ** 30))
     base = dict(model=model, model_dir=str(model_dir), batch_size=1, rank=rank, alpha=alpha, targets=targets,
                 lr=lr, seed=seed, dtype=dtype, attn_implementation=None, pad_id=tok.pad_token_id, threads=threads,
                 batching="padded")
@@ -187,8 +178,54 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
     for fam in fams:
         calib[fam] = _calibrate_in_process(fam, threads, work)
         echo(f"[bench]   {fam} fp32 matmul: {calib[fam]['gflops']:.1f} GFLOP/s")
+    limits.start = time.time()
+    data = _write_data(lengths, tok, warmup, steps, seed, work)
+    cells = _measure(lengths, fams, data, base, work, limits, facts, mem_limit_gib, echo)
+    _finish_rows(cells, calib, facts)
+    result = {"model": model, "facts": facts, "calibration": calib, "lengths": lengths, "steps": steps,
+              "warmup": warmup, "long_from": LONG, "mem_limit_gib": mem_limit_gib, "rank": rank, "targets": targets,
+              "threads": threads, "rows": cells, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+              "wall_s": time.time() - limits.start, "cpus": os.cpu_count()}
+    _write_sweep(result, out_dir, echo)
+    return result
 
-    t_start = time.time()
+
+# ------------------------------------------------------------------ run_length_sweep's stages
+def _check_context(model_dir: Path, lengths: list[int]) -> None:
+    """Refuse a length beyond the model's context before any run is started."""
+    from common.errors import ConfigError
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    max_pos = cfg.get("text_config", cfg).get("max_position_embeddings")
+    if max_pos and lengths[-1] > int(max_pos):
+        raise ConfigError(f"{lengths[-1]} tokens is beyond the model's context (max_position_embeddings "
+                          f"{max_pos})", where="--lengths", fix=f"use lengths <= {max_pos}, or a model with a longer context")
+
+
+@dataclass
+class _Limits:
+    """The sweep's time budget (counted from `start`, set once the matmul peaks are measured), the
+    per-run timeout and the resident-memory cap."""
+    budget_s: float | None
+    timeout: float
+    mem_limit: int
+    start: float = 0.0
+
+    def spent(self) -> bool:
+        return self.budget_s is not None and time.time() - self.start > self.budget_s
+
+    def run_timeout(self) -> float:
+        """The timeout, cut to what is left of the budget (a minute at least)."""
+        if self.budget_s is None:
+            return self.timeout
+        return min(self.timeout, max(60.0, self.budget_s - (time.time() - self.start)))
+
+
+def _write_data(lengths: list[int], tok, warmup: int, steps: int, seed: int, work: Path) -> dict:
+    """{L: (warm-up steps, measured steps, data file, groups)}: every example exactly L tokens,
+    written once per length; long lengths get one measured step and no warm-up."""
+    from common.batching import epoch_order
+    from common.io import write_text
     data = {}
     for L in lengths:
         w, s = (0, 1) if L >= LONG else (warmup, steps)
@@ -200,37 +237,50 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
         groups = {k: epoch_order(len(pool), 1, seed, 0, "padded", [len(r.ids) for r in pool])
                   for k, pool in (("warm_groups", warm), ("main_groups", main))}
         data[L] = (w, s, data_file, groups)
+    return data
+
+
+def _measure(lengths: list[int], fams: list[str], data: dict, base: dict, work: Path, limits: _Limits,
+             facts: dict, mem_limit_gib: float, echo) -> list[dict]:
+    """Every cell in `plan` order, one console line each; the rows sorted by length, run, gc."""
     cells, oom_at = [], {}
     for L, runner, fam, gc in plan(lengths, [r for r in RUNNERS if r[1] in fams]):
         w, s, data_file, groups = data[L]
         name = _cell_name(L, runner, gc)
         spec = dict(base, max_length=L, steps=s, warmup=w, runner=runner, backend=fam,
                     grad_checkpointing=gc, data_file=str(data_file), dataset=f"L{L}", **groups)
-        res = _cached(work, name, spec)
         shorter_oom = min((x for x in oom_at.get((runner, gc), []) if x < L), default=None)
-        if res is not None:
-            echo(f"[bench] {name}: reused ({res['status']})")
-        elif shorter_oom is not None:
-            res = {"status": "oom", "skipped": f"over the limit at {shorter_oom} tokens already"}
-        elif budget_s is not None and time.time() - t_start > budget_s:
-            res = {"status": "skipped", "skipped": "time budget spent"}
-        else:
-            echo(f"[bench] {name}: running ({w} warm-up + {s} measured step(s))...")
-            left = timeout if budget_s is None else min(timeout, max(60.0, budget_s - (time.time() - t_start)))
-            res = launch_watched(spec, work, name, left, mem_limit)
-            write_text(work / f"{name}.verdict.json", json.dumps({"spec": spec, "result": res}))
+        res = _cell_result(work, name, spec, shorter_oom, limits, echo)
         if res["status"] == "oom":
             oom_at.setdefault((runner, gc), []).append(L)
         cells.append(_cell_row(L, runner, fam, gc, w, res, facts))
         echo(f"[bench] {name}: {_brief(cells[-1], mem_limit_gib)}")
     order = {r: i for i, (r, _) in enumerate(RUNNERS)}
     cells.sort(key=lambda r: (r["length"], order[r["run"]], r["gc"]))
-    _finish_rows(cells, calib, facts)
-    result = {"model": model, "facts": facts, "calibration": calib, "lengths": lengths, "steps": steps,
-              "warmup": warmup, "long_from": LONG, "mem_limit_gib": mem_limit_gib, "rank": rank, "targets": targets,
-              "threads": threads, "rows": cells, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "loadavg": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-              "wall_s": time.time() - t_start, "cpus": os.cpu_count()}
+    return cells
+
+
+def _cell_result(work: Path, name: str, spec: dict, shorter_oom: int | None, limits: _Limits, echo) -> dict:
+    """One cell's result: reused from an earlier sweep, skipped (over the limit at a shorter length
+    already, or the budget spent), or measured now and its verdict kept."""
+    from common.io import write_text
+    res = _cached(work, name, spec)
+    if res is not None:
+        echo(f"[bench] {name}: reused ({res['status']})")
+    elif shorter_oom is not None:
+        res = {"status": "oom", "skipped": f"over the limit at {shorter_oom} tokens already"}
+    elif limits.spent():
+        res = {"status": "skipped", "skipped": "time budget spent"}
+    else:
+        echo(f"[bench] {name}: running ({spec['warmup']} warm-up + {spec['steps']} measured step(s))...")
+        res = launch_watched(spec, work, name, limits.run_timeout(), limits.mem_limit)
+        write_text(work / f"{name}.verdict.json", json.dumps({"spec": spec, "result": res}))
+    return res
+
+
+def _write_sweep(result: dict, out_dir: Path, echo) -> None:
+    """longseq.json, .md and .png (atomic writes), the table on the console, then where they are."""
+    from common.io import write_bytes, write_text
     md = render_sweep(result)
     write_text(out_dir / "longseq.json", json.dumps(result, indent=2, default=str))
     write_text(out_dir / "longseq.md", md)
@@ -238,7 +288,6 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
     echo("")
     echo(md)
     echo(f"[bench] wrote {out_dir / 'longseq.md'}, longseq.json and longseq.png")
-    return result
 
 
 def _calibrate_in_process(fam: str, threads, work: Path) -> dict:
@@ -392,15 +441,10 @@ def done_lines(res: dict) -> list[str]:
 
 def plot_sweep(res: dict) -> bytes:
     """Peak RSS vs length for every run (solid: no checkpointing, dashed: checkpointing; × = killed
-    over the limit), and MFU vs length beside it."""
-    import io
+    over the limit), and MFU vs length beside it; figure, style and PNG from common.plots."""
+    from common import plots
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 4.5))
-    FigureCanvasAgg(fig)
-    ax_m, ax_f = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    fig, (ax_m, ax_f) = plots.figure(11, 4.5, 2)
     colors = {"ours-mlx": "tab:blue", "mlx-lm": "tab:cyan", "ours-torch": "tab:red", "trl": "tab:orange"}
     lim = res["mem_limit_gib"]
     for run, color in colors.items():
@@ -425,15 +469,9 @@ def plot_sweep(res: dict) -> bytes:
         ax.set_xscale("log", base=2)
         ax.set_xticks(res["lengths"])
         ax.set_xticklabels([str(x) for x in res["lengths"]])
-        ax.set_xlabel("sequence length (tokens, batch 1)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax_m.set_ylim(bottom=0)
-    ax_f.set_ylim(bottom=0)
-    ax_m.legend(fontsize=7, loc="upper left")
+        # one legend (left panel) for both; upper left keeps it clear of the watchdog label
+        plots.style(ax, title=title, xlabel="sequence length (tokens, batch 1)", ylabel=ylabel, zero=True,
+                    legend=False)
+    ax_m.legend(fontsize=plots.LEGEND_SIZE, loc="upper left")
     fig.suptitle(f"twinlora bench: {res['model']}, LoRA r={res['rank']}", fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return buf.getvalue()
+    return plots.png(fig)
