@@ -177,34 +177,13 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
     generate on the first `limit_eval` validation records and score them; ["auto"] = the recipe's
     default metrics (common.metric_registry.default_metrics).
     """
-    from backends import canonical
-    from jobs import trainer
-    from common.config import load_config, parse_set
-    from common.data.formats import load_examples
-    from common.data.manifest import resolve_data
-    from jobs.evaluation import run_eval
-
     out_dir = Path(out_dir)
     axes, fixed = parse_grid(sets)
     points = grid_points(axes)
     auto = metrics is not None and list(metrics) == ["auto"]
     if metrics is not None and not auto:
-        from common.metric_registry import METRICS, unknown_metrics
-        unknown = unknown_metrics(metrics)
-        if unknown:
-            raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
-                              fix=f"choose among {', '.join(METRICS)}, or auto")
-    configs = []
-    for name, values in points:  # validate every config before training anything
-        over = parse_set(fixed + [f"{k}={v}" for k, v in values.items()])
-        over["output"], over["name"] = str(out_dir / name), name
-        cfg = load_config(config_path, over)
-        # as the trainer does (and saves in config.yaml): a manifest.json names the train/valid files
-        cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
-        if metrics is not None and not cfg.data.valid:
-            raise ConfigError("--metrics needs a validation split", where="data.valid",
-                              fix="set data.valid in the config (or --set data.valid=...), or drop --metrics")
-        configs.append((name, values, cfg))
+        _check_metrics(metrics)
+    configs = _configs(config_path, points, fixed, out_dir, metrics)
     write_json(out_dir / "sweep.json", {"config": str(config_path) if config_path else None, "backend": backend,
                                         "axes": {k: v for k, v in axes}, "fixed": fixed,
                                         "metrics": metrics, "limit": limit_eval,
@@ -214,40 +193,13 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
     for i, (name, values, cfg) in enumerate(configs, 1):
         run_dir = out_dir / name
         head = f"[sweep] {i}/{len(configs)} {name}"
-        _check_same_config(run_dir, cfg)
-        if _finished(run_dir):
-            made_with = _summary_meta(run_dir).get("backend")
-            if made_with and made_with != canonical(backend):
-                raise ConfigError(f"this run was trained with --backend {made_with}", where=str(run_dir),
-                                  fix=f"rerun with --backend {made_with}, or use another --output")
-            echo(f"{head}: finished earlier, skipped")
-        else:
-            from common.runs import RunDir
-            ckpts = RunDir(run_dir).checkpoint_dirs()
-            if ckpts:
-                echo(f"{head}: resuming from {ckpts[-1].name}")
-            elif run_dir.exists():
-                echo(f"{head}: unfinished and no checkpoint, restarting")
-            else:
-                echo(f"{head}: training")
-            trainer.train(cfg, backend, resume=bool(ckpts), overwrite=not ckpts, echo=echo)
+        _train_point(run_dir, cfg, backend, head, echo)
         summary = _summary(run_dir)
         row = {"run": name, **{k: _value(cfg, k) for k in values},
                "final_loss": summary.get("final_loss"), "val_loss": summary.get("val_loss")}
         if metrics is not None:
-            eval_dir = run_dir / EVAL_DIR
             wanted = None if auto else list(metrics)
-            n = len(load_examples(cfg.data.valid)[:limit_eval] if limit_eval else load_examples(cfg.data.valid))
-            if _eval_done(eval_dir, wanted, n):
-                echo(f"{head}: metrics computed earlier, kept")
-                scores = read_json(eval_dir / "metrics.json", "metrics.json")["metrics"]
-            else:
-                echo(f"{head}: generating on {n} validation records")
-                scores = run_eval(backend=backend, model=cfg.model.path, adapter=str(run_dir / "adapter"),
-                                  data=cfg.data.valid, out_dir=eval_dir, metrics=wanted, limit=limit_eval,
-                                  max_new_tokens=max_new_tokens, template=cfg.data.template,
-                                  system_prompt=cfg.data.system_prompt, metric_options={}, label=name, echo=echo)
-            row.update(_metric_columns(scores))
+            row.update(_metric_columns(_scores(run_dir, cfg, backend, wanted, limit_eval, max_new_tokens, head, echo)))
         row["seconds"] = summary.get("seconds")
         rows.append(row)
     md, _ = write_table(rows, out_dir, [k for k, _ in axes])
@@ -255,6 +207,75 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
     echo(md)
     echo(f"[sweep] table: {out_dir / 'sweep.md'}  csv: {out_dir / 'sweep.csv'}  plot: {out_dir / 'sweep.png'}")
     return rows
+
+
+def _check_metrics(metrics: list[str]) -> None:
+    """Unknown metric names fail before anything is trained."""
+    from common.metric_registry import METRICS, unknown_metrics
+    unknown = unknown_metrics(metrics)
+    if unknown:
+        raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
+                          fix=f"choose among {', '.join(METRICS)}, or auto")
+
+
+def _configs(config_path, points: list, fixed: list[str], out_dir: Path, metrics) -> list[tuple[str, dict, Any]]:
+    """(name, swept values, resolved config) per grid point; every config is validated before
+    anything is trained, so a bad grid point fails the sweep at once."""
+    from common.config import load_config, parse_set
+    from common.data.manifest import resolve_data
+    configs = []
+    for name, values in points:
+        over = parse_set(fixed + [f"{k}={v}" for k, v in values.items()])
+        over["output"], over["name"] = str(out_dir / name), name
+        cfg = load_config(config_path, over)
+        # as the trainer does (and saves in config.yaml): a manifest.json names the train/valid files
+        cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
+        if metrics is not None and not cfg.data.valid:
+            raise ConfigError("--metrics needs a validation split", where="data.valid",
+                              fix="set data.valid in the config (or --set data.valid=...), or drop --metrics")
+        configs.append((name, values, cfg))
+    return configs
+
+
+def _train_point(run_dir: Path, cfg, backend: str, head: str, echo) -> None:
+    """Skip a finished run (made with this backend), resume one with a checkpoint, else train from scratch."""
+    from backends import canonical
+    from common.runs import RunDir
+    from jobs import trainer
+    _check_same_config(run_dir, cfg)
+    if _finished(run_dir):
+        made_with = _summary_meta(run_dir).get("backend")
+        if made_with and made_with != canonical(backend):
+            raise ConfigError(f"this run was trained with --backend {made_with}", where=str(run_dir),
+                              fix=f"rerun with --backend {made_with}, or use another --output")
+        echo(f"{head}: finished earlier, skipped")
+        return
+    ckpts = RunDir(run_dir).checkpoint_dirs()
+    if ckpts:
+        echo(f"{head}: resuming from {ckpts[-1].name}")
+    elif run_dir.exists():
+        echo(f"{head}: unfinished and no checkpoint, restarting")
+    else:
+        echo(f"{head}: training")
+    trainer.train(cfg, backend, resume=bool(ckpts), overwrite=not ckpts, echo=echo)
+
+
+def _scores(run_dir: Path, cfg, backend: str, wanted: list[str] | None, limit_eval: int | None,
+            max_new_tokens: int, head: str, echo) -> dict:
+    """The run's generation metrics: kept from eval/ when made with these metrics on these records,
+    else generated and scored again."""
+    from common.data.formats import load_examples
+    from jobs.evaluation import run_eval
+    eval_dir = run_dir / EVAL_DIR
+    n = len(load_examples(cfg.data.valid)[:limit_eval] if limit_eval else load_examples(cfg.data.valid))
+    if _eval_done(eval_dir, wanted, n):
+        echo(f"{head}: metrics computed earlier, kept")
+        return read_json(eval_dir / "metrics.json", "metrics.json")["metrics"]
+    echo(f"{head}: generating on {n} validation records")
+    return run_eval(backend=backend, model=cfg.model.path, adapter=str(run_dir / "adapter"),
+                    data=cfg.data.valid, out_dir=eval_dir, metrics=wanted, limit=limit_eval,
+                    max_new_tokens=max_new_tokens, template=cfg.data.template,
+                    system_prompt=cfg.data.system_prompt, metric_options={}, label=run_dir.name, echo=echo)
 
 
 def _columns(rows: list[dict]) -> list[str]:
