@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,42 +20,82 @@ FORM = re.compile(r"^\W*Article\s+(?:LO|L|R|D|A)\s?\d+(?:-\d+)+\s+du\s+Code\b")
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     """Starts over in `out` each time (the demo directory is removed first)."""
-    from common.data.recipes import run_recipe
     from common.io import write_json
-    from common.models import embedded_model_dir
-    from jobs.parity import PROMPTS, loss_curve_gap, run_parity
-    from common.runs import RunDir
-    from jobs.session import open_model, reply
-
     from common.ownership import check_output_dir
+    from jobs.session import open_model
+
     t_start = time.time()
     if check_output_dir(out, "demo", "--output"):  # only a previous demo of ours is removed
         shutil.rmtree(out)
-    timings = {}
-
-    def stage(name):
-        echo(f"\n=== {name} ===")
-        return time.time()
-
-    t = stage("1/5 model + data")
-    embedded_model_dir()
+    stages = _Stages(echo)
     data_dir = out / "data"
-    manifest = run_recipe("legi", [str(CRPA)], data_dir, seed=0, options={})
-    echo(manifest.get("summary", ""))
-    timings["prepare_s"] = round(time.time() - t, 1)
-
+    with stages.run("1/5 model + data", "prepare_s"):
+        _prepare(data_dir, echo)
     runs = {}
     for i, backend in enumerate(("mlx", "torch"), start=2):
-        t = stage(f"{i}/5 train on {backend}")
-        runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
-        timings[f"train_{backend}_s"] = round(time.time() - t, 1)
+        with stages.run(f"{i}/5 train on {backend}", f"train_{backend}_s"):
+            runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
+    _echo_val_losses(runs, out, echo)
+    with stages.run("4/5 parity: the MLX-trained adapter on both backends", "parity_s"):
+        sessions, rep = _parity(out, echo)
+    with stages.run("5/5 generate with each backend's adapter", "generate_s"):
+        generations, torch_tuned = _generate(out, sessions["mlx"], echo)
+    with stages.run("what training taught: a held-out question, base vs tuned", "learned_s"):
+        learned = learned_form_example(data_dir / "test.jsonl", open_model("torch", "embedded"), torch_tuned, echo)
+    table = None
+    if eval_items:
+        with stages.run(f"eval: baseline vs MLX-tuned vs torch-tuned on {eval_items} test records", "eval_s"):
+            table = _eval_side_by_side(out, data_dir / "test.jsonl", eval_items, echo)
+    timings = stages.timings
+    timings["total_s"] = round(time.time() - t_start, 1)
+    summary = {"timings": timings, "eval_table": table, "final_loss": {b: runs[b]["final_loss"] for b in runs},
+               "val_loss": {b: runs[b]["val_loss"] for b in runs},
+               "val_loss_before": {b: runs[b].get("val_loss_before") for b in runs},
+               "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
+               "loss_curves": rep["loss_curves"], "generations": generations, "learned": learned}
+    write_json(out / "summary.json", summary)
+    _echo_outputs(out, data_dir, table, timings, echo)
+    return summary
 
+
+class _Stages:
+    """Each demo stage announced on the console and its seconds kept in `timings` (for summary.json)."""
+
+    def __init__(self, echo):
+        self.echo, self.timings = echo, {}
+
+    @contextmanager
+    def run(self, title: str, key: str):
+        self.echo(f"\n=== {title} ===")
+        t = time.time()
+        yield
+        self.timings[key] = round(time.time() - t, 1)
+
+
+def _prepare(data_dir: Path, echo) -> None:
+    """The embedded model in the cache and the legi recipe's splits from the bundled CRPA sample."""
+    from common.data.recipes import run_recipe
+    from common.models import embedded_model_dir
+    embedded_model_dir()
+    manifest = run_recipe("legi", [str(CRPA)], data_dir, seed=0, options={})
+    echo(manifest.get("summary", ""))
+
+
+def _echo_val_losses(runs: dict, out: Path, echo) -> None:
+    """Validation loss before → after training, per backend (when the run validated before training)."""
     for backend, r in runs.items():
         if r.get("val_loss_before") is not None:
             echo(f"[{backend}] validation loss {r['val_loss_before']:.4f} before training → {r['val_loss']:.4f} after "
                  f"({100 * (r['val_loss'] - r['val_loss_before']) / r['val_loss_before']:+.1f}%); plot: {out / backend / 'loss.png'}")
 
-    t = stage("4/5 parity: the MLX-trained adapter on both backends")
+
+def _parity(out: Path, echo) -> tuple[dict, dict]:
+    """The MLX-trained adapter opened on both backends (logits, KL, greedy text) and the two runs'
+    loss curves compared; writes parity.json. Returns (the open sessions, the report)."""
+    from common.io import write_json
+    from common.runs import RunDir
+    from jobs.parity import PROMPTS, loss_curve_gap, run_parity
+    from jobs.session import open_model
     adapter = out / "mlx" / "adapter"
     sessions = {b: open_model(b, "embedded", adapter=adapter) for b in ("mlx", "torch")}
     rep = run_parity(sessions, PROMPTS[:3], max_new_tokens=24)
@@ -66,31 +107,23 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     lc = rep["loss_curves"]
     echo(f"loss curves (mlx vs torch, same init and batches): {lc['steps']} steps, "
          f"max |Δloss| {lc['max_abs_loss_gap']:.2e} (relative {lc['max_rel_loss_gap']:.2e})")
-    timings["parity_s"] = round(time.time() - t, 1)
+    return sessions, rep
 
-    t = stage("5/5 generate with each backend's adapter")
+
+def _generate(out: Path, mlx_tuned, echo) -> tuple[dict, object]:
+    """DEMO_PROMPT answered with each backend's own adapter. Returns (the answers, the torch-tuned
+    session, reused to show what training taught)."""
+    from jobs.session import open_model, reply
     generations = {}
     for backend in ("mlx", "torch"):
-        opened = sessions["mlx"] if backend == "mlx" else open_model("torch", "embedded", adapter=out / "torch" / "adapter")
+        opened = mlx_tuned if backend == "mlx" else open_model("torch", "embedded", adapter=out / "torch" / "adapter")
         generations[backend] = reply(opened, DEMO_PROMPT, 48)
         echo(f"[{backend}] >>> {DEMO_PROMPT}\n{generations[backend]}\n")
-    timings["generate_s"] = round(time.time() - t, 1)
-    t = stage("what training taught: a held-out question, base vs tuned")
-    learned = learned_form_example(data_dir / "test.jsonl", open_model("torch", "embedded"), opened, echo)
-    timings["learned_s"] = round(time.time() - t, 1)
-    table = None
-    if eval_items:
-        t = stage(f"eval: baseline vs MLX-tuned vs torch-tuned on {eval_items} test records")
-        table = _eval_side_by_side(out, data_dir / "test.jsonl", eval_items, echo)
-        timings["eval_s"] = round(time.time() - t, 1)
-    timings["total_s"] = round(time.time() - t_start, 1)
+    return generations, opened
 
-    summary = {"timings": timings, "eval_table": table, "final_loss": {b: runs[b]["final_loss"] for b in runs},
-               "val_loss": {b: runs[b]["val_loss"] for b in runs},
-               "val_loss_before": {b: runs[b].get("val_loss_before") for b in runs},
-               "parity": {k: rep[k] for k in ("max_abs_logit_diff", "mean_kl", "same_greedy_text", "pass")},
-               "loss_curves": rep["loss_curves"], "generations": generations, "learned": learned}
-    write_json(out / "summary.json", summary)
+
+def _echo_outputs(out: Path, data_dir: Path, table, timings: dict, echo) -> None:
+    """Where every output is, and the timings."""
     echo("=== outputs ===")
     outputs = [("prepared data", data_dir), ("MLX run", out / "mlx"), ("torch run", out / "torch"),
                ("adapters (PEFT format)", f"{out}/*/adapter"), ("mlx-lm adapter", out / "mlx" / "adapter" / "mlx"),
@@ -100,7 +133,6 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     for name, path in outputs:
         echo(f"  {name:24s} {path}")
     echo(f"demo finished in {timings['total_s']} s: " + json.dumps(timings))
-    return summary
 
 
 def learned_form_example(test_file: Path, base, tuned, echo=print, max_new_tokens: int = 32) -> dict:
