@@ -9,18 +9,16 @@ adapter is the one with the lowest validation loss after step 0 (any drop, whate
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 from common.batching import eval_batches
 
 
 def validate(be, data, batch_size: int, pad_id: int, echo=None, label: str = "") -> float:
-    """Mean loss per target token over `data`; prints a start line and the result with its time
-    when `echo` is given (a progress bar on stderr when it is a terminal)."""
+    """Mean loss per target token over `data`; prints a start line when `echo` is given (a progress
+    bar on stderr when it is a terminal). The caller prints the result, with the step it belongs to."""
     from tqdm import tqdm
     n_batches = -(-len(data) // batch_size)
-    t0 = time.time()
     if echo:
         echo(f"[twinlora] validation{' ' + label if label else ''}: {len(data)} examples, {n_batches} batches …")
     total, n = 0.0, 0
