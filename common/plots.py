@@ -1,5 +1,6 @@
-"""The one plotting helper: every PNG twinlora writes (loss.png, compare.png, sweep.png, study.png)
-gets its figure, its style and its bytes here, so they look alike and are made the same way.
+"""The one plotting helper: every PNG twinlora writes (loss.png, compare.png, sweep.png, study.png,
+bench's longseq.png) gets its figure, its style and its bytes here, so they look alike and are made
+the same way.
 
 matplotlib's object API without pyplot: no global backend to select and no figure registry
 shared between runs (a long sweep leaks no figures). matplotlib is imported when a plot is drawn,
