@@ -8,7 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
-from error_rows import expect_error, refused, row, train_cli, write
+from error_rows import bad_data, expect_error, refused, row, train_cli, write
 from helpers import run_cli, write_jsonl
 
 
@@ -16,14 +16,12 @@ from helpers import run_cli, write_jsonl
 
 @row("E01")
 def malformed_jsonl_line(ctx):
-    data = write(ctx.tmp / "bad.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
-    return refused(ctx, train_cli(ctx, data=data), f"{data}:2:", "malformed JSON")
+    return bad_data(ctx, '{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n', ":2:", "malformed JSON")
 
 
 @row("E02")
 def wrong_field_names(ctx):
-    data = write(ctx.tmp / "bad.jsonl", '{"question": "a", "answer": "b"}\n')
-    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", "no known shape", "question")
+    return bad_data(ctx, '{"question": "a", "answer": "b"}\n', ":1:", "no known shape", "question")
 
 
 @row("E03")
@@ -34,8 +32,7 @@ def data_file_missing(ctx):
 
 @row("E04")
 def empty_data_file(ctx):
-    data = write(ctx.tmp / "empty.jsonl", "\n\n")
-    return refused(ctx, train_cli(ctx, data=data), str(data), "dataset is empty")
+    return bad_data(ctx, "\n\n", "", "dataset is empty", name="empty.jsonl")
 
 
 @row("E05")
@@ -71,15 +68,12 @@ def unknown_role(ctx):
 
 @row("E09")
 def field_of_wrong_type(ctx):
-    data = write(ctx.tmp / "bad.jsonl", '{"instruction": "a", "output": 3}\n')
-    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", '"output" must be a string')
+    return bad_data(ctx, '{"instruction": "a", "output": 3}\n', ":1:", '"output" must be a string')
 
 
 @row("E10")
 def not_utf8(ctx):
-    data = ctx.tmp / "latin1.jsonl"
-    data.write_bytes('{"prompt": "é", "completion": "à"}\n'.encode("latin-1"))
-    return refused(ctx, train_cli(ctx, data=data), str(data), "not UTF-8")
+    return bad_data(ctx, '{"prompt": "é", "completion": "à"}\n'.encode("latin-1"), "", "not UTF-8", name="latin1.jsonl")
 
 
 @row("E11")

@@ -74,6 +74,15 @@ def model_copy(ctx) -> Path:
     return d
 
 
+def bad_data(ctx, text: str | bytes, where: str, *needles, name: str = "bad.jsonl") -> str:
+    """`train` on a data file holding `text`, refused with the file named as f"{file}{where}"
+    (where = ":2:" for a line, "" for the whole file) and every needle; nothing written."""
+    data = ctx.tmp / name
+    data.parent.mkdir(parents=True, exist_ok=True)
+    data.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return refused(ctx, train_cli(ctx, data=data), f"{data}{where}", *needles)
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

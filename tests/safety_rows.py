@@ -18,7 +18,7 @@ import numpy as np
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
 from ownership_helpers import _wait_for, snapshot, user_dir
-from error_rows import expect_error, generate_cli, model_copy, no_hidden_leftovers, refused, row, train_cli, train_config, train_model, write
+from error_rows import bad_data, expect_error, generate_cli, model_copy, no_hidden_leftovers, refused, row, train_cli, train_config, train_model, write
 
 
 # ---------------------------------------------------------------- outputs we own
@@ -350,8 +350,7 @@ def output_not_utf8(ctx):
 
 @row("E79")
 def json_nested_too_deep(ctx):
-    data = write(ctx.tmp / "deep.jsonl", '{"text": ' + "[" * 100000 + "]" * 100000 + "}\n")
-    return refused(ctx, train_cli(ctx, data=data), f"{data}:1", "JSON nested too deeply")
+    return bad_data(ctx, '{"text": ' + "[" * 100000 + "]" * 100000 + "}\n", ":1", "JSON nested too deeply", name="deep.jsonl")
 
 
 @row("E80")
@@ -368,8 +367,7 @@ def config_huge_integer(ctx):
 
 @row("E81")
 def lone_surrogate(ctx):
-    data = write(ctx.tmp / "s.jsonl", '{"prompt": "a \\ud800 b", "completion": "c"}\n')
-    return refused(ctx, train_cli(ctx, data=data), f"{data}:1", "lone surrogate")
+    return bad_data(ctx, '{"prompt": "a \\ud800 b", "completion": "c"}\n', ":1", "lone surrogate", name="s.jsonl")
 
 
 @row("E82")
