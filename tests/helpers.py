@@ -34,3 +34,17 @@ def run_cli(*args: str):
     """Invoke cli.py in-process; returns click's Result (exit_code, output)."""
     import cli
     return CliRunner().invoke(cli.cli, [str(a) for a in args], obj={})
+
+
+def merge_quantized(backend: str, model: Path, adapter: Path, out: Path) -> dict:
+    """`merge --quantize 4bit` on `backend`: checks it ran, recorded the 4-bit base the adapter was
+    trained on, and printed the precision lost; returns twinlora_merge.json's precision_lost."""
+    import json
+    r = run_cli("merge", "--backend", backend, "--model", model, "--adapter", adapter, "--output", out,
+                "--quantize", "4bit")
+    assert r.exit_code == 0, r.output
+    info = json.loads((Path(out) / "twinlora_merge.json").read_text())
+    lost = info["precision_lost"]
+    assert info["quantized_base"] == "4bit" and info["adapter_trained_on_quantized_base"] == "4bit"
+    assert f"max |Δlogit| {lost['max_abs_logit_diff']:.4g}" in r.output
+    return lost

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import chat_rows, run_cli, tiny_config, write_jsonl
+from helpers import chat_rows, merge_quantized, run_cli, tiny_config, write_jsonl
 
 from common.adapter import load_adapter
 from common.runs import RunDir
@@ -104,13 +104,7 @@ def test_merge_into_dequantized_nf4_base_reports_precision_lost(nf4_run, tiny_mo
     from jobs.parity import compare_logits
     from jobs.session import open_model
     adapter, out = nf4_run[0] / "adapter", tmp_path / "merged"
-    r = run_cli("merge", "--backend", "torch", "--model", tiny_model, "--adapter", adapter, "--output", out,
-                "--quantize", "4bit")
-    assert r.exit_code == 0, r.output
-    info = json.loads((out / "twinlora_merge.json").read_text())
-    lost = info["precision_lost"]
-    assert info["quantized_base"] == "4bit" and info["adapter_trained_on_quantized_base"] == "4bit"
-    assert f"max |Δlogit| {lost['max_abs_logit_diff']:.4g}" in r.output
+    lost = merge_quantized("torch", tiny_model, adapter, out)
     cfg = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in cfg and cfg["dtype"] == "float32"
     merged = AutoModelForCausalLM.from_pretrained(str(out)).eval()

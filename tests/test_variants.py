@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import chat_rows, run_cli, tiny_config, write_jsonl
+from helpers import chat_rows, merge_quantized, run_cli, tiny_config, write_jsonl
 
 from common.adapter import COMMON_WEIGHTS, load_adapter
 from common.runs import RunDir
@@ -287,13 +287,7 @@ def test_cli_merge_into_quantized_base_reports_precision_lost(mlx_4bit, tiny_mod
     from jobs.merge import probe_ids
     from jobs.parity import compare_logits
     adapter, out = mlx_4bit[0] / "adapter", tmp_path / "merged-q"
-    r = run_cli("merge", "--backend", "mlx", "--model", tiny_model, "--adapter", adapter, "--output", out,
-                "--quantize", "4bit")
-    assert r.exit_code == 0, r.output
-    info = json.loads((out / "twinlora_merge.json").read_text())
-    lost = info["precision_lost"]
-    assert info["quantized_base"] == "4bit" and info["adapter_trained_on_quantized_base"] == "4bit"
-    assert f"max |Δlogit| {lost['max_abs_logit_diff']:.4g}" in r.output
+    lost = merge_quantized("mlx", tiny_model, adapter, out)
     # recomputed here: the merged model (transformers) against the unquantized base + adapter (MLX)
     import torch
     from transformers import AutoModelForCausalLM
