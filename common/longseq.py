@@ -13,7 +13,7 @@ from __future__ import annotations
 LOSS_CHUNK_ELEMENTS = 1 << 26      # 64 Mi logits = 256 MiB in float32 per chunk
 # MLX: queries per attention chunk above this length (backends/mlx/attention.py). torch needs none:
 # SDPA's fused CPU/CUDA kernels never hold the L×L scores.
-ATTENTION_CHUNK = 1024
+ATTENTION_CHUNK = 256
 
 
 def loss_chunk_rows(n_targets: int, vocab: int, limit: int | None = None) -> int | None:

@@ -2,7 +2,9 @@
 
 On both backends, on the tiny model: the loss and every LoRA gradient with checkpointing on, and
 with the head's loss forced into chunks, equal the plain computation; the two backends still agree
-with both on; and MLX checkpointing stays scoped to the model that asked for it.
+with both on; and MLX checkpointing stays scoped to the model that asked for it. MLX's chunked
+(FlashAttention-2 style) attention: the same values and gradients as mx.fast's, one chunk's scores
+at a time, and the layer recompute reusing the forward's attention.
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model,
     assert made == ([16, 16] if backend == "mlx" else [])                  # the chunked attention ran
 
 
-@pytest.mark.parametrize("mask", ["causal", "array", None])
+@pytest.mark.parametrize("mask", ["causal", "array", "additive", None])
 def test_mlx_chunked_attention_is_the_same_attention(mask):
     import mlx.core as mx
 
@@ -96,7 +98,8 @@ def test_mlx_chunked_attention_is_the_same_attention(mask):
     L = 40
     q, k, v = (mx.random.normal((1, h, L, 8), key=mx.random.key(i)) for i, h in enumerate((4, 2, 2)))
     m = {"causal": "causal", None: None,      # a sliding window of 8, as Gemma 3's local layers
-         "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8)}[mask]
+         "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8),
+         "additive": mx.where(mx.arange(L)[:, None] >= mx.arange(L)[None], 0.0, -1e9)[None, None]}[mask]
     f = chunked(sdpa, 16)
 
     def loss(fn, q, k, v):
@@ -107,6 +110,42 @@ def test_mlx_chunked_attention_is_the_same_attention(mask):
     gg = mx.grad(lambda q, k, v: loss(f, q, k, v), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(gw, gg):
         assert np.abs(np.array(a) - np.array(b)).max() < 1e-4
+
+
+def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatch):
+    """With checkpointed layers, each layer's recompute takes the forward's attention output and
+    log-sum-exp (no third attention forward), and the loss and gradients stay those of no reuse."""
+    from common.tokenize import load_tokenizer
+    import backends.mlx.attention as att
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
+    plain = _loss_and_grads(_backend("mlx", tiny_model, False), batch)
+    calls, real = [], att.flash_attention
+    monkeypatch.setattr(att, "flash_attention",
+                        lambda *a, saved=None, **k: calls.append(saved is not None) or real(*a, saved=saved, **k))
+    be = _backend("mlx", tiny_model, True)
+    n = len(be.model.layers)
+    _close(plain, _loss_and_grads(be, batch))
+    assert calls == [False] * n + [True] * n          # n forwards, then n recomputes that reused them
+    assert att._saved is None                         # nothing kept after the step
+
+
+def test_mlx_flash_attention_runs_one_chunk_at_a_time():
+    """The backward recomputes one query chunk's scores at a time: MLX's peak above the inputs stays
+    within a few chunks' worth (without the chunk-to-chunk dependencies it measured 71 MiB here)."""
+    import mlx.core as mx
+
+    from backends.mlx.attention import flash_attention
+    L, C = 2048, 256
+    q, k, v = (mx.random.normal((1, h, L, 16), key=mx.random.key(i)) for i, h in enumerate((4, 2, 2)))
+    w = mx.random.normal((1, 4, L, 16), key=mx.random.key(9))
+    mx.eval(q, k, v, w)
+    grad = mx.grad(lambda q, k, v: (flash_attention(q, k, v, 0.25, "causal", C)[0] * w).sum(), argnums=(0, 1, 2))
+    before = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(grad(q, k, v))
+    one_chunk = 4 * C * L * 4                           # one chunk's float32 scores, all heads
+    assert mx.get_peak_memory() - before < 6 * one_chunk
 
 
 def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):

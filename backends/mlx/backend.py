@@ -102,6 +102,7 @@ class Backend:
         if grad_checkpointing:
             from backends.mlx.checkpoint import checkpoint_layers
             checkpoint_layers(self.model.layers)   # this model only (mlx-lm's patches the class)
+        self._checkpointed = grad_checkpointing
         self.optimizer = None
         self._grads = None
         self.spec = None
@@ -231,9 +232,13 @@ class Backend:
             self.capabilities.refuse("packed_batching")
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
-        loss_and_grad = nn.value_and_grad(self.model, self._loss_sum)
-        with long_attention(self.model, ids.shape[1] - 1):
-            loss, grads = loss_and_grad(self.model, ids, mask, _targets(batch))
+        with long_attention(self.model, ids.shape[1] - 1, reuse_forward=self._checkpointed) as saved:
+            def forward(*args):
+                loss = self._loss_sum(*args)
+                if saved is not None:
+                    saved.backward = True      # from here on, layer recomputes take the saved attention
+                return loss
+            loss, grads = nn.value_and_grad(self.model, forward)(self.model, ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
         return float(loss.item()), batch.n_targets

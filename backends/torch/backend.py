@@ -122,6 +122,9 @@ class Backend:
                                   "so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
+            if self.device == "cpu":
+                from backends.torch.heap import release_freed_memory
+                release_freed_memory()     # else glibc keeps the freed activations (backends/torch/heap.py)
             kw = {"use_reentrant": False}
             if hasattr(self.model, "activation_checkpointing_enable"):   # transformers >= 5.2x's name
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
