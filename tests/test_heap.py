@@ -50,3 +50,25 @@ def test_freed_blocks_go_back_to_the_os():
 def test_a_users_malloc_setting_is_kept():
     was_set, _, _ = _run("on", MALLOC_ARENA_MAX="2")
     assert was_set == "False"
+
+
+@pytest.mark.parametrize("gc, rows, called", [(True, 48, False), (True, 64, True), (False, 64, False)])
+def test_torch_backend_releases_only_for_long_checkpointed_rows(tiny_model, monkeypatch, gc, rows, called):
+    import numpy as np
+
+    import backends.torch.backend as tb
+    from backends import get_backend
+    from common.adapter import init_lora_weights, spec_from_config
+    from common.batching import Batch
+    from common.config import LoraConfig
+    calls = []
+    monkeypatch.setattr(tb, "release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(tb, "LONG_ROWS", 64)                       # tiny rows stand in for long ones
+    be = get_backend("torch")(tiny_model, grad_checkpointing=gc)
+    spec, mods = spec_from_config(LoraConfig(rank=2, alpha=4, target_modules=["q_proj"]), be.linear_modules(),
+                                  be.num_hidden_layers(), str(tiny_model))
+    be.attach_lora(spec, mods, init_lora_weights(spec, mods, 0))
+    ids = np.random.default_rng(0).integers(3, 50, (1, rows)).astype(np.int32)
+    mask = np.ones(ids.shape, np.float32)
+    be.accumulate(Batch(ids, mask, int(mask[:, 1:].sum()), rows))
+    assert bool(calls) is called

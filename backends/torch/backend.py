@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.capabilities import DECLARED
+from backends.torch.heap import LONG_ROWS, release_freed_memory
 from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.errors import BackendError
@@ -122,9 +123,6 @@ class Backend:
                                   "so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
-            if self.device == "cpu":
-                from backends.torch.heap import release_freed_memory
-                release_freed_memory()     # else glibc keeps the freed activations (backends/torch/heap.py)
             kw = {"use_reentrant": False}
             if hasattr(self.model, "activation_checkpointing_enable"):   # transformers >= 5.2x's name
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
@@ -134,6 +132,7 @@ class Backend:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.config.use_cache = False
+        self._heap_release = bool(grad_checkpointing and self.device == "cpu")
         self.peft = None
         self.optimizer = None
         self.active_adapter = None
@@ -396,6 +395,8 @@ class Backend:
         """`sync` is False on all but this rank's last micro-batch of a step: DDP/FSDP then keep the
         gradient local and reduce once, in the last backward."""
         self.peft.train()
+        if self._heap_release and batch.ids.shape[1] >= LONG_ROWS:
+            release_freed_memory()     # else glibc keeps the freed activations (backends/torch/heap.py)
         if self.sharded:
             self.peft.set_requires_gradient_sync(sync)
         with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():

@@ -6,10 +6,12 @@ the heap and, once freed, stay in the process: measured with `cli.py bench --len
 the torch run's peak RSS was 4.7 GB while what it held at once was about 2.3 GB. Fixing the
 thresholds (M_MMAP_THRESHOLD back to glibc's 128 KiB default, M_TRIM_THRESHOLD 1 MiB; the same as
 the MALLOC_TRIM_THRESHOLD_ environment variable, which also stops the raising) returns them; the
-price is page faults on fresh blocks (measured: +3 % step time at 8192 tokens, up to +20 % at 4096).
+price is page faults on fresh blocks (measured: +3 % step time at 8192 tokens, +20 % at 4096, more
+on short rows, whose activations are small anyway).
 
-Only where checkpointing was asked for (the run chose memory over speed), only on Linux/glibc, and
-never over a MALLOC_* setting the user made.
+So only for rows of LONG_ROWS tokens and more, where checkpointing was asked for (the run chose
+memory over speed), from the first such batch on, only on Linux/glibc, and never over a MALLOC_*
+setting the user made.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 128 * 1024
 TRIM_THRESHOLD = 1 << 20
+LONG_ROWS = 2048       # tokens per row from which the torch backend (CPU, checkpointing) calls it
 
 _done: bool | None = None
 
