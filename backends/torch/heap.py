@@ -6,8 +6,9 @@ the heap and, once freed, stay in the process: measured with `cli.py bench --len
 the torch run's peak RSS was 4.7 GB while what it held at once was about 2.3 GB. Fixing the
 thresholds (M_MMAP_THRESHOLD back to glibc's 128 KiB default, M_TRIM_THRESHOLD 1 MiB; the same as
 the MALLOC_TRIM_THRESHOLD_ environment variable, which also stops the raising) returns them; the
-price is page faults on fresh blocks (measured: +3 % step time at 8192 tokens, +20 % at 4096, more
-on short rows, whose activations are small anyway).
+price is page faults on fresh blocks, which only long rows amortise (`cli.py bench --lengths`, one
+thread, checkpointing on: peak RSS 4696 → 2305 MiB at 8192 tokens for ~0 % step time, 3578 → 1425
+MiB at 4096 for +20 %, 2655 → 1841 MiB at 2048 for +55 %).
 
 So only for rows of LONG_ROWS tokens and more, where checkpointing was asked for (the run chose
 memory over speed), from the first such batch on, only on Linux/glibc, and never over a MALLOC_*
@@ -23,7 +24,7 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 128 * 1024
 TRIM_THRESHOLD = 1 << 20
-LONG_ROWS = 2048       # tokens per row from which the torch backend (CPU, checkpointing) calls it
+LONG_ROWS = 4096       # tokens per row from which the torch backend (CPU, checkpointing) calls it
 
 _done: bool | None = None
 
