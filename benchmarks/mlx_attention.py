@@ -4,7 +4,9 @@ backend's chunked FlashAttention-2 (backends/mlx/attention.py), same inputs, sam
     python -m benchmarks.mlx_attention [--lengths 512,2048,8192] [--heads 9 --kv-heads 3 --head-dim 64]
 
 Per length: forward and forward+backward seconds (best of --repeats), MLX's peak memory above the
-inputs, the ratios ours/plain, and the largest difference of the output and of dq, dk, dv. The
+inputs, the ratios ours/plain, and the largest difference of the output and of dq, dk, dv; ours
+as an uncompiled gradient runs it and compiled, as the backend runs long rows on a CPU.
+`--exp` times the CPU exponentials alone (MLX's exp and power, ours, numpy). The
 shapes default to SmolLM2-135M's (the embedded model). Lengths whose plain scores would not fit in
 --plain-max-gib are run on ours only.
 """
@@ -46,19 +48,50 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
     w = mx.random.normal((1, heads, L, head_dim), key=next(keys))
     mx.eval(q, k, v, w)
     scale = head_dim ** -0.5
-    runs = {"ours": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK)[0]}
+    runs = {"ours": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK)[0],
+            "ours, compiled": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK,
+                                                              fused_exp=True)[0]}
     if 3.5 * heads * L * L * 4 / 2 ** 30 <= plain_max_gib:
         runs["mx.fast"] = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
     out = {"L": L}
     for name, f in runs.items():
         grad = mx.value_and_grad(lambda q, k, v: (f(q, k, v) * w).sum(), argnums=(0, 1, 2))
+        if name == "ours, compiled":        # as the MLX backend runs a long step on a CPU (compiles_step)
+            grad = mx.compile(grad)
         out[name] = {"fwd_s": _timed(lambda: f(q, k, v), repeats),
                      "fwd_bwd_s": _timed(lambda: grad(q, k, v), repeats),
                      "peak_mib": _peak(lambda: grad(q, k, v)),
                      "values": [np.array(f(q, k, v))] + [np.array(g) for g in grad(q, k, v)[1]]}
     if "mx.fast" in out:
-        out["max_diff"] = max(float(np.abs(a - b).max()) for a, b in zip(out["ours"]["values"], out["mx.fast"]["values"]))
+        for name in ("ours", "ours, compiled"):
+            out[name]["max_diff"] = max(float(np.abs(a - b).max())
+                                        for a, b in zip(out[name]["values"], out["mx.fast"]["values"]))
     return out
+
+
+def exponentials(n: int = 2304 * 4096, repeats: int = 3) -> None:
+    """e^(s − m) over one chunk's worth of scores: MLX's exp and power, the fused polynomial the
+    chunked attention uses on a CPU, numpy; ns per float and the largest relative error (float64)."""
+    import mlx.core as mx
+    import numpy as np
+
+    from backends.mlx.attention import _exp_fused_cpu, _exp_power_cpu
+    rng = np.random.default_rng(0)
+    s = (rng.standard_normal(n) * 4).astype(np.float32)
+    m = np.float32(s.max())
+    ref = np.exp(s.astype(np.float64) - np.float64(m))
+    xs, xm = mx.array(s), mx.array([float(m)])
+    runs = {"mx.exp": lambda: mx.exp(xs - xm), "mx.power(2, x·log2 e)": lambda: _exp_power_cpu(xs, xm),
+            "ours (polynomial, squarings)": lambda: _exp_fused_cpu(xs, xm)}
+    print(f"| e^x over {n:,} floats | ns per float | max relative error |\n|---|---:|---:|")
+    for name, fn in runs.items():
+        t = _timed(fn, repeats)
+        err = np.abs(np.array(fn()).astype(np.float64) - ref)[ref > 1e-30] / ref[ref > 1e-30]
+        print(f"| {name} | {t / n * 1e9:.2f} | {err.max():.1e} |", flush=True)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        np.exp(s - m)
+    print(f"| numpy | {(time.perf_counter() - t) / repeats / n * 1e9:.2f} | |")
 
 
 def main() -> None:
@@ -69,24 +102,31 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--plain-max-gib", type=float, default=12.0)
+    ap.add_argument("--exp", action="store_true", help="time the CPU exponentials instead")
     args = ap.parse_args()
     from backends.mlx.blas import preload_fast_blas
     preload_fast_blas()
     import mlx.core as mx
+
+    from common.heap import reuse_freed_memory
+    reuse_freed_memory()                            # as the MLX backend does on a CPU (common/heap.py)
+    if args.exp:
+        exponentials()
+        return
     print(f"device {mx.default_device()}; heads {args.heads}, kv heads {args.kv_heads}, head dim {args.head_dim}")
     print("| L | run | forward s | fwd+bwd s | peak MiB | fwd+bwd vs mx.fast | peak vs mx.fast | max |Δ| out, dq, dk, dv |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     for L in sorted(int(x) for x in args.lengths.split(",")):
         r = measure(L, args.heads, args.kv_heads, args.head_dim, args.repeats, args.plain_max_gib)
         plain = r.get("mx.fast")
-        for name in ("mx.fast", "ours"):
+        for name in ("mx.fast", "ours", "ours, compiled"):
             if name not in r:
                 print(f"| {L} | {name} | not run (scores over --plain-max-gib) | | | | | |")
                 continue
             m = r[name]
             ratio = (f"{m['fwd_bwd_s'] / plain['fwd_bwd_s']:.2f}×", f"{m['peak_mib'] / plain['peak_mib']:.2f}×") \
-                if plain and name == "ours" else ("", "")
-            diff = f"{r['max_diff']:.1e}" if name == "ours" and "max_diff" in r else ""
+                if plain and name != "mx.fast" else ("", "")
+            diff = f"{m['max_diff']:.1e}" if "max_diff" in m else ""
             print(f"| {L} | {name} | {m['fwd_s']:.3f} | {m['fwd_bwd_s']:.3f} | {m['peak_mib']:.0f} | {ratio[0]} | "
                   f"{ratio[1]} | {diff} |", flush=True)
 

@@ -10,7 +10,10 @@ backends; below the threshold nothing changes (the sum is the same single reduct
 """
 from __future__ import annotations
 
-LOSS_CHUNK_ELEMENTS = 1 << 26      # 64 Mi logits = 256 MiB in float32 per chunk
+# 16 Mi logits = 64 MiB in float32 per chunk. Was 256 MiB: a compiled MLX step (long rows on a CPU)
+# fuses the cross-entropy's element-wise ops, whose buffers are then not reused in place, and its
+# peak at 8192 tokens rose 4157 → 4840 MiB; with 64 MiB chunks it is 3809 (`cli.py bench --lengths`).
+LOSS_CHUNK_ELEMENTS = 1 << 24
 # MLX: queries per attention chunk above this length (backends/mlx/attention.py). torch needs none:
 # SDPA's fused CPU/CUDA kernels never hold the L×L scores.
 ATTENTION_CHUNK = 256

@@ -1,5 +1,6 @@
-"""backends/torch/heap.py: freed activation-sized blocks go back to the OS once it ran, and a
-MALLOC_* setting of the user's is left alone."""
+"""common/heap.py: with torch's policy freed activation-sized blocks go back to the OS, with MLX's
+a freed scores-sized block is reused without page faults, and a MALLOC_* setting of the user's is
+left alone."""
 from __future__ import annotations
 
 import os
@@ -17,7 +18,7 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
 set_ = None
 if sys.argv[1] == "on":
-    from backends.torch.heap import release_freed_memory
+    from common.heap import release_freed_memory
     set_ = release_freed_memory()
 import torch
 a = torch.empty(8_000_000); del a        # a freed 32 MB mmapped block raises glibc's mmap threshold
@@ -44,6 +45,38 @@ def test_freed_blocks_go_back_to_the_os():
     assert was_set == "True"
     assert before_on - after_on > 300            # ~400 MB of freed tensors returned
     assert after_on < after_off - 250            # glibc's default keeps them
+
+
+REUSE_SCRIPT = """
+import ctypes, sys
+sys.path.insert(0, {root!r})
+set_ = None
+if sys.argv[1] == "on":
+    from common.heap import reuse_freed_memory
+    set_ = reuse_freed_memory()
+import numpy as np
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = Info
+scores = np.ones(20_000_000, np.float32)          # 80 MB, as one chunk's attention scores at 8192 tokens
+mmapped, heap = libc.mallinfo2().hblkhd, libc.mallinfo2().arena
+del scores
+again = np.ones(20_000_000, np.float32)           # the next chunk's
+print(set_, mmapped >> 20, heap >> 20, libc.mallinfo2().arena >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_mlx_policy_serves_large_blocks_from_the_heap():
+    """A fresh mmap per buffer faults its pages in on every touch; the heap's freed block is reused."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {mode: subprocess.run([sys.executable, "-c", REUSE_SCRIPT.format(root=str(ROOT)), mode], env=clean,
+                                 capture_output=True, text=True, check=True).stdout.split() for mode in ("off", "on")}
+    off_mmapped, on_mmapped = int(runs["off"][1]), int(runs["on"][1])
+    assert off_mmapped >= 76 and on_mmapped == 0                # glibc's default mmaps the 80 MB block
+    assert runs["on"][0] == "True"
+    on_heap, on_heap_after = int(runs["on"][2]), int(runs["on"][3])
+    assert on_heap >= 76 and on_heap_after == on_heap           # the second block reuses the first's memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")

@@ -82,14 +82,17 @@ def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model,
     assert loss_chunk_rows(batch.n_targets, 400) == 7
     import backends.mlx.attention as att
     made, real = [], att.chunked
-    monkeypatch.setattr(att, "chunked", lambda inner, c: made.append(c) or real(inner, c))
+    monkeypatch.setattr(att, "chunked", lambda inner, c, *a: made.append(c) or real(inner, c, *a))
     _close(plain, _loss_and_grads(ckpt, batch))                            # checkpointed + chunked
     _close(plain, _loss_and_grads(_backend(backend, tiny_model, False), batch))   # chunked only
     assert made == ([16, 16] if backend == "mlx" else [])                  # the chunked attention ran
 
 
 @pytest.mark.parametrize("mask", ["causal", "array", "additive", None])
-def test_mlx_chunked_attention_is_the_same_attention(mask):
+@pytest.mark.parametrize("compiled", [False, True])
+def test_mlx_chunked_attention_is_the_same_attention(mask, compiled):
+    """Uncompiled (`power` exponentials) and compiled as the backend's long steps (the fused
+    polynomial ones): the values and gradients of mx.fast's attention."""
     import mlx.core as mx
 
     from backends.mlx.attention import chunked
@@ -100,16 +103,35 @@ def test_mlx_chunked_attention_is_the_same_attention(mask):
     m = {"causal": "causal", None: None,      # a sliding window of 8, as Gemma 3's local layers
          "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8),
          "additive": mx.where(mx.arange(L)[:, None] >= mx.arange(L)[None], 0.0, -1e9)[None, None]}[mask]
-    f = chunked(sdpa, 16)
+    f = chunked(sdpa, 16, fused_exp=compiled)
 
     def loss(fn, q, k, v):
         return (fn(q, k, v, cache=None, scale=0.3, mask=m) * mx.arange(8)).sum()
     want, got = sdpa(q, k, v, cache=None, scale=0.3, mask=m), f(q, k, v, cache=None, scale=0.3, mask=m)
     assert np.abs(np.array(want) - np.array(got)).max() < 1e-5
+    grad = mx.grad(lambda q, k, v: loss(f, q, k, v), argnums=(0, 1, 2))
     gw = mx.grad(lambda q, k, v: loss(sdpa, q, k, v), argnums=(0, 1, 2))(q, k, v)
-    gg = mx.grad(lambda q, k, v: loss(f, q, k, v), argnums=(0, 1, 2))(q, k, v)
+    gg = (mx.compile(grad) if compiled else grad)(q, k, v)
     for a, b in zip(gw, gg):
         assert np.abs(np.array(a) - np.array(b)).max() < 1e-4
+
+
+def test_mlx_fused_exponential_against_float64():
+    """The CPU exponential of the compiled path: within 2e-5 of float64 where it is kept, exactly
+    zero below 2^-64 of the row's maximum, masked scores (−inf) included."""
+    import mlx.core as mx
+
+    from backends.mlx.attention import _exp_fused_cpu
+    s = np.random.default_rng(0).uniform(-60, 0, 200_000).astype(np.float32)
+    s[:3] = [-np.inf, -60.0, 0.0]
+    m = float(s.max())
+    with mx.stream(mx.cpu):
+        got = np.array(_exp_fused_cpu(mx.array(s), mx.array(m))).astype(np.float64)
+    ref = np.exp(s.astype(np.float64) - m)
+    kept, dropped = ref > 2.0 ** -63, ref < 2.0 ** -64.5
+    assert kept.sum() > 140_000 and dropped.sum() > 40_000
+    assert np.max(np.abs(got[kept] - ref[kept]) / ref[kept]) < 2e-5
+    assert np.all(got[dropped] == 0.0)
 
 
 def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatch):
@@ -128,6 +150,35 @@ def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatc
     _close(plain, _loss_and_grads(be, batch))
     assert calls == [False] * n + [True] * n          # n forwards, then n recomputes that reused them
     assert att._saved is None                         # nothing kept after the step
+
+
+def test_mlx_compiled_long_step_is_the_uncompiled_step(tiny_model, monkeypatch):
+    """A step of long rows on a CPU is compiled (compiles_step): the same loss and gradients as
+    uncompiled, and after an optimizer update the next compiled step still sees the updated LoRA."""
+    import mlx.core as mx
+
+    import backends.mlx.attention as att
+    from common.tokenize import load_tokenizer
+    batch = _batch(len(load_tokenizer(tiny_model)))
+    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
+    compiles, real = [], mx.compile
+    monkeypatch.setattr(mx, "compile", lambda *a, **k: compiles.append(1) or real(*a, **k))
+
+    def two_steps(compiled_rows: int):
+        monkeypatch.setattr(att, "COMPILED_ROWS", compiled_rows)
+        be = _backend("mlx", tiny_model, True)
+        be.make_optimizer((0.9, 0.999), 1e-8, 0.0)
+        loss, n = be.accumulate(batch)
+        be.apply_gradients(1e-2, n, None)
+        return loss, _loss_and_grads(be, batch)
+
+    first, second = two_steps(10 ** 9)
+    assert compiles == []
+    first_c, second_c = two_steps(32)
+    assert len(compiles) == 2                           # one compile per step
+    assert first_c == pytest.approx(first, rel=2e-5)
+    assert second[0] != pytest.approx(first, rel=1e-3)   # the update moved the loss
+    _close(second, second_c)
 
 
 def test_mlx_flash_attention_runs_one_chunk_at_a_time():

@@ -11,8 +11,19 @@ written with MLX ops rather than as a kernel):
   for one layer at 8192 tokens);
 - with the causal mask a chunk sees the keys up to its last query only, and only its diagonal
   block needs the mask (the keys before it are all visible);
-- on a CPU the exponentials are computed as 2^(x·log2 e): MLX's CPU `exp` is scalar code, 3× slower
-  than its `power` here, and it dominated the step at 8192 tokens (same float32 values to 2e-6).
+- the backward's scores matmul subtracts the log-sum-exp itself ([q | −lse]·[k | 1]ᵀ): one pass
+  less over each chunk's scores;
+- on a CPU the exponentials avoid MLX's `exp` and `power`, which call scalar libm code (~20 and
+  ~7 ns per float here; they were most of an 8192-token step). MLX compiles fused element-wise
+  kernels on a CPU to C++ loops that g++ vectorises, as long as a kernel's inputs are contiguous
+  and its chain stays within MLX's fusion depth (11); e^x = (2^(x·log2 e / 64))^64 is computed as
+  a degree-6 polynomial for 2^z on [-1, 0] (Horner: a single-use chain, which fuses) and six
+  squarings, clamped at 2^-64 (zero below: masked keys stay exactly zero). Largest relative error
+  1.3e-5 against float64, from the squarings (`power`: 3.7e-6). It only fuses where the graph is
+  compiled: inside an uncompiled `mx.grad` MLX runs a compiled function's ops one by one (its
+  inputs are tracers), so the backend compiles its gradient step for long rows (compiles_step) and
+  an uncompiled gradient uses `power` (`fused_exp`). `python -m benchmarks.mlx_attention --exp`
+  times the three.
 
 With per-layer gradient checkpointing the layer recompute would run the attention forward a third
 time; `long_attention(..., reuse_forward=True)` keeps each layer's attention output and
@@ -32,10 +43,31 @@ from contextlib import contextmanager
 import mlx.core as mx
 
 LOG2E = 1.4426950408889634
+SQUARINGS = 6
+# 2^z on [-1, 0]: least squares in relative error, float64 (|error| < 4.5e-9 before float32 rounding)
+EXP2_POLY = (0.9999999956, 0.6931469507, 0.2402235657, 0.05548836149, 0.0095757361, 0.001272400118,
+             0.0001084171815)
+
+
+def _exp2_neg(z):
+    """2^(64·z) for z in [-1, 0]: Horner's polynomial for 2^z, then six squarings; the clamp's
+    2^-64 becomes exactly zero (masked keys stay zero). One chain of single-use values: MLX's fusion
+    stops at a value used outside the kernel, and this chain fuses into two kernels."""
+    p = EXP2_POLY[-1] * z + EXP2_POLY[-2]
+    for c in reversed(EXP2_POLY[:-2]):
+        p = p * z + c
+    for _ in range(SQUARINGS):
+        p = p * p
+    return mx.where(p < 2.0 ** (0.5 - 2 ** SQUARINGS), 0.0, p)
 
 
 @mx.compile
-def _exp_shifted_cpu(s, m):
+def _exp_fused_cpu(s, m):
+    return _exp2_neg(mx.maximum((s - m) * (LOG2E / 2 ** SQUARINGS), -1.0))
+
+
+@mx.compile
+def _exp_power_cpu(s, m):
     return mx.power(2.0, (s - m) * LOG2E)
 
 
@@ -49,8 +81,15 @@ def _softmax_grad(p, dp, d):
     return p * (dp - d)
 
 
-def _exp(s, m):
-    return _exp_shifted_cpu(s, m) if mx.default_device() == mx.cpu else _exp_shifted(s, m)
+_ZERO = mx.array(0.0)
+
+
+def _exp(s, m, fused: bool):
+    """e^(s − m). `fused`: the caller's graph is compiled (or not differentiated), so the polynomial's
+    ops fuse; inside an uncompiled `mx.grad` they would run one by one, and `power` is faster."""
+    if mx.default_device() != mx.cpu:
+        return _exp_shifted(s, m)
+    return _exp_fused_cpu(s, m) if fused else _exp_power_cpu(s, m)
 
 
 class _Saved:
@@ -101,7 +140,7 @@ def _kv_seen(k, v, mask, j: int):
     return (k[:, :, :j], v[:, :, :j]) if isinstance(mask, str) else (k, v)
 
 
-def _forward(q, k, v, scale: float, mask, chunk: int):
+def _forward(q, k, v, scale: float, mask, chunk: int, fused: bool):
     """The output and each row's log-sum-exp, one query chunk after another."""
     B, H, L, D = q.shape
     KV = k.shape[1]
@@ -117,7 +156,7 @@ def _forward(q, k, v, scale: float, mask, chunk: int):
         for _, s in blocks[1:]:
             m = mx.maximum(m, s.max(-1, keepdims=True))
         # p·[v | 1]: the output and the softmax denominator from one matmul (no separate sum pass)
-        ol = sum(_exp(s, m).reshape(B, KV, rep * n, -1) @ mx.pad(vb.astype(mx.float32), [(0, 0)] * 3 + [(0, 1)], constant_values=1.0)
+        ol = sum(_exp(s, m, fused).reshape(B, KV, rep * n, -1) @ mx.pad(vb.astype(mx.float32), [(0, 0)] * 3 + [(0, 1)], constant_values=1.0)
                  for vb, s in blocks).reshape(B, KV, rep, n, D + 1)
         l = ol[..., D:]
         o = (ol[..., :D] / l).astype(q.dtype).reshape(B, H, n, D)
@@ -127,22 +166,27 @@ def _forward(q, k, v, scale: float, mask, chunk: int):
     return mx.concatenate(outs, axis=2), mx.concatenate(lses, axis=3)
 
 
-def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int):
+def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, fused: bool):
     """dq, dk, dv from the output gradient, recomputing one chunk's probabilities at a time."""
     B, H, L, D = q.shape
     KV = k.shape[1]
     rep = H // KV
     dq_parts, dk, dv, prev = [], mx.zeros(k.shape, mx.float32), mx.zeros(v.shape, mx.float32), []
+    k1 = mx.concatenate([k, mx.ones((*k.shape[:3], 1), k.dtype)], axis=-1)   # [k | 1]·[q | −lse] = s − lse
     for i, j in _spans(L, chunk):
         n = j - i
-        qc = mx.depends(q[:, :, i:j], prev) if prev else q[:, :, i:j]
+        # the output gradient too: dO·Vᵀ needs nothing else of the chunk, and MLX ran it ahead for all chunks
+        qc, doc = mx.depends([q[:, :, i:j], do[:, :, i:j]], prev) if prev else (q[:, :, i:j], do[:, :, i:j])
         qg, shape5 = _grouped(qc, scale, KV), (B, KV, rep, n)
-        dog = do[:, :, i:j].reshape(B, KV, rep * n, D)
-        delta = (do[:, :, i:j] * o[:, :, i:j]).astype(mx.float32).sum(-1, keepdims=True)
+        dog = doc.reshape(B, KV, rep * n, D)
+        delta = (doc * o[:, :, i:j]).astype(mx.float32).sum(-1, keepdims=True)
         delta = delta.reshape(B, KV, rep, n, 1)
+        # the scores' matmul subtracts the log-sum-exp: one pass less over the chunk's scores
+        qg1 = mx.concatenate([qg, -lse[:, :, :, i:j].reshape(B, KV, rep * n, 1).astype(qg.dtype)], axis=-1)
         dq = None
-        for kb, vb, bias, start in _blocks(*_kv_seen(k, v, mask, j), mask, i, j, H, rep):
-            p = _exp(_scores(qg, kb, bias, shape5), lse[:, :, :, i:j])
+        key_blocks = [b[0] for b in _blocks(*_kv_seen(k, k, mask, j), mask, i, j, H, rep)]
+        for kb, (kb1, vb, bias, start) in zip(key_blocks, _blocks(*_kv_seen(k1, v, mask, j), mask, i, j, H, rep)):
+            p = _exp(_scores(qg1, kb1, bias, shape5), _ZERO, fused)
             dp = (dog @ vb.swapaxes(-1, -2)).astype(mx.float32).reshape(p.shape)
             ds = _softmax_grad(p, dp, delta).reshape(B, KV, rep * n, -1)
             p = p.reshape(B, KV, rep * n, -1)
@@ -156,23 +200,23 @@ def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int):
     return mx.concatenate(dq_parts, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-def flash_attention(q, k, v, scale: float, mask, chunk: int, saved=None):
+def flash_attention(q, k, v, scale: float, mask, chunk: int, saved=None, fused_exp: bool = False):
     """softmax(q·kᵀ·scale + mask)·v and its log-sum-exp, in query chunks with a recomputing backward.
     mask: None, "causal", or a boolean/additive array broadcastable to (B, heads, L, L); GQA as in
     mx.fast. `saved` = (output, lse) already computed for these inputs: returned as they are, with
     the same backward (the recompute of a checkpointed layer)."""
     @mx.custom_function
     def attend(q, k, v):
-        return saved if saved is not None else _forward(q, k, v, scale, mask, chunk)
+        return saved if saved is not None else _forward(q, k, v, scale, mask, chunk, fused_exp)
 
     @attend.vjp
     def attend_vjp(primals, cotangents, outputs):
-        return _backward(*primals, cotangents[0], outputs[0], outputs[1], scale, mask, chunk)
+        return _backward(*primals, cotangents[0], outputs[0], outputs[1], scale, mask, chunk, fused_exp)
 
     return attend(q, k, v)
 
 
-def chunked(inner, chunk: int):
+def chunked(inner, chunk: int, fused_exp: bool = True):
     """An mlx-lm `scaled_dot_product_attention` that runs `flash_attention` when that helps."""
     def sdpa(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
         L = queries.shape[2]
@@ -183,9 +227,10 @@ def chunked(inner, chunk: int):
         if saved is not None and saved.backward and saved.stack:
             o, lse = saved.stack.pop()     # the recompute of a checkpointed layer: the forward's results
             if o.shape == queries.shape:
-                return flash_attention(queries, keys, values, scale, mask, chunk, saved=(o, lse))[0]
+                return flash_attention(queries, keys, values, scale, mask, chunk, saved=(o, lse),
+                                       fused_exp=fused_exp)[0]
             saved.stack.clear()
-        o, lse = flash_attention(queries, keys, values, scale, mask, chunk)
+        o, lse = flash_attention(queries, keys, values, scale, mask, chunk, fused_exp=fused_exp)
         if saved is not None and not saved.backward:
             saved.stack.append((o, lse))
         return o
@@ -193,11 +238,25 @@ def chunked(inner, chunk: int):
     return sdpa
 
 
+COMPILED_ROWS = 2048   # tokens per row from which a CPU gradient step is compiled (see compiles_step)
+
+
+def compiles_step(seq_len: int) -> bool:
+    """Whether the MLX backend compiles a gradient step of rows this long. Inside `mx.grad` MLX runs
+    a compiled function's ops one by one (its inputs are tracers), so the exponentials above would
+    be ~20 separate passes; compiling the whole step fuses them (one layer's attention at 8192
+    tokens, forward+backward: 8.9 s with `power`, 6.1 s compiled). Only on a CPU (Metal's `exp` is
+    fast) and only for long rows, where attention is most of the step and one compile per step is
+    small beside it."""
+    return mx.default_device() == mx.cpu and seq_len >= COMPILED_ROWS
+
+
 @contextmanager
-def long_attention(model, seq_len: int, reuse_forward: bool = False):
+def long_attention(model, seq_len: int, reuse_forward: bool = False, fused_exp: bool = True):
     """Chunked attention in `model`'s module while the block runs, when seq_len is above the chunk;
     `reuse_forward` (a gradient step of a model with checkpointed layers) hands each layer's
-    attention results from the forward pass to its recompute in the backward pass."""
+    attention results from the forward pass to its recompute in the backward pass; `fused_exp`
+    False for a gradient step that is not compiled (see _exp)."""
     from common.longseq import ATTENTION_CHUNK
 
     global _saved
@@ -206,7 +265,7 @@ def long_attention(model, seq_len: int, reuse_forward: bool = False):
     if seq_len <= ATTENTION_CHUNK or inner is None or getattr(inner, "twinlora_chunked", False):
         yield None
         return
-    mod.scaled_dot_product_attention = chunked(inner, ATTENTION_CHUNK)
+    mod.scaled_dot_product_attention = chunked(inner, ATTENTION_CHUNK, fused_exp)
     _saved = _Saved() if reuse_forward else None
     try:
         yield _saved

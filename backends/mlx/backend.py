@@ -7,6 +7,7 @@ resume (optimizer moments and step are saved).
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import json
 from pathlib import Path
@@ -17,11 +18,13 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from backends.mlx.attention import long_attention
+from backends.mlx.attention import compiles_step, long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
+from common.heap import reuse_freed_memory
+from common.longseq import ATTENTION_CHUNK
 from common.errors import BackendError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -227,18 +230,29 @@ class Backend:
     def distribute(self, world_size: int) -> None:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
 
-    def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        if batch.position_ids is not None:  # a packed row would attend across samples here
-            self.capabilities.refuse("packed_batching")
-        self.model.train()
-        ids, mask = mx.array(batch.ids), mx.array(batch.mask)
-        with long_attention(self.model, ids.shape[1] - 1, reuse_forward=self._checkpointed) as saved:
+    def _value_and_grad(self, ids, mask, targets, compiled: bool = False):
+        """Loss and LoRA gradients; the chunked attention is in place while the graph is built."""
+        with long_attention(self.model, ids.shape[1] - 1, reuse_forward=self._checkpointed, fused_exp=compiled) as saved:
             def forward(*args):
                 loss = self._loss_sum(*args)
                 if saved is not None:
                     saved.backward = True      # from here on, layer recomputes take the saved attention
                 return loss
-            loss, grads = nn.value_and_grad(self.model, forward)(self.model, ids, mask, _targets(batch))
+            return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
+
+    def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
+        if batch.position_ids is not None:  # a packed row would attend across samples here
+            self.capabilities.refuse("packed_batching")
+        self.model.train()
+        ids, mask = mx.array(batch.ids), mx.array(batch.mask)
+        value_and_grad = self._value_and_grad
+        if self.device.startswith("Device(cpu") and ids.shape[1] - 1 >= ATTENTION_CHUNK:
+            reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
+        if compiles_step(ids.shape[1] - 1):
+            # one compile per step, not cached: the targets' count changes the shapes every batch
+            state = [self.model.state, mx.random.state]
+            value_and_grad = mx.compile(partial(self._value_and_grad, compiled=True), inputs=state, outputs=state)
+        loss, grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
         return float(loss.item()), batch.n_targets

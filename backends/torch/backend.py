@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from backends.capabilities import DECLARED
-from backends.torch.heap import LONG_ROWS, release_freed_memory
 from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.errors import BackendError
+from common.heap import release_freed_memory
 from common.models import normalize_config
 
 # PEFT 0.21 reads a transformers attribute that transformers 5 deprecated: harmless, but noisy.
@@ -31,6 +31,9 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 # from the hub; that kernel is not used here (see _exact_cpu_4bit) and nothing is fetched at run time.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
+# tokens per row from which a CPU run with checkpointing gives freed memory back (common/heap.py:
+# the page faults cost +55 % step time at 2048 tokens, ~0 at 8192)
+LONG_ROWS = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # transformers causal LMs whose logits are head(model.model(x)) (+ final softcapping where the
 # config has one): the ones whose loss may run the head in chunks (see _chunked_loss).
@@ -396,7 +399,7 @@ class Backend:
         gradient local and reduce once, in the last backward."""
         self.peft.train()
         if self._heap_release and batch.ids.shape[1] >= LONG_ROWS:
-            release_freed_memory()     # else glibc keeps the freed activations (backends/torch/heap.py)
+            release_freed_memory()     # else glibc keeps the freed activations (common/heap.py)
         if self.sharded:
             self.peft.set_requires_gradient_sync(sync)
         with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
