@@ -6,14 +6,18 @@ logits, and the softmax and its gradient hold about as much again each (Gemma 3'
 5×). Above LOSS_CHUNK_ELEMENTS logits the head + cross-entropy run over chunks of target rows,
 each chunk recomputed in the backward pass (mx.checkpoint / torch.utils.checkpoint), so one
 chunk's logits exist at a time. The chunks and their summation order are the same on both
-backends; below the threshold nothing changes (the sum is the same single reduction as before).
+backends (except a compiled MLX step's smaller chunks, below: the same sum in another order); below
+the threshold nothing changes (the sum is the same single reduction as before).
 """
 from __future__ import annotations
 
-# 16 Mi logits = 64 MiB in float32 per chunk. Was 256 MiB: a compiled MLX step (long rows on a CPU)
-# fuses the cross-entropy's element-wise ops, whose buffers are then not reused in place, and its
-# peak at 8192 tokens rose 4157 → 4840 MiB; with 64 MiB chunks it is 3809 (`cli.py bench --lengths`).
-LOSS_CHUNK_ELEMENTS = 1 << 24
+LOSS_CHUNK_ELEMENTS = 1 << 26      # 64 Mi logits = 256 MiB in float32 per chunk
+# A compiled MLX step (long rows on a CPU, backends/mlx/attention.compiles_step) fuses the
+# cross-entropy's element-wise ops, whose buffers are then not reused in place: its peak at 8192
+# tokens rose 4157 → 4840 MiB with 256 MiB chunks, 3810 with 64 MiB ones. Smaller chunks for all
+# would cost torch without checkpointing ~25 % of its step at 2048–4096 tokens (more head
+# recomputes), so only there (`cli.py bench --lengths`).
+COMPILED_LOSS_CHUNK_ELEMENTS = 1 << 24
 # MLX: queries per attention chunk above this length (backends/mlx/attention.py). torch needs none:
 # SDPA's fused CPU/CUDA kernels never hold the L×L scores.
 ATTENTION_CHUNK = 256

@@ -46,7 +46,7 @@ def _disk_dtype(model_dir: Path):
     return None
 
 
-def _head_loss(model, h: mx.array, y: mx.array) -> mx.array:
+def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None) -> mx.array:
     """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y`; above
     common.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
     tied = "lm_head" not in model
@@ -60,7 +60,7 @@ def _head_loss(model, h: mx.array, y: mx.array) -> mx.array:
         return f
 
     from common.longseq import loss_chunk_rows
-    rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size)
+    rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size, chunk_limit)
     if rows is None:
         return piece(y)(mod.trainable_parameters(), h)
     total = None
@@ -215,14 +215,15 @@ class Backend:
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)
 
-    def _loss_sum(self, model, ids, mask, keep=None):
+    def _loss_sum(self, model, ids, mask, keep=None, compiled: bool = False):
         """Summed token loss. `keep` = flat indices of the target positions (from the batch mask):
         only those go through the vocab-sized head, forward and backward (prompt and padding
         positions are never scored), on the architectures listed in _PLAIN_HEAD."""
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep])
+            from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
+            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None)
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
@@ -234,7 +235,7 @@ class Backend:
         """Loss and LoRA gradients; the chunked attention is in place while the graph is built."""
         with long_attention(self.model, ids.shape[1] - 1, reuse_forward=self._checkpointed, fused_exp=compiled) as saved:
             def forward(*args):
-                loss = self._loss_sum(*args)
+                loss = self._loss_sum(*args, compiled=compiled)
                 if saved is not None:
                     saved.backward = True      # from here on, layer recomputes take the saved attention
                 return loss
