@@ -184,8 +184,8 @@ def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, fused: bool):
         # the scores' matmul subtracts the log-sum-exp: one pass less over the chunk's scores
         qg1 = mx.concatenate([qg, -lse[:, :, :, i:j].reshape(B, KV, rep * n, 1).astype(qg.dtype)], axis=-1)
         dq = None
-        key_blocks = [b[0] for b in _blocks(*_kv_seen(k, k, mask, j), mask, i, j, H, rep)]
-        for kb, (kb1, vb, bias, start) in zip(key_blocks, _blocks(*_kv_seen(k1, v, mask, j), mask, i, j, H, rep)):
+        for kb1, vb, bias, start in _blocks(*_kv_seen(k1, v, mask, j), mask, i, j, H, rep):
+            kb = k[:, :, start:start + kb1.shape[2]]
             p = _exp(_scores(qg1, kb1, bias, shape5), _ZERO, fused)
             dp = (dog @ vb.swapaxes(-1, -2)).astype(mx.float32).reshape(p.shape)
             ds = _softmax_grad(p, dp, delta).reshape(B, KV, rep * n, -1)

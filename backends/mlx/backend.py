@@ -24,7 +24,7 @@ from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.heap import reuse_freed_memory
-from common.longseq import ATTENTION_CHUNK
+from common.longseq import ATTENTION_CHUNK, COMPILED_LOSS_CHUNK_ELEMENTS
 from common.errors import BackendError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -222,7 +222,6 @@ class Backend:
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
             return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None)
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
@@ -247,7 +246,7 @@ class Backend:
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         value_and_grad = self._value_and_grad
-        if self.device.startswith("Device(cpu") and ids.shape[1] - 1 >= ATTENTION_CHUNK:
+        if mx.default_device() == mx.cpu and ids.shape[1] - 1 >= ATTENTION_CHUNK:
             reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
         if compiles_step(ids.shape[1] - 1):
             # one compile per step, not cached: the targets' count changes the shapes every batch
