@@ -287,15 +287,33 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Study directory.")
 @click.option("--metrics", help="Comma list (default by recipe: squad for SQuAD v2, rouge,citations for legal articles).")
 @click.option("--curve-every", type=click.IntRange(min=1), help="Checkpoint and score every N steps (default: training.save_every, or steps / 3).")
-@click.option("--curve-items", default=20, show_default=True, help="Validation records scored at each checkpoint.")
-@click.option("--test-items", type=int, help="Score a seeded sample of N test records (default: all).")
-@click.option("--max-new-tokens", default=32, show_default=True)
-@click.option("--n-boot", default=2000, show_default=True, help="Bootstrap replicates.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap and of --test-items sampling.")
-def study(config, sets, backends, output, metrics, curve_every, curve_items, test_items, max_new_tokens, n_boot, seed):
-    """Does fine-tuning teach? Score the base model on the test split, train on each backend,
-    score each checkpoint on validation records (learning curve) and the tuned adapters on the
-    test split; write study.md/.json/.png with paired bootstrap 95 % intervals.
+@click.option("--curve-items", default=20, show_default=True, type=click.IntRange(min=1),
+              help="Validation records scored at each checkpoint.")
+@click.option("--test-items", type=click.IntRange(min=1), help="Score a seeded sample of N test records (default: all).")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap replicates.")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Seed of the bootstrap, of --test-items sampling and of the k-shot examples.")
+@click.option("--shots", default="0", show_default=True, metavar="K,K",
+              help="Prompted baselines: the base model with K training examples before every question (0 = zero-shot).")
+@click.option("--ranks", default="", metavar="R,R", help="Also train these LoRA ranks (first backend), each with its training cost.")
+@click.option("--forgetting/--no-forgetting", default=True, show_default=True,
+              help="Score every system against the base on general prose, prompts and multiple choice (data/general).")
+@click.option("--variability-items", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Test items answered several times at --temperature to measure output variability (0: skip).")
+@click.option("--samples", default=4, show_default=True, type=click.IntRange(min=2, max=64),
+              help="Sampled answers per variability item.")
+@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0.0, max=2.0, min_open=True),
+              help="Sampling temperature of the variability answers.")
+@click.option("--failure-threshold", default=50.0, show_default=True, type=click.FloatRange(min=0.0, max=100.0),
+              help="Items of the best tuned system scoring below this (points of the headline) are put in failure categories.")
+def study(config, sets, backends, output, metrics, curve_every, curve_items, test_items, max_new_tokens, n_boot, seed,
+          shots, ranks, forgetting, variability_items, samples, temperature, failure_threshold):
+    """Should I fine-tune at all? Score the base model zero-shot and k-shot prompted on the test
+    split, train on each backend (and at other ranks), score each checkpoint on validation records
+    (learning curve) and the tuned adapters on the test split, check forgetting on general
+    material, output variability and the tuned model's failures; write study.md/.json and plots
+    with paired bootstrap 95 % intervals and a verdict.
 
     \b
     Run again to finish an interrupted study: finished stages are kept, training resumes from
@@ -304,7 +322,18 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     from jobs.study import run_study
     run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
               metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
-              test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed)
+              test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
+              shots=_int_list(shots, "--shots"), ranks=_int_list(ranks, "--ranks"), forgetting=forgetting,
+              variability_items=variability_items, variability_samples=samples, temperature=temperature,
+              failure_threshold=failure_threshold)
+
+
+def _int_list(text: str, where: str) -> list[int]:
+    """A comma list of whole numbers ("0,3"); anything else is a one-line error."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{text!r} is not a comma list of whole numbers", where=where, fix=f"e.g. {where} 0,3") from None
 
 
 # ------------------------------------------------------------------ convert

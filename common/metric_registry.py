@@ -89,12 +89,19 @@ REGISTRY: dict[str, Metric] = {x.name: x for x in (
                   Headline("squad_f1", "HasAns F1", "has_answer"), Headline("squad_exact", "NoAns EM", "no_answer"))),
     Metric("bleu", lambda preds, refs, items, o: m.bleu(preds, refs, **o),
            options=("tokenize",), scores=(Score("bleu", 1, chart=True, headline=True),)),
+    Metric("classification", lambda preds, refs, items, o: m.classification_scores(
+               preds, [it.get("label") or it.get("reference") or "" for it in items],
+               [it.get("labels") or [] for it in items]),
+           per_item=("class_correct", "class_predicted", "class_gold"),
+           scores=(_rate("class_accuracy", chart=True, headline=True), _rate("class_macro_f1", chart=True, headline=True),
+                   _rate("class_unparsed_rate", -1)),
+           study=(Headline("class_correct", "accuracy", scale=100.0),)),
     Metric("length", lambda preds, refs, items, o: m.length_stats(preds, refs),
            scores=(Score("length_pred_words_mean", 0, headline=True), Score("length_pred_words_median", 0))),
 )}
 METRICS = tuple(REGISTRY)
 # The per-item score report.md picks its best and worst examples by: the first one present.
-EXAMPLE_KEYS = ("squad_f1", "rougeL_f", "bertscore_f1", "citation_ok")
+EXAMPLE_KEYS = ("squad_f1", "class_correct", "rougeL_f", "bertscore_f1", "citation_ok")
 
 # Numbers the jobs report beside the metrics (eval: test loss, cut answers; sweep: validation loss).
 JOB_SCORES = (Score("test_loss", -1), Score("test_perplexity", -1), _rate("truncated_rate", -1), Score("val_loss", -1))
@@ -103,14 +110,17 @@ SCORES: dict[str, Score] = {s.key: s for s in (*(s for x in REGISTRY.values() fo
 # Which metrics a job picks when none are asked for, by what the records carry (`record_kind`).
 EVAL_DEFAULTS = {"squad": ("squad", "bleu", "bertscore", "length"),
                  "legal": ("rouge", "bertscore", "citations", "bleu", "length"),
-                 "text": ("rouge", "bleu", "bertscore", "length")}
-STUDY_DEFAULTS = {"squad": ("squad", "length"), "legal": ("rouge", "citations", "length"), "text": ("rouge", "length")}
+                 "classification": ("classification", "length"), "text": ("rouge", "bleu", "bertscore", "length")}
+STUDY_DEFAULTS = {"squad": ("squad", "length"), "legal": ("rouge", "citations", "length"),
+                  "classification": ("classification", "length"), "text": ("rouge", "length")}
 
 
 def record_kind(examples) -> str:
-    """"squad" (SQuAD v2 records), "legal" (records citing a code article) or "text"."""
+    """"squad" (SQuAD v2 records), "classification" (records carrying their label set), "legal"
+    (records citing a code article) or "text"."""
     meta = examples[0].meta.get("meta", examples[0].meta)
-    return "squad" if "is_impossible" in meta else "legal" if "article_num" in meta else "text"
+    return ("squad" if "is_impossible" in meta else "classification" if "labels" in meta
+            else "legal" if "article_num" in meta else "text")
 
 
 def default_metrics(examples, job: str = "eval") -> list[str]:

@@ -348,3 +348,56 @@ def length_stats(predictions: Sequence[str], references: Sequence[str | Sequence
     models that ramble or stop early. With several references, the first one is measured."""
     refs = [r[0] for r in _ref_lists(references)]
     return {**_stats([p or "" for p in predictions], "length_pred"), **_stats(refs, "length_ref")}
+
+
+# ---------------------------------------------------------------- classification
+
+def _norm_label(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text or "").casefold().split())
+
+
+def label_key(label: str) -> str:
+    """What names a label in an answer: a division title's head before " : " ("Livre II" of
+    "Livre II : Les actes unilatéraux"), else the whole label."""
+    return _norm_label(label.split(" : ", 1)[0])
+
+
+def parse_label(prediction: str, labels: Sequence[str]) -> str | None:
+    """The one label an answer names, or None (unparseable: none or several named).
+
+    A label is named by its whole title, or by its key as a whole phrase ("livre ii" is not found
+    in "livre iii"). The whole title is tried first, so "Livre Ier : …" repeated in full wins."""
+    text = _norm_label(prediction)
+    for forms in ([_norm_label(lab) for lab in labels], [label_key(lab) for lab in labels]):
+        hits = {lab for lab, form in zip(labels, forms)
+                if form and re.search(rf"(?<!\w){re.escape(form)}(?!\w)", text)}
+        if len(hits) == 1:
+            return hits.pop()
+    return None
+
+
+def macro_f1(gold: Sequence[str], predicted: Sequence[str | None], labels: Sequence[str]) -> float:
+    """Mean over the label set of each label's F1 = 2TP / (2TP + FP + FN), a label with no gold
+    and no predicted item scoring 0 (scikit-learn's f1_score(average="macro", labels=…,
+    zero_division=0)). An unparseable answer (None) is a miss for its gold label only."""
+    f1s = []
+    for lab in labels:
+        tp = sum(g == lab and p == lab for g, p in zip(gold, predicted))
+        fp = sum(g != lab and p == lab for g, p in zip(gold, predicted))
+        fn = sum(g == lab and p != lab for g, p in zip(gold, predicted))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return sum(f1s) / len(f1s) if f1s else 0.0
+
+
+def classification_scores(predictions: Sequence[str], gold: Sequence[str],
+                          label_sets: Sequence[Sequence[str]]) -> dict:
+    """Accuracy and macro-F1 over the label set (the union of the items' label sets), each answer
+    parsed to one of its item's labels; an unparseable answer counts as wrong and is reported."""
+    _check_pairs(predictions, gold, "classification")
+    labels = list(dict.fromkeys(lab for labs in label_sets for lab in labs))
+    parsed = [parse_label(p, labs) for p, labs in zip(predictions, label_sets)]
+    per_item = [{"class_predicted": p, "class_gold": g, "class_correct": float(p == g)} for p, g in zip(parsed, gold)]
+    return {"class_accuracy": _mean(r["class_correct"] for r in per_item),
+            "class_macro_f1": macro_f1(gold, parsed, labels) if labels else None,
+            "class_unparsed_rate": _mean(float(p is None) for p in parsed),
+            "class_labels": labels, "per_item": per_item}

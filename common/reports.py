@@ -91,8 +91,10 @@ def write_eval_report(out_dir: str | Path, metrics: dict, items: list[dict], set
         rows.append({"id": item.get("id", scores.get("id", i)), "prompt": item.get("prompt"),
                      "reference": item.get("reference"), "prediction": item.get("prediction"),
                      "scores": {k: v for k, v in scores.items() if k != "id"}})
-        if "references" in item:
-            rows[-1]["references"] = item["references"]
+        # what the study's cost and failure tables read: the references, the user's question, the
+        # prompt's and the answer's lengths in tokens and the seconds the answer took
+        rows[-1].update({k: item[k] for k in ("references", "question", "prompt_tokens", "answer_tokens", "seconds")
+                         if k in item})
     paths = {"metrics": out_dir / "metrics.json", "predictions": out_dir / "predictions.jsonl",
              "report": out_dir / "report.md"}
     write_json(paths["metrics"], {"title": title, "metrics": summary, "settings": settings})

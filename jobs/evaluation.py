@@ -28,6 +28,9 @@ def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
     if "is_impossible" in meta:
         item["is_impossible"] = bool(meta["is_impossible"])
         item["references"] = list(meta.get("answers") or [])
+    if isinstance(meta.get("labels"), list):  # a classification record: its label set and gold label
+        item["labels"] = [str(x) for x in meta["labels"]]
+        item["label"] = str(meta.get("label") or item["reference"])
     if "article_text" in meta:
         item["source"] = meta["article_text"]
     elif ex.messages:
@@ -47,18 +50,40 @@ def generate_items(opened, examples: list[Example], template: str, system_prompt
     for start in range(0, len(examples), step):
         chunk = examples[start: start + step]
         prompts = [tk.encode_prompt(ex) for ex in chunk]
+        t_chunk = time.perf_counter()
         outs = be.generate_batch(prompts, max_new_tokens, stops) if step > 1 else \
             [be.generate(prompts[0], max_new_tokens, stops)]
+        per_answer = (time.perf_counter() - t_chunk) / len(chunk)  # a batch's time, shared by its answers
         for j, (ex, ids, out) in enumerate(zip(chunk, prompts, outs)):
             items.append(_item(ex, opened.tokenizer.decode(ids),
                                opened.tokenizer.decode(out, skip_special_tokens=True), start + j))
             # no end-of-turn within the budget: the answer was cut by --max-new-tokens
-            items[-1]["truncated"] = len(out) >= max_new_tokens
+            items[-1].update(truncated=len(out) >= max_new_tokens, prompt_tokens=len(ids),
+                             answer_tokens=len(out), seconds=round(per_answer, 4))
         done = len(items)
         rate = done / max(time.time() - t0, 1e-9)
         echo(f"\r[eval] {done}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - done) / rate)}s", nl=False)
     echo("")
     return items
+
+
+def generate_samples(backend: str, model: str, adapter: Path | None, examples: list[Example], max_new_tokens: int,
+                     template: str | None, system_prompt: str | None, temperature: float, n: int,
+                     seed: int = 0) -> list[list[str]]:
+    """`n` sampled answers per example (seeds seed … seed+n−1, top-p 1), prompted as `run_eval`
+    prompts: the adapter's recorded template and system prompt unless given."""
+    from common.sampling import Sampler, Sampling
+    from jobs.session import eos_ids, open_model
+    opened = open_model(backend, model, adapter=adapter)
+    template, system_prompt, _ = resolve_prompting(opened, template, system_prompt)
+    tk, stops = Tokenizer(opened.tokenizer, template, system_prompt), eos_ids(opened.tokenizer)
+    out = []
+    for ex in examples:
+        ids = tk.encode_prompt(ex)
+        out.append([opened.tokenizer.decode(opened.backend.generate(
+            ids, max_new_tokens, stops, sampler=Sampler(Sampling(temperature, 1.0, seed + s).check())),
+            skip_special_tokens=True).strip() for s in range(n)])
+    return out
 
 
 def sample(examples: list[Example], limit: int | None, seed: int) -> tuple[list[Example], list[int]]:

@@ -277,7 +277,7 @@ def _summary(job: Job, model: Model, report: Reporting) -> dict:
     summary = {"final_loss": meter.last_loss, "val_loss": report.validation.last, "steps": job.steps,
                "seconds": round(elapsed, 2), "val_loss_before": tracker.baseline, "best_val_loss": tracker.best,
                "best_step": tracker.best_step, "stopped_early_at": tracker.stopped_at,
-               "tokens_per_s": meter.tokens / max(elapsed, 1e-9) if meter.tokens else None,
+               "tokens_per_s": meter.tokens / max(elapsed, 1e-9) if meter.tokens else None, "tokens_seen": meter.tokens,
                "median_step_s": float(np.median(meter.step_times)) if meter.step_times else None,
                "peak_memory_bytes": be.peak_memory_bytes(),
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set

@@ -77,10 +77,10 @@ JSONL_HELP = ("Local JSONL files (or .json lists) in any of the four record shap
 
 
 def _registry() -> dict[str, Recipe]:
-    from common.data.recipes import legi, slds, squad
+    from common.data.recipes import legi, legi_classify, slds, squad
 
     recipes = [Recipe("jsonl", JSONL_HELP, run_jsonl)]
-    recipes += [Recipe(m.NAME, m.HELP, m.run, m.OPTIONS) for m in (legi, slds, squad)]
+    recipes += [Recipe(m.NAME, m.HELP, m.run, m.OPTIONS) for m in (legi, legi_classify, slds, squad)]
     return {r.name: r for r in recipes}
 
 

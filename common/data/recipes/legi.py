@@ -308,15 +308,18 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
+def int_option(options: dict, name: str, default: int) -> int:
+    try:
+        return int(options.get(name, default))
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer, got {options.get(name)!r}", where=name) from None
+
+
 def run(inputs: list[str], out_dir: Path, *, seed: int = 0, options: dict | None = None) -> dict:
     """Prepare legi pairs: resolve inputs, read codes, filter articles, render, split by article."""
     options = options or {}
     include_abrogated = _bool(options.get("include_abrogated", False))
-    try:
-        min_chars = int(options.get("min_chars", 50))
-    except (TypeError, ValueError):
-        raise ConfigError(f"min_chars must be an integer, got {options.get('min_chars')!r}",
-                          where="min_chars") from None
+    min_chars = int_option(options, "min_chars", 50)
     paths = resolve_inputs(inputs, legi_dir(options))
     records: list[dict] = []
     seen: set[tuple[str, str]] = set()
