@@ -110,7 +110,8 @@ def prose_chunks(tokenizer, text: str, size: int = CHUNK) -> list[list[int]]:
     ids = list(tokenizer(text)["input_ids"])
     chunks = [ids[i: i + size] for i in range(0, len(ids), size)]
     if len(chunks) > 1 and len(chunks[-1]) < size // 4:
-        chunks[-2] += chunks.pop()
+        last = chunks.pop()
+        chunks[-1] = chunks[-1] + last
     return chunks
 
 

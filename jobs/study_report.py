@@ -285,7 +285,7 @@ def verdict(report: dict, plan: Plan) -> dict:
                 "Prompting does as well here: fine-tuning is not (yet) worth it")
     if wins and any(forgot):
         decision += ", at the price of measurable forgetting"
-    return {"text": f"{decision}: " + "; ".join(lines) + ".", "fine_tune": wins, "best_tuned": best,
+    return {"text": f"{decision}. " + "; ".join(lines) + ".", "fine_tune": wins, "best_tuned": best,
             "best_prompted": prompted, "forgetting_measurable": any(forgot) if forgot else None}
 
 

@@ -201,7 +201,7 @@ def test_registry_gives_the_tables_it_replaced():
 
     from common.metric_registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
                                         study_headlines)
-    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "length")
+    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "length")
     assert {k: chart_points(k) for k in ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
                                          "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")} == \
         {**dict.fromkeys(("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
@@ -209,7 +209,7 @@ def test_registry_gives_the_tables_it_replaced():
     assert chart_points("rouge1_p") is None and chart_points("test_loss") is None
     assert headline_keys(list(METRICS)) == ["rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
                                             "citation_hallucination_rate", "squad_exact", "squad_f1", "bleu",
-                                            "length_pred_words_mean"]
+                                            "class_accuracy", "class_macro_f1", "length_pred_words_mean"]
     assert (metric_info("rouge2_p"), metric_info("citation_hallucination_rate"), metric_info("squad_NoAns_f1"),
             metric_info("citation_echo_rate"), metric_info("truncated_rate"), metric_info("val_loss")) == \
         ((1, 100), (-1, 100), (1, 1), (0, 100), (-1, 100), (-1, 1))

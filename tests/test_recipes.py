@@ -262,11 +262,11 @@ def test_jsonl_recipe(tmp_path):
 
 
 def test_registry_and_unknown_names(tmp_path):
-    assert set(RECIPES) == {"jsonl", "legi", "slds", "squad"}
+    assert set(RECIPES) == {"jsonl", "legi", "legi-classify", "slds", "squad"}
     assert all(r.help and callable(r.run) for r in RECIPES.values())
     with pytest.raises(UserError) as exc:
         run_recipe("nope", ["x"], tmp_path)
-    assert "jsonl, legi, slds, squad" in str(exc.value)
+    assert "jsonl, legi, legi-classify, slds, squad" in str(exc.value)
     with pytest.raises(ConfigError, match="unknown option"):
         run_recipe("squad", ["x"], tmp_path, options={"max_length": 3})
     with pytest.raises(UserError, match="at least one input"):

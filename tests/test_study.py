@@ -80,7 +80,7 @@ def test_report_files_intervals_and_curves(full):
         assert all(n == 3 for *_, n in saved["curves"][b]["metric"])
         assert (out / b / "checkpoint-adapters" / "step-000002" / "twinlora.json").is_file()
     md = (out / "study.md").read_text(encoding="utf-8")
-    assert "| F1 | 6 |" in md and "NoAns EM" in md and "## Learning curves" in md
+    assert "| F1 (n=6) | EM (n=6) | HasAns F1 (n=3) | NoAns EM (n=3) |" in md and "## Learning curves" in md
     assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
