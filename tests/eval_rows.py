@@ -116,3 +116,35 @@ def study_with_other_settings(ctx):
 def study_curve_beyond_budget(ctx):
     r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--curve-every", "9")
     return refused(ctx, r, "--curve-every 9", "training.steps (4)")
+
+
+@row("E153")
+def study_more_shots_than_training_examples(ctx):
+    r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--shots", "0,40")
+    return refused(ctx, r, "--shots", "40 shots asked for", "use at most")
+
+
+@row("E154")
+def study_shots_not_a_list(ctx):
+    r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--shots", "0,three")
+    return refused(ctx, r, "--shots", "not a comma list of whole numbers")
+
+
+@row("E155")
+def study_rank_out_of_range(ctx):
+    r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out, "--ranks", "4,0")
+    return refused(ctx, r, "--ranks", "value(s) 0 out of range")
+
+
+@row("E156")
+def study_general_material_damaged(ctx):
+    import shutil
+    import common.forgetting as fg
+    broken = ctx.tmp / "general"
+    shutil.copytree(fg.GENERAL_DIR, broken)
+    lines = (broken / "mcq.jsonl").read_text(encoding="utf-8").splitlines()
+    lines[2] = json.dumps({**json.loads(lines[2]), "answer": 4})
+    write(broken / "mcq.jsonl", "\n".join(lines) + "\n")
+    ctx.mp.setattr(fg.load_general, "__defaults__", (broken,))
+    r = run_cli("study", "--config", _study_config(ctx, test=str(ctx.data)), "--output", ctx.out)
+    return refused(ctx, r, f"{broken / 'mcq.jsonl'}:3", '"answer"', "restore data/general")

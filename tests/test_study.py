@@ -16,7 +16,8 @@ from common.config import dump_yaml, load_config
 from common.errors import ConfigError
 from jobs.study import run_study
 
-OPTS = dict(curve_every=2, curve_items=3, test_items=None, max_new_tokens=4, n_boot=200, seed=0)
+OPTS = dict(curve_every=2, curve_items=3, test_items=None, max_new_tokens=4, n_boot=200, seed=0, forgetting=False,
+            variability_items=0)  # tests/test_decision.py runs those
 
 
 def _squad_rows(n: int, start: int = 0) -> list[dict]:
