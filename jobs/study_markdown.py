@@ -8,7 +8,7 @@ from typing import Any
 from common.bootstrap import LEVEL
 from common.metric_registry import study_headlines
 from common.reports import _table
-from jobs.study import BASELINE, Plan
+from jobs.study_plan import BASELINE, Plan
 
 
 def _fmt(x: float | None, digits: int = 1) -> str:
@@ -54,10 +54,10 @@ def _systems(report: dict, plan: Plan) -> list[str]:
     header = ["system", *(f"{r['metric']} (n={r['n_items']})" for r in results), f"Δ {head['metric']} vs baseline",
               "prompt tokens / answer", "s / answer"]
     lines = ["## Systems on the test split\n", _table(header, rows) + "\n",
-             f"`baseline` is the base model zero-shot; `base-Kshot` the base with K training examples before every "
-             f"question; `<backend>-tuned` the config's adapter; `<backend>-rN` the same training at rank N. "
-             f"Δ = paired difference with its own interval. Seconds per answer are wall time on the machine that ran "
-             f"the study (a batch's time shared by its answers).\n"]
+             "`baseline` is the base model zero-shot; `base-Kshot` the base with K training examples before every "
+             "question; `<backend>-tuned` the config's adapter; `<backend>-rN` the same training at rank N. "
+             "Δ = paired difference with its own interval. Seconds per answer are wall time on the machine that ran "
+             "the study (a batch's time shared by its answers).\n"]
     notes = []
     for r in results:
         if r["best_prompted"] != BASELINE:

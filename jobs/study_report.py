@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -16,7 +15,7 @@ from common.bootstrap import LEVEL, mean_ci, overlap, paired_bootstrap
 from common.errors import ConfigError
 from common.io import read_json, write_json, write_text
 from common.metric_registry import Headline, study_headlines
-from jobs.study import BASELINE, STUDY, Plan, shot_system
+from jobs.study_plan import BASELINE, STUDY, Plan, shot_system
 
 PLOTS = ("study.png", "study-ranks.png", "study-forgetting.png")
 

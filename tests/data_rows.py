@@ -116,7 +116,7 @@ def manifest_lists_missing_file(ctx):
 @row("E48")
 def unknown_recipe(ctx):
     return expect_error(run_cli("prepare", "alpaca", ctx.data, "--out", ctx.out), 'unknown recipe "alpaca"',
-                        "jsonl, legi, slds, squad")
+                        "jsonl, legi, legi-classify, slds, squad")
 
 
 @row("E49")

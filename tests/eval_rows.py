@@ -101,7 +101,7 @@ def study_without_test_split(ctx):
 @row("E151")
 def study_with_other_settings(ctx):
     from common.io import write_json
-    from jobs.study import SETTINGS, plan_study
+    from jobs.study_plan import SETTINGS, plan_study
     config = _study_config(ctx, test=str(ctx.data))
     earlier = plan_study(config, [], ["torch"], ctx.out)  # as a first `study` run records it
     write_json(ctx.out / SETTINGS, earlier.settings())
