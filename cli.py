@@ -171,8 +171,10 @@ def prepare(recipe, inputs, out_dir, seed, options):
     """
     from common.config import parse_set
     from common.data.recipes import run_recipe
+    from common.lock import OutputLock
     opts = parse_set(list(options))
-    manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
+    with OutputLock(out_dir, "--out"):
+        manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
     echo(manifest.get("summary") or json.dumps(manifest.get("counts", {}), indent=2))
     echo(f"[twinlora] wrote {out_dir}/train.jsonl, valid.jsonl, test.jsonl, manifest.json")
 
@@ -273,9 +275,11 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """
     from common.ownership import check_output_dir
     from jobs.sweep import run_sweep
+    from common.lock import OutputLock
     check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
-    run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
-              echo=echo, max_new_tokens=max_new_tokens)
+    with OutputLock(output):
+        run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
+                  echo=echo, max_new_tokens=max_new_tokens)
 
 
 # ------------------------------------------------------------------ study
@@ -372,8 +376,10 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
+    from common.lock import OutputLock
     from jobs.merge import merge_adapter
-    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
+    with OutputLock(output):
+        info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
              "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
@@ -401,8 +407,10 @@ def export_gguf_cmd(model_dir, out_file, dtype):
     from common.models import check_model_dir
     from common.ownership import check_output_file
     check_model_dir(Path(model_dir))
+    from common.lock import OutputLock
     check_output_file(out_file, "OUT_FILE", magic=b"GGUF", inputs=[model_dir])
-    out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
+    with OutputLock(out_file, "OUT_FILE"):
+        out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
     echo(f"[twinlora] wrote {out}")
 
 
@@ -544,11 +552,13 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
     from jobs.evaluation import run_eval
+    from common.lock import OutputLock
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
-    scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
-                      metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
-                      template=template, system_prompt=system, metric_options=opts, label=label,
-                      batch_size=batch_size, echo=echo, seed=seed)
+    with OutputLock(output):
+        scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
+                          metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
+                          template=template, system_prompt=system, metric_options=opts, label=label,
+                          batch_size=batch_size, echo=echo, seed=seed)
     shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
     echo(json.dumps(shown, indent=2))
     echo(f"[twinlora] report: {Path(output) / 'report.md'}")

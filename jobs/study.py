@@ -282,8 +282,14 @@ def _variability(plan: Plan, system: str, backend: str, adapter: Path | None, ec
 
 def run_study(config_path, sets: Sequence[str], backends: Sequence[str], out_dir, *, echo=print, **options) -> dict:
     """Plan, run every stage not yet done, write the report; returns the study.json content."""
-    from jobs.study_report import build_report, write_report
+    from common.lock import OutputLock
     plan = plan_study(config_path, sets, backends, out_dir, **options)
+    with OutputLock(plan.out):  # one study per directory: a second run would redo and overwrite the first's stages
+        return _run_planned(plan, echo)
+
+
+def _run_planned(plan: Plan, echo) -> dict:
+    from jobs.study_report import build_report, write_report
     out, cfg = plan.out, plan.cfg
     write_json(out / SETTINGS, plan.settings())
     echo(f"[study] {out}: backends {', '.join(plan.backends)}; metrics {', '.join(plan.metrics)}; "

@@ -127,6 +127,21 @@ def run_directory_locked(ctx):
     return line
 
 
+@row("E160")
+def output_locked_by_another_command(ctx):
+    """`study` into a directory another live study is writing: refused after planning, nothing written."""
+    from common.config import dump_yaml
+    from common.lock import OutputLock
+    from helpers import tiny_config
+    cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), "test": str(ctx.data)})
+    config = write(ctx.tmp / "study.yaml", dump_yaml(cfg))
+    with OutputLock(ctx.out) as held:
+        r = run_cli("study", "--config", config, "--backend", "torch", "--no-forgetting", "--output", ctx.out)
+    line = refused(ctx, r, str(ctx.out), "another twinlora process is writing this output", f"pid {held.record['pid']}")
+    assert ".lock" not in line and "[study]" not in r.output
+    return line
+
+
 # ---------------------------------------------------------------- --resume / --init-adapter
 
 @row("E64")
