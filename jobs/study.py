@@ -219,7 +219,8 @@ def _train(cfg, backend: str, run_dir: Path, name: str, echo) -> None:
     echo(f"[study] {name}: " + (f"resuming training from {ckpts[-1].name}" if ckpts else "training"))
     cfg = copy.deepcopy(cfg)  # plan.cfg stays as planned: settings.json is compared with it
     cfg.output, cfg.name = str(run_dir), f"{cfg.name or 'study'}-{name}"
-    trainer.train(cfg, backend, resume=bool(ckpts), overwrite=not ckpts, echo=echo)
+    trainer.train_in_job(cfg, backend, resume=bool(ckpts), echo=echo, again="run the same study command again: "
+                         "finished stages are kept and training resumes from its last checkpoint")
 
 
 def rank_config(cfg, rank: int):
