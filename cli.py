@@ -361,7 +361,7 @@ def convert(src, dst, fmt, model):
 # ------------------------------------------------------------------ merge
 @cli.command()
 @click.option("--adapter", required=True, type=click.Path(), help="Adapter directory (either format).")
-@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
@@ -378,6 +378,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader
     transformers and mlx-lm), with the tokenizer."""
     from common.lock import OutputLock
     from jobs.merge import merge_adapter
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
     with OutputLock(output):
         info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
@@ -421,7 +423,7 @@ def export_gguf_cmd(model_dir, out_file, dtype):
               help="Adapter directory (either format); repeat to answer with several adapters over one "
                    "loaded base, switched by name (NAME defaults to the directory).")
 @click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
-@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
@@ -455,6 +457,8 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     if chat and (len(named) > 1 or (with_base and named)):
         raise UserError("--chat talks with one model", where="--chat",
                         fix="pass at most one --adapter and no --base with --chat (or use --prompt to compare)")
+    from jobs.session import base_for
+    model = base_for(model, named[0][1] if named else None, lambda m: echo(m, err=True))
     opened = open_model(backend, model, adapter=named[0][1] if named else None)
     template, system, origin = resolve_prompting(opened, template, system)
     if origin == "adapter" and (template != "chat" or system):
@@ -533,7 +537,7 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @cli.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
 @click.option("--adapter", type=click.Path(), help="Adapter directory; omit for the baseline.")
-@click.option("--model", default="embedded", show_default=True)
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
 @click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
@@ -553,6 +557,8 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     whatever backend generated."""
     from jobs.evaluation import run_eval
     from common.lock import OutputLock
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
     with OutputLock(output):
         scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
@@ -579,7 +585,7 @@ def compare(eval_dirs, labels, output):
 # ------------------------------------------------------------------ parity
 @cli.command()
 @click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
-@click.option("--model", default="embedded", show_default=True)
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
 @click.option("--max-new-tokens", default=24, show_default=True)
 @click.option("--tol-logit", type=float, help="Max |Δlogit| allowed (default 2e-3, fp32).")
@@ -597,10 +603,11 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from common.io import write_json
     from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
-    from jobs.session import open_model
+    from jobs.session import base_for, open_model
     from common.ownership import check_output_file
     if output:
         check_output_file(output, "--output", magic=b"{")
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
     for d in runs or ():
         if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS
             raise UserError("no training log here (log.jsonl with train steps)", where=f"--runs {d}",
