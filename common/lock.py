@@ -5,6 +5,10 @@ is refused at once instead of interleaving config, checkpoints and log with the 
 whose process is gone (same host, pid not alive, or alive but started after the lock: a reused
 pid) is stale and taken over; a lock from another host cannot be checked and is reported with the
 way to remove it.
+
+`OutputLock` is the same lock for a whole command's output (study, sweep, eval, prepare, merge,
+export-gguf): one twinlora process writes one output at a time, and the refusal names the output,
+not the lock file.
 """
 from __future__ import annotations
 
@@ -40,6 +44,13 @@ def _process_start(pid: int) -> float | None:
         return None
 
 
+def _who(holder: dict | None) -> str:
+    if not holder:
+        return "a process that is starting"
+    began = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {began}"
+
+
 class RunLock:
     """`with RunLock(run_dir):` holds the lock of `run_dir` for the block."""
 
@@ -71,6 +82,11 @@ class RunLock:
         began = _process_start(pid)  # a live pid that started after the lock was taken: reused, stale
         return began is not None and began > float(holder.get("started", 0)) + 2.0
 
+    def refusal(self, holder: dict | None) -> TrainingError:
+        return TrainingError(f"another training is using this run directory ({_who(holder)})",
+                             where=str(self.run_dir), fix="wait for it to finish or choose another --output; "
+                             f"if that process is gone, delete {self.file}")
+
     def acquire(self) -> "RunLock":
         parent = self.file.parent
         missing = [p for p in [parent, *parent.parents] if not p.exists()]
@@ -84,12 +100,7 @@ class RunLock:
                 if self._stale(holder):
                     self.file.unlink(missing_ok=True)  # the process that held it is gone
                     continue
-                who = (f"pid {holder.get('pid')} on {holder.get('host')}, started "
-                       f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}"
-                       if holder else "a process that is starting")
-                raise TrainingError(f"another training is using this run directory ({who})",
-                                    where=str(self.run_dir), fix="wait for it to finish or choose another --output; "
-                                    f"if that process is gone, delete {self.file}") from None
+                raise self.refusal(holder) from None
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps(self.record))
             return self
@@ -110,3 +121,22 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+class OutputLock(RunLock):
+    """`with OutputLock(path, flag):` one twinlora command at a time writes `path` (a directory, or
+    the file of export-gguf). Checks the path first (`check_path_writable`), so a bad output gets
+    its usual one line, not an error about the lock."""
+
+    def __init__(self, path: str | os.PathLike, flag: str = "--output"):
+        from common.ownership import check_path_writable
+        check_path_writable(path, flag)
+        super().__init__(os.path.normpath(Path(path).absolute()))
+        self.flag = flag
+
+    def refusal(self, holder: dict | None) -> TrainingError:
+        fix = f"wait for it to finish, or choose another {self.flag}"
+        if holder and holder.get("host") != self.record["host"]:  # cannot be checked from here
+            fix += f"; if that process is gone, delete {self.file}"
+        return TrainingError(f"another twinlora process is writing this output ({_who(holder)})", where=str(self.run_dir),
+                             fix=fix)

@@ -30,6 +30,10 @@ def plan_run(final: str | Path, overwrite: bool, resume: bool) -> tuple[Path, bo
     if final.exists() and not final.is_dir():
         raise TrainingError("output path exists and is not a directory", where=str(final),
                             fix="choose another --output")
+    if resume and not (final.is_dir() and any(final.iterdir())):  # as transformers' Trainer: no checkpoint, no resume
+        raise TrainingError("--resume: there is no run here to continue (the output " +
+                            ("is empty)" if final.exists() else "does not exist)"), where=str(final),
+                            fix="check --output, or drop --resume to start a new run")
     if not final.exists() or not any(final.iterdir()):
         return final, False
     if not is_run_dir(final):

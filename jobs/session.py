@@ -38,6 +38,50 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
                   Path(adapter) if adapter is not None else None)
 
 
+def recorded_base(adapter: str | Path) -> tuple[str | None, str | None]:
+    """(a base to load, the base as recorded) from an adapter's files, without loading its weights:
+    twinlora.json's base (its name, else the directory it was resolved to), else PEFT's
+    `base_model_name_or_path` or mlx-lm's `model` in adapter_config.json. The base to load is None
+    when nothing is recorded, or when what is recorded is neither here nor a hub id."""
+    import json
+
+    from common.adapter import CONFIG, META
+    from common.models import EMBEDDED, is_hub_id
+
+    def read(name: str) -> dict:
+        try:
+            data = json.loads((Path(adapter) / name).read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}  # load_adapter reports a damaged file
+    base, cfg = read(META).get("base_model"), read(CONFIG)
+    base = base if isinstance(base, dict) else {}
+    names = [base.get("name"), base.get("path"), cfg.get("base_model_name_or_path"), cfg.get("model")]
+    names = [n for n in names if isinstance(n, str) and n]
+    for n in names:
+        if n in EMBEDDED or Path(n).expanduser().is_dir() or is_hub_id(n):
+            return n, names[0]
+    return None, names[0] if names else None
+
+
+def base_for(model: str | None, adapter: str | Path | None, echo) -> str:
+    """`--model` when given; without it, the base the adapter records (as PEFT's
+    AutoPeftModelForCausalLM reads base_model_name_or_path), said in one line; else the embedded
+    model. A recorded base that is not here is refused: the embedded one would not fit."""
+    from common.errors import AdapterError
+    if model is not None:
+        return model
+    if adapter is None:
+        return "embedded"
+    found, recorded = recorded_base(adapter)
+    if recorded and not found:
+        raise AdapterError(f"this adapter was trained on base {recorded!r}, which is not here", where=str(adapter),
+                           fix="pass --model with that base model's directory or hub id")
+    echo(f"[twinlora] base: {found} (recorded by the adapter; --model overrides)" if found else
+         "[twinlora] base: embedded (the adapter records no base; --model overrides)")
+    return found or "embedded"
+
+
 def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_mismatch: bool = False) -> AdapterSpec:
     """Load one more adapter onto an open base under `name`, without reloading the base; switch
     with `opened.backend.set_active_adapter(name)` (the one `open_model` loaded is "default").

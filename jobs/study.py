@@ -68,7 +68,8 @@ def _train(cfg, backend: str, run_dir: Path, name: str, echo) -> None:
     echo(f"[study] {name}: " + (f"resuming training from {ckpts[-1].name}" if ckpts else "training"))
     cfg = copy.deepcopy(cfg)  # plan.cfg stays as planned: settings.json is compared with it
     cfg.output, cfg.name = str(run_dir), f"{cfg.name or 'study'}-{name}"
-    trainer.train(cfg, backend, resume=bool(ckpts), overwrite=not ckpts, echo=echo)
+    trainer.train_in_job(cfg, backend, resume=bool(ckpts), echo=echo, again="run the same study command again: "
+                         "finished stages are kept and training resumes from its last checkpoint")
 
 
 def rank_config(cfg, rank: int):
@@ -131,8 +132,14 @@ def _variability(plan: Plan, system: str, backend: str, adapter: Path | None, ec
 
 def run_study(config_path, sets: Sequence[str], backends: Sequence[str], out_dir, *, echo=print, **options) -> dict:
     """Plan, run every stage not yet done, write the report; returns the study.json content."""
-    from jobs.study_report import build_report, write_report
+    from common.lock import OutputLock
     plan = plan_study(config_path, sets, backends, out_dir, **options)
+    with OutputLock(plan.out):  # one study per directory: a second run would redo and overwrite the first's stages
+        return _run_planned(plan, echo)
+
+
+def _run_planned(plan: Plan, echo) -> dict:
+    from jobs.study_report import build_report, write_report
     out, cfg = plan.out, plan.cfg
     write_json(out / SETTINGS, plan.settings())
     echo(f"[study] {out}: backends {', '.join(plan.backends)}; metrics {', '.join(plan.metrics)}; "

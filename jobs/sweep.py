@@ -257,7 +257,8 @@ def _train_point(run_dir: Path, cfg, backend: str, head: str, echo) -> None:
         echo(f"{head}: unfinished and no checkpoint, restarting")
     else:
         echo(f"{head}: training")
-    trainer.train(cfg, backend, resume=bool(ckpts), overwrite=not ckpts, echo=echo)
+    trainer.train_in_job(cfg, backend, resume=bool(ckpts), echo=echo, again="run the same sweep command again: "
+                         "finished runs are kept and this one resumes from its last checkpoint")
 
 
 def _scores(run_dir: Path, cfg, backend: str, wanted: list[str] | None, limit_eval: int | None,

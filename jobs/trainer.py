@@ -66,6 +66,19 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     return summary
 
 
+class Interrupted(TrainingError):
+    """Ctrl-C or SIGTERM stopped training; its fix says how to continue."""
+
+
+def train_in_job(cfg: Config, backend: str, *, resume: bool, again: str, echo=print) -> dict:
+    """`train` for a job that resumes its own runs (study, sweep): those have no `--resume`, so an
+    interruption tells the user to run the job again (`again`) instead."""
+    try:
+        return train(cfg, backend, resume=resume, overwrite=not resume, echo=echo)
+    except Interrupted as exc:
+        raise Interrupted(exc.what, where=exc.where, fix=again) from None
+
+
 def run_stages(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False, resume: bool = False,
                init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
     """setup → build → fit → finish, in `run_dir` (the run's directory, or its staging twin)."""
@@ -123,9 +136,30 @@ def build(job: Job) -> Model:
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     n_params = sum(int(np.prod(w.shape)) for w in weights.values())
-    # a run that had stopped early: only the final writes remain
-    end = tracker.stopped_at if tracker.stopped_at is not None else job.steps
-    return Model(be, spec, modules, n_params, start, end, state, tracker)
+    return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker)
+
+
+def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
+    """Where a resumed run ends, said in one line when nothing is left to train. A run that stopped
+    early ends there again, unless more steps are asked than it was given (or early stopping is now
+    off): then it trains on, as transformers' Trainer resumed with a larger max_steps, early
+    stopping keeping its count (the next validation that does not improve stops it again)."""
+    planned, stopped = int(state.get("total_steps", job.steps)), tracker.stopped_at
+    if stopped is not None and (job.steps > planned or not tracker.patience):
+        job.echo(f"[twinlora] note: this run had stopped early at step {stopped}; training on to step {job.steps} "
+                 + ("(early stopping is off now)" if not tracker.patience else
+                    "as asked (the next validation that does not improve stops it again; "
+                    "--set training.early_stopping_patience=null trains every step)"))
+        tracker.stopped_at = None
+    elif stopped is not None:
+        job.echo(f"[twinlora] note: this run stopped early at step {stopped} (no validation improvement for "
+                 f"{tracker.bad} validations); nothing to train, only its outputs are written again — ask for "
+                 f"more than {planned} steps to train on")
+        return stopped
+    elif state and start >= job.steps:
+        job.echo(f"[twinlora] note: this run has already done its {job.steps} steps; nothing to train, only its "
+                 "outputs are written again — ask for more steps to train on")
+    return job.steps
 
 
 # ------------------------------------------------------------------ fit
@@ -227,12 +261,12 @@ def _interrupted(job: Job, model: Model, report: Reporting, state: FitState):
     if job.writes and done > model.start and not state.updating and not model.collective:
         saved = job.run.path / "checkpoints" / f"step-{done:06d}"
         path = saved if saved.is_dir() else report.checkpoints.save(done)
-        raise TrainingError(f"{interrupt_name()}; progress saved at step {done}", where=str(path),
-                            fix="run the same command with --resume to continue") from None
+        raise Interrupted(f"{interrupt_name()}; progress saved at step {done}", where=str(path),
+                          fix="run the same command with --resume to continue") from None
     good = [] if job.dry_run else job.run.checkpoint_dirs()
     if good:
-        raise TrainingError(f"{interrupt_name()}; the last checkpoint is {good[-1].name}", where=str(good[-1]),
-                            fix="run the same command with --resume to continue from it") from None
+        raise Interrupted(f"{interrupt_name()}; the last checkpoint is {good[-1].name}", where=str(good[-1]),
+                          fix="run the same command with --resume to continue from it") from None
     raise TrainingError(f"{interrupt_name()} before the first step finished; nothing saved",
                         fix="run the command again") from None
 

@@ -30,6 +30,16 @@ def negative_lr(ctx):
     return refused(ctx, train_cli(ctx, "--set", "training.lr=-1"), "training.lr must be > 0")
 
 
+@row("E164")
+def seed_out_of_range(ctx):
+    """Seeds, ranks, eps and checkpoint counts have their ranges in the schema's one check (also for --seed)."""
+    for args, needle in ((("--set", "training.keep_checkpoints=-1"), "training.keep_checkpoints must be >= 0"),
+                         (("--rank", str(10 ** 12)), "lora.rank must be in 1..4096"),
+                         (("--set", "training.adam_eps=1e12"), "training.adam_eps=1e+12 would damp")):
+        refused(ctx, train_cli(ctx, *args), needle)
+    return refused(ctx, train_cli(ctx, "--seed", "-1"), "flags: training.seed must be in 0..4294967295")
+
+
 @row("E15")
 def yaml_syntax_error(ctx):
     cfg = write(ctx.tmp / "c.yaml", "training:\n  steps: 2\n  lr: [1e-4\nlora:\n  rank: 4\n")

@@ -75,6 +75,22 @@ def adapter_for_another_base(ctx):
                         "--allow-base-mismatch")
 
 
+@row("E163")
+def recorded_base_not_here(ctx):
+    """No --model: the base the adapter records is loaded; one that is not here is refused."""
+    adapter = ctx.adapter_copy()
+    meta = json.loads((adapter / "twinlora.json").read_text())
+    meta["base_model"].update(name="../models/gone", path=str(ctx.tmp / "gone"))
+    (adapter / "twinlora.json").write_text(json.dumps(meta))
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(ctx.tmp / "gone")
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    r = run_cli("merge", "--adapter", adapter, "--output", ctx.out)
+    line = refused(ctx, r, str(adapter), "'../models/gone', which is not here", "--model")
+    assert "backend=" not in r.output
+    return line
+
+
 @row("E27")
 def adapter_rank_disagrees_with_tensors(ctx):
     adapter = ctx.adapter_copy()

@@ -18,7 +18,7 @@ import numpy as np
 from conftest import ROOT
 from helpers import run_cli, write_jsonl
 from ownership_helpers import _wait_for, snapshot, user_dir
-from error_rows import bad_data, expect_error, generate_cli, model_copy, no_hidden_leftovers, refused, row, train_cli, train_config, train_model, write
+from error_rows import _nth_call_patch, bad_data, expect_error, generate_cli, model_copy, no_hidden_leftovers, refused, row, train_cli, train_config, train_model, write
 
 
 # ---------------------------------------------------------------- outputs we own
@@ -127,7 +127,45 @@ def run_directory_locked(ctx):
     return line
 
 
+@row("E160")
+def output_locked_by_another_command(ctx):
+    """`study` into a directory another live study is writing: refused after planning, nothing written."""
+    from common.config import dump_yaml
+    from common.lock import OutputLock
+    from helpers import tiny_config
+    cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), "test": str(ctx.data)})
+    config = write(ctx.tmp / "study.yaml", dump_yaml(cfg))
+    with OutputLock(ctx.out) as held:
+        r = run_cli("study", "--config", config, "--backend", "torch", "--no-forgetting", "--output", ctx.out)
+    line = refused(ctx, r, str(ctx.out), "another twinlora process is writing this output", f"pid {held.record['pid']}")
+    assert ".lock" not in line and "[study]" not in r.output
+    return line
+
+
 # ---------------------------------------------------------------- --resume / --init-adapter
+
+@row("E161")
+def resume_without_a_run(ctx):
+    return refused(ctx, train_cli(ctx, "--resume"), str(ctx.out), "there is no run here to continue")
+
+
+@row("E162")
+def study_interrupted_says_run_it_again(ctx):
+    from common.config import dump_yaml
+    from helpers import tiny_config
+
+    def interrupt(orig, self, batch):
+        raise KeyboardInterrupt
+    _nth_call_patch(ctx, 2, interrupt)
+    cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), "test": str(ctx.data)},
+                      training={"save_every": 1})
+    config = write(ctx.tmp / "study.yaml", dump_yaml(cfg))
+    r = run_cli("study", "--config", config, "--backend", "torch", "--no-forgetting", "--variability-items", "0",
+                "--test-items", "2", "--curve-items", "2", "--max-new-tokens", "2", "--n-boot", "100", "--output", ctx.out)
+    line = expect_error(r, str(ctx.out / "torch" / "run" / "checkpoints" / "step-000001"), "run the same study command again")
+    assert "--resume" not in r.output
+    return line
+
 
 @row("E64")
 def resume_with_changed_settings(ctx):
@@ -459,6 +497,7 @@ def eval_text_only_records(ctx):
 def generate_bad_arguments(ctx):
     r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "--prompt", "", "--template", "raw")
     line = expect_error(r, "--prompt", "an empty --prompt with --template raw")
-    expect_error(run_cli("generate", "--backend", "torch", "--model", ctx.model, "--prompt", "hi",
-                         "--max-new-tokens", "-1"), "--max-new-tokens must be >= 1, got -1")
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "--prompt", "hi", "--max-new-tokens", "-1")
+    assert r.exit_code == 2 and "Invalid value for '--max-new-tokens': -1 is not in the range x>=1" in r.output, r.output
+    assert "Traceback" not in r.output  # the range is declared with the option (tests/test_numeric_options.py)
     return line

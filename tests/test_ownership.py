@@ -152,15 +152,15 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_is_complete(tiny_model, m
 
 
 def test_concurrent_runs_second_is_refused(tiny_model, made, tmp_path):
-    """Two `cli.py train --resume` processes into one --output (other learning rates): the second is
-    refused in one line before loading the model while the first trains; the first, stopped with
-    SIGTERM, then resumed, ends with one consistent log and its own config."""
+    """A `cli.py train` and a `cli.py train --resume` into one --output (other learning rates): the
+    second is refused in one line before loading the model while the first trains; the first, stopped
+    with SIGTERM, then resumed, ends with one consistent log and its own config."""
     import signal
     out = tmp_path / "run"
 
-    def cmd(lr):
+    def cmd(lr, *extra):
         return [sys.executable, "cli.py", "train", "--backend", "torch", "--model", str(tiny_model), "--data",
-                str(made["data"]), "--output", str(out), "--steps", "4", "--lr", lr, "--resume"]
+                str(made["data"]), "--output", str(out), "--steps", "4", "--lr", lr, *extra]
     # the first run sleeps 60 s after each step: it is still training however slowly the second starts
     first = subprocess.Popen(cmd("1e-3"), cwd=ROOT, env={**os.environ, "TWINLORA_TEST_STEP_DELAY": "60"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -168,7 +168,7 @@ def test_concurrent_runs_second_is_refused(tiny_model, made, tmp_path):
         assert _wait_for(lambda: (out / "log.jsonl").is_file() and '"train"' in (out / "log.jsonl").read_text()), \
             "first run never started"
         t0 = time.time()
-        second = subprocess.run(cmd("5e-3"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        second = subprocess.run(cmd("5e-3", "--resume"), cwd=ROOT, capture_output=True, text=True, timeout=300)
         refused_after = time.time() - t0
         assert second.returncode == 2, second.stderr
         assert "another training is using this run directory" in second.stderr and f"pid {first.pid}" in second.stderr

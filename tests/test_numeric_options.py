@@ -1,0 +1,148 @@
+"""Every numeric option of every command, fed its boundary values (-1, 0, 10**12, nan, inf, abc):
+refused at parsing by the range declared with the option (click usage error, exit 2, no traceback),
+or refused in one line by the shared check that owns the range (sampling, the config schema), or
+accepted with a meaning its help text states. Cheap: nothing loads a model, parsing fails before
+the command runs."""
+from __future__ import annotations
+
+import math
+
+import click
+import pytest
+
+import cli
+from helpers import run_cli
+
+VALUES = ("-1", "0", str(10 ** 12), "nan", "inf", "abc")
+
+# 0 accepted: the words in the option's help that say what it means
+ZERO = {("bench", "--warmup"): "0: none", ("demo", "--eval-items"): "0 = skip", ("study", "--variability-items"): "0: skip",
+        ("generate", "--temperature"): "0 = greedy", ("study", "--failure-threshold"): "0: none"}
+ZERO.update({(c, "--seed"): "Seed" for c in ("prepare", "eval", "generate", "study", "train")})
+# 10**12 accepted: a budget that only takes as long as asked, or a count clipped to what the data holds
+HUGE = {("bench", "--steps"), ("bench", "--warmup"), ("bench", "--repeats"), ("bench", "--mem-limit-gib"),
+        ("bench", "--budget-min"), ("demo", "--steps"), ("demo", "--eval-items"), ("eval", "--limit"),
+        ("eval", "--batch-size"), ("eval", "--max-new-tokens"), ("generate", "--max-new-tokens"),
+        ("parity", "--max-new-tokens"), ("parity", "--tol-logit"), ("parity", "--tol-kl"), ("sweep", "--limit"),
+        ("sweep", "--max-new-tokens"), ("study", "--curve-items"), ("study", "--test-items"),
+        ("study", "--max-new-tokens"), ("study", "--variability-items"), ("study", "--curve-every"),
+        ("train", "--steps"), ("train", "--epochs"),
+        ("train", "--batch-size")}  # a micro-batch holds at most the whole data set (common.batching.epoch_order)
+
+
+def _sampling(option, value):
+    from common.sampling import Sampling
+    kw = {"temperature": 0.0, "top_p": 1.0, "seed": 0, option.lstrip("-").replace("-", "_"): value}
+    Sampling(**kw).check()
+
+
+def _config(option, value):
+    cli.build_config(None, [], **{option.lstrip("-").replace("-", "_"): value})
+
+
+# options whose range lives in one shared check (so YAML, --set and the flag agree); called with the parsed value
+CHECKED = {("generate", "--temperature"): _sampling, ("generate", "--top-p"): _sampling,
+           **{("train", f"--{k}"): _config for k in ("steps", "epochs", "lr", "batch-size", "rank", "seed")}}
+
+
+def numeric_options():
+    for name, cmd in sorted(cli.cli.commands.items()):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and isinstance(p.type, (click.types.IntParamType, click.types.FloatParamType)):
+                yield name, cmd, p
+
+
+def _required(cmd) -> list[str]:
+    """Dummy values for the command's required arguments and options (parsing only)."""
+    args = []
+    for p in cmd.params:
+        if not p.required:
+            continue
+        value = p.type.choices[0] if isinstance(p.type, click.Choice) else "x"
+        args += [value] if isinstance(p, click.Argument) else [p.opts[0], value]
+    return args
+
+
+CASES = [(name, p.opts[0], v) for name, _, p in numeric_options() for v in VALUES]
+
+
+def test_every_numeric_option_is_covered():
+    assert len({(c, o) for c, o, _ in CASES}) >= 40
+
+
+@pytest.mark.parametrize("command,option,value", CASES, ids=[f"{c} {o} {v}" for c, o, v in CASES])
+def test_boundary_value(command, option, value):
+    from common.errors import UserError
+    cmd = cli.cli.commands[command]
+    param = next(p for p in cmd.params if p.opts[0] == option)
+    try:
+        ctx = cmd.make_context(command, [*_required(cmd), option, value])
+    except click.UsageError:
+        r = run_cli(command, *_required(cmd), option, value)  # the same refusal through the CLI
+        assert r.exit_code == 2 and "Traceback" not in r.output and "Invalid value for" in r.output, r.output
+        assert r.exception is None or isinstance(r.exception, SystemExit)
+        return
+    parsed = ctx.params[param.name]
+    check = CHECKED.get((command, option))
+    if check is not None:
+        try:
+            check(option, parsed)
+        except UserError as exc:
+            assert "\n" not in str(exc) and "Traceback" not in str(exc)
+            return
+    if value in ("-1", "nan", "inf", "abc"):
+        pytest.fail(f"{command} {option} {value} is accepted as {parsed!r}: declare a range with a minimum "
+                    "(cli.Finite for floats)")
+    if value == "0":
+        assert (command, option) in ZERO, f"{command} {option} 0 is accepted: give it a minimum of 1, or say in its help what 0 means"
+        words = ZERO[(command, option)]
+        assert words is None or words in (param.help or ""), f"{command} {option}: its help should say {words!r}"
+    if value == str(10 ** 12):
+        assert (command, option) in HUGE, f"{command} {option} 10**12 is accepted: give it a maximum"
+        assert math.isfinite(parsed)
+
+
+# ------------------------------------------------------------------ config keys (YAML and --set)
+# 0 accepted: the words in the key's help (config-help) that say what it means
+ZERO_KEYS = {"training.save_every": "0 = only at the end", "training.eval_every": "0 = only at the end",
+             "training.seed": "Seed", "training.warmup_ratio": None, "training.warmup_steps": "wins over warmup_ratio when > 0",
+             "training.min_lr_ratio": None, "training.weight_decay": None, "lora.dropout": None,
+             "training.early_stopping_min_delta": None, "training.keep_checkpoints": "0 = keep all"}
+HUGE_KEYS = {"training.steps", "training.epochs", "training.batch_size", "training.save_every", "training.eval_every",
+             "training.log_every", "training.keep_checkpoints", "training.warmup_steps", "training.grad_accumulation",
+             "training.weight_decay", "training.max_grad_norm", "training.early_stopping_patience",
+             "training.early_stopping_min_delta", "data.max_length", "lora.alpha", "lora.layers", "lora.scale"}
+
+
+def numeric_keys():
+    from common.config import SECTIONS, schema_field
+    from dataclasses import fields
+    for sec, cls in SECTIONS.items():
+        for f in fields(cls):
+            key = f"{sec}.{f.name}"
+            if schema_field(key)[1] is not None:
+                yield key
+
+
+KEY_CASES = [(k, v) for k in numeric_keys() for v in VALUES]
+
+
+@pytest.mark.parametrize("key,value", KEY_CASES, ids=[f"{k} {v}" for k, v in KEY_CASES])
+def test_config_key_boundary_value(key, value):
+    from common.config import load_config, parse_set, schema_field
+    from common.errors import ConfigError
+    try:
+        cfg = load_config(overrides=parse_set([f"{key}={value}"]))
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and key in str(exc), str(exc)
+        return
+    sec, name = key.split(".")
+    parsed = getattr(getattr(cfg, sec), name)
+    if value in ("-1", "nan", "inf", "abc"):
+        pytest.fail(f"{key}={value} is accepted as {parsed!r}: add its range to common/config.py _validate")
+    if value == "0":
+        assert key in ZERO_KEYS, f"{key}=0 is accepted: refuse it, or say in its help what 0 means"
+        words = ZERO_KEYS[key]
+        assert words is None or words in schema_field(key)[0], f"{key}: its help should say {words!r}"
+    if value == str(10 ** 12):
+        assert key in HUGE_KEYS, f"{key}=10**12 is accepted: give it a maximum"
