@@ -10,6 +10,11 @@ from the step where the run stopped (the steps already done keep the rates they 
 `--init-adapter` and `--resume` also check the LoRA spec (rank, alpha, rsLoRA, DoRA, targets,
 layers) of the saved weights against the config on both backends: a mismatch would otherwise train
 at the wrong scale or write an adapter whose config disagrees with its tensors.
+
+A checkpoint is framework-neutral (PEFT-named weights, AdamW moments in PEFT's layout, the step), so
+a run started on one backend resumes on the other (start on the Mac, finish on the GPU box):
+`check_backend_switch` refuses only what cannot carry over, a 4-bit base (mlx-lm's affine 4-bit and
+bitsandbytes' NF4 are other weights, so the adapter would continue against another model).
 """
 from __future__ import annotations
 
@@ -44,6 +49,20 @@ def config_changes(saved: dict, new: dict) -> list[str]:
     a, b = {**_flat(Config().to_dict()), **_flat(saved)}, _flat(new)
     return [f"{k}: {a[k]!r} → {b[k]!r}" for k in sorted(set(a) & set(b))
             if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
+
+
+QUANTIZERS = {"mlx": "mlx-lm's affine 4-bit (group 64)", "torch": "bitsandbytes NF4"}
+
+
+def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None) -> None:
+    """A checkpoint written by one backend resumes on the other, except on a quantized base."""
+    if not written_by or written_by == backend or not quantize:
+        return
+    raise TrainingError(f"this run was trained on {written_by} against a {quantize} base quantized by "
+                        f"{QUANTIZERS.get(written_by, written_by)}; {backend} quantizes with "
+                        f"{QUANTIZERS.get(backend, backend)}, so the adapter would continue against other "
+                        "base weights", where=str(ckpt), fix=f"resume with --backend {written_by}, the backend "
+                        "that wrote the checkpoint (an unquantized run resumes on either backend)")
 
 
 def check_resume(ckpt, state: dict, saved_config: dict | None, new_config: dict, data_sha: dict, steps: int) -> None:

@@ -17,7 +17,7 @@ from common.data.formats import load_examples
 from common.errors import ConfigError, DataError
 from common.io import sha256_file
 from common.models import resolve_model
-from common.resume import check_resume
+from common.resume import check_backend_switch, check_resume
 from common.runs import RunDir
 from common.schedule import warmup_steps
 from common.tokenize import Tokenizer, load_tokenizer
@@ -78,7 +78,7 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
     data_sha = {"train": sha256_file(cfg.data.train), **({"valid": sha256_file(cfg.data.valid)} if cfg.data.valid else {})}
     if resume and run.checkpoint_dirs():  # before the model loads: what may change on --resume
-        _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps)
+        _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps, backend)
     return Job(cfg, backend, caps, backend_cls, dist, run, echo, writes, dry_run, resume, overwrite, init_adapter,
                model_dir, tokenizer, tk, train_data, valid_data, steps, warmup_steps(steps, t.warmup_steps, t.warmup_ratio),
                data_sha)
@@ -123,8 +123,18 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
     return tk, train, valid
 
 
-def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int) -> None:
-    """The checkpoint's config (or the run's config.yaml for checkpoints that lack it) against this one."""
+def written_by(run: RunDir, state: dict) -> str | None:
+    """The backend that wrote a checkpoint: its trainer state, or (older checkpoints) the run's last
+    start/resume event in log.jsonl."""
+    if state.get("backend"):
+        return state["backend"]
+    events = [r.get("backend") for r in run.read_log() if r.get("event") in ("start", "resume") and r.get("backend")]
+    return events[-1] if events else None
+
+
+def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int, backend: str) -> None:
+    """The checkpoint's config (or the run's config.yaml for checkpoints that lack it) against this
+    one, and the backend that wrote it against this one (`check_backend_switch`)."""
     import json
 
     import yaml
@@ -146,6 +156,7 @@ def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: i
             if a and b and Path(a).absolute() == Path(b).absolute():
                 saved["data"][split] = b
     check_resume(ckpt, state, saved if isinstance(saved, dict) else None, new, data_sha, steps)
+    check_backend_switch(ckpt, written_by(run, state), backend, cfg.model.quantize)
 
 
 def _check_validation_settings(cfg: Config, valid_data: list) -> None:

@@ -40,7 +40,7 @@ from common.tracking import Trackers
 from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, step_delay
 from jobs.distributed import from_env
 from jobs.fit import Diverged, FitState, StepRule, fit
-from jobs.train_setup import Job, length_note, setup
+from jobs.train_setup import Job, length_note, setup, written_by
 from jobs.validation import BestTracker
 
 
@@ -192,7 +192,8 @@ def start_reporting(job: Job, model: Model) -> Reporting:
     validating = bool(job.valid_data) and (job.dist.is_main or model.collective or bool(t.early_stopping_patience))
     validation = Validation(out, be, job.valid_data, t, job.tokenizer.pad_token_id, job.steps, model.tracker,
                             validating, job.dry_run, model.state.get("val_loss"))
-    checkpoints = Checkpoints(out, be, t, job.steps, {"data_sha256": job.data_sha, "config": cfg.to_dict()}, meter,
+    extra = {"data_sha256": job.data_sha, "config": cfg.to_dict(), "backend": job.backend}
+    checkpoints = Checkpoints(out, be, t, job.steps, extra, meter,
                               validation, job.writes or model.collective and not job.dry_run)
     return Reporting(out, meter, validation, checkpoints)
 
@@ -204,6 +205,11 @@ def _announce(job: Job, model: Model) -> None:
          f"train={len(job.train_data)} valid={len(job.valid_data)} steps={job.steps}"
          + (f" (resuming at step {model.start})" if model.start else ""))
     echo(f"[twinlora] {length_note(cfg, len(job.train_data), job.steps)}")
+    before = written_by(job.run, model.state) if model.start else None
+    if before and before != job.backend:
+        echo(f"[twinlora] note: resuming a {before} checkpoint on {job.backend}: weights, AdamW moments and step "
+             f"carry over exactly; the steps from here are {job.backend}'s arithmetic (within the parity tolerance "
+             f"of an all-{job.backend} run; with lora.dropout > 0 they draw {job.backend}'s dropout masks)")
     for note in getattr(cfg, "notes", []) + model.be.notes:  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
     for stats, what in ((job.tk.stats, "training"), (job.tk.valid_stats, "validation")):
@@ -224,7 +230,7 @@ def _open_run_dir(job: Job, start: int) -> None:
     write_text(run.path / "config.yaml", dump_yaml(job.cfg))
     if start:
         run.truncate_log(start)
-        run.log({"event": "resume", "step": start})
+        run.log({"event": "resume", "step": start, "backend": job.backend})
     else:
         if job.resume:  # --resume before any checkpoint: drop what the killed attempt logged
             run.truncate_log(0)

@@ -167,6 +167,18 @@ def study_interrupted_says_run_it_again(ctx):
     return line
 
 
+@row("E180")
+def resume_quantized_run_on_the_other_backend(ctx):
+    """A float run resumes on the other backend; a 4-bit one is refused (another quantizer), untouched."""
+    args = ("--set", "model.quantize=4bit", "--set", "training.save_every=1")
+    assert train_cli(ctx, *args, steps="1", backend="mlx").exit_code == 0
+    before = snapshot(ctx.out)
+    line = expect_error(train_cli(ctx, *args, "--resume", steps="2", backend="torch"), str(ctx.out / "checkpoints"),
+                        "trained on mlx against a 4bit base", "bitsandbytes NF4", "--backend mlx")
+    assert snapshot(ctx.out) == before
+    return line
+
+
 @row("E64")
 def resume_with_changed_settings(ctx):
     args = ("--set", "training.save_every=1")
