@@ -50,13 +50,13 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
     scale = head_dim ** -0.5
     runs = {"ours": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK)[0],
             "ours, compiled": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK,
-                                                              fused_exp=True)[0]}
+                                                              exp="poly")[0]}
     if 3.5 * heads * L * L * 4 / 2 ** 30 <= plain_max_gib:
         runs["mx.fast"] = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
     out = {"L": L}
     for name, f in runs.items():
         grad = mx.value_and_grad(lambda q, k, v: (f(q, k, v) * w).sum(), argnums=(0, 1, 2))
-        if name == "ours, compiled":        # as the MLX backend runs a long step on a CPU (compiles_step)
+        if name == "ours, compiled":        # as the MLX backend runs a long step on a CPU (common/devices.py)
             grad = mx.compile(grad)
         out[name] = {"fwd_s": _timed(lambda: f(q, k, v), repeats),
                      "fwd_bwd_s": _timed(lambda: grad(q, k, v), repeats),

@@ -12,7 +12,7 @@ the threshold nothing changes (the sum is the same single reduction as before).
 from __future__ import annotations
 
 LOSS_CHUNK_ELEMENTS = 1 << 26      # 64 Mi logits = 256 MiB in float32 per chunk
-# A compiled MLX step (long rows on a CPU, backends/mlx/attention.compiles_step) fuses the
+# A compiled MLX step (long rows on a CPU, common/devices.mlx_choices) fuses the
 # cross-entropy's element-wise ops, whose buffers are then not reused in place: its peak at 8192
 # tokens rose 4157 → 4840 MiB with 256 MiB chunks, 3810 with 64 MiB ones. Smaller chunks for all
 # would cost torch without checkpointing ~25 % of its step at 2048–4096 tokens (more head

@@ -103,7 +103,7 @@ def test_mlx_chunked_attention_is_the_same_attention(mask, compiled):
     m = {"causal": "causal", None: None,      # a sliding window of 8, as Gemma 3's local layers
          "array": (mx.arange(L)[:, None] >= mx.arange(L)[None]) & (mx.arange(L)[:, None] - mx.arange(L)[None] < 8),
          "additive": mx.where(mx.arange(L)[:, None] >= mx.arange(L)[None], 0.0, -1e9)[None, None]}[mask]
-    f = chunked(sdpa, 16, fused_exp=compiled)
+    f = chunked(sdpa, 16, exp="poly" if compiled else "power")
 
     def loss(fn, q, k, v):
         return (fn(q, k, v, cache=None, scale=0.3, mask=m) * mx.arange(8)).sum()
@@ -153,7 +153,7 @@ def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatc
 
 
 def test_mlx_compiled_long_step_is_the_uncompiled_step(tiny_model, monkeypatch):
-    """A step of long rows on a CPU is compiled (compiles_step): the same loss and gradients as
+    """A step of long rows on a CPU is compiled (common/devices.py): the same loss and gradients as
     uncompiled, and after an optimizer update the next compiled step still sees the updated LoRA."""
     import mlx.core as mx
 

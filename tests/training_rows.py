@@ -150,11 +150,24 @@ def fsdp_with_4bit(ctx):
 
 @row("E100")
 def four_bit_on_mps(ctx):
-    ctx.mp.setenv("TWINLORA_DEVICE", "mps")  # an Apple GPU: bitsandbytes NF4 has no MPS path here
+    """torch's own query says MPS (an Apple GPU) and no CUDA: bitsandbytes NF4 has no MPS path here."""
+    import torch
+    ctx.mp.delenv("TWINLORA_DEVICE", raising=False)
+    ctx.mp.setattr(torch.cuda, "is_available", lambda: False)
+    ctx.mp.setattr(torch.backends.mps, "is_available", lambda: True)
     r = train_cli(ctx, "--set", "model.quantize=4bit")
     line = expect_error(r, "model.quantize", "runs on CUDA or CPU, not mps", "--backend mlx")
     assert not ctx.out.exists() and "backend=torch" not in r.output  # before the model loads
     return line
+
+
+@row("E181")
+def forced_device_not_here(ctx):
+    """TWINLORA_DEVICE naming a device torch does not see (no CUDA here), or no torch device at all."""
+    ctx.mp.setenv("TWINLORA_DEVICE", "gpu")
+    refused(ctx, train_cli(ctx), "TWINLORA_DEVICE", "'gpu' is not a torch device", "cuda, mps, cpu")
+    ctx.mp.setenv("TWINLORA_DEVICE", "cuda")
+    return refused(ctx, train_cli(ctx), "TWINLORA_DEVICE: set to cuda, but torch sees no cuda device")
 
 
 @row("E101")

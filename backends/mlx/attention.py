@@ -21,9 +21,10 @@ written with MLX ops rather than as a kernel):
   squarings, clamped at 2^-64 (zero below: masked keys stay exactly zero). Largest relative error
   1.3e-5 against float64, from the squarings (`power`: 3.7e-6). It only fuses where the graph is
   compiled: inside an uncompiled `mx.grad` MLX runs a compiled function's ops one by one (its
-  inputs are tracers), so the backend compiles its gradient step for long rows (compiles_step) and
-  an uncompiled gradient uses `power` (`fused_exp`). `python -m benchmarks.mlx_attention --exp`
-  times the three.
+  inputs are tracers), so the backend compiles its gradient step for long rows and an uncompiled
+  gradient uses `power`. Off the CPU, `mx.exp`. Which exponential (`exp`: "poly", "power", "exp"),
+  whether to chunk and whether to compile are decided per device in common/devices.py.
+  `python -m benchmarks.mlx_attention --exp` times the three.
 
 With per-layer gradient checkpointing the layer recompute would run the attention forward a third
 time; `long_attention(..., reuse_forward=True)` keeps each layer's attention output and
@@ -84,12 +85,14 @@ def _softmax_grad(p, dp, d):
 _ZERO = mx.array(0.0)
 
 
-def _exp(s, m, fused: bool):
-    """e^(s − m). `fused`: the caller's graph is compiled (or not differentiated), so the polynomial's
-    ops fuse; inside an uncompiled `mx.grad` they would run one by one, and `power` is faster."""
-    if mx.default_device() != mx.cpu:
-        return _exp_shifted(s, m)
-    return _exp_fused_cpu(s, m) if fused else _exp_power_cpu(s, m)
+EXPS = {"exp": _exp_shifted, "poly": _exp_fused_cpu, "power": _exp_power_cpu}
+
+
+def _exp(s, m, exp: str):
+    """e^(s − m). "poly" where the caller's graph is compiled (or not differentiated), so the
+    polynomial's ops fuse; inside an uncompiled `mx.grad` they would run one by one and "power" is
+    faster (both for a CPU); "exp" on devices whose `exp` is fast (common/devices.py)."""
+    return EXPS[exp](s, m)
 
 
 class _Saved:
@@ -140,7 +143,7 @@ def _kv_seen(k, v, mask, j: int):
     return (k[:, :, :j], v[:, :, :j]) if isinstance(mask, str) else (k, v)
 
 
-def _forward(q, k, v, scale: float, mask, chunk: int, fused: bool):
+def _forward(q, k, v, scale: float, mask, chunk: int, exp: str):
     """The output and each row's log-sum-exp, one query chunk after another."""
     B, H, L, D = q.shape
     KV = k.shape[1]
@@ -156,7 +159,7 @@ def _forward(q, k, v, scale: float, mask, chunk: int, fused: bool):
         for _, s in blocks[1:]:
             m = mx.maximum(m, s.max(-1, keepdims=True))
         # p·[v | 1]: the output and the softmax denominator from one matmul (no separate sum pass)
-        ol = sum(_exp(s, m, fused).reshape(B, KV, rep * n, -1) @ mx.pad(vb.astype(mx.float32), [(0, 0)] * 3 + [(0, 1)], constant_values=1.0)
+        ol = sum(_exp(s, m, exp).reshape(B, KV, rep * n, -1) @ mx.pad(vb.astype(mx.float32), [(0, 0)] * 3 + [(0, 1)], constant_values=1.0)
                  for vb, s in blocks).reshape(B, KV, rep, n, D + 1)
         l = ol[..., D:]
         o = (ol[..., :D] / l).astype(q.dtype).reshape(B, H, n, D)
@@ -166,7 +169,7 @@ def _forward(q, k, v, scale: float, mask, chunk: int, fused: bool):
     return mx.concatenate(outs, axis=2), mx.concatenate(lses, axis=3)
 
 
-def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, fused: bool):
+def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, exp: str):
     """dq, dk, dv from the output gradient, recomputing one chunk's probabilities at a time."""
     B, H, L, D = q.shape
     KV = k.shape[1]
@@ -186,7 +189,7 @@ def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, fused: bool):
         dq = None
         for kb1, vb, bias, start in _blocks(*_kv_seen(k1, v, mask, j), mask, i, j, H, rep):
             kb = k[:, :, start:start + kb1.shape[2]]
-            p = _exp(_scores(qg1, kb1, bias, shape5), _ZERO, fused)
+            p = _exp(_scores(qg1, kb1, bias, shape5), _ZERO, exp)
             dp = (dog @ vb.swapaxes(-1, -2)).astype(mx.float32).reshape(p.shape)
             ds = _softmax_grad(p, dp, delta).reshape(B, KV, rep * n, -1)
             p = p.reshape(B, KV, rep * n, -1)
@@ -200,23 +203,23 @@ def _backward(q, k, v, do, o, lse, scale: float, mask, chunk: int, fused: bool):
     return mx.concatenate(dq_parts, axis=2).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-def flash_attention(q, k, v, scale: float, mask, chunk: int, saved=None, fused_exp: bool = False):
+def flash_attention(q, k, v, scale: float, mask, chunk: int, saved=None, exp: str = "power"):
     """softmax(q·kᵀ·scale + mask)·v and its log-sum-exp, in query chunks with a recomputing backward.
     mask: None, "causal", or a boolean/additive array broadcastable to (B, heads, L, L); GQA as in
-    mx.fast. `saved` = (output, lse) already computed for these inputs: returned as they are, with
+    mx.fast; `exp` as in _exp. `saved` = (output, lse) already computed for these inputs: returned as they are, with
     the same backward (the recompute of a checkpointed layer)."""
     @mx.custom_function
     def attend(q, k, v):
-        return saved if saved is not None else _forward(q, k, v, scale, mask, chunk, fused_exp)
+        return saved if saved is not None else _forward(q, k, v, scale, mask, chunk, exp)
 
     @attend.vjp
     def attend_vjp(primals, cotangents, outputs):
-        return _backward(*primals, cotangents[0], outputs[0], outputs[1], scale, mask, chunk, fused_exp)
+        return _backward(*primals, cotangents[0], outputs[0], outputs[1], scale, mask, chunk, exp)
 
     return attend(q, k, v)
 
 
-def chunked(inner, chunk: int, fused_exp: bool = True):
+def chunked(inner, chunk: int, exp: str = "poly"):
     """An mlx-lm `scaled_dot_product_attention` that runs `flash_attention` when that helps."""
     def sdpa(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
         L = queries.shape[2]
@@ -227,10 +230,9 @@ def chunked(inner, chunk: int, fused_exp: bool = True):
         if saved is not None and saved.backward and saved.stack:
             o, lse = saved.stack.pop()     # the recompute of a checkpointed layer: the forward's results
             if o.shape == queries.shape:
-                return flash_attention(queries, keys, values, scale, mask, chunk, saved=(o, lse),
-                                       fused_exp=fused_exp)[0]
+                return flash_attention(queries, keys, values, scale, mask, chunk, saved=(o, lse), exp=exp)[0]
             saved.stack.clear()
-        o, lse = flash_attention(queries, keys, values, scale, mask, chunk, fused_exp=fused_exp)
+        o, lse = flash_attention(queries, keys, values, scale, mask, chunk, exp=exp)
         if saved is not None and not saved.backward:
             saved.stack.append((o, lse))
         return o
@@ -238,34 +240,30 @@ def chunked(inner, chunk: int, fused_exp: bool = True):
     return sdpa
 
 
-COMPILED_ROWS = 2048   # tokens per row from which a CPU gradient step is compiled (see compiles_step)
-
-
-def compiles_step(seq_len: int) -> bool:
-    """Whether the MLX backend compiles a gradient step of rows this long. Inside `mx.grad` MLX runs
-    a compiled function's ops one by one (its inputs are tracers), so the exponentials above would
-    be ~20 separate passes; compiling the whole step fuses them (one layer's attention at 8192
-    tokens, forward+backward: 8.9 s with `power`, 6.1 s compiled). Only on a CPU (Metal's `exp` is
-    fast) and only for long rows, where attention is most of the step and one compile per step is
-    small beside it."""
-    return mx.default_device() == mx.cpu and seq_len >= COMPILED_ROWS
+# tokens per row from which a CPU gradient step is compiled (common/devices.py): inside `mx.grad` MLX
+# runs a compiled function's ops one by one (its inputs are tracers), so the exponentials above would
+# be ~20 separate passes; compiling the whole step fuses them (one layer's attention at 8192 tokens,
+# forward+backward: 8.9 s with `power`, 6.1 s compiled). Only long rows, where attention is most of
+# the step and one compile per step is small beside it.
+COMPILED_ROWS = 2048
 
 
 @contextmanager
-def long_attention(model, seq_len: int, reuse_forward: bool = False, fused_exp: bool = True):
-    """Chunked attention in `model`'s module while the block runs, when seq_len is above the chunk;
-    `reuse_forward` (a gradient step of a model with checkpointed layers) hands each layer's
-    attention results from the forward pass to its recompute in the backward pass; `fused_exp`
-    False for a gradient step that is not compiled (see _exp)."""
+def long_attention(model, seq_len: int, reuse_forward: bool = False, exp: str = "poly", use: bool | None = None):
+    """Chunked attention in `model`'s module while the block runs, when `use` (the device's choice,
+    common/devices.py; None: seq_len above the chunk); `reuse_forward` (a gradient step of a model with
+    checkpointed layers) hands each layer's attention results from the forward pass to its recompute
+    in the backward pass; `exp` the exponential (see _exp)."""
     from common.longseq import ATTENTION_CHUNK
 
     global _saved
     mod = sys.modules.get(type(model).__module__)
     inner = getattr(mod, "scaled_dot_product_attention", None)
-    if seq_len <= ATTENTION_CHUNK or inner is None or getattr(inner, "twinlora_chunked", False):
+    use = seq_len > ATTENTION_CHUNK if use is None else use
+    if not use or inner is None or getattr(inner, "twinlora_chunked", False):
         yield None
         return
-    mod.scaled_dot_product_attention = chunked(inner, ATTENTION_CHUNK, fused_exp)
+    mod.scaled_dot_product_attention = chunked(inner, ATTENTION_CHUNK, exp)
     _saved = _Saved() if reuse_forward else None
     try:
         yield _saved

@@ -18,13 +18,14 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from backends.mlx.attention import compiles_step, long_attention
+from backends.mlx import device
+from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.heap import reuse_freed_memory
-from common.longseq import ATTENTION_CHUNK, COMPILED_LOSS_CHUNK_ELEMENTS
+from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
 from common.errors import BackendError
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
@@ -230,9 +231,12 @@ class Backend:
     def distribute(self, world_size: int) -> None:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
 
-    def _value_and_grad(self, ids, mask, targets, compiled: bool = False):
-        """Loss and LoRA gradients; the chunked attention is in place while the graph is built."""
-        with long_attention(self.model, ids.shape[1] - 1, reuse_forward=self._checkpointed, fused_exp=compiled) as saved:
+    def _value_and_grad(self, ids, mask, targets, compiled: bool = False, plan=None):
+        """Loss and LoRA gradients; the chunked attention (when `plan` says so) in place while the graph is built."""
+        L = ids.shape[1] - 1
+        plan = plan or device.choices(self.model, ids.shape[0], L)
+        with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
+                            use=plan.chunked_attention) as saved:
             def forward(*args):
                 loss = self._loss_sum(*args, compiled=compiled)
                 if saved is not None:
@@ -245,13 +249,14 @@ class Backend:
             self.capabilities.refuse("packed_batching")
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
-        value_and_grad = self._value_and_grad
-        if mx.default_device() == mx.cpu and ids.shape[1] - 1 >= ATTENTION_CHUNK:
+        plan = device.choices(self.model, ids.shape[0], ids.shape[1] - 1)   # per device: common/devices.py
+        value_and_grad = partial(self._value_and_grad, plan=plan)
+        if plan.heap == "reuse":
             reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
-        if compiles_step(ids.shape[1] - 1):
+        if plan.compiled_step:
             # one compile per step, not cached: the targets' count changes the shapes every batch
             state = [self.model.state, mx.random.state]
-            value_and_grad = mx.compile(partial(self._value_and_grad, compiled=True), inputs=state, outputs=state)
+            value_and_grad = mx.compile(partial(self._value_and_grad, compiled=True, plan=plan), inputs=state, outputs=state)
         loss, grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, self._grads)
@@ -317,7 +322,8 @@ class Backend:
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         self.model.eval()
-        with long_attention(self.model, batch.ids.shape[1] - 1):
+        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
+        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
             loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
         return float(loss.item()), batch.n_targets
 

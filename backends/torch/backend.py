@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from backends.capabilities import DECLARED
 from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
+from common.devices import PAGED_OPTIMIZER_DEVICES, bnb_compute_dtype, check_four_bit, torch_choices, torch_device
 from common.errors import BackendError
 from common.heap import release_freed_memory
 from common.models import normalize_config
@@ -41,15 +42,9 @@ _PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 def pick_device() -> str:
-    """cuda, then mps, then cpu (TWINLORA_DEVICE overrides)."""
-    forced = os.environ.get("TWINLORA_DEVICE")
-    if forced:
-        return forced
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """cuda, then mps, then cpu (TWINLORA_DEVICE overrides; common/devices.torch_device)."""
+    mps = getattr(torch.backends, "mps", None)
+    return torch_device(os.environ.get("TWINLORA_DEVICE"), torch.cuda.is_available(), bool(mps and mps.is_available()))
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -135,7 +130,7 @@ class Backend:
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.config.use_cache = False
-        self._heap_release = bool(grad_checkpointing and self.device == "cpu")
+        self._checkpointing = bool(grad_checkpointing)
         self.peft = None
         self.optimizer = None
         self.active_adapter = None
@@ -154,10 +149,7 @@ class Backend:
     def _bnb_config(self):
         """NF4 + double quantization. Compute dtype: bf16 on CUDA (fp16 below compute capability 8),
         the model dtype elsewhere (bitsandbytes >= 0.49 runs NF4 on CPU; float32 keeps parity exact)."""
-        if self.device not in ("cuda", "cpu"):
-            raise BackendError(f"4-bit quantization (bitsandbytes NF4) runs on CUDA or CPU, not {self.device}",
-                               where="model.quantize", fix="set TWINLORA_DEVICE=cpu, or use --backend mlx "
-                               "(mlx-lm 4-bit)")
+        check_four_bit(self.device)            # not MPS (common/devices.py)
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
@@ -166,11 +158,8 @@ class Backend:
                                fix='pip install "bitsandbytes>=0.49" (scripts/setup.sh installs it), '
                                "or use --backend mlx") from exc
         from transformers import BitsAndBytesConfig
-        if self.device == "cuda":
-            major, _ = torch.cuda.get_device_capability()
-            compute = torch.bfloat16 if major >= 8 else torch.float16
-        else:
-            compute = self.dtype
+        major = torch.cuda.get_device_capability()[0] if self.device == "cuda" else None
+        compute = DTYPES[bnb_compute_dtype(self.device, major, self.dtype_name)]
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
 
@@ -323,7 +312,7 @@ class Backend:
     def make_optimizer(self, betas, eps, weight_decay, kind="adamw") -> None:
         params = list(self._params.values())
         if kind == "paged_adamw_8bit":
-            if self.device != "cuda":
+            if self.device not in PAGED_OPTIMIZER_DEVICES:
                 # paging moves optimizer states through CUDA unified memory: nothing to page on a CPU
                 raise BackendError("paged_adamw_8bit needs bitsandbytes on an NVIDIA GPU (it pages through CUDA "
                                    "unified memory)", where="training.optimizer",
@@ -398,7 +387,8 @@ class Backend:
         """`sync` is False on all but this rank's last micro-batch of a step: DDP/FSDP then keep the
         gradient local and reduce once, in the last backward."""
         self.peft.train()
-        if self._heap_release and batch.ids.shape[1] >= LONG_ROWS:
+        plan = torch_choices(self.device, batch.ids.shape[1], grad_checkpointing=self._checkpointing, long_rows=LONG_ROWS)
+        if plan.heap == "release":
             release_freed_memory()     # else glibc keeps the freed activations (common/heap.py)
         if self.sharded:
             self.peft.set_requires_gradient_sync(sync)
