@@ -267,6 +267,12 @@ class Check:
 
 
 # ------------------------------------------------------------------ report
+def device_choices(args) -> str:
+    """What common/devices.py chose for the torch rows (the MLX rows: MLX's CPU or CUDA choices)."""
+    from common.devices import torch_choices
+    return torch_choices("cpu" if args.dry_run else "cuda", 512, grad_checkpointing=False, long_rows=4096).describe()
+
+
 def render(rows: list[dict], args, peak: float, peak_dtype: str, device_name: str, seconds: float) -> str:
     import torch
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -286,7 +292,8 @@ def render(rows: list[dict], args, peak: float, peak_dtype: str, device_name: st
                "these are not GPU figures.\n\n" if args.dry_run else "")
             + f"Device: {device_name}; torch {torch.__version__}, mlx {mlx_v}, bitsandbytes {bnb_v}, "
             f"Python {platform.python_version()}; {peak_dtype} matmul peak measured here: "
-            f"{peak / 1e12:.3g} TFLOP/s; whole check {seconds:.0f} s.\n\n")
+            f"{peak / 1e12:.3g} TFLOP/s; whole check {seconds:.0f} s.\n\n"
+            f"Device choices measured (`common/devices.py`): {device_choices(args)}.\n\n")
     notes = ("\n\ntokens/s: trained tokens per second after the first step. MFU = (4·N_frozen + 6·N_trainable) "
              "× tokens/s ÷ the measured matmul peak (attention-score FLOPs left out). Peak memory: "
              "`torch.cuda.max_memory_allocated` (GPU), MLX's peak (MLX), process peak RSS (RSS, CPU).\n")
