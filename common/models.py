@@ -10,8 +10,9 @@
 - a local directory with config.json and *.safetensors;
 - a hub id (only where the user has internet; never used by tests or the demo).
 
-The weight hash recorded in adapter metadata is the sha256 of the safetensors files, cached beside
-them keyed by size and mtime so a 500 MB model is hashed once.
+The weight hash recorded in adapter metadata is the sha256 of the safetensors files, cached in
+twinlora's cache directory (never in the model directory, which is the user's) keyed by the
+directory, file sizes and mtimes, so a 500 MB model is hashed once.
 """
 from __future__ import annotations
 
@@ -283,27 +284,29 @@ def _check_safetensors_complete(f: Path) -> None:
 
 
 def weights_hash(model_dir: Path) -> str:
-    """sha256 over the model's safetensors files (sorted by name), cached by size+mtime."""
+    """sha256 over the model's safetensors files (sorted by name), cached by size+mtime in
+    cache_root()/hashes: a model directory is the user's, and is never written into."""
+    import hashlib
     model_dir = Path(model_dir)
     files = sorted(model_dir.glob("*.safetensors"))
     key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = model_dir / ".twinlora_hash.json"
+    cache = cache_root() / "hashes" / f"{hashlib.sha256(os.fsencode(model_dir.resolve())).hexdigest()}.json"
     try:
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
-    import hashlib
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())
     digest = h.hexdigest()
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, {"key": key, "sha256": digest})
-    except OSError:
-        pass  # read-only model directory: hash again next time
+    except (OSError, UnicodeError):
+        pass  # no writable cache: hash again next time
     return digest
 
 

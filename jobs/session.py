@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.adapter import AdapterSpec, check_base, load_adapter, modules_for_adapter
-from common.models import resolve_model, weights_hash
+from common.adapter import AdapterSpec, load_adapter, modules_for_adapter
+from common.adapter_base import check_base
+from common.models import resolve_model
 
 
 @dataclass
@@ -29,7 +30,7 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
     spec = meta = weights = None
     if adapter is not None:
         spec, weights, meta = load_adapter(Path(adapter))
-        check_base(meta, weights_hash(model_dir), model, str(adapter), allow_base_mismatch)
+        check_base(adapter, model_dir, model, allow_base_mismatch)
     be = cls(model_dir, dtype=dtype, quantize=quantize)
     if adapter is not None:
         modules = modules_for_adapter(spec, weights, be.linear_modules(), str(adapter))
@@ -39,25 +40,12 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
 
 
 def recorded_base(adapter: str | Path) -> tuple[str | None, str | None]:
-    """(a base to load, the base as recorded) from an adapter's files, without loading its weights:
-    twinlora.json's base (its name, else the directory it was resolved to), else PEFT's
-    `base_model_name_or_path` or mlx-lm's `model` in adapter_config.json. The base to load is None
-    when nothing is recorded, or when what is recorded is neither here nor a hub id."""
-    import json
-
-    from common.adapter import CONFIG, META
+    """(a base to load, the base as recorded) from an adapter's files (common.adapter_base.recorded,
+    every layout), without loading its weights. The base to load is None when nothing is recorded,
+    or when what is recorded is neither here nor a hub id."""
+    from common.adapter_base import recorded
     from common.models import EMBEDDED, is_hub_id
-
-    def read(name: str) -> dict:
-        try:
-            data = json.loads((Path(adapter) / name).read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # load_adapter reports a damaged file
-    base, cfg = read(META).get("base_model"), read(CONFIG)
-    base = base if isinstance(base, dict) else {}
-    names = [base.get("name"), base.get("path"), cfg.get("base_model_name_or_path"), cfg.get("model")]
-    names = [n for n in names if isinstance(n, str) and n]
+    names = recorded(adapter)["names"]
     for n in names:
         if n in EMBEDDED or Path(n).expanduser().is_dir() or is_hub_id(n):
             return n, names[0]
@@ -86,8 +74,8 @@ def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_misma
     """Load one more adapter onto an open base under `name`, without reloading the base; switch
     with `opened.backend.set_active_adapter(name)` (the one `open_model` loaded is "default").
     Adapters may differ in rank, targets, rsLoRA/DoRA."""
-    spec, weights, meta = load_adapter(Path(adapter))
-    check_base(meta, weights_hash(opened.model_dir), str(opened.model_dir), str(adapter), allow_base_mismatch)
+    spec, weights, _ = load_adapter(Path(adapter))
+    check_base(adapter, opened.model_dir, str(opened.model_dir), allow_base_mismatch)
     modules = modules_for_adapter(spec, weights, opened.backend.linear_modules(), str(adapter))
     opened.backend.add_adapter(name, spec, modules, weights)
     return spec

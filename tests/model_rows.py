@@ -91,6 +91,20 @@ def recorded_base_not_here(ctx):
     return line
 
 
+@row("E165")
+def mlx_layout_adapter_for_another_base(ctx):
+    """A plain `mlx_lm lora` adapter names its base only in "model": that base is hashed and compared."""
+    mlx = ctx.tmp / "plain-mlx"
+    assert run_cli("convert", ctx.adapter_copy(), mlx, "--to", "mlx").exit_code == 0
+    cfg = json.loads((mlx / "adapter_config.json").read_text())
+    cfg.pop("twinlora")
+    cfg["model"] = str(ctx.model)
+    (mlx / "adapter_config.json").write_text(json.dumps(cfg))
+    assert generate_cli(ctx, mlx).exit_code == 0
+    other = ctx.request.getfixturevalue("other_tiny_model")
+    return expect_error(generate_cli(ctx, mlx, model=other), str(mlx), "adapter was trained on base", str(other))
+
+
 @row("E27")
 def adapter_rank_disagrees_with_tensors(ctx):
     adapter = ctx.adapter_copy()
