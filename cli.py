@@ -342,7 +342,9 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     Run again to finish an interrupted study: finished stages are kept, training resumes from
     its last checkpoint (as sweep does).
     """
+    from common.ownership import check_output_dir
     from jobs.study import run_study
+    check_output_dir(output, "study", "--output")  # a rerun finishes a study of ours; nothing else is written into
     run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
               metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
               test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
@@ -621,9 +623,9 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
     from jobs.session import base_for, open_model
-    from common.ownership import check_output_file
+    from common.ownership import check_output_file, is_parity_report
     if output:
-        check_output_file(output, "--output", magic=b"{")
+        check_output_file(output, "--output", inputs=[adapter, model], ours=is_parity_report)
     model = base_for(model, adapter, lambda m: echo(m, err=True))
     for d in runs or ():
         if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS

@@ -20,12 +20,14 @@ FORM = re.compile(r"^\W*Article\s+(?:LO|L|R|D|A)\s?\d+(?:-\d+)+\s+du\s+Code\b")
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     """Starts over in `out` each time (the demo directory is removed first)."""
-    from common.io import write_json
+    from common.io import real_path, write_json
     from common.ownership import check_output_dir
     from jobs.session import open_model
 
     t_start = time.time()
-    if check_output_dir(out, "demo", "--output"):  # only a previous demo of ours is removed
+    exists = check_output_dir(out, "demo", "--output")
+    out = real_path(out)  # a symlinked demo directory starts over at its target, the link kept
+    if exists:  # only a previous demo of ours is removed
         shutil.rmtree(out)
     stages = _Stages(echo)
     data_dir = out / "data"
