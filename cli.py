@@ -486,6 +486,10 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     for key, (_, path) in zip(keys[1:], named[1:]):
         add_adapter(opened, key, path)
     stream = (chat or sys.stdout.isatty()) if stream is None else stream
+    from jobs.session import PROMPT_FIX, fit_context, prompt_ids
+    for p in prompt:  # every prompt fits the context, checked before the first answer
+        fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], template, system)),
+                    max_new_tokens, "--prompt", PROMPT_FIX, note=lambda m: None)
     if chat:
         return _chat(opened, max_new_tokens, template, system, sampling, named[0][0] if named else "base")
     answerers = ([("base", None)] if with_base and named else []) + list(zip([l for l, _ in named], keys))
@@ -506,7 +510,8 @@ def _answer(opened, key, messages, max_new_tokens, template, system, sampling, s
         be.set_active_adapter(key)
     on_token = TextStream(opened.tokenizer, lambda text: echo(text, nl=False)) if stream else None
     with be.base_only() if key is None and opened.spec is not None else contextlib.nullcontext():
-        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token)
+        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token,
+                      note=lambda m: echo(m, err=True))
     if on_token is not None:
         on_token.finish(text)
     return "" if stream else text
@@ -533,10 +538,17 @@ def _chat(opened, max_new_tokens, template, system, sampling, label) -> None:
         if not text:
             continue
         history.append({"role": "user", "content": text})
+        from jobs.session import TextStream, answer, fit_context, prompt_ids
+        try:  # a conversation past the context: this turn is refused, the chat goes on
+            budget = fit_context(opened, len(prompt_ids(opened, history, template, system)), max_new_tokens, "--chat",
+                                 "send a shorter message, or /reset the history", note=lambda m: echo(m, err=True))
+        except UserError as exc:
+            history.pop()
+            click.secho(f"error: {exc}", fg="red", err=True)
+            continue
         echo(f"{label}> ", nl=False)
-        from jobs.session import TextStream, answer
         shown = TextStream(opened.tokenizer, lambda t: echo(t, nl=False))
-        reply = answer(opened, history, max_new_tokens, template, system, sampling, shown)
+        reply = answer(opened, history, budget, template, system, sampling, shown)
         shown.finish(reply)
         echo("")
         history.append({"role": "assistant", "content": reply})
