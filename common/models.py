@@ -239,6 +239,7 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
     if not isinstance(cfg, dict):
         raise ModelError("config.json is not a JSON object", where=str(p / "config.json"),
                          fix="restore the model's config.json")
+    _refuse_remote_code(p, cfg)
     pickles = sorted(x.name for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)
     if pickles and any(p.glob("*.safetensors")) and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
         raise ModelError(f"pickle weights ({', '.join(pickles)}) beside safetensors files that are not named "
@@ -261,6 +262,25 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
         if not pickles:
             raise ModelError("no *.safetensors weights in the model directory", where=str(p),
                              fix="pass a directory with model.safetensors")
+
+
+def _refuse_remote_code(p: Path, cfg: dict) -> None:
+    """A model whose architecture transformers does not ship, with its own code named in auto_map:
+    transformers would ask to run that code (trust_remote_code; a prompt on a terminal, else a
+    library error). twinlora never runs a model's code, so it says so before any library is called."""
+    auto_map = cfg.get("auto_map")
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    kind = cfg.get("model_type")
+    if kind in CONFIG_MAPPING_NAMES:
+        return  # transformers builds it from its own code and ignores auto_map
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    code = sorted({r.split("--")[-1].split(".")[0] + ".py" for r in refs})  # "repo--modeling_x.Cls" → modeling_x.py
+    raise ModelError(f"model_type {kind!r} is not built into transformers: loading it would run the folder's own "
+                     f"code ({', '.join(code) or 'auto_map'}), and twinlora never runs a model's code",
+                     where=str(p / "config.json"),
+                     fix="use a model whose architecture transformers ships (llama, qwen2, gemma3_text, ...)")
 
 
 def _check_safetensors_complete(f: Path) -> None:
