@@ -342,7 +342,9 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     Run again to finish an interrupted study: finished stages are kept, training resumes from
     its last checkpoint (as sweep does).
     """
+    from common.ownership import check_output_dir
     from jobs.study import run_study
+    check_output_dir(output, "study", "--output")  # a rerun finishes a study of ours; nothing else is written into
     run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
               metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
               test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
@@ -484,6 +486,10 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     for key, (_, path) in zip(keys[1:], named[1:]):
         add_adapter(opened, key, path)
     stream = (chat or sys.stdout.isatty()) if stream is None else stream
+    from jobs.session import PROMPT_FIX, fit_context, prompt_ids
+    for p in prompt:  # every prompt fits the context, checked before the first answer
+        fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], template, system)),
+                    max_new_tokens, "--prompt", PROMPT_FIX, note=lambda m: None)
     if chat:
         return _chat(opened, max_new_tokens, template, system, sampling, named[0][0] if named else "base")
     answerers = ([("base", None)] if with_base and named else []) + list(zip([l for l, _ in named], keys))
@@ -504,7 +510,8 @@ def _answer(opened, key, messages, max_new_tokens, template, system, sampling, s
         be.set_active_adapter(key)
     on_token = TextStream(opened.tokenizer, lambda text: echo(text, nl=False)) if stream else None
     with be.base_only() if key is None and opened.spec is not None else contextlib.nullcontext():
-        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token)
+        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token,
+                      note=lambda m: echo(m, err=True))
     if on_token is not None:
         on_token.finish(text)
     return "" if stream else text
@@ -531,10 +538,17 @@ def _chat(opened, max_new_tokens, template, system, sampling, label) -> None:
         if not text:
             continue
         history.append({"role": "user", "content": text})
+        from jobs.session import TextStream, answer, fit_context, prompt_ids
+        try:  # a conversation past the context: this turn is refused, the chat goes on
+            budget = fit_context(opened, len(prompt_ids(opened, history, template, system)), max_new_tokens, "--chat",
+                                 "send a shorter message, or /reset the history", note=lambda m: echo(m, err=True))
+        except UserError as exc:
+            history.pop()
+            click.secho(f"error: {exc}", fg="red", err=True)
+            continue
         echo(f"{label}> ", nl=False)
-        from jobs.session import TextStream, answer
         shown = TextStream(opened.tokenizer, lambda t: echo(t, nl=False))
-        reply = answer(opened, history, max_new_tokens, template, system, sampling, shown)
+        reply = answer(opened, history, budget, template, system, sampling, shown)
         shown.finish(reply)
         echo("")
         history.append({"role": "assistant", "content": reply})
@@ -621,9 +635,9 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
     from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
     from common.runs import RunDir
     from jobs.session import base_for, open_model
-    from common.ownership import check_output_file
+    from common.ownership import check_output_file, is_parity_report
     if output:
-        check_output_file(output, "--output", magic=b"{")
+        check_output_file(output, "--output", inputs=[adapter, model], ours=is_parity_report)
     model = base_for(model, adapter, lambda m: echo(m, err=True))
     for d in runs or ():
         if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS

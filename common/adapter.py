@@ -121,8 +121,9 @@ def mlx_keys(spec: AdapterSpec, module_paths: list[str]) -> list[str]:
     return sorted({p for p in module_paths if p.rsplit(".", 1)[-1] in spec.target_modules})
 
 
-def mlx_config_dict(spec: AdapterSpec, keys: list[str]) -> dict:
-    """mlx-lm's adapter_config.json: it adapts the last `num_layers` blocks."""
+def mlx_config_dict(spec: AdapterSpec, keys: list[str], base_sha256: str | None = None) -> dict:
+    """mlx-lm's adapter_config.json: it adapts the last `num_layers` blocks. Our block records the
+    base and its weight hash, so this folder alone is still checked against the base it meets."""
     n = spec.num_hidden_layers
     if spec.layers is not None:
         if n is None or sorted(spec.layers) != list(range(n - len(spec.layers), n)):
@@ -135,9 +136,10 @@ def mlx_config_dict(spec: AdapterSpec, keys: list[str]) -> dict:
         "fine_tune_type": "dora" if spec.use_dora else "lora",
         "num_layers": num_layers,
         "lora_parameters": {"rank": spec.rank, "scale": spec.scale, "dropout": spec.dropout, "keys": keys},
-        # Not read by mlx-lm; kept so the exact alpha/rsLoRA survive a round trip.
+        # Not read by mlx-lm; kept so the exact alpha/rsLoRA and the base survive a round trip.
         "twinlora": {"alpha": spec.alpha, "use_rslora": spec.use_rslora,
-                     "num_hidden_layers": spec.num_hidden_layers, "base_model": spec.base_model},
+                     "num_hidden_layers": spec.num_hidden_layers, "base_model": spec.base_model,
+                     "base_sha256": base_sha256},
     }
 
 
@@ -271,7 +273,7 @@ def save_common(out_dir: Path, spec: AdapterSpec, weights: dict[str, np.ndarray]
         if mlx_keys_list is not None:
             native = tmp / "mlx"
             native.mkdir()
-            save_mlx_native(native, spec, peft_to_mlx(weights), mlx_keys_list)
+            save_mlx_native(native, spec, peft_to_mlx(weights), mlx_keys_list, base_sha256(meta))
             meta["files"]["mlx/" + MLX_WEIGHTS] = sha256_file(native / MLX_WEIGHTS)
         write_json(tmp / META, meta)
         from common.model_card import render_card
@@ -279,10 +281,17 @@ def save_common(out_dir: Path, spec: AdapterSpec, weights: dict[str, np.ndarray]
     return out_dir
 
 
-def save_mlx_native(out_dir: Path, spec: AdapterSpec, weights_mlx: dict[str, np.ndarray], keys: list[str]) -> None:
+def save_mlx_native(out_dir: Path, spec: AdapterSpec, weights_mlx: dict[str, np.ndarray], keys: list[str],
+                    base_sha256: str | None = None) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_safetensors(out_dir / MLX_WEIGHTS, weights_mlx)
-    write_json(out_dir / CONFIG, mlx_config_dict(spec, keys))
+    write_json(out_dir / CONFIG, mlx_config_dict(spec, keys, base_sha256))
+
+
+def base_sha256(meta: dict) -> str | None:
+    """The base weights' hash twinlora.json records (None for an adapter that records none)."""
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    return base.get("sha256") if isinstance(base, dict) else None
 
 
 def detect_format(path: Path) -> str:
@@ -376,17 +385,6 @@ def _check_consistent(spec: AdapterSpec, weights: dict[str, np.ndarray], where: 
     if bad:
         raise AdapterError(f"tensor shapes disagree with r={spec.rank} in adapter_config.json: "
                            + "; ".join(bad[:3]), where=where, fix="re-export the adapter")
-
-
-def check_base(meta: dict, base_hash: str, base_name: str, where: str, allow_mismatch: bool = False) -> None:
-    """Refuse an adapter trained on other base weights (by the recorded weight hash)."""
-    recorded = meta.get("base_model", {}).get("sha256")
-    if recorded and recorded != base_hash and not allow_mismatch:
-        raise AdapterError(
-            f"adapter was trained on base {meta['base_model'].get('name', '?')} "
-            f"(weights sha256 {recorded[:12]}…), not on {base_name} (sha256 {base_hash[:12]}…)",
-            where=where, fix="pass the base model the adapter was trained on (--model), "
-            "or --allow-base-mismatch if you know the weights are compatible")
 
 
 def check_shapes(weights: dict[str, np.ndarray], expected: dict[str, tuple], where: str) -> None:

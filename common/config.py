@@ -15,6 +15,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from common import yaml_strict as strict_yaml
 from common.errors import ConfigError
 
 
@@ -373,13 +374,18 @@ def load_config(path: str | Path | None = None, overrides: dict | None = None) -
         if not path.is_file():
             raise ConfigError("config file not found", where=where, fix="check the --config path")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = strict_yaml.load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError:
             raise ConfigError("not UTF-8 text", where=str(path), fix="save the config as UTF-8") from None
         except ValueError as exc:  # a scalar YAML cannot build, e.g. an integer of 5000 digits
             raise ConfigError(f"a value cannot be read ({exc})", where=str(path), fix="check the numbers in the config") from None
         except RecursionError:
             raise ConfigError("the YAML is nested too deeply", where=str(path), fix="repair the YAML") from None
+        except strict_yaml.DuplicateKey as exc:  # YAML itself would keep the second silently
+            raise ConfigError(f"key {exc.key!r} is given twice in one section (lines {exc.first} and "
+                              f"{exc.problem_mark.line + 1}); YAML would keep only the second",
+                              where=f"{path}:{exc.problem_mark.line + 1}",
+                              fix="merge the two into one (a section's keys go under one heading)") from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             loc = f"{path}:{mark.line + 1}" if mark else str(path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.adapter import (CONFIG, AdapterSpec, _LAYER, block_relative, detect_format, load_adapter,
+from common.adapter import (CONFIG, AdapterSpec, _LAYER, base_sha256, block_relative, detect_format, load_adapter,
                             module_paths_of, modules_for_adapter, peft_to_mlx, save_common, save_mlx_native)
 from common.errors import AdapterError
 from common.io import atomic_dir
@@ -38,12 +38,14 @@ def convert_adapter(src: Path, dst: Path, fmt: str, model: str | None = None) ->
             meta["template"] = str(Path(src) / meta["template_file"])  # save_common copies it along
         if plain_mlx:
             meta.update(_complete_plain_mlx(spec, weights, model, model_dir, str(src)))
+        elif "base_model" not in meta:
+            meta.update(_recorded_base_meta(Path(src)))
         return save_common(dst, spec, weights, meta)
     if spec.num_hidden_layers is None and spec.layers is not None:
         raise AdapterError("the adapter covers only some blocks and its model's block count is unknown",
                            where=str(src), fix="pass --model (the base model) so the block count can be read")
     with atomic_dir(dst) as tmp:
-        save_mlx_native(tmp, spec, peft_to_mlx(weights), keys)
+        save_mlx_native(tmp, spec, peft_to_mlx(weights), keys, base_sha256(meta))
     return dst
 
 
@@ -55,6 +57,16 @@ def _is_plain_mlx(src: Path) -> bool:
         return "twinlora" not in json.loads((src / CONFIG).read_text())
     except (OSError, ValueError):
         return False
+
+
+def _recorded_base_meta(src: Path) -> dict:
+    """twinlora.json's base_model for a converted adapter whose own files record its base (a run's
+    mlx/ folder): the base check then still applies to the converted copy."""
+    from common.adapter_base import recorded
+    rec = recorded(src)
+    if not rec["names"] and not rec["sha256"]:
+        return {}
+    return {"base_model": {"name": rec["names"][0] if rec["names"] else "?", "sha256": rec["sha256"]}}
 
 
 def _recorded_base(src: Path) -> str:

@@ -18,13 +18,32 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def real_path(path: str | os.PathLike, where: str | None = None) -> Path:
+    """Where a write to `path` lands. A path whose last component is a symbolic link (or a chain of
+    them) stands for its target: an output is replaced there and the link kept, never the link
+    replaced and the run it pointed at orphaned. Other paths are returned as given. A loop is one
+    UserError (`where`: the flag and path the user gave)."""
+    p = Path(path)
+    if not p.is_symlink():
+        return p
+    hop = p
+    for _ in range(40):  # the kernel's own limit (MAXSYMLINKS)
+        if not hop.is_symlink():
+            return Path(os.path.realpath(p))
+        target = Path(os.readlink(hop))
+        hop = target if target.is_absolute() else hop.parent / target
+    raise UserError("the output is a symbolic link that loops (it never reaches a file or directory)",
+                    where=where or str(path), fix="remove or repoint the link, or choose another output path")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    A full disk or an interrupt leaves the old file (or none), never a truncated one.
+    A full disk or an interrupt leaves the old file (or none), never a truncated one. A symlinked
+    `path` is written at its target (`real_path`).
     """
-    path = Path(path)
+    path = real_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -144,8 +163,9 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a fully written temporary directory into place (old one removed only after)."""
-    final_dir = Path(final_dir)
+    """Move a fully written temporary directory into place (old one removed only after); a
+    symlinked `final_dir` is replaced at its target (`real_path`), the link kept."""
+    final_dir = real_path(final_dir)
     if final_dir.exists():
         old = final_dir.with_name(f".{final_dir.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -173,8 +193,9 @@ def _usual_permissions(root: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_dir(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary directory beside `final_dir`; it becomes `final_dir` only on success."""
-    final_dir = Path(final_dir)
+    """Yield a temporary directory beside `final_dir` (beside its target when it is a symbolic
+    link); it becomes `final_dir` only on success."""
+    final_dir = real_path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700; the output gets the usual permissions

@@ -55,7 +55,8 @@ class RunLock:
     """`with RunLock(run_dir):` holds the lock of `run_dir` for the block."""
 
     def __init__(self, run_dir: str | os.PathLike):
-        run_dir = Path(run_dir).absolute()
+        from common.io import real_path
+        run_dir = real_path(run_dir).absolute()  # a symlinked output is locked where it is: one lock for both names
         self.run_dir = run_dir
         self.file = run_dir.parent / f".{run_dir.name}.lock"
         self.record = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3)}

@@ -10,8 +10,9 @@
 - a local directory with config.json and *.safetensors;
 - a hub id (only where the user has internet; never used by tests or the demo).
 
-The weight hash recorded in adapter metadata is the sha256 of the safetensors files, cached beside
-them keyed by size and mtime so a 500 MB model is hashed once.
+The weight hash recorded in adapter metadata is the sha256 of the safetensors files, cached in
+twinlora's cache directory (never in the model directory, which is the user's) keyed by the
+directory, file sizes and mtimes, so a 500 MB model is hashed once.
 """
 from __future__ import annotations
 
@@ -238,6 +239,7 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
     if not isinstance(cfg, dict):
         raise ModelError("config.json is not a JSON object", where=str(p / "config.json"),
                          fix="restore the model's config.json")
+    _refuse_remote_code(p, cfg)
     pickles = sorted(x.name for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)
     if pickles and any(p.glob("*.safetensors")) and not any((p / n).is_file() for n in STANDARD_SAFETENSORS):
         raise ModelError(f"pickle weights ({', '.join(pickles)}) beside safetensors files that are not named "
@@ -262,6 +264,25 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
                              fix="pass a directory with model.safetensors")
 
 
+def _refuse_remote_code(p: Path, cfg: dict) -> None:
+    """A model whose architecture transformers does not ship, with its own code named in auto_map:
+    transformers would ask to run that code (trust_remote_code; a prompt on a terminal, else a
+    library error). twinlora never runs a model's code, so it says so before any library is called."""
+    auto_map = cfg.get("auto_map")
+    if not isinstance(auto_map, dict) or not auto_map:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    kind = cfg.get("model_type")
+    if kind in CONFIG_MAPPING_NAMES:
+        return  # transformers builds it from its own code and ignores auto_map
+    refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
+    code = sorted({r.split("--")[-1].split(".")[0] + ".py" for r in refs})  # "repo--modeling_x.Cls" → modeling_x.py
+    raise ModelError(f"model_type {kind!r} is not built into transformers: loading it would run the folder's own "
+                     f"code ({', '.join(code) or 'auto_map'}), and twinlora never runs a model's code",
+                     where=str(p / "config.json"),
+                     fix="use a model whose architecture transformers ships (llama, qwen2, gemma3_text, ...)")
+
+
 def _check_safetensors_complete(f: Path) -> None:
     """The header parses and the file holds every byte it announces (a cut copy fails here, in
     one line, instead of deep inside a loader)."""
@@ -283,27 +304,29 @@ def _check_safetensors_complete(f: Path) -> None:
 
 
 def weights_hash(model_dir: Path) -> str:
-    """sha256 over the model's safetensors files (sorted by name), cached by size+mtime."""
+    """sha256 over the model's safetensors files (sorted by name), cached by size+mtime in
+    cache_root()/hashes: a model directory is the user's, and is never written into."""
+    import hashlib
     model_dir = Path(model_dir)
     files = sorted(model_dir.glob("*.safetensors"))
     key = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    cache = model_dir / ".twinlora_hash.json"
+    cache = cache_root() / "hashes" / f"{hashlib.sha256(os.fsencode(model_dir.resolve())).hexdigest()}.json"
     try:
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved["sha256"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
-    import hashlib
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode())
         h.update(sha256_file(f).encode())
     digest = h.hexdigest()
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         write_json(cache, {"key": key, "sha256": digest})
-    except OSError:
-        pass  # read-only model directory: hash again next time
+    except (OSError, UnicodeError):
+        pass  # no writable cache: hash again next time
     return digest
 
 

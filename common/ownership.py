@@ -58,6 +58,7 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "compare": ("a twinlora compare directory", _has("compare.md")),
     "prepared": ("a directory prepared by twinlora", _has("manifest.json")),
     "sweep": ("a twinlora sweep directory", _has("sweep.json")),
+    "study": ("a twinlora study directory", _has("settings.json")),
     "demo": ("a twinlora demo directory", lambda p: (p / "summary.json").is_file() or (p / "data" / "manifest.json").is_file()
              or is_run_dir(p / "mlx") or is_run_dir(p / "torch")),
 }
@@ -79,7 +80,9 @@ def _same_or_inside(inner: Path, outer: Path) -> bool:
 
 def check_path_writable(path: str | Path, flag: str) -> None:
     """The path can be created where it is: text the filesystem can hold, every existing ancestor
-    a writable directory. Raises one UserError naming `flag`."""
+    a writable directory; a symbolic link stands for its target, which must exist (a loop or a
+    dangling link is refused). Raises one UserError naming `flag`."""
+    from common.io import real_path
     text = str(path)
     if not text.strip():
         raise UserError("the output path is empty", where=flag, fix="give a directory name, e.g. runs/my-run")
@@ -92,13 +95,22 @@ def check_path_writable(path: str | Path, flag: str) -> None:
         if len(part.encode("utf-8")) > 255:
             raise UserError(f"a path component is {len(part.encode('utf-8'))} bytes long; filesystems allow 255",
                             where=flag, fix="use a shorter name")
-    p = Path(text).absolute()
+    p = Path(text)
+    if p.is_symlink():  # the output is where the link points (common.io.real_path)
+        target = real_path(p, where=f"{flag} {text}")
+        if not target.exists():
+            raise UserError(f"the output is a symbolic link to {target}, which does not exist", where=f"{flag} {text}",
+                            fix=f"create {target} first, or choose another output path")
+        p = target
+    p = p.absolute()
     for anc in [p, *p.parents]:
         if anc.exists() or anc.is_symlink():
             if anc != p and not anc.is_dir():
                 raise UserError(f"{anc} is a file, so nothing can be created under it", where=f"{flag} {text}",
                                 fix="choose an output path whose parent is a directory")
             parent = anc if anc != p else anc.parent
+            if anc == p and p.is_dir() and not os.access(p, os.W_OK | os.X_OK):
+                parent = p  # an existing output directory is written into (a run) or renamed (needs its ..)
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise UserError(f"cannot write in {parent} (read-only or no permission)", where=f"{flag} {text}",
                                 fix="choose an output path in a writable directory")
@@ -133,18 +145,29 @@ def check_output_dir(path: str | os.PathLike, kind: str, flag: str, inputs: Iter
     return True
 
 
-def check_output_file(path: str | os.PathLike, flag: str, magic: bytes | None = None, inputs: Iterable = ()) -> None:
+def is_parity_report(path: Path) -> bool:
+    """parity.json as `parity --output` writes it (a JSON object with "pass" and its numbers): a
+    leading "{" alone would let any JSON file of the user's be replaced."""
+    try:
+        rep = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(rep, dict) and "pass" in rep and ("max_abs_logit_diff" in rep or "same_weights" in rep)
+
+
+def check_output_file(path: str | os.PathLike, flag: str, magic: bytes | None = None, inputs: Iterable = (),
+                      ours: Callable[[Path], bool] | None = None) -> None:
     """A file output: not a directory, not an input, and an existing file is replaced only when it
-    starts with `magic` (a file of the same kind); raises a UserError otherwise."""
+    is of the same kind (starts with `magic`, or `ours` recognises it); raises a UserError otherwise."""
     check_path_writable(path, flag)
     path = Path(path)
     _refuse_inputs(path, flag, inputs, "file")
     if path.is_dir():
         raise UserError("the output is a directory, a file name is expected", where=f"{flag} {path}",
                         fix=f"give a file name, e.g. {path / 'out'}")
-    if path.is_file() and magic is not None:
+    if path.is_file() and (magic is not None or ours is not None):
         with open(path, "rb") as fh:
-            if fh.read(len(magic)) != magic:
+            if (magic is not None and fh.read(len(magic)) != magic) or (ours is not None and not ours(path)):
                 raise UserError("the output file exists and was not written by twinlora", where=f"{flag} {path}",
                                 fix="choose a new file name or move that file away")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import TrainingError
-from common.io import atomic_dir, disk_full_error, is_disk_full, sha256_file, write_json, write_text
+from common.io import atomic_dir, disk_full_error, is_disk_full, real_path, sha256_file, write_json, write_text
 
 CHECKPOINTS = "checkpoints"
 
@@ -26,7 +26,7 @@ def plan_run(final: str | Path, overwrite: bool, resume: bool) -> tuple[Path, bo
     interrupted replacement from its last checkpoint."""
     from common.ownership import check_path_writable, is_run_dir
     check_path_writable(final, "--output")  # the text as given: Path("") would read as "."
-    final = Path(final)
+    final = real_path(final)  # a symlinked run is resumed or replaced at its target, the link kept
     if final.exists() and not final.is_dir():
         raise TrainingError("output path exists and is not a directory", where=str(final),
                             fix="choose another --output")

@@ -19,14 +19,26 @@ FORM = re.compile(r"^\W*Article\s+(?:LO|L|R|D|A)\s?\d+(?:-\d+)+\s+du\s+Code\b")
 
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
-    """Starts over in `out` each time (the demo directory is removed first)."""
-    from common.io import write_json
+    """Starts over in `out` each time (the demo directory is removed first), holding the output's
+    lock (common.lock.OutputLock) so a second demo cannot remove the first's files under it."""
+    from common.io import real_path
+    from common.lock import OutputLock
     from common.ownership import check_output_dir
-    from jobs.session import open_model
 
     t_start = time.time()
-    if check_output_dir(out, "demo", "--output"):  # only a previous demo of ours is removed
-        shutil.rmtree(out)
+    exists = check_output_dir(out, "demo", "--output")
+    out = real_path(out)  # a symlinked demo directory starts over at its target, the link kept
+    with OutputLock(out):  # one demo per directory: a second would remove the first's files under it
+        if exists:  # only a previous demo of ours is removed
+            shutil.rmtree(out)
+        return _run(out, steps, echo, eval_items, t_start)
+
+
+def _run(out: Path, steps: int, echo, eval_items: int, t_start: float) -> dict:
+    """The five stages, their summary.json and the closing lines."""
+    from common.io import write_json
+    from jobs.session import open_model
+
     stages = _Stages(echo)
     data_dir = out / "data"
     with stages.run("1/5 model + data", "prepare_s"):

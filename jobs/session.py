@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.adapter import AdapterSpec, check_base, load_adapter, modules_for_adapter
-from common.models import resolve_model, weights_hash
+from common.adapter import AdapterSpec, load_adapter, modules_for_adapter
+from common.adapter_base import check_base
+from common.models import resolve_model
 
 
 @dataclass
@@ -17,6 +18,7 @@ class Opened:
     spec: AdapterSpec | None = None
     meta: dict | None = None
     adapter_dir: Path | None = None
+    context: int | None = None  # max_position_embeddings: prompt + answer must fit in it
 
 
 def open_model(backend: str, model: str, dtype: str = "float32", quantize: str | None = None,
@@ -29,35 +31,53 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
     spec = meta = weights = None
     if adapter is not None:
         spec, weights, meta = load_adapter(Path(adapter))
-        check_base(meta, weights_hash(model_dir), model, str(adapter), allow_base_mismatch)
+        check_base(adapter, model_dir, model, allow_base_mismatch)
     be = cls(model_dir, dtype=dtype, quantize=quantize)
     if adapter is not None:
         modules = modules_for_adapter(spec, weights, be.linear_modules(), str(adapter))
         be.attach_lora(spec, modules, weights)
     return Opened(be, model_dir, load_tokenizer(model_dir), spec, meta,
-                  Path(adapter) if adapter is not None else None)
+                  Path(adapter) if adapter is not None else None, context_length(model_dir))
+
+
+def context_length(model_dir: Path) -> int | None:
+    """The model's context window (max_position_embeddings, of its text model for a multimodal
+    config); None when its config.json does not say."""
+    from common.families import read_raw
+    cfg = read_raw(model_dir)
+    n = (cfg.get("text_config") or cfg).get("max_position_embeddings")
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def fit_context(opened: Opened, n_prompt: int, max_new_tokens: int, where: str, fix: str, note=None) -> int:
+    """The answer's token budget so prompt + answer fit the context, said in one line when
+    max_new_tokens is cut; a prompt that leaves no room for an answer is refused before generating
+    (as vLLM refuses a prompt longer than max_model_len: past it the positions were never trained
+    and the cache only grows)."""
+    ctx = opened.context
+    if ctx is None or n_prompt + max_new_tokens <= ctx:
+        return max_new_tokens
+    if n_prompt >= ctx:
+        from common.errors import UserError
+        raise UserError(f"the prompt is {n_prompt} tokens, and the model's context holds {ctx} "
+                        "(max_position_embeddings) with the answer included", where=where, fix=fix)
+    (note or _stderr)(f"[twinlora] note: --max-new-tokens {max_new_tokens} capped to {ctx - n_prompt}: the prompt is "
+                      f"{n_prompt} tokens and the model's context {ctx} (max_position_embeddings)")
+    return ctx - n_prompt
+
+
+def _stderr(message: str) -> None:
+    import sys
+    print(message, file=sys.stderr, flush=True)
 
 
 def recorded_base(adapter: str | Path) -> tuple[str | None, str | None]:
-    """(a base to load, the base as recorded) from an adapter's files, without loading its weights:
-    twinlora.json's base (its name, else the directory it was resolved to), else PEFT's
-    `base_model_name_or_path` or mlx-lm's `model` in adapter_config.json. The base to load is None
-    when nothing is recorded, or when what is recorded is neither here nor a hub id."""
-    import json
-
-    from common.adapter import CONFIG, META
+    """(a base to load, the base as recorded) from an adapter's files (common.adapter_base.recorded,
+    every layout), without loading its weights. The base to load is None when nothing is recorded,
+    or when what is recorded is neither here nor a hub id."""
+    from common.adapter_base import recorded
     from common.models import EMBEDDED, is_hub_id
-
-    def read(name: str) -> dict:
-        try:
-            data = json.loads((Path(adapter) / name).read_text(encoding="utf-8"))
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}  # load_adapter reports a damaged file
-    base, cfg = read(META).get("base_model"), read(CONFIG)
-    base = base if isinstance(base, dict) else {}
-    names = [base.get("name"), base.get("path"), cfg.get("base_model_name_or_path"), cfg.get("model")]
-    names = [n for n in names if isinstance(n, str) and n]
+    names = recorded(adapter)["names"]
     for n in names:
         if n in EMBEDDED or Path(n).expanduser().is_dir() or is_hub_id(n):
             return n, names[0]
@@ -86,8 +106,8 @@ def add_adapter(opened: Opened, name: str, adapter: str | Path, allow_base_misma
     """Load one more adapter onto an open base under `name`, without reloading the base; switch
     with `opened.backend.set_active_adapter(name)` (the one `open_model` loaded is "default").
     Adapters may differ in rank, targets, rsLoRA/DoRA."""
-    spec, weights, meta = load_adapter(Path(adapter))
-    check_base(meta, weights_hash(opened.model_dir), str(opened.model_dir), str(adapter), allow_base_mismatch)
+    spec, weights, _ = load_adapter(Path(adapter))
+    check_base(adapter, opened.model_dir, str(opened.model_dir), allow_base_mismatch)
     modules = modules_for_adapter(spec, weights, opened.backend.linear_modules(), str(adapter))
     opened.backend.add_adapter(name, spec, modules, weights)
     return spec
@@ -100,16 +120,27 @@ def reply(opened: Opened, prompt: str, max_new_tokens: int, template: str = "cha
                   sampling, on_token)
 
 
-def answer(opened: Opened, messages: list[dict], max_new_tokens: int, template: str = "chat",
-           system_prompt: str | None = None, sampling=None, on_token=None) -> str:
-    """The model's next turn after `messages` (a conversation ending with a user turn): greedy, or
-    sampled by `sampling` (common.sampling.Sampling; a fresh seeded generator per answer, so an
-    answer does not depend on what was generated before it); `on_token(id)` streams."""
+def prompt_ids(opened: Opened, messages: list[dict], template: str = "chat", system_prompt: str | None = None) -> list[int]:
+    """Token ids of the prompt for the model's next turn after `messages`, as in training."""
     from common.data.formats import Example
-    from common.sampling import Sampler
     from common.tokenize import Tokenizer
     ex = Example(messages=tuple(messages) + ({"role": "assistant", "content": ""},), source="prompt")
-    ids = Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(ex)
+    return Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(ex)
+
+
+PROMPT_FIX = "shorten the prompt, or use a model with a longer context"
+
+
+def answer(opened: Opened, messages: list[dict], max_new_tokens: int, template: str = "chat",
+           system_prompt: str | None = None, sampling=None, on_token=None, where: str = "--prompt",
+           fix: str = PROMPT_FIX, note=None) -> str:
+    """The model's next turn after `messages` (a conversation ending with a user turn): greedy, or
+    sampled by `sampling` (common.sampling.Sampling; a fresh seeded generator per answer, so an
+    answer does not depend on what was generated before it); `on_token(id)` streams. The answer
+    is cut where the context ends (`fit_context`)."""
+    from common.sampling import Sampler
+    ids = prompt_ids(opened, messages, template, system_prompt)
+    max_new_tokens = fit_context(opened, len(ids), max_new_tokens, where, fix, note)
     sampler = Sampler(sampling) if sampling is not None and not sampling.greedy else None
     out = opened.backend.generate(ids, max_new_tokens, eos_ids(opened.tokenizer), sampler=sampler, on_token=on_token)
     return opened.tokenizer.decode(out, skip_special_tokens=True).strip()

@@ -29,7 +29,7 @@ from common.adapter import (AdapterSpec, block_relative, check_shapes, expected_
 from common.batching import iterate_batches
 from common.config import Config, dump_yaml
 from common.errors import TrainingError
-from common.io import relative_to, replace_dir, write_json, write_text
+from common.io import real_path, relative_to, replace_dir, write_json, write_text
 from common.lock import RunLock
 from common.models import peft_base_name, weights_hash
 from common.resume import check_init_adapter
@@ -54,8 +54,8 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     kw = dict(overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo, dist=dist)
     if dry_run:
         return run_stages(cfg, backend, run_dir=Path(cfg.output), **kw)
-    final = Path(os.path.normpath(Path(cfg.output).absolute()))  # "." or "a/.." can be swapped too
     work, staged = plan_run(cfg.output, overwrite, resume)
+    final = Path(os.path.normpath(real_path(cfg.output).absolute()))  # "." or "a/.." can be swapped too; a link's target
     if not dist.is_main:
         return run_stages(cfg, backend, run_dir=work, **kw)
     with RunLock(final), terminate_as_interrupt():

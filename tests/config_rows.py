@@ -47,6 +47,23 @@ def yaml_syntax_error(ctx):
     return refused(ctx, r, f"{cfg}:4:", "not valid YAML")
 
 
+@row("E169")
+def yaml_section_given_twice(ctx):
+    """PyYAML keeps the second `training:` and drops the first without a word."""
+    cfg = write(ctx.tmp / "c.yaml", "training:\n  lr: 0.01\nlora:\n  rank: 4\ntraining:\n  steps: 2\n")
+    line = refused(ctx, train_config(ctx, cfg), f"{cfg}:5:", "key 'training' is given twice", "(lines 1 and 5)")
+    dup = write(ctx.tmp / "d.yaml", "training:\n  lr: 0.01\n  steps: 2\n  lr: 0.02\n")  # inside a section too
+    refused(ctx, train_config(ctx, dup), f"{dup}:4:", "key 'lr' is given twice", "(lines 2 and 4)")
+    anchors = write(ctx.tmp / "e.yaml", "base: &b {lr: 0.01}\ntraining:\n  <<: *b\n  steps: 2\n")
+    from common.errors import ConfigError
+    try:  # YAML merge keys are not duplicates (the file is refused later for its unknown key 'base')
+        from common.config import load_config
+        load_config(anchors)
+    except ConfigError as exc:
+        assert "given twice" not in str(exc) and "unknown key 'base'" in str(exc), exc
+    return line
+
+
 @row("E16")
 def config_file_missing(ctx):
     cfg = ctx.tmp / "nope.yaml"

@@ -82,6 +82,15 @@ def chat_with_two_adapters(ctx):
     return expect_error(r, "--chat talks with one model")
 
 
+@row("E168")
+def prompt_past_the_context(ctx):
+    """The tiny model's context is 512 tokens: a 600-word prompt is refused before any answer."""
+    r = run_cli("generate", "--backend", "torch", "--model", ctx.model, "-p", "hi", "-p", "mot " * 600)
+    line = expect_error(r, "--prompt: the prompt is", "holds 512")
+    assert ">>>" not in r.output  # not even the short first prompt was answered
+    return line
+
+
 # ---------------------------------------------------------------- study (E150-E159)
 
 def _study_config(ctx, **data) -> Path:

@@ -51,6 +51,24 @@ def tokenizer_without_chat_template(ctx):
     return refused(ctx, r, "data.template", "no chat template", '"raw"')
 
 
+@row("E170")
+def model_needs_its_own_code(ctx):
+    """auto_map + a model_type transformers does not ship: transformers would ask to run the folder's code."""
+    d = model_copy(ctx)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(model_type="my_custom", auto_map={"AutoConfig": "configuration_my.MyConfig",
+                                                  "AutoModelForCausalLM": "modeling_my.MyForCausalLM"})
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "modeling_my.py").write_text("raise SystemExit('this code ran')\n")
+    for backend in ("torch", "mlx"):
+        r = run_cli("train", "--backend", backend, "--model", d, "--data", ctx.data, "--output", ctx.out, "--steps", "1")
+        line = refused(ctx, r, f"{d / 'config.json'}: model_type 'my_custom'", "modeling_my.py", "never runs")
+        assert "this code ran" not in r.output and "[y/N]" not in r.output
+    r = run_cli("generate", "--model", d, "-p", "hi")
+    expect_error(r, "never runs a model's code")
+    return line
+
+
 # ---------------------------------------------------------------- LoRA settings
 
 @row("E24")
@@ -89,6 +107,20 @@ def recorded_base_not_here(ctx):
     line = refused(ctx, r, str(adapter), "'../models/gone', which is not here", "--model")
     assert "backend=" not in r.output
     return line
+
+
+@row("E165")
+def mlx_layout_adapter_for_another_base(ctx):
+    """A plain `mlx_lm lora` adapter names its base only in "model": that base is hashed and compared."""
+    mlx = ctx.tmp / "plain-mlx"
+    assert run_cli("convert", ctx.adapter_copy(), mlx, "--to", "mlx").exit_code == 0
+    cfg = json.loads((mlx / "adapter_config.json").read_text())
+    cfg.pop("twinlora")
+    cfg["model"] = str(ctx.model)
+    (mlx / "adapter_config.json").write_text(json.dumps(cfg))
+    assert generate_cli(ctx, mlx).exit_code == 0
+    other = ctx.request.getfixturevalue("other_tiny_model")
+    return expect_error(generate_cli(ctx, mlx, model=other), str(mlx), "adapter was trained on base", str(other))
 
 
 @row("E27")

@@ -369,6 +369,28 @@ def output_under_a_file(ctx):
     return line
 
 
+@row("E166")
+def output_symlink_loop(ctx):
+    loop = ctx.tmp / "loop"
+    os.symlink(loop, loop)
+    r = train_cli(ctx, out=loop)
+    line = expect_error(r, f"--output {loop}: the output is a symbolic link that loops")
+    assert "backend=torch" not in r.output and os.readlink(loop) == str(loop)  # before the model loads; link kept
+    expect_error(run_cli("merge", "--model", ctx.model, "--adapter", ctx.adapter_copy(), "--output", loop),
+                 "symbolic link that loops")
+    return line
+
+
+@row("E167")
+def output_dangling_symlink(ctx):
+    link, nowhere = ctx.tmp / "link", ctx.tmp / "nowhere"
+    os.symlink(nowhere, link)
+    r = train_cli(ctx, out=link)
+    line = expect_error(r, f"--output {link}: the output is a symbolic link to {nowhere}, which does not exist")
+    assert "backend=torch" not in r.output and not nowhere.exists() and link.is_symlink()
+    return line
+
+
 @row("E76")
 def output_read_only(ctx):
     ro = ctx.tmp / "ro"
