@@ -506,6 +506,43 @@ def _named_adapter(value: str) -> tuple[str, str]:
     return (p.parent.name if p.name == "adapter" else p.name) or value, value
 
 
+# ------------------------------------------------------------------ serve
+@cli.command()
+@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded); its "
+              "model id is this value.")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="Adapter served as model NAME over the one loaded base (repeatable); NAME defaults to the directory.")
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another one without "
+              "--api-key prints a warning).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--api-key", help="Require 'Authorization: Bearer KEY' on /v1/ routes.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(0, 10_000),
+              help="Requests that may wait behind the one being answered; more are refused with 503.")
+@click.option("--max-tokens", "default_max_tokens", default=256, show_default=True, type=COUNT,
+              help="Answer length when a request gives no max_tokens (always capped by the context).")
+@click.option("--engine", type=click.Choice(["twinlora", "vllm"]), default="twinlora", show_default=True,
+              help="vllm: check the adapters against vLLM's LoRA limits and start vLLM's OpenAI server with them.")
+@click.option("--max-lora-rank", default=16, show_default=True, type=COUNT, help="--engine vllm: vLLM's --max-lora-rank.")
+@click.option("--print-command", is_flag=True, help="--engine vllm: print the vLLM command instead of running it.")
+def serve(model, adapters, backend, host, port, api_key, queue_size, default_max_tokens, engine, max_lora_rank,
+          print_command):
+    """Serve the base and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /v1/completions, /v1/models, /health; a comparison page at /). The base loads once; a
+    request's `model` picks an adapter or the base. See docs/serve.md."""
+    named = [_named_adapter(a) for a in adapters]
+    if engine == "vllm":
+        from jobs.vllm_handoff import hand_off
+        return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
+    from jobs.serving import host_warning, listen, load_served, serve as run_server
+    warning = host_warning(host, api_key)
+    if warning:
+        click.secho(warning, fg="yellow", err=True)
+    sock = listen(host, port)
+    served = load_served(backend, model, named, lambda m: echo(m, err=True))
+    run_server(served, sock, api_key, queue_size, default_max_tokens, echo)
+
+
 # ------------------------------------------------------------------ eval / compare
 @cli.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
