@@ -534,7 +534,8 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
     if engine == "vllm":
         from jobs.vllm_handoff import hand_off
         return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
-    from jobs.serving import host_warning, listen, load_served, serve as run_server
+    from jobs.openai_api import serve as run_server
+    from jobs.serving import host_warning, listen, load_served
     warning = host_warning(host, api_key)
     if warning:
         click.secho(warning, fg="yellow", err=True)

@@ -154,16 +154,3 @@ def listen(host: str, port: int):
     sock.set_inheritable(True)
     return sock
 
-
-def serve(served: Served, sock, api_key: str | None, queue_size: int, default_max_tokens: int, echo) -> None:
-    """Answer HTTP requests on `sock` until interrupted (uvicorn, one process)."""
-    import uvicorn
-    from jobs.openai_api import create_app
-    engine = Engine(queue_size)
-    app = create_app(served, engine, api_key, default_max_tokens)
-    host, port = sock.getsockname()[:2]
-    others = [m for m in served.targets if m != served.base_id]
-    echo(f"[twinlora] serving {served.base_id}" + (f" with adapters {', '.join(others)}" if others else "")
-         + f" on http://{host if ':' not in host else f'[{host}]'}:{port} (OpenAI API under /v1, page at /)")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
-    server.run(sockets=[sock])

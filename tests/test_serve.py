@@ -109,6 +109,9 @@ def test_models_lists_the_base_and_each_adapter_with_its_parent(servers, tiny_mo
     assert list(rows) == [str(tiny_model), "a", "b", "c"]
     assert rows[str(tiny_model)].parent is None and rows["b"].parent == str(tiny_model)
     assert rows["c"].root == str(adapters["c"]) and rows["a"].max_model_len == 512
+    page = httpx.get(servers["torch"].url + "/")  # the comparison page: no key to load it, its calls send one
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert all(s in page.text for s in ('id="prompt"', 'fetch("/v1/models"', 'fetch("/v1/chat/completions"', "Bearer "))
 
 
 def test_each_model_answers_as_generate_does(servers, tiny_model, adapters):
