@@ -486,72 +486,15 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     for key, (_, path) in zip(keys[1:], named[1:]):
         add_adapter(opened, key, path)
     stream = (chat or sys.stdout.isatty()) if stream is None else stream
-    from jobs.session import PROMPT_FIX, fit_context, prompt_ids
-    for p in prompt:  # every prompt fits the context, checked before the first answer
-        fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], template, system)),
-                    max_new_tokens, "--prompt", PROMPT_FIX, note=lambda m: None)
+    from jobs.answering import Target, answer_prompts, chat as chat_loop
+    targets = ([Target("base", None, template, system)] if with_base and named else []) + \
+        [Target(label, key, template, system) for (label, _), key in zip(named, keys)]
+    targets = targets or [Target("base", None, template, system)]
     if chat:
-        return _chat(opened, max_new_tokens, template, system, sampling, named[0][0] if named else "base")
-    answerers = ([("base", None)] if with_base and named else []) + list(zip([l for l, _ in named], keys))
-    for p in prompt:
-        for label, key in answerers or [(None, None)]:
-            echo(f">>> [{label}] {p}" if label and len(answerers) > 1 else f">>> {p}")
-            echo(_answer(opened, key, [{"role": "user", "content": p}], max_new_tokens, template, system,
-                         sampling, stream) + "\n")
-
-
-def _answer(opened, key, messages, max_new_tokens, template, system, sampling, stream) -> str:
-    """One answer by adapter `key` (None: the base without adapters); streamed when asked, in
-    which case the text is already on screen and an empty string is returned."""
-    import contextlib
-    from jobs.session import TextStream, answer
-    be = opened.backend
-    if key is not None:
-        be.set_active_adapter(key)
-    on_token = TextStream(opened.tokenizer, lambda text: echo(text, nl=False)) if stream else None
-    with be.base_only() if key is None and opened.spec is not None else contextlib.nullcontext():
-        text = answer(opened, messages, max_new_tokens, template, system, sampling, on_token,
-                      note=lambda m: echo(m, err=True))
-    if on_token is not None:
-        on_token.finish(text)
-    return "" if stream else text
-
-
-def _chat(opened, max_new_tokens, template, system, sampling, label) -> None:
-    """Read user turns from stdin until /exit or end of input; the whole conversation is the prompt."""
-    stdin = click.get_text_stream("stdin")
-    history: list[dict] = []
-    echo(f"[twinlora] chat with {label} ({sampling.describe()}); /reset clears the history, /exit quits")
-    while True:
-        echo("you> ", nl=False)
-        line = stdin.readline()
-        if not line:
-            echo("")
-            return
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            return
-        if text == "/reset":
-            history.clear()
-            echo("[twinlora] history cleared")
-            continue
-        if not text:
-            continue
-        history.append({"role": "user", "content": text})
-        from jobs.session import TextStream, answer, fit_context, prompt_ids
-        try:  # a conversation past the context: this turn is refused, the chat goes on
-            budget = fit_context(opened, len(prompt_ids(opened, history, template, system)), max_new_tokens, "--chat",
-                                 "send a shorter message, or /reset the history", note=lambda m: echo(m, err=True))
-        except UserError as exc:
-            history.pop()
-            click.secho(f"error: {exc}", fg="red", err=True)
-            continue
-        echo(f"{label}> ", nl=False)
-        shown = TextStream(opened.tokenizer, lambda t: echo(t, nl=False))
-        reply = answer(opened, history, budget, template, system, sampling, shown)
-        shown.finish(reply)
-        echo("")
-        history.append({"role": "assistant", "content": reply})
+        stdin = click.get_text_stream("stdin")
+        return chat_loop(opened, targets[0], max_new_tokens, sampling, stdin.readline, echo,
+                         lambda msg: click.secho(f"error: {msg}", fg="red", err=True))
+    answer_prompts(opened, targets, list(prompt), max_new_tokens, sampling, stream, echo)
 
 
 def _named_adapter(value: str) -> tuple[str, str]:
@@ -561,6 +504,44 @@ def _named_adapter(value: str) -> tuple[str, str]:
         return name, path
     p = Path(value)
     return (p.parent.name if p.name == "adapter" else p.name) or value, value
+
+
+# ------------------------------------------------------------------ serve
+@cli.command()
+@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded); its "
+              "model id is this value.")
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
+              help="Adapter served as model NAME over the one loaded base (repeatable); NAME defaults to the directory.")
+@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another one without "
+              "--api-key prints a warning).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--api-key", help="Require 'Authorization: Bearer KEY' on /v1/ routes.")
+@click.option("--queue-size", default=16, show_default=True, type=click.IntRange(0, 10_000),
+              help="Requests that may wait behind the one being answered; more are refused with 503.")
+@click.option("--max-tokens", "default_max_tokens", default=256, show_default=True, type=COUNT,
+              help="Answer length when a request gives no max_tokens (always capped by the context).")
+@click.option("--engine", type=click.Choice(["twinlora", "vllm"]), default="twinlora", show_default=True,
+              help="vllm: check the adapters against vLLM's LoRA limits and start vLLM's OpenAI server with them.")
+@click.option("--max-lora-rank", default=16, show_default=True, type=COUNT, help="--engine vllm: vLLM's --max-lora-rank.")
+@click.option("--print-command", is_flag=True, help="--engine vllm: print the vLLM command instead of running it.")
+def serve(model, adapters, backend, host, port, api_key, queue_size, default_max_tokens, engine, max_lora_rank,
+          print_command):
+    """Serve the base and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions,
+    /v1/completions, /v1/models, /health; a comparison page at /). The base loads once; a
+    request's `model` picks an adapter or the base. See docs/serve.md."""
+    named = [_named_adapter(a) for a in adapters]
+    if engine == "vllm":
+        from jobs.vllm_handoff import hand_off
+        return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
+    from jobs.openai_api import serve as run_server
+    from jobs.serving import host_warning, listen, load_served
+    warning = host_warning(host, api_key)
+    if warning:
+        click.secho(warning, fg="yellow", err=True)
+    sock = listen(host, port)
+    served = load_served(backend, model, named, lambda m: echo(m, err=True))
+    run_server(served, sock, api_key, queue_size, default_max_tokens, echo)
 
 
 # ------------------------------------------------------------------ eval / compare

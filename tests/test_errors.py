@@ -26,6 +26,7 @@ import model_rows  # noqa: F401  (registers its rows)
 import training_rows  # noqa: F401  (registers its rows)
 import eval_rows  # noqa: F401  (registers its rows)
 import safety_rows  # noqa: F401  (registers its rows)
+import serve_rows  # noqa: F401  (registers its rows)
 
 DOC = ROOT / "docs" / "errors.md"
 

@@ -1,0 +1,274 @@
+"""`cli.py serve` over real HTTP with the official `openai` client: two servers in subprocesses
+(torch with three adapters behind an API key; MLX with one adapter, no queue, on 0.0.0.0), the
+same text as `generate`, every error status, a disconnect mid-stream, 20 concurrent clients, and
+logprobs parity between the two backends."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from helpers import chat_rows, run_cli, tiny_config, write_jsonl
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+
+KEY = "sk-test-key"
+Q = "Que dit l'article L101-1 ?"
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    """Three tiny adapters: `a` plain, `b` trained with a system prompt (recorded, so it answers
+    with it), `c` at another rank and learning rate."""
+    from jobs.trainer import train
+    root = tmp_path_factory.mktemp("serve")
+    data = write_jsonl(root / "train.jsonl", chat_rows(12))
+    settings = {"a": {}, "b": {"data": {"system_prompt": "Réponds en une phrase."}},
+                "c": {"lora": {"rank": 4}, "training": {"lr": 3e-2, "seed": 7}}}
+    for name, over in settings.items():
+        sections = {"training": {"steps": 3, **over.get("training", {})}, **{k: v for k, v in over.items() if k != "training"}}
+        train(tiny_config(tiny_model, data, root / name, **sections), "torch", echo=lambda *a, **k: None)
+    return {name: root / name / "adapter" for name in settings}
+
+
+class Server:
+    """A `cli.py serve` subprocess on a free port (--port 0; the port is read from its first line)."""
+
+    def __init__(self, args: list, log: Path):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+        self.out, self.err = log.with_suffix(".out"), log.with_suffix(".err")
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "serve", "--port", "0", *map(str, args)],
+                                     stdout=open(self.out, "w"), stderr=open(self.err, "w"), env=env)
+        self.url = None
+
+    def wait(self, timeout: float = 180) -> "Server":
+        end = time.time() + timeout
+        while time.time() < end:
+            m = re.search(r"on http://[^:]+:(\d+) ", self.out.read_text())
+            if m:
+                self.url = f"http://127.0.0.1:{m.group(1)}"
+                return self
+            assert self.proc.poll() is None, self.err.read_text()
+            time.sleep(0.2)
+        raise AssertionError(f"server did not start: {self.err.read_text()}")
+
+    def client(self, key: str = KEY):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health").json()
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return self.err.read_text()
+
+
+@pytest.fixture(scope="module")
+def servers(tiny_model, adapters, tmp_path_factory):
+    log = tmp_path_factory.mktemp("serve_logs")
+    torch_srv = Server(["--backend", "torch", "--model", tiny_model, "--api-key", KEY, "--queue-size", "32",
+                        *[x for n, d in adapters.items() for x in ("--adapter", f"{n}={d}")]], log / "torch")
+    mlx_srv = Server(["--backend", "mlx", "--model", tiny_model, "--host", "0.0.0.0", "--queue-size", "0",
+                      "--adapter", f"a={adapters['a']}"], log / "mlx")
+    try:
+        yield {"torch": torch_srv.wait(), "mlx": mlx_srv.wait()}
+    finally:
+        torch_srv.stop()
+        mlx_srv.stop()
+
+
+def chat(srv, model, content=Q, **kw):
+    return srv.client().chat.completions.create(model=model, messages=[{"role": "user", "content": content}], **kw)
+
+
+def generated(*args) -> str:
+    """The answer line `cli.py generate` prints (in-process)."""
+    r = run_cli("generate", "--no-stream", *args)
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    return lines[[i for i, line in enumerate(lines) if line.startswith(">>> ")][0] + 1]
+
+
+# ---------------------------------------------------------------- what it serves
+
+def test_models_lists_the_base_and_each_adapter_with_its_parent(servers, tiny_model, adapters):
+    rows = {m.id: m for m in servers["torch"].client().models.list().data}
+    assert list(rows) == [str(tiny_model), "a", "b", "c"]
+    assert rows[str(tiny_model)].parent is None and rows["b"].parent == str(tiny_model)
+    assert rows["c"].root == str(adapters["c"]) and rows["a"].max_model_len == 512
+    page = httpx.get(servers["torch"].url + "/")  # the comparison page: no key to load it, its calls send one
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert all(s in page.text for s in ('id="prompt"', 'fetch("/v1/models"', 'fetch("/v1/chat/completions"', "Bearer "))
+
+
+def test_each_model_answers_as_generate_does(servers, tiny_model, adapters):
+    """Greedy and seeded-sampled: the base, a plain adapter and one with its recorded system prompt
+    give over HTTP the text `generate` prints, and picking a model never reloads the base."""
+    srv = servers["torch"]
+    base = str(tiny_model)
+    cases = [(base, []), ("a", ["--adapter", adapters["a"]]), ("b", ["--adapter", adapters["b"]])]
+    for model, flags in cases:
+        want = generated("--backend", "torch", "--model", tiny_model, *flags, "-p", Q, "--max-new-tokens", "12")
+        got = chat(srv, model, max_tokens=12)
+        assert got.choices[0].message.content == want, model
+        want = generated("--backend", "torch", "--model", tiny_model, *flags, "-p", Q, "--max-new-tokens", "12",
+                         "-t", "0.8", "--seed", "3")
+        assert chat(srv, model, max_tokens=12, temperature=0.8, seed=3).choices[0].message.content == want, model
+    texts = {m: chat(srv, m, max_tokens=12).choices[0].message.content for m in (base, "a", "b", "c")}
+    # b answers with the system prompt it was trained with: the same as sending it, not as another one
+    ask = lambda system: srv.client().chat.completions.create(  # noqa: E731
+        model="b", max_tokens=12, messages=[{"role": "system", "content": system}, {"role": "user", "content": Q}])
+    assert ask("Réponds en une phrase.").choices[0].message.content == texts["b"] != ask("Sois bref.").choices[0].message.content
+    assert len(set(texts.values())) == 4  # four different models answered
+    # completions: the raw prompt, continued as `generate --template raw` does
+    want = generated("--backend", "torch", "--model", tiny_model, "--adapter", adapters["c"], "--template", "raw",
+                     "-p", "Le salarié a droit", "--max-new-tokens", "10")
+    got = srv.client().completions.create(model="c", prompt="Le salarié a droit", max_tokens=10)
+    assert got.choices[0].text == want and got.usage.completion_tokens == 10 and got.choices[0].finish_reason == "length"
+
+
+def test_streaming_sends_the_same_text(servers):
+    srv = servers["torch"]
+    whole = chat(srv, "b", max_tokens=20, temperature=0.7, seed=11)
+    pieces, finish = [], None
+    for ev in chat(srv, "b", max_tokens=20, temperature=0.7, seed=11, stream=True):
+        pieces.append(ev.choices[0].delta.content or "")
+        finish = ev.choices[0].finish_reason or finish
+    assert "".join(pieces) == whole.choices[0].message.content and finish == whole.choices[0].finish_reason
+    assert sum(1 for p in pieces if p) > 3
+    c = srv.client()
+    whole = c.completions.create(model="a", prompt="Toute personne", max_tokens=15)
+    streamed = "".join(ev.choices[0].text for ev in c.completions.create(model="a", prompt="Toute personne",
+                                                                         max_tokens=15, stream=True))
+    assert streamed == whole.choices[0].text
+
+
+def test_stop_strings_and_logprobs(servers):
+    srv = servers["torch"]
+    full = chat(srv, "a", max_tokens=16, logprobs=True, top_logprobs=3)
+    text, lps = full.choices[0].message.content, full.choices[0].logprobs.content
+    assert len(lps) == full.usage.completion_tokens == 16
+    for step in lps:  # greedy: the chosen token is the most likely one, and the top list is sorted
+        assert len(step.top_logprobs) == 3 and step.top_logprobs[0].logprob == step.logprob <= 0
+        assert [t.logprob for t in step.top_logprobs] == sorted((t.logprob for t in step.top_logprobs), reverse=True)
+    stop = text[len(text) // 2:][:2]
+    cut = chat(srv, "a", max_tokens=16, stop=[stop])
+    assert cut.choices[0].message.content == text[:text.index(stop)].strip()
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 16
+    comp = srv.client().completions.create(model="a", prompt="Toute personne", max_tokens=5, logprobs=2)
+    assert len(comp.choices[0].logprobs.token_logprobs) == 5 and all(len(t) == 2 for t in comp.choices[0].logprobs.top_logprobs)
+
+
+# ---------------------------------------------------------------- errors
+
+def test_every_error_is_json_with_its_status_and_the_server_stays_up(servers, tiny_model):
+    srv = servers["torch"]
+    with pytest.raises(openai.AuthenticationError) as e:
+        srv.client("wrong").chat.completions.create(model="a", messages=[{"role": "user", "content": "x"}])
+    assert e.value.status_code == 401 and "missing or wrong API key" in e.value.message
+    r = httpx.post(srv.url + "/v1/completions", json={"model": "a", "prompt": "x"})  # no key at all
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.NotFoundError) as e:
+        chat(srv, "nope")
+    assert e.value.body["message"] == f"the model 'nope' does not exist; available: {tiny_model}, a, b, c"
+    for bad, where in [({"temperature": 5}, "temperature"), ({"top_p": 0}, "top_p"), ({"max_tokens": 0}, "max_tokens"),
+                       ({"n": 2}, "n"), ({"top_logprobs": 50, "logprobs": True}, "top_logprobs")]:
+        with pytest.raises(openai.BadRequestError) as e:
+            chat(srv, "a", **bad)
+        assert e.value.status_code == 400 and e.value.body["param"] == where, bad
+    with pytest.raises(openai.BadRequestError) as e:
+        chat(srv, "a", content="mot " * 600)
+    assert "context holds 512" in e.value.body["message"] and "Traceback" not in e.value.body["message"]
+    r = httpx.post(srv.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   content=json.dumps({"model": "a", "messages": [{"role": "user", "content": "x" * (2 << 20)}]}))
+    assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+    r = httpx.post(srv.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}",
+                                                             "content-type": "application/json"}, content=b"{not json")
+    assert r.status_code == 400 and "error" in r.json()
+    assert chat(srv, "a", max_tokens=3).usage.completion_tokens == 3  # still answering
+    assert srv.health()["running"] == 0
+
+
+def test_a_full_queue_is_503_and_a_client_leaving_mid_stream_frees_its_slot(servers):
+    """The MLX server takes one request at a time and queues none (--queue-size 0)."""
+    srv = servers["mlx"]
+    before = srv.health()
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60,
+                      json={"model": "a", "messages": [{"role": "user", "content": Q}], "max_tokens": 480,
+                            "stream": True}) as long:
+        lines = long.iter_lines()
+        assert next(l for l in lines if l.startswith("data:"))  # the answer has started
+        busy = httpx.post(srv.url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 2})
+        assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full"
+    # the client left after one chunk: the worker stops at its next token and the slot is free
+    end = time.time() + 30
+    while srv.health()["running"] and time.time() < end:
+        time.sleep(0.05)
+    after = srv.health()
+    assert after["running"] == after["waiting"] == 0 and after["cancelled"] == before["cancelled"] + 1
+    ok = httpx.post(srv.url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+def test_warning_when_listening_beyond_this_machine_without_a_key():
+    from jobs.serving import host_warning
+    assert host_warning("127.0.0.1", None) is None and host_warning("0.0.0.0", "k") is None
+    assert host_warning("0.0.0.0", None).startswith("warning: listening on 0.0.0.0 without --api-key")
+
+
+# ---------------------------------------------------------------- concurrency and parity
+
+def test_20_concurrent_clients_over_three_adapters_and_the_base_get_their_solo_answers(servers, tiny_model):
+    srv = servers["torch"]
+    models = [str(tiny_model), "a", "b", "c"]
+    jobs = [(models[i % 4], f"Que dit l'article L{110 + i}-1 ?", {"temperature": 0.9, "seed": i} if i % 3 else {})
+            for i in range(20)]
+    solo = [chat(srv, m, p, max_tokens=10, **kw).choices[0].message.content for m, p, kw in jobs]
+    got, failures = [None] * 20, []
+
+    def client(i: int) -> None:
+        m, p, kw = jobs[i]
+        try:
+            if i % 2:
+                got[i] = "".join(e.choices[0].delta.content or "" for e in chat(srv, m, p, max_tokens=10, stream=True, **kw))
+            else:
+                got[i] = chat(srv, m, p, max_tokens=10, **kw).choices[0].message.content
+        except Exception as exc:  # noqa: BLE001  (counted and shown)
+            failures.append(f"{i}: {exc!r}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [] and got == solo
+    assert len(set(solo)) > 10
+
+
+def test_logprobs_agree_between_the_torch_and_the_mlx_server(servers, capsys):
+    from jobs.parity import MAX_ABS_LOGIT_TOL
+    res = {b: chat(servers[b], "a", max_tokens=8, logprobs=True, top_logprobs=5) for b in ("torch", "mlx")}
+    t, m = (res[b].choices[0] for b in ("torch", "mlx"))
+    assert t.message.content == m.message.content
+    gap = 0.0
+    for st, sm in zip(t.logprobs.content, m.logprobs.content, strict=True):
+        assert st.token == sm.token and [x.token for x in st.top_logprobs] == [x.token for x in sm.top_logprobs]
+        gap = max(gap, abs(st.logprob - sm.logprob), *(abs(a.logprob - b.logprob)
+                                                      for a, b in zip(st.top_logprobs, sm.top_logprobs)))
+    with capsys.disabled():
+        print(f"\n[serve parity] max |Δlogprob| torch vs mlx over HTTP: {gap:.2e} (tolerance {MAX_ABS_LOGIT_TOL:.0e})")
+    assert gap <= MAX_ABS_LOGIT_TOL
+    assert "warning: listening on 0.0.0.0 without --api-key" in servers["mlx"].err.read_text()
