@@ -27,12 +27,13 @@ import platform
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.check_rows import RowBook  # noqa: E402
 
 # Llama-3.2-1B's config.json (the architecture only; the weights here are random).
 LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -142,7 +143,9 @@ def mlx_cuda_available() -> bool:
         return False
 
 
-class Check:
+class Check(RowBook):
+    columns = COLUMNS
+
     """Runs the rows, collects them, renders the table."""
 
     def __init__(self, args, work: Path):
@@ -157,19 +160,6 @@ class Check:
         self.peak_dtype = "float32" if args.dry_run else "bfloat16"
         self.peak = matmul_peak(self.device, self.peak_dtype, 512 if args.dry_run else 8192, 3 if args.dry_run else 5)
 
-    # -------------------------------------------------------------- helpers
-    def add(self, check: str, result: str, **cells) -> dict:
-        row = {"check": check, "result": result, **cells}
-        self.rows.append(row)
-        print(" | ".join(str(row.get(c, "")) for c in COLUMNS), flush=True)
-        return row
-
-    def guarded(self, check: str, fn, **cells):
-        try:
-            return fn()
-        except Exception as exc:  # one failing row must not hide the others
-            traceback.print_exc()
-            return self.add(check, f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", **cells)
 
     def train_row(self, check: str, model: str, backend: str, dtype: str, attn: str | None,
                   quantize: str | None = None, optimizer: str = "adamw", mlx_device: str = "cpu",

@@ -21,13 +21,13 @@ import platform
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.check_rows import RowBook  # noqa: E402
 from benchmarks.gpu_check import quiet, steady_tokens_per_s, write_text_data  # noqa: E402
 
 COLUMNS = ["check", "backend", "device", "tokens", "tokens/s", "time (ms)", "peak memory", "result"]
@@ -67,32 +67,22 @@ def attention_row(L: int, chunk: int, heads: int = 9, kv_heads: int = 3, head_di
             mx.eval(res)
             best = min(best, time.perf_counter() - t)
         out[name] = {"ms": 1e3 * best, "peak": int(mx.get_peak_memory()), "val": res}
-    (va, ga), (vb, gb) = out["chunked"]["val"], out["mx.fast"]["val"]
+    (_, ga), (_, gb) = out["chunked"]["val"], out["mx.fast"]["val"]
     diff = max(float(np.abs(np.array(x) - np.array(y)).max()) for x, y in zip(ga, gb))
     rel = diff / max(float(np.abs(np.array(g)).max()) for g in gb)
     return {"L": L, "exp": exp, "rel_grad_diff": rel, **{f"{n}_{k}": v for n, o in out.items()
                                                         for k, v in o.items() if k != "val"}}
 
 
-class Check:
+class Check(RowBook):
+    columns = COLUMNS
+
     def __init__(self, args, work: Path):
         self.args, self.work, self.rows = args, work, []
         dry = args.dry_run
         self.steps, self.batch, self.seq = (3, 2, 64) if dry else (12, 4, 512)
         self.lengths, self.chunk = ((64, 128, 256), 32) if dry else ((512, 2048, 8192), 256)
 
-    def add(self, check: str, result: str, **cells) -> dict:
-        row = {"check": check, "result": result, **cells}
-        self.rows.append(row)
-        print(" | ".join(str(row.get(c, "")) for c in COLUMNS), flush=True)
-        return row
-
-    def guarded(self, check: str, fn, **cells):
-        try:
-            return fn()
-        except Exception as exc:  # one failing row must not hide the others
-            traceback.print_exc()
-            return self.add(check, f"FAIL: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}", **cells)
 
     def train_row(self, backend: str, device: str) -> dict:
         from common.config import load_config
