@@ -518,12 +518,13 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
 @click.option("--api-key", help="Require 'Authorization: Bearer KEY' on /v1/ routes.")
 @click.option("--queue-size", default=16, show_default=True, type=click.IntRange(0, 10_000),
-              help="Requests that may wait behind the one being answered; more are refused with 503.")
+              help="Requests that may wait behind the one being answered (0: none wait); more are refused with 503.")
 @click.option("--max-tokens", "default_max_tokens", default=256, show_default=True, type=COUNT,
               help="Answer length when a request gives no max_tokens (always capped by the context).")
 @click.option("--engine", type=click.Choice(["twinlora", "vllm"]), default="twinlora", show_default=True,
               help="vllm: check the adapters against vLLM's LoRA limits and start vLLM's OpenAI server with them.")
-@click.option("--max-lora-rank", default=16, show_default=True, type=COUNT, help="--engine vllm: vLLM's --max-lora-rank.")
+@click.option("--max-lora-rank", default=16, show_default=True, type=click.IntRange(1, 4096),
+              help="--engine vllm: vLLM's --max-lora-rank.")
 @click.option("--print-command", is_flag=True, help="--engine vllm: print the vLLM command instead of running it.")
 def serve(model, adapters, backend, host, port, api_key, queue_size, default_max_tokens, engine, max_lora_rank,
           print_command):

@@ -17,7 +17,8 @@ VALUES = ("-1", "0", str(10 ** 12), "nan", "inf", "abc")
 
 # 0 accepted: the words in the option's help that say what it means
 ZERO = {("bench", "--warmup"): "0: none", ("demo", "--eval-items"): "0 = skip", ("study", "--variability-items"): "0: skip",
-        ("generate", "--temperature"): "0 = greedy", ("study", "--failure-threshold"): "0: none"}
+        ("generate", "--temperature"): "0 = greedy", ("study", "--failure-threshold"): "0: none",
+        ("serve", "--port"): "0: any free port", ("serve", "--queue-size"): "0: none wait"}
 ZERO.update({(c, "--seed"): "Seed" for c in ("prepare", "eval", "generate", "study", "train")})
 # 10**12 accepted: a budget that only takes as long as asked, or a count clipped to what the data holds
 HUGE = {("bench", "--steps"), ("bench", "--warmup"), ("bench", "--repeats"), ("bench", "--mem-limit-gib"),
@@ -27,6 +28,7 @@ HUGE = {("bench", "--steps"), ("bench", "--warmup"), ("bench", "--repeats"), ("b
         ("sweep", "--max-new-tokens"), ("study", "--curve-items"), ("study", "--test-items"),
         ("study", "--max-new-tokens"), ("study", "--variability-items"), ("study", "--curve-every"),
         ("train", "--steps"), ("train", "--epochs"),
+        ("serve", "--max-tokens"),  # capped by the context
         ("train", "--batch-size")}  # a micro-batch holds at most the whole data set (common.batching.epoch_order)
 
 
