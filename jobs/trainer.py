@@ -32,6 +32,7 @@ from common.errors import TrainingError
 from common.io import real_path, relative_to, replace_dir, write_json, write_text
 from common.lock import RunLock
 from common.models import peft_base_name, weights_hash
+from common.objectives import objective_from_config
 from common.resume import check_init_adapter
 from common.runs import RunDir, plan_run
 from common.signals import interrupt_name, terminate_as_interrupt
@@ -123,6 +124,7 @@ def build(job: Job) -> Model:
         spec_i, weights, _ = load_adapter(Path(job.init_adapter))
         check_init_adapter(spec_i, spec, job.init_adapter)
         modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, job.init_adapter)
+    starting = weights   # the reference of an objective that has one, when --init-adapter gives it
     start, opt_state, opt_step, state = 0, {}, 0, {}
     ckpts = run.checkpoint_dirs() if job.resume else []
     if ckpts:
@@ -131,12 +133,26 @@ def build(job: Job) -> Model:
         check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
     tracker = BestTracker.from_state(state, t.early_stopping_patience, t.early_stopping_min_delta)
     be.attach_lora(spec, modules, weights)
+    _set_objective(job, be, spec, modules, starting)
     if job.dist.world_size > 1:
         be.distribute(job.dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     n_params = sum(int(np.prod(w.shape)) for w in weights.values())
     return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker)
+
+
+def _set_objective(job: Job, be: Backend, spec: AdapterSpec, modules: dict, starting: dict) -> None:
+    """The loss from the objective table (training.objective). DPO's reference is the base with the
+    adapter disabled, or, continuing from --init-adapter (SFT → DPO), that starting adapter kept
+    frozen beside the trained one (TRL's "ref" adapter): one base in memory either way."""
+    objective = objective_from_config(job.cfg.training)
+    reference = None
+    if objective.needs_reference and job.init_adapter:
+        be.add_adapter("reference", spec, modules, starting)
+        be.set_active_adapter("default")   # the trained adapter stays the active, trainable one
+        reference = "reference"
+    be.set_objective(objective, reference)
 
 
 def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
@@ -301,14 +317,23 @@ def finish(job: Job, model: Model, report: Reporting) -> dict:
         dist.close()
         return rank_result
     if final_val:
-        report.out.log({"event": "eval", "step": end, "val_loss": val.last})
+        report.out.log({"event": "eval", "step": end, "val_loss": val.last, **val.record()})
     if job.valid_data:
-        job.echo(f"step {end}/{job.steps}  validation loss {model.tracker.describe(val.last)}")
+        job.echo(f"step {end}/{job.steps}  validation loss {model.tracker.describe(val.last)}"
+                 + _reward_accuracy(model.tracker.baseline_metrics, val.metrics))
     report.out.trackers.close()
     summary = _summary(job, model, report)
     _write_outputs(job, model, report, final_weights, summary, end)
     dist.close()
     return summary
+
+
+def _reward_accuracy(before: dict | None, after: dict) -> str:
+    """'; reward accuracy 0.812 (before training 0.000)' for DPO validations, '' otherwise."""
+    key = "rewards/accuracies"
+    if key not in after:
+        return ""
+    return f"; reward accuracy {after[key]:.3f}" + (f" (before training {before[key]:.3f})" if before else "")
 
 
 def _summary(job: Job, model: Model, report: Reporting) -> dict:
@@ -322,6 +347,11 @@ def _summary(job: Job, model: Model, report: Reporting) -> dict:
                "peak_memory_bytes": be.peak_memory_bytes(),
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
                "base_weight_bytes": be.base_weight_bytes(), "quantize": q}
+    if job.cfg.training.objective != "sft":
+        summary["objective"] = job.cfg.training.objective
+    if report.validation.metrics:   # DPO: the held-out reward accuracy and margins before/after
+        summary["val_metrics"] = dict(report.validation.metrics)
+        summary["val_metrics_before"] = tracker.baseline_metrics
     if q:  # what the 4-bit base saves against the same run in model.dtype
         full = be.base_weight_bytes(unquantized=True)
         summary.update(base_weight_bytes_unquantized=full, base_memory_saved_bytes=full - summary["base_weight_bytes"])
