@@ -129,6 +129,7 @@ def build(job: Job) -> Model:
     ckpts = run.checkpoint_dirs() if job.resume else []
     if ckpts:
         weights, opt_state, state = run.load_checkpoint(ckpts[-1])
+        _check_reference(job, state, ckpts[-1])
         start, opt_step = state["step"], state["optimizer_step"]
         check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
     tracker = BestTracker.from_state(state, t.early_stopping_patience, t.early_stopping_min_delta)
@@ -153,6 +154,29 @@ def _set_objective(job: Job, be: Backend, spec: AdapterSpec, modules: dict, star
         be.set_active_adapter("default")   # the trained adapter stays the active, trainable one
         reference = "reference"
     be.set_objective(objective, reference)
+
+
+def reference_of(job: Job) -> str | None:
+    """What a DPO run's reference is, as its checkpoints record it: "base", or the starting adapter's
+    weights hash (--init-adapter); None for an objective without a reference."""
+    if not objective_from_config(job.cfg.training).needs_reference:
+        return None
+    if not job.init_adapter:
+        return "base"
+    from common.io import sha256_file
+    files = [f for f in (Path(job.init_adapter) / n for n in ("adapter_model.safetensors", "adapters.safetensors"))
+             if f.is_file()]
+    return "adapter sha256 " + (sha256_file(files[0]) if files else str(Path(job.init_adapter).resolve()))
+
+
+def _check_reference(job: Job, state: dict, ckpt: Path) -> None:
+    """A resumed DPO run keeps its reference: the same --init-adapter, or none."""
+    saved, now = state.get("reference"), reference_of(job)
+    if saved is not None and now is not None and saved != now:
+        said = {"base": "the base with the adapter disabled"}
+        raise TrainingError(f"this DPO run's reference is {said.get(saved, 'its --init-adapter (' + saved[:22] + '…)')}, "
+                            f"and this resume's would be {said.get(now, 'another adapter')}", where=str(ckpt),
+                            fix="resume with the run's own --init-adapter (or without one, if it had none)")
 
 
 def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
@@ -208,7 +232,8 @@ def start_reporting(job: Job, model: Model) -> Reporting:
     validating = bool(job.valid_data) and (job.dist.is_main or model.collective or bool(t.early_stopping_patience))
     validation = Validation(out, be, job.valid_data, t, job.tokenizer.pad_token_id, job.steps, model.tracker,
                             validating, job.dry_run, model.state.get("val_loss"))
-    extra = {"data_sha256": job.data_sha, "config": cfg.to_dict(), "backend": job.backend}
+    extra = {"data_sha256": job.data_sha, "config": cfg.to_dict(), "backend": job.backend,
+             **({"reference": ref} if (ref := reference_of(job)) else {})}
     checkpoints = Checkpoints(out, be, t, job.steps, extra, meter,
                               validation, job.writes or model.collective and not job.dry_run)
     return Reporting(out, meter, validation, checkpoints)

@@ -200,3 +200,15 @@ def dpo_with_packed_batching(ctx):
     data = write_jsonl(ctx.tmp / "pairs.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": "B."}])
     return refused(ctx, train_cli(ctx, "--set", "training.objective=dpo", "--set", "training.batching=packed", data=data),
                    "training.batching: packed")
+
+
+@row("E209")
+def dpo_resume_with_another_reference(ctx):
+    data = write_jsonl(ctx.tmp / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "B."} for i in range(4)])
+    args = ("--set", "training.objective=dpo", "--set", "training.save_every=1", "--set", "lora.target_modules=all-linear")
+    r = train_cli(ctx, *args, "--init-adapter", ctx.adapter_copy(), data=data, steps="2")
+    assert r.exit_code == 0, r.output
+    before = (ctx.out / "adapter" / "adapter_model.safetensors").read_bytes()
+    line = expect_error(train_cli(ctx, *args, "--resume", data=data, steps="3"), "reference")
+    assert (ctx.out / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    return line
