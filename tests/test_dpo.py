@@ -276,3 +276,21 @@ def test_resume_mid_dpo_is_bit_exact(tiny_model, dpo_runs, backend, tmp_path, mo
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert [r["rewards/margins"] for r in _train_log(tmp_path / "run")] == \
         [r["rewards/margins"] for r in _train_log(runs[backend])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_qlora_dpo_tracks_the_float_run(tiny_model, dpo_runs, backend, tmp_path):
+    """QLoRA DPO (each backend's own 4-bit base: bitsandbytes NF4, mlx affine) against that backend's
+    float run, as `parity --quantize` compares: the same curve within the quantization error."""
+    from jobs.trainer import train
+    data, runs = dpo_runs
+    from common.config import load_config
+    cfg = tiny_config(tiny_model, data, tmp_path / "q", training={"steps": 10, "objective": "dpo", "lr": 5e-3,
+                                                                   "save_every": 0})
+    train(load_config(overrides={**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "quantize": "4bit"}}), backend,
+          echo=quiet)
+    q, f = _train_log(tmp_path / "q"), _train_log(runs[backend])
+    worst = max(abs(a["loss"] - b["loss"]) for a, b in zip(q, f))
+    print(f"\n[qlora dpo {backend}] max |Δ loss| vs float over 10 steps {worst:.4f}; final margins "
+          f"{q[-1]['rewards/margins']:.3f} (4-bit) vs {f[-1]['rewards/margins']:.3f} (float)")
+    assert worst < 0.05 and q[-1]["rewards/accuracies"] == 1.0
