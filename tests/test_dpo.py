@@ -294,3 +294,26 @@ def test_qlora_dpo_tracks_the_float_run(tiny_model, dpo_runs, backend, tmp_path)
     print(f"\n[qlora dpo {backend}] max |Δ loss| vs float over 10 steps {worst:.4f}; final margins "
           f"{q[-1]['rewards/margins']:.3f} (4-bit) vs {f[-1]['rewards/margins']:.3f} (float)")
     assert worst < 0.05 and q[-1]["rewards/accuracies"] == 1.0
+
+
+def test_prepare_pairs_from_an_sft_split(tiny_model, tmp_path):
+    """`prepare pairs`: chosen = the reference, rejected = the model's greedy answer; an item the
+    model already answers exactly is skipped; the output trains a DPO run through its manifest."""
+    from common.data.formats import to_example
+    from helpers import chat_rows, run_cli
+    from jobs.pairs import pair_rows
+    exs = [to_example(r, f"r{i}") for i, r in enumerate(chat_rows(2))]
+    rows, skipped = pair_rows(exs, [exs[0].completion + "  ", "autre chose"])
+    assert skipped == 1 and rows == [{"prompt": [dict(m) for m in exs[1].messages[:-1]],
+                                      "chosen": [{"role": "assistant", "content": exs[1].completion}],
+                                      "rejected": [{"role": "assistant", "content": "autre chose"}]}]
+    sft = write_jsonl(tmp_path / "sft.jsonl", chat_rows(4))
+    r = run_cli("prepare", "pairs", sft, "--out", tmp_path / "pairs", "--option", f"model={tiny_model}",
+                "--option", "max_new_tokens=6")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert manifest["counts"]["train"] == 4 and manifest["pairs"]["answered_by"] == "base"
+    r = run_cli("train", "--backend", "torch", "--model", tiny_model, "--data", tmp_path / "pairs" / "manifest.json",
+                "--output", tmp_path / "run", "--steps", "2", "--set", "training.objective=dpo")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == "dpo"
