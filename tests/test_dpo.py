@@ -317,3 +317,13 @@ def test_prepare_pairs_from_an_sft_split(tiny_model, tmp_path):
                 "--output", tmp_path / "run", "--steps", "2", "--set", "training.objective=dpo")
     assert r.exit_code == 0, r.output
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["objective"] == "dpo"
+
+
+def test_parity_runs_compares_dpo_rewards(dpo_runs):
+    """`parity --runs` (jobs.parity.loss_curve_gap) reports the reward gaps of two DPO runs too."""
+    from common.runs import RunDir
+    from jobs.parity import loss_curve_gap
+    _, runs = dpo_runs
+    gap = loss_curve_gap(RunDir(runs["mlx"]).read_log(), RunDir(runs["torch"]).read_log())
+    assert gap["steps"] == 10 and gap["max_abs_loss_gap"] < 1e-4
+    assert gap["max_abs_gap/rewards/margins"] < 1e-4 and gap["max_abs_gap/rewards/accuracies"] == 0
