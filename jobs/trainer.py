@@ -32,7 +32,6 @@ from common.errors import TrainingError
 from common.io import real_path, relative_to, replace_dir, write_json, write_text
 from common.lock import RunLock
 from common.models import peft_base_name, weights_hash
-from common.objectives import objective_from_config
 from common.resume import check_init_adapter
 from common.runs import RunDir, plan_run
 from common.signals import interrupt_name, terminate_as_interrupt
@@ -41,6 +40,7 @@ from common.tracking import Trackers
 from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, step_delay
 from jobs.distributed import from_env
 from jobs.fit import Diverged, FitState, StepRule, fit
+from jobs.reference import check_reference, reference_of, set_objective
 from jobs.train_setup import Job, length_note, setup, written_by
 from jobs.validation import BestTracker
 
@@ -129,54 +129,18 @@ def build(job: Job) -> Model:
     ckpts = run.checkpoint_dirs() if job.resume else []
     if ckpts:
         weights, opt_state, state = run.load_checkpoint(ckpts[-1])
-        _check_reference(job, state, ckpts[-1])
+        check_reference(job, state, ckpts[-1])
         start, opt_step = state["step"], state["optimizer_step"]
         check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
     tracker = BestTracker.from_state(state, t.early_stopping_patience, t.early_stopping_min_delta)
     be.attach_lora(spec, modules, weights)
-    _set_objective(job, be, spec, modules, starting)
+    set_objective(job, be, spec, modules, starting)
     if job.dist.world_size > 1:
         be.distribute(job.dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     n_params = sum(int(np.prod(w.shape)) for w in weights.values())
     return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker)
-
-
-def _set_objective(job: Job, be: Backend, spec: AdapterSpec, modules: dict, starting: dict) -> None:
-    """The loss from the objective table (training.objective). DPO's reference is the base with the
-    adapter disabled, or, continuing from --init-adapter (SFT → DPO), that starting adapter kept
-    frozen beside the trained one (TRL's "ref" adapter): one base in memory either way."""
-    objective = objective_from_config(job.cfg.training)
-    reference = None
-    if objective.needs_reference and job.init_adapter:
-        be.add_adapter("reference", spec, modules, starting)
-        be.set_active_adapter("default")   # the trained adapter stays the active, trainable one
-        reference = "reference"
-    be.set_objective(objective, reference)
-
-
-def reference_of(job: Job) -> str | None:
-    """What a DPO run's reference is, as its checkpoints record it: "base", or the starting adapter's
-    weights hash (--init-adapter); None for an objective without a reference."""
-    if not objective_from_config(job.cfg.training).needs_reference:
-        return None
-    if not job.init_adapter:
-        return "base"
-    from common.io import sha256_file
-    files = [f for f in (Path(job.init_adapter) / n for n in ("adapter_model.safetensors", "adapters.safetensors"))
-             if f.is_file()]
-    return "adapter sha256 " + (sha256_file(files[0]) if files else str(Path(job.init_adapter).resolve()))
-
-
-def _check_reference(job: Job, state: dict, ckpt: Path) -> None:
-    """A resumed DPO run keeps its reference: the same --init-adapter, or none."""
-    saved, now = state.get("reference"), reference_of(job)
-    if saved is not None and now is not None and saved != now:
-        said = {"base": "the base with the adapter disabled"}
-        raise TrainingError(f"this DPO run's reference is {said.get(saved, 'its --init-adapter (' + saved[:22] + '…)')}, "
-                            f"and this resume's would be {said.get(now, 'another adapter')}", where=str(ckpt),
-                            fix="resume with the run's own --init-adapter (or without one, if it had none)")
 
 
 def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
