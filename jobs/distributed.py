@@ -43,11 +43,11 @@ class Dist:
         the objective's metric sums when given (the same keys on every rank; returned fourth)."""
         keys = sorted(sums or {})
         if self.world_size == 1:
-            out = loss_sum, n_targets, n_tokens
+            out, summed = (loss_sum, n_targets, n_tokens), sums
         else:
             s, n, k, *rest = be.all_reduce([loss_sum, float(n_targets), float(n_tokens), *(sums[x] for x in keys)])
-            out, sums = (s, int(round(n)), int(round(k))), dict(zip(keys, rest))
-        return out if sums is None else (*out, sums)
+            out, summed = (s, int(round(n)), int(round(k))), dict(zip(keys, rest))
+        return out if sums is None else (*out, summed)
 
     def barrier(self) -> None:
         if self.world_size == 1:
