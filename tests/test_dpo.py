@@ -327,3 +327,32 @@ def test_parity_runs_compares_dpo_rewards(dpo_runs):
     gap = loss_curve_gap(RunDir(runs["mlx"]).read_log(), RunDir(runs["torch"]).read_log())
     assert gap["steps"] == 10 and gap["max_abs_loss_gap"] < 1e-4
     assert gap["max_abs_gap/rewards/margins"] < 1e-4 and gap["max_abs_gap/rewards/accuracies"] == 0
+
+
+def test_two_processes_match_one_under_dpo(tiny_model, dpo_runs, tmp_path):
+    """`train --nproc 2` (torch DDP, gloo): each rank scores its micro-batch of pairs against the
+    reference; losses, pairs and reward sums are summed over the ranks: the run equals one process."""
+    import os
+    import subprocess
+    import sys
+
+    from common.config import dump_yaml
+    from conftest import ROOT
+    from safetensors.numpy import load_file
+    from jobs.trainer import train
+    data, _ = dpo_runs
+    cfg = tiny_config(tiny_model, data, tmp_path / "one", training={"steps": 3, "objective": "dpo", "lr": 5e-3,
+                                                                     "grad_accumulation": 2, "batch_size": 1,
+                                                                     "save_every": 0})
+    (tmp_path / "c.yaml").write_text(dump_yaml(cfg))
+    r = subprocess.run([sys.executable, str(ROOT / "cli.py"), "train", "--config", str(tmp_path / "c.yaml"), "--backend",
+                        "torch", "--output", str(tmp_path / "two"), "--nproc", "2"], cwd=str(tmp_path), text=True,
+                       capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert r.returncode == 0 and "data parallel: 2 processes" in r.stdout, r.stdout + r.stderr
+    train(cfg, "torch", echo=quiet)
+    a, b = (load_file(str(tmp_path / d / "adapter" / "adapter_model.safetensors")) for d in ("one", "two"))
+    gap = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    l1, l2 = _train_log(tmp_path / "one"), _train_log(tmp_path / "two")
+    worst = max(abs(x[k] - y[k]) for x, y in zip(l1, l2) for k in ("loss", "rewards/margins", "rewards/accuracies"))
+    print(f"\n[dpo --nproc 2] max |Δweight| {gap:.2e}, max |Δ loss/rewards| {worst:.2e}")
+    assert [x["targets"] for x in l2] == [2, 2, 2] and gap < 1e-5 and worst < 1e-5
