@@ -356,3 +356,29 @@ def test_two_processes_match_one_under_dpo(tiny_model, dpo_runs, tmp_path):
     worst = max(abs(x[k] - y[k]) for x, y in zip(l1, l2) for k in ("loss", "rewards/margins", "rewards/accuracies"))
     print(f"\n[dpo --nproc 2] max |Δweight| {gap:.2e}, max |Δ loss/rewards| {worst:.2e}")
     assert [x["targets"] for x in l2] == [2, 2, 2] and gap < 1e-5 and worst < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reference_equal_to_the_adapter_gives_zero_rewards_on_long_pairs(tiny_model, tokenizer, backend):
+    """SFT → DPO starts with the trained adapter equal to its reference: every reward must be exactly
+    0 (accuracy 0), also for rows past the MLX chunked-attention threshold (256 tokens), where the
+    reference pass must take the policy pass's attention path."""
+    from backends import get_backend
+    from common.batching import collate_pairs
+    from common.objectives import DPO
+    long = " ".join(["Le salarié a droit à un congé payé."] * 16)
+    rows = [{"prompt": f"Question {i}: {long}", "chosen": " oui.", "rejected": " non."} for i in range(2)]
+    batch = collate_pairs(_ours(tokenizer, rows, max_length=512), tokenizer.pad_token_id)
+    assert batch.ids.shape[1] > 300
+    be = get_backend(backend)(tiny_model)
+    spec, modules = _spec(be, tiny_model)
+    w = random_lora(spec, modules)
+    be.attach_lora(spec, modules, w)
+    be.add_adapter("reference", spec, modules, w)
+    be.set_active_adapter("default")
+    be.set_objective(DPO(), "reference")
+    be.eval_loss(batch)
+    assert be.objective_sums["rewards/margins"] == 0.0 and be.objective_sums["rewards/accuracies"] == 0.0
+    be.make_optimizer((0.9, 0.999), 1e-8, 0.0)
+    be.accumulate(batch)
+    assert be.objective_sums["rewards/chosen"] == 0.0 and be.objective_sums["rewards/rejected"] == 0.0

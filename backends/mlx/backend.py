@@ -250,25 +250,29 @@ class Backend:
     def set_objective(self, objective, reference_adapter: str | None = None) -> None:
         self.objective, self.reference_adapter = objective, reference_adapter
 
-    def reference_logps(self, batch: Batch) -> np.ndarray:
+    def reference_logps(self, batch: Batch, compiled: bool = False) -> np.ndarray:
         """Per-row summed completion log-probs of the reference, in eval mode: the base with the
         adapter layers swapped out (base_only), or the frozen adapter named by set_objective.
-        The one base in memory serves both; nothing is copied."""
+        The one base in memory serves both; nothing is copied. The attention path is the policy
+        pass's (`compiled` as there), so a reference equal to the adapter scores exactly the same."""
         self.model.eval()
-        ids = mx.array(batch.ids)
-        if self.reference_adapter is None:
-            with self.base_only():
-                out = self._row_logps(self.model, ids, batch, _targets(batch))
-                mx.eval(out)
-        else:
-            active = self.active_adapter
-            self.set_active_adapter(self.reference_adapter)
-            try:
-                out = self._row_logps(self.model, ids, batch, _targets(batch))
-                mx.eval(out)
-            finally:
-                self.set_active_adapter(active)
+        ids, L = mx.array(batch.ids), batch.ids.shape[1] - 1
+        plan = device.choices(self.model, batch.ids.shape[0], L)
+        swap = self.base_only() if self.reference_adapter is None else self._adapter_held(self.reference_adapter)
+        with swap, long_attention(self.model, L, exp=plan.exp(compiled), use=plan.chunked_attention):
+            out = self._row_logps(self.model, ids, batch, _targets(batch))
+            mx.eval(out)
         return np.array(out)
+
+    @contextlib.contextmanager
+    def _adapter_held(self, name: str):
+        """Adapter `name` active while the block runs, the previous one back after."""
+        active = self.active_adapter
+        self.set_active_adapter(name)
+        try:
+            yield
+        finally:
+            self.set_active_adapter(active)
 
     def distribute(self, world_size: int) -> None:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
@@ -290,10 +294,10 @@ class Backend:
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         if batch.position_ids is not None:  # a packed row would attend across samples here
             self.capabilities.refuse("packed_batching")
-        ref = self.reference_logps(batch) if self.objective.needs_reference else None
+        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
+        ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
-        plan = device.choices(self.model, ids.shape[0], ids.shape[1] - 1)   # per device: common/devices.py
         value_and_grad = partial(self._value_and_grad, batch, ref=ref, plan=plan)
         if plan.heap == "reuse":
             reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
@@ -367,7 +371,7 @@ class Backend:
         mx.eval(self.optimizer.state)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
-        ref = self.reference_logps(batch) if self.objective.needs_reference else None
+        ref = self.reference_logps(batch, compiled=True) if self.objective.needs_reference else None
         self.model.eval()
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
         with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
