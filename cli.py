@@ -178,20 +178,26 @@ class PrepareCommand(click.Command):
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the deterministic split.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Recipe option (see the list below).")
 def prepare(recipe, inputs, out_dir, seed, options):
-    """Turn raw data into training JSONL with a RECIPE: legi, slds, squad, jsonl.
+    """Turn raw data into training JSONL with a RECIPE: legi, slds, squad, jsonl, pairs.
 
     \b
     legi   Légifrance codes (legi-data JSON files or code ids like LEGITEXT000031366350)
     slds   Swiss decisions → headnotes (SLDS-style JSONL), Jinja-templated prompts
     squad  SQuAD v2 official JSON → "Question/Context/Answer" pairs
     jsonl  any local JSONL/JSON in the text / Alpaca / prompt-completion / messages shapes
+    pairs  DPO pairs from an SFT split (a manifest.json): chosen = the reference answer,
+           rejected = the model's greedy answer (--option adapter=DIR, model=, backend=, limit=)
     """
     from common.config import parse_set
     from common.data.recipes import run_recipe
     from common.lock import OutputLock
     opts = parse_set(list(options))
     with OutputLock(out_dir, "--out"):
-        manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
+        if recipe == "pairs":    # needs a model: a job, not a data-only recipe
+            from jobs.pairs import run_pairs
+            manifest = run_pairs(list(inputs), Path(out_dir), seed=seed, options=opts, echo=echo)
+        else:
+            manifest = run_recipe(recipe, list(inputs), Path(out_dir), seed=seed, options=opts)
     echo(manifest.get("summary") or json.dumps(manifest.get("counts", {}), indent=2))
     echo(f"[twinlora] wrote {out_dir}/train.jsonl, valid.jsonl, test.jsonl, manifest.json")
 

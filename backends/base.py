@@ -25,6 +25,7 @@ class Backend(Protocol):
     device: str
     sharded: bool      # True once distribute() sharded the weights (FSDP): forward and weight reads are collectives
     notes: list[str]   # printed when training starts (e.g. "4-bit on CPU is slow")
+    objective_sums: dict[str, float]  # the objective's metric sums of the last accumulate/eval_loss (DPO rewards)
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None,
@@ -62,10 +63,16 @@ class Backend(Protocol):
         """Several processes (jobs/distributed.py), after attach_lora: hand the model to the
         framework's data-parallel engine (torch DDP or FSDP2; nothing to wrap on MLX)."""
 
+    def set_objective(self, objective, reference_adapter: str | None = None) -> None:
+        """The loss accumulate/eval_loss compute (common.objectives; SFT until set) and, for an
+        objective with a reference, the frozen adapter that is the reference (None: the base
+        with the adapter disabled)."""
+
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        """Forward + backward on one micro-batch; add the gradient of the *summed* token loss.
-        `sync` is False on all but this rank's last micro-batch of the step (DDP/FSDP reduce the
-        gradients in that backward only). Returns (summed loss, target tokens)."""
+        """Forward + backward on one micro-batch; add the gradient of the objective's *summed*
+        loss. `sync` is False on all but this rank's last micro-batch of the step (DDP/FSDP reduce
+        the gradients in that backward only). Returns (summed loss, count: target tokens for SFT,
+        pairs for DPO); the objective's metric sums are left in `objective_sums`."""
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
         """Divide accumulated gradients by n_targets (token-weighted mean), clip, AdamW step,
@@ -81,7 +88,7 @@ class Backend(Protocol):
     def load_optimizer_state(self, state: dict[str, np.ndarray], step: int) -> None: ...
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
-        """(summed loss, target tokens) of one batch, no gradient."""
+        """(summed loss, count) of one batch under the objective, no gradient (sums in objective_sums)."""
 
     # ------------------------------------------------------------ inference and output
     def logits(self, ids: np.ndarray) -> np.ndarray:

@@ -22,6 +22,9 @@ class Batch:
     # Packed batches only (None otherwise): int32 [1, T], each sample's positions restarting at 0.
     # The backend must keep samples from attending to each other (see `pack`).
     position_ids: np.ndarray | None = None
+    # Preference batches only (training.objective: dpo): rows [0, pairs) are the chosen sequences,
+    # rows [pairs, 2·pairs) the rejected ones of the same pairs, as TRL's DataCollatorForPreference.
+    pairs: int = 0
 
 
 def collate(rows: list[Tokenized], pad_id: int) -> Batch:
@@ -46,6 +49,23 @@ def pack(rows: list[Tokenized]) -> Batch:
     return Batch(ids, mask, int(mask[:, 1:].sum()), int(ids.shape[1]), pos)
 
 
+def collate_pairs(rows: list, pad_id: int) -> Batch:
+    """[chosen rows; rejected rows] of TokenizedPairs in one batch padded to the longest sequence."""
+    b = collate([r.chosen for r in rows] + [r.rejected for r in rows], pad_id)
+    b.pairs = len(rows)
+    return b
+
+
+def _collator(data: list, pad_id: int):
+    """collate for examples, collate_pairs for preference pairs (common.pairs.TokenizedPair)."""
+    return (lambda rows: collate_pairs(rows, pad_id)) if data and hasattr(data[0], "chosen") else \
+        (lambda rows: collate(rows, pad_id))
+
+
+def _length(r) -> int:
+    return max(len(r.chosen.ids), len(r.rejected.ids)) if hasattr(r, "chosen") else len(r.ids)
+
+
 def epoch_order(n: int, batch_size: int, seed: int, epoch: int, mode: str,
                 lengths: list[int] | None = None) -> list[list[int]]:
     """Indices of each batch of one epoch."""
@@ -68,8 +88,8 @@ def iterate_batches(data: list[Tokenized], batch_size: int, pad_id: int, seed: i
     order), but concatenates each group into one row without padding (`pack`): the same training,
     less compute. The row holds at most batch_size × data.max_length tokens.
     """
-    lengths = [len(r.ids) for r in data]
-    make = pack if mode == "packed" else (lambda rows: collate(rows, pad_id))
+    lengths = [_length(r) for r in data]
+    make = pack if mode == "packed" else _collator(data, pad_id)
     epoch, index = 0, 0
     while True:
         for b in epoch_order(len(data), batch_size, seed, epoch, mode, lengths):
@@ -84,5 +104,6 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 
 def eval_batches(data: list[Tokenized], batch_size: int, pad_id: int) -> Iterator[Batch]:
+    make = _collator(data, pad_id)
     for i in range(0, len(data), batch_size):
-        yield collate(data[i: i + batch_size], pad_id)
+        yield make(data[i: i + batch_size])

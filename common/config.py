@@ -98,6 +98,15 @@ class TrainingConfig:
     optimizer: Literal["adamw", "paged_adamw_8bit"] = opt(
         "adamw", "paged_adamw_8bit: bitsandbytes' paged 8-bit AdamW, CUDA only (torch backend).")
     seed: int = opt(0, "Seed for LoRA init, data order and dropout.")
+    objective: Literal["sft", "dpo"] = opt(
+        "sft", "What the loss is (common/objectives.py): sft = next-token cross-entropy on the completions; "
+        "dpo = direct preference optimization on {prompt, chosen, rejected} pairs, as TRL's DPOTrainer, against "
+        "the base with the adapter disabled (or the frozen --init-adapter).")
+    beta: float = opt(0.1, "DPO's beta (TRL beta): how far the adapted model may move from the reference; "
+                      "rewards are beta × log-ratio.")
+    dpo_loss: Literal["sigmoid", "ipo"] = opt(
+        "sigmoid", "DPO loss (TRL loss_type): sigmoid = -log σ(beta·Δ); ipo = (Δ/length - 1/(2·beta))², "
+        "each side's log-ratio divided by its completion tokens as TRL does.")
     grad_checkpointing: bool = opt(False, "Recompute each decoder layer's activations in the backward pass: "
                                    "memory grows ~linearly with length (docs/benchmark-cpu.md), ~1/3 more compute.")
     parallel: Literal["ddp", "fsdp"] = opt(
@@ -309,6 +318,10 @@ def _validate(cfg: Config, problems: list[str]) -> None:
          "training.early_stopping_patience must be >= 1 or null"),
         (t.early_stopping_min_delta >= 0, "training.early_stopping_min_delta must be >= 0"),
         (d.max_length >= 8, "data.max_length must be >= 8"),
+        (t.beta > 0, "training.beta must be > 0"),
+        (not (t.objective == "dpo" and t.batching == "packed"),
+         "training.batching: packed does not apply to training.objective: dpo (a pair's chosen and rejected "
+         "sequences are scored row by row); use padded or bucketed"),
         (not (t.parallel == "fsdp" and cfg.model.quantize),
          "training.parallel: fsdp does not support model.quantize (bitsandbytes 4-bit parameters are not "
          "sharded here); use training.parallel: ddp with QLoRA (each GPU holds the 4-bit base)"),

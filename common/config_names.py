@@ -28,6 +28,9 @@ ALIASES: dict[str, tuple[str, str]] = {
     "model_name_or_path": ("model.path", ""), "base_model": ("model.path", ""),
     "torch_dtype": ("model.dtype", ""), "load_in_4bit": ("model.quantize", "write quantize: 4bit"),
     "attn_implementation": ("model.attn_implementation", ""),
+    # objective (TRL DPOConfig)
+    "loss_type": ("training.dpo_loss", "TRL's loss_type: sigmoid or ipo (with training.objective: dpo)"),
+    "rl_type": ("training.objective", "write objective: dpo"), "rlhf_type": ("training.objective", "write objective: dpo"),
     # data
     "max_seq_length": ("data.max_length", ""), "max_seq_len": ("data.max_length", ""),
     "sequence_len": ("data.max_length", ""), "max_length": ("data.max_length", ""),

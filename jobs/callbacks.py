@@ -58,6 +58,13 @@ def _fmt_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _rewards(metrics: dict | None) -> str:
+    """'acc 0.75  margin 0.123  ' for a DPO step or validation ('' for SFT)."""
+    if not metrics or "rewards/accuracies" not in metrics:
+        return ""
+    return f"acc {metrics['rewards/accuracies']:.2f}  margin {metrics['rewards/margins']:.3f}  "
+
+
 class Meter:
     """Tokens, step times and the last loss; logs every `log_every` steps and the last one."""
 
@@ -82,9 +89,10 @@ class Meter:
         tps = self.tokens / max(elapsed, 1e-9)
         eta = elapsed / (r.step - self.start) * (self.steps - r.step)
         self.out.log({"event": "train", "step": r.step, "loss": r.loss, "lr": r.lr, "grad_norm": r.grad_norm,
-                      "targets": r.targets, "tokens": r.tokens, "tokens_per_s": tps, "step_s": r.seconds})
+                      "targets": r.targets, "tokens": r.tokens, "tokens_per_s": tps, "step_s": r.seconds,
+                      **(r.metrics or {})})
         self.out.echo(f"step {r.step}/{self.steps}  loss {r.loss:.4f}  lr {r.lr:.2e}  grad {r.grad_norm:.3f}  "
-                      f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
+                      + _rewards(r.metrics) + f"{tps:,.0f} tok/s  ETA {_fmt_eta(eta)}")
 
 
 class Validation:
@@ -96,16 +104,24 @@ class Validation:
         self.out, self.be, self.data, self.t, self.pad_id, self.steps = out, be, data, t, pad_id, steps
         self.tracker, self.active, self.dry_run = tracker, active, dry_run
         self.last = last  # the latest validation loss (saved in checkpoints)
+        self.metrics: dict = {}  # the objective's metrics of the latest validation (DPO: rewards/…)
 
     def run(self, label: str = "") -> float:
         """One validation pass (announced on the console when `label` names it)."""
         echo = self.out.echo if label else None
-        return validate(self.be, self.data, self.t.batch_size, self.pad_id, echo, label)
+        self.metrics = {}
+        return validate(self.be, self.data, self.t.batch_size, self.pad_id, echo, label, self.metrics)
+
+    def record(self) -> dict:
+        """The latest validation's metrics as log fields (val_rewards/accuracies, …)."""
+        return {f"val_{k}": v for k, v in self.metrics.items()}
 
     def before_training(self) -> None:
         self.tracker.baseline = self.run("before training")
-        self.out.log({"event": "eval", "step": 0, "val_loss": self.tracker.baseline})
-        self.out.echo(f"step 0/{self.steps}  validation loss {self.tracker.baseline:.4f} (before training)")
+        self.tracker.baseline_metrics = dict(self.metrics) or None
+        self.out.log({"event": "eval", "step": 0, "val_loss": self.tracker.baseline, **self.record()})
+        self.out.echo(f"step 0/{self.steps}  validation loss {self.tracker.baseline:.4f} "
+                      + _rewards(self.metrics) + "(before training)")
 
     def keep_best(self, at: int, loss: float) -> None:
         """Record a validation; write adapter-best/ when it is the best so far (under FSDP every
@@ -120,10 +136,10 @@ class Validation:
         if not (self.active and t.eval_every and done % t.eval_every == 0 and done != self.steps):
             return False
         loss = self.last = self.run()
-        self.out.log({"event": "eval", "step": done, "val_loss": loss})
+        self.out.log({"event": "eval", "step": done, "val_loss": loss, **self.record()})
         if not self.dry_run:
             self.keep_best(done, loss)
-        self.out.echo(f"step {done}/{self.steps}  validation loss {self.tracker.describe(loss)}")
+        self.out.echo(f"step {done}/{self.steps}  validation loss {self.tracker.describe(loss)}  " + _rewards(self.metrics))
         tr = self.tracker
         if tr.stopped_at is None:
             return False

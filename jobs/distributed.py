@@ -38,12 +38,16 @@ class Dist:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def all_reduce(self, be, loss_sum: float, n_targets: int, n_tokens: int) -> tuple[float, int, int]:
-        """Sum the accumulated gradients (in place, through the backend) and the three counters."""
+    def all_reduce(self, be, loss_sum: float, n_targets: int, n_tokens: int, sums: dict | None = None):
+        """Sum the accumulated gradients (in place, through the backend), the three counters and
+        the objective's metric sums when given (the same keys on every rank; returned fourth)."""
+        keys = sorted(sums or {})
         if self.world_size == 1:
-            return loss_sum, n_targets, n_tokens
-        s, n, k = be.all_reduce([loss_sum, float(n_targets), float(n_tokens)])
-        return s, int(round(n)), int(round(k))
+            out, summed = (loss_sum, n_targets, n_tokens), sums
+        else:
+            s, n, k, *rest = be.all_reduce([loss_sum, float(n_targets), float(n_tokens), *(sums[x] for x in keys)])
+            out, summed = (s, int(round(n)), int(round(k))), dict(zip(keys, rest))
+        return out if sums is None else (*out, summed)
 
     def barrier(self) -> None:
         if self.world_size == 1:

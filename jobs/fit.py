@@ -54,6 +54,7 @@ class StepReport:
     tokens: int         # non-padding tokens
     slots: int          # padded positions of this rank's micro-batches (the arrays' sizes)
     seconds: float      # the step's wall time, building its batches included
+    metrics: dict | None = None  # the objective's metrics, means over the step's pairs (DPO: TRL's names)
 
 
 @dataclass
@@ -90,7 +91,7 @@ def fit(be: Backend, batches: Iterator, rule: StepRule, start: int, end: int, *,
 def train_step(be: Backend, batches: Iterator, rule: StepRule, step: int, dist: Dist, state: FitState) -> StepReport:
     """One optimizer step (0-based `step`): this rank's micro-batches, the sums over the ranks, the update."""
     t0 = time.perf_counter()
-    loss_sum, n_targets, n_tokens, slots = 0.0, 0, 0, 0
+    loss_sum, n_targets, n_tokens, slots, sums = 0.0, 0, 0, 0, {}
     for i in range(rule.grad_accumulation):
         b = next(batches)
         if i % dist.world_size != dist.rank:
@@ -99,7 +100,12 @@ def train_step(be: Backend, batches: Iterator, rule: StepRule, step: int, dist: 
         # this rank's last micro-batch of the step: DDP/FSDP reduce the gradients in its backward
         s, n = be.accumulate(b, sync=i + dist.world_size >= rule.grad_accumulation)
         loss_sum, n_targets, n_tokens, slots = loss_sum + s, n_targets + n, n_tokens + b.n_tokens, slots + b.ids.size
-    loss_sum, n_targets, n_tokens = dist.all_reduce(be, loss_sum, n_targets, n_tokens)
+        for k, v in getattr(be, "objective_sums", {}).items():
+            sums[k] = sums.get(k, 0.0) + v
+    if sums:   # an objective with metrics (DPO): their sums travel with the counters
+        loss_sum, n_targets, n_tokens, sums = dist.all_reduce(be, loss_sum, n_targets, n_tokens, sums)
+    else:
+        loss_sum, n_targets, n_tokens = dist.all_reduce(be, loss_sum, n_targets, n_tokens)
     loss = loss_sum / max(n_targets, 1)
     if not math.isfinite(loss):
         raise Diverged("loss", loss, step + 1)
@@ -109,4 +115,5 @@ def train_step(be: Backend, batches: Iterator, rule: StepRule, step: int, dist: 
     state.completed, state.updating = step + 1, False
     if not math.isfinite(gnorm):
         raise Diverged("gradient norm", gnorm, step + 1)
-    return StepReport(step + 1, loss, lr, gnorm, n_targets, n_tokens, int(slots), time.perf_counter() - t0)
+    metrics = {k: v / max(n_targets, 1) for k, v in sums.items()} or None
+    return StepReport(step + 1, loss, lr, gnorm, n_targets, n_tokens, int(slots), time.perf_counter() - t0, metrics)

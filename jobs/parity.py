@@ -133,5 +133,12 @@ def loss_curve_gap(log_a: list[dict], log_b: list[dict]) -> dict:
         return {"steps": 0}
     diffs = [abs(la[s] - lb[s]) for s in steps]
     rel = [abs(la[s] - lb[s]) / max(abs(la[s]), 1e-12) for s in steps]
-    return {"steps": len(steps), "max_abs_loss_gap": max(diffs), "max_rel_loss_gap": max(rel),
-            "first": [la[steps[0]], lb[steps[0]]], "last": [la[steps[-1]], lb[steps[-1]]]}
+    out = {"steps": len(steps), "max_abs_loss_gap": max(diffs), "max_rel_loss_gap": max(rel),
+           "first": [la[steps[0]], lb[steps[0]]], "last": [la[steps[-1]], lb[steps[-1]]]}
+    from common.objectives import DPO_METRICS   # DPO runs: the rewards too, under TRL's names
+    ra = {r["step"]: r for r in log_a if r.get("event") == "train"}
+    rb = {r["step"]: r for r in log_b if r.get("event") == "train"}
+    for k in DPO_METRICS:
+        if all(k in ra[s] and k in rb[s] for s in steps):
+            out[f"max_abs_gap/{k}"] = max(abs(ra[s][k] - rb[s][k]) for s in steps)
+    return out

@@ -14,12 +14,14 @@ from backends.capabilities import Capabilities, capabilities
 from common.batching import batches_per_epoch
 from common.config import Config
 from common.data.formats import load_examples
+from common.data.pairs import load_pairs
 from common.errors import ConfigError, DataError
 from common.io import sha256_file
 from common.models import resolve_model
 from common.resume import check_backend_switch, check_resume
 from common.runs import RunDir
 from common.schedule import warmup_steps
+from common.pairs import PairTokenizer
 from common.tokenize import Tokenizer, load_tokenizer
 from common.tracking import check_installed
 from jobs.distributed import Dist, from_env
@@ -114,6 +116,9 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
 
     def encode(path: str) -> tuple[Tokenizer, list]:
         # one Tokenizer per file, so its truncation/drop counts are that file's
+        if cfg.training.objective == "dpo":   # preference pairs, TRL's shapes and tokenization
+            tk = PairTokenizer(tokenizer, d.template, d.system_prompt, d.max_length, d.too_long)
+            return tk, tk.encode_all(load_pairs(path), path)
         tk = Tokenizer(tokenizer, d.template, d.system_prompt, d.mask_prompt, d.max_length, d.too_long, d.train_on)
         return tk, tk.encode_all(load_examples(path), path)
 

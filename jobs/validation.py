@@ -14,18 +14,23 @@ from dataclasses import asdict, dataclass
 from common.batching import eval_batches
 
 
-def validate(be, data, batch_size: int, pad_id: int, echo=None, label: str = "") -> float:
-    """Mean loss per target token over `data`; prints a start line when `echo` is given (a progress
-    bar on stderr when it is a terminal). The caller prints the result, with the step it belongs to."""
+def validate(be, data, batch_size: int, pad_id: int, echo=None, label: str = "", metrics: dict | None = None) -> float:
+    """Mean loss per target token (per pair for DPO) over `data`; prints a start line when `echo` is
+    given (a progress bar on stderr when it is a terminal). The caller prints the result, with the
+    step it belongs to. `metrics`, when given, receives the objective's metric means (DPO's rewards)."""
     from tqdm import tqdm
     n_batches = -(-len(data) // batch_size)
     if echo:
         echo(f"[twinlora] validation{' ' + label if label else ''}: {len(data)} examples, {n_batches} batches …")
-    total, n = 0.0, 0
+    total, n, sums = 0.0, 0, {}
     for b in tqdm(eval_batches(data, batch_size, pad_id), total=n_batches, desc="validation", leave=False,
                   disable=None, unit="batch"):
         s, k = be.eval_loss(b)
         total, n = total + s, n + k
+        for key, v in getattr(be, "objective_sums", {}).items():
+            sums[key] = sums.get(key, 0.0) + v
+    if metrics is not None:
+        metrics.update({key: v / max(n, 1) for key, v in sums.items()})
     return total / max(n, 1)
 
 
@@ -34,6 +39,7 @@ class BestTracker:
     patience: int | None = None
     min_delta: float = 0.0
     baseline: float | None = None      # validation loss at step 0 (the base model + fresh LoRA)
+    baseline_metrics: dict | None = None   # the objective's validation metrics at step 0 (DPO's reward accuracy)
     best: float | None = None
     best_step: int | None = None
     bad: int = 0                       # validations in a row without an improvement > min_delta
@@ -56,8 +62,8 @@ class BestTracker:
     @classmethod
     def from_state(cls, state: dict, patience: int | None, min_delta: float) -> "BestTracker":
         saved = state.get("validation") or {}
-        return cls(patience, min_delta, **{k: saved.get(k) for k in ("baseline", "best", "best_step", "stopped_at")},
-                   bad=saved.get("bad", 0))
+        return cls(patience, min_delta, **{k: saved.get(k) for k in ("baseline", "baseline_metrics", "best", "best_step",
+                                                                      "stopped_at")}, bad=saved.get("bad", 0))
 
     def describe(self, loss: float) -> str:
         """'1.234 (before training 2.345, -47.4%; best 1.200 at step 40)'."""

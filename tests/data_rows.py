@@ -143,3 +143,72 @@ def squad_missing_field(ctx):
 def unknown_recipe_option(ctx):
     return expect_error(run_cli("prepare", "jsonl", ctx.data, "--out", ctx.out, "--option", "ratio=0.5"),
                         "unknown option(s) for recipe jsonl: ratio", "ratios")
+
+
+# ---------------------------------------------------------------- preference pairs (training.objective: dpo)
+
+def _pairs(ctx, rows, *extra):
+    """`train --set training.objective=dpo` on a file of `rows`, refused with line 1 named."""
+    data = write_jsonl(ctx.tmp / "pairs.jsonl", rows)
+    return refused(ctx, train_cli(ctx, "--set", "training.objective=dpo", *extra, data=data), f"{data}:1:")
+
+
+@row("E200")
+def pair_missing_a_side(ctx):
+    return _pairs(ctx, [{"prompt": "Q?", "chosen": "A."}])
+
+
+@row("E201")
+def pair_sides_identical(ctx):
+    return _pairs(ctx, [{"prompt": "Q?", "chosen": "A.", "rejected": "A."}])
+
+
+@row("E202")
+def pair_empty_completion(ctx):
+    return _pairs(ctx, [{"prompt": "Q?", "chosen": "A.", "rejected": "  "}])
+
+
+@row("E203")
+def pair_prompt_alone_over_max_length(ctx):
+    return _pairs(ctx, [{"prompt": "Le salarié a droit à un congé payé. " * 8, "chosen": "Oui.", "rejected": "Non."}],
+                  "--set", "data.max_length=16")
+
+
+@row("E204")
+def pair_mixes_text_and_messages(ctx):
+    return _pairs(ctx, [{"prompt": [{"role": "user", "content": "Q?"}], "chosen": "A.", "rejected": "B."}])
+
+
+@row("E205")
+def sft_record_in_a_dpo_run(ctx):
+    return _pairs(ctx, [{"prompt": "Q?", "completion": "A."}])
+
+
+@row("E206")
+def pair_in_an_sft_run(ctx):
+    data = write_jsonl(ctx.tmp / "pairs.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": "B."}])
+    return refused(ctx, train_cli(ctx, data=data), f"{data}:1:", "training.objective: dpo")
+
+
+@row("E207")
+def implicit_pair_without_shared_prompt(ctx):
+    return _pairs(ctx, [{"chosen": [{"role": "user", "content": "Q?"}], "rejected": [{"role": "user", "content": "R?"}]}])
+
+
+@row("E208")
+def dpo_with_packed_batching(ctx):
+    data = write_jsonl(ctx.tmp / "pairs.jsonl", [{"prompt": "Q?", "chosen": "A.", "rejected": "B."}])
+    return refused(ctx, train_cli(ctx, "--set", "training.objective=dpo", "--set", "training.batching=packed", data=data),
+                   "training.batching: packed")
+
+
+@row("E209")
+def dpo_resume_with_another_reference(ctx):
+    data = write_jsonl(ctx.tmp / "pairs.jsonl", [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": "B."} for i in range(4)])
+    args = ("--set", "training.objective=dpo", "--set", "training.save_every=1", "--set", "lora.target_modules=all-linear")
+    r = train_cli(ctx, *args, "--init-adapter", ctx.adapter_copy(), data=data, steps="2")
+    assert r.exit_code == 0, r.output
+    before = (ctx.out / "adapter" / "adapter_model.safetensors").read_bytes()
+    line = expect_error(train_cli(ctx, *args, "--resume", data=data, steps="3"), "reference")
+    assert (ctx.out / "adapter" / "adapter_model.safetensors").read_bytes() == before
+    return line

@@ -27,6 +27,7 @@ from common.batching import Batch
 from common.heap import reuse_freed_memory
 from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
 from common.errors import BackendError
+from common.objectives import SFT
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 # mlx-lm architectures whose logits are exactly head(model.model(x)), the head being `lm_head` or
@@ -107,6 +108,7 @@ class Backend:
             from backends.mlx.checkpoint import checkpoint_layers
             checkpoint_layers(self.model.layers)   # this model only (mlx-lm's patches the class)
         self._checkpointed = grad_checkpointing
+        self.objective, self.reference_adapter, self.objective_sums = SFT(), None, {}
         self.optimizer = None
         self._grads = None
         self.spec = None
@@ -228,39 +230,87 @@ class Backend:
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
 
+    def _row_logps(self, model, ids, batch: Batch, keep):
+        """[rows] summed log-probs of the masked tokens; on _PLAIN_HEAD architectures only the
+        target positions go through the head (as _loss_sum)."""
+        y = ids[:, 1:].reshape(-1)[keep]
+        if getattr(model, "model_type", None) in _PLAIN_HEAD:
+            h = model.model(ids[:, :-1])
+            h = h.reshape(-1, h.shape[-1])[keep]
+            tied = "lm_head" not in model
+            logits = (model.model.embed_tokens.as_linear(h) if tied else model.lm_head(h)).astype(mx.float32)
+        else:
+            logits = model(ids[:, :-1]).astype(mx.float32)
+            logits = logits.reshape(-1, logits.shape[-1])[keep]
+        logp = -nn.losses.cross_entropy(logits, y, reduction="none")
+        target_rows = np.nonzero(batch.mask[:, 1:] > 0)[0]      # the row of each target, in `keep`'s order
+        rows = mx.array((np.arange(ids.shape[0])[:, None] == target_rows[None, :]).astype(np.float32))
+        return (rows * logp[None, :]).sum(axis=1)
+
+    def set_objective(self, objective, reference_adapter: str | None = None) -> None:
+        self.objective, self.reference_adapter = objective, reference_adapter
+
+    def reference_logps(self, batch: Batch, compiled: bool = False) -> np.ndarray:
+        """Per-row summed completion log-probs of the reference, in eval mode: the base with the
+        adapter layers swapped out (base_only), or the frozen adapter named by set_objective.
+        The one base in memory serves both; nothing is copied. The attention path is the policy
+        pass's (`compiled` as there), so a reference equal to the adapter scores exactly the same."""
+        self.model.eval()
+        ids, L = mx.array(batch.ids), batch.ids.shape[1] - 1
+        plan = device.choices(self.model, batch.ids.shape[0], L)
+        swap = self.base_only() if self.reference_adapter is None else self._adapter_held(self.reference_adapter)
+        with swap, long_attention(self.model, L, exp=plan.exp(compiled), use=plan.chunked_attention):
+            out = self._row_logps(self.model, ids, batch, _targets(batch))
+            mx.eval(out)
+        return np.array(out)
+
+    @contextlib.contextmanager
+    def _adapter_held(self, name: str):
+        """Adapter `name` active while the block runs, the previous one back after."""
+        active = self.active_adapter
+        self.set_active_adapter(name)
+        try:
+            yield
+        finally:
+            self.set_active_adapter(active)
+
     def distribute(self, world_size: int) -> None:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
 
-    def _value_and_grad(self, ids, mask, targets, compiled: bool = False, plan=None):
-        """Loss and LoRA gradients; the chunked attention (when `plan` says so) in place while the graph is built."""
+    def _value_and_grad(self, batch, ids, mask, targets, ref=None, compiled: bool = False, plan=None):
+        """(loss, metric sums) of the objective and LoRA gradients; the chunked attention (when
+        `plan` says so) in place while the graph is built."""
         L = ids.shape[1] - 1
         plan = plan or device.choices(self.model, ids.shape[0], L)
         with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
                             use=plan.chunked_attention) as saved:
-            def forward(*args):
-                loss = self._loss_sum(*args, compiled=compiled)
+            def forward(model, ids, mask, targets):
+                out = self.objective.loss(_Scores(self, batch, model, ids, mask, targets, ref, compiled))
                 if saved is not None:
                     saved.backward = True      # from here on, layer recomputes take the saved attention
-                return loss
+                return out
             return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         if batch.position_ids is not None:  # a packed row would attend across samples here
             self.capabilities.refuse("packed_batching")
+        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
+        ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
-        plan = device.choices(self.model, ids.shape[0], ids.shape[1] - 1)   # per device: common/devices.py
-        value_and_grad = partial(self._value_and_grad, plan=plan)
+        value_and_grad = partial(self._value_and_grad, batch, ref=ref, plan=plan)
         if plan.heap == "reuse":
             reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
         if plan.compiled_step:
             # one compile per step, not cached: the targets' count changes the shapes every batch
             state = [self.model.state, mx.random.state]
-            value_and_grad = mx.compile(partial(self._value_and_grad, compiled=True, plan=plan), inputs=state, outputs=state)
-        loss, grads = value_and_grad(ids, mask, _targets(batch))
+            value_and_grad = mx.compile(partial(self._value_and_grad, batch, ref=ref, compiled=True, plan=plan),
+                                        inputs=state, outputs=state)
+        (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
-        mx.eval(loss, self._grads)
-        return float(loss.item()), batch.n_targets
+        mx.eval(loss, sums, self._grads)
+        self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
+        return float(loss.item()), self.objective.count(batch)
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
         grads = tree_map(lambda g: g / max(n_targets, 1), self._grads)
@@ -321,11 +371,15 @@ class Backend:
         mx.eval(self.optimizer.state)
 
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        ref = self.reference_logps(batch, compiled=True) if self.objective.needs_reference else None
         self.model.eval()
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
         with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
-            loss = self._loss_sum(self.model, mx.array(batch.ids), mx.array(batch.mask), _targets(batch))
-        return float(loss.item()), batch.n_targets
+            loss, sums = self.objective.loss(_Scores(self, batch, self.model, mx.array(batch.ids), mx.array(batch.mask),
+                                                     _targets(batch), ref))
+            mx.eval(loss, sums)
+        self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
+        return float(loss.item()), self.objective.count(batch)
 
     # ------------------------------------------------------------ inference
     def logits(self, ids: np.ndarray) -> np.ndarray:
@@ -393,3 +447,27 @@ class Backend:
             return int(mx.get_peak_memory())
         except AttributeError:
             return int(mx.metal.get_peak_memory())
+
+
+class _Scores:
+    """common.objectives.Scores for one batch on MLX, inside the traced loss: `model` and the
+    arrays are the ones value_and_grad passes; `ref` the reference log-probs (numpy)."""
+
+    def __init__(self, be: Backend, batch: Batch, model, ids, mask, keep, ref, compiled: bool = False):
+        self.be, self.batch, self.model, self.ids, self.mask, self.keep = be, batch, model, ids, mask, keep
+        self.ref, self.compiled = ref, compiled
+
+    def token_loss_sum(self):
+        return self.be._loss_sum(self.model, self.ids, self.mask, self.keep, compiled=self.compiled)
+
+    def logps(self):
+        return self.be._row_logps(self.model, self.ids, self.batch, self.keep)
+
+    def reference_logps(self):
+        return self.const(self.ref)
+
+    def log_sigmoid(self, x):
+        return nn.log_sigmoid(x)
+
+    def const(self, values):
+        return mx.array(np.asarray(values, dtype=np.float32))

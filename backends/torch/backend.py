@@ -25,6 +25,7 @@ from common.devices import PAGED_OPTIMIZER_DEVICES, bnb_compute_dtype, check_fou
 from common.errors import BackendError
 from common.heap import release_freed_memory
 from common.models import normalize_config
+from common.objectives import SFT
 
 # PEFT 0.21 reads a transformers attribute that transformers 5 deprecated: harmless, but noisy.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -131,6 +132,7 @@ class Backend:
             p.requires_grad_(False)
         self.model.config.use_cache = False
         self._checkpointing = bool(grad_checkpointing)
+        self.objective, self.reference_adapter, self.objective_sums = SFT(), None, {}
         self.peft = None
         self.optimizer = None
         self.active_adapter = None
@@ -383,9 +385,42 @@ class Backend:
             total = part if total is None else total + part
         return total
 
+    def _row_logps(self, batch: Batch, model) -> torch.Tensor:
+        """[rows] summed log-probs of the masked tokens (only those rows reach the LM head)."""
+        ids = torch.from_numpy(batch.ids).long().to(self.device)
+        targets = torch.from_numpy(batch.mask[:, 1:] > 0).to(self.device)
+        logits = model(input_ids=ids[:, :-1], logits_to_keep=targets).logits.float()
+        if logits.dim() == 3:
+            logits = logits[targets]
+        logp = -F.cross_entropy(logits, ids[:, 1:][targets], reduction="none")
+        rows = targets.nonzero()[:, 0]
+        return torch.zeros(ids.shape[0], dtype=logp.dtype, device=logp.device).index_add(0, rows, logp)
+
+    def set_objective(self, objective, reference_adapter: str | None = None) -> None:
+        self.objective, self.reference_adapter = objective, reference_adapter
+
+    @torch.no_grad()
+    def reference_logps(self, batch: Batch) -> np.ndarray:
+        """Per-row summed completion log-probs of the reference, in eval mode: the base with the
+        adapter disabled (PEFT's disable_adapter, as TRL with ref_model=None), or the frozen
+        adapter named by set_objective (TRL's "ref" adapter). No second model in memory."""
+        self.peft.eval()
+        if self.reference_adapter is None:
+            with self.base_only():
+                out = self._row_logps(batch, self.peft)
+        else:
+            active = self.active_adapter
+            self.set_active_adapter(self.reference_adapter)
+            try:
+                out = self._row_logps(batch, self.peft)
+            finally:
+                self.set_active_adapter(active)
+        return out.cpu().numpy()
+
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         """`sync` is False on all but this rank's last micro-batch of a step: DDP/FSDP then keep the
         gradient local and reduce once, in the last backward."""
+        ref = self.reference_logps(batch) if self.objective.needs_reference else None
         self.peft.train()
         plan = torch_choices(self.device, batch.ids.shape[1], grad_checkpointing=self._checkpointing, long_rows=LONG_ROWS)
         if plan.heap == "release":
@@ -393,9 +428,10 @@ class Backend:
         if self.sharded:
             self.peft.set_requires_gradient_sync(sync)
         with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
-            loss, n = self._loss_sum(batch, self.ddp)
+            loss, sums = self.objective.loss(_Scores(self, batch, self.ddp, ref))
             loss.backward()
-        return float(loss.detach()), n
+        self.objective_sums = {k: float(v.detach()) for k, v in sums.items()}
+        return float(loss.detach()), self.objective.count(batch)
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
         params = list(self._params.values())
@@ -447,10 +483,12 @@ class Backend:
 
     @torch.no_grad()
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
+        ref = self.reference_logps(batch) if self.objective.needs_reference else None
         model = self.peft if self.peft is not None else self.model
         model.eval()
-        loss, n = self._loss_sum(batch)
-        return float(loss), n
+        loss, sums = self.objective.loss(_Scores(self, batch, None, ref))
+        self.objective_sums = {k: float(v.detach()) for k, v in sums.items()}
+        return float(loss), self.objective.count(batch)
 
     # ------------------------------------------------------------ inference
     @torch.no_grad()
@@ -542,6 +580,29 @@ class Backend:
             return int(torch.cuda.max_memory_allocated())
         import resource
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+class _Scores:
+    """common.objectives.Scores for one batch on torch: `model` is the forward to use (the DDP
+    wrapper in training, None for the PEFT model); `ref` the reference log-probs (numpy)."""
+
+    def __init__(self, be: Backend, batch: Batch, model, ref: np.ndarray | None):
+        self.be, self.batch, self.model, self.ref = be, batch, model, ref
+
+    def token_loss_sum(self):
+        return self.be._loss_sum(self.batch, self.model)[0]
+
+    def logps(self):
+        return self.be._row_logps(self.batch, self.model or self.be.peft)
+
+    def reference_logps(self):
+        return self.const(self.ref)
+
+    def log_sigmoid(self, x):
+        return F.logsigmoid(x)
+
+    def const(self, values):
+        return torch.from_numpy(np.asarray(values, dtype=np.float32)).to(self.be.device)
 
 
 class _ForceSampled:

@@ -71,6 +71,9 @@ def _require_str(obj: dict, key: str, where: str, optional: bool = False) -> str
 def to_example(obj: Any, where: str) -> Example:
     """Convert one parsed record; `where` is "file:line" for error messages."""
     shape = detect_shape(obj)
+    if shape is None and isinstance(obj, dict) and ("chosen" in obj or "rejected" in obj):
+        raise DataError('record is a preference pair ("chosen"/"rejected"), and training.objective is sft',
+                        where=where, fix="set training.objective: dpo (--set training.objective=dpo) to train on pairs")
     if shape is None:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise DataError(f"record has no known shape (keys: {keys})", where=where,
