@@ -318,7 +318,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
          "training.early_stopping_patience must be >= 1 or null"),
         (t.early_stopping_min_delta >= 0, "training.early_stopping_min_delta must be >= 0"),
         (d.max_length >= 8, "data.max_length must be >= 8"),
-        (t.beta > 0, "training.beta must be > 0"),
+        (0 < t.beta <= 100, f"training.beta={t.beta:g} is outside (0, 100]: TRL uses 0.1 to 0.5; a beta of 100 already makes the loss a step function"),
         (not (t.objective == "dpo" and t.batching == "packed"),
          "training.batching: packed does not apply to training.objective: dpo (a pair's chosen and rejected "
          "sequences are scored row by row); use padded or bucketed"),
