@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
 from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
+from common.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
 
 
 class BackendChoice(click.Choice):
@@ -392,10 +393,10 @@ def convert(src, dst, fmt, model):
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
-@click.option("--quantize", type=click.Choice(["4bit"]), default=None,
-              help="Merge into the base as quantized for training (de-quantized 4-bit weights + adapter, "
-                   "what a QLoRA adapter was trained against; MLX backend), saved in the base's dtype, "
-                   "and report the precision lost against the unquantized merge.")
+@click.option("--quantize", type=click.Choice(QUANT_NAMES), default=None,
+              help="Merge into the base as quantized for training with this model.quantize scheme "
+                   "(de-quantized weights + adapter, what a QLoRA adapter was trained against), saved in the "
+                   "base's dtype, and report the precision lost against the unquantized merge.")
 @click.option("--reader", type=click.Choice(["any", "mlx-lm"]), default="any", show_default=True,
               help="mlx-lm: for Gemma 3, a directory plain mlx-lm reads as exactly the trained model (its "
                    "bfloat16 embedding scale compensated in untied embeddings); transformers reads that one "
@@ -411,8 +412,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader
         info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
-             "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
-             "de-quantized 4-bit base it was trained against instead.")
+             "merged into the unquantized base (the usual QLoRA merge). --quantize "
+             f"{info['adapter_trained_on_quantized_base']} merges into the de-quantized base it was trained against instead.")
     if quantize:
         lost = info["precision_lost"]
         echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.io import atomic_dir
+from common.quantize import describe
 from jobs.parity import compare_logits, prompt_ids, run_parity
 
 BACKENDS = ("mlx", "torch")
@@ -54,7 +55,7 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
     out, quantized = {}, {}
     for b in BACKENDS:
         q, be = logits(b, quantize="4bit")
-        quantizer = be.capabilities.quantizers["4bit"]
+        quantizer = describe("4bit", b)
         del be
         full, _ = logits(b)
         out[b] = {"quantizer": quantizer, "against": "unquantized base" + (" + adapter" if adapter else ""),

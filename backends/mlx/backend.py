@@ -99,10 +99,13 @@ class Backend:
         self.quantize = quantize
         # the base in `dtype` (what an unquantized run holds), before 4-bit packing; shapes only
         self._full_bytes = sum(v.size * DTYPES[dtype].size for _, v in tree_flatten(self.model.parameters()))
-        if quantize == "4bit":
-            # mlx-lm's affine 4-bit, group 64 (not NF4): the base is quantized, LoRA stays float.
-            nn.quantize(self.model, group_size=64, bits=4,
-                        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+        self.scheme = self.capabilities.check_quantize(quantize)  # common/quantize.py
+        if self.scheme:
+            # the base's Linears are quantized (not the embedding), LoRA stays float; a layer whose input
+            # size is not a multiple of the scheme's group stays float
+            g = self.scheme.group_size
+            nn.quantize(self.model, **self.scheme.settings,
+                        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % g == 0)
         self.model.freeze()
         if grad_checkpointing:
             from backends.mlx.checkpoint import checkpoint_layers
