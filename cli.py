@@ -613,8 +613,9 @@ def compare(eval_dirs, labels, output):
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
 @click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
-              help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ), then "
-                   "check the adapter on both backends over the same de-quantized 4-bit weights.")
+              help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ) and the "
+                   "base damage of every model.quantize scheme, then check the adapter on both backends "
+                   "over the same de-quantized 4-bit weights.")
 @click.option("--dequantized-from", type=click.Choice(["both", "mlx", "torch"]), default="both", show_default=True,
               help="With --quantize: whose 4-bit quantizer gives the shared de-quantized weights.")
 def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
@@ -676,6 +677,10 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
         echo(f"quantization error, {b} ({q[b]['quantizer']}) against its {q[b]['against']}: "
              f"max |Δlogit| {q[b]['max_abs_logit_diff']:.3g}, mean KL {q[b]['mean_kl']:.3g}, "
              f"same argmax {100 * q[b]['argmax_agree']:.1f}%")
+    for name, d in rep["schemes"].items():
+        echo(f"base damage, {d['backend']} {name}: mean KL {d['mean_kl']:.3g}, same argmax "
+             f"{100 * d['argmax_agree']:.1f}% ({d['positions']} positions), base weights "
+             f"{d['base_weight_bytes'] / 2**20:.1f} MiB")
     x = q["mlx_4bit_vs_torch_nf4"]
     echo(f"mlx 4-bit vs torch NF4 (different quantizers, not expected to agree): max |Δlogit| "
          f"{x['max_abs_logit_diff']:.3g}, mean KL {x['mean_kl']:.3g}, same argmax {100 * x['argmax_agree']:.1f}%")

@@ -43,7 +43,7 @@ SCHEMES = {s.name: s for s in [
     _mlx("mlx-mxfp8", "mxfp8", 8, 32, "mlx mxfp8 (FP8 E4M3, power-of-two scale per 32 weights)"),
     _mlx("mlx-affine-8-g64", "affine", 8, 64, "mlx affine 8-bit, group 64"),
     _bnb("nf4", 4, "bitsandbytes NF4", load_in_4bit=True, bnb_4bit_quant_type="nf4"),
-    _bnb("nf4-dq", 4, "bitsandbytes NF4 + double quant (QLoRA paper)", load_in_4bit=True,
+    _bnb("nf4-dq", 4, "bitsandbytes NF4 + double quant (as in the QLoRA paper)", load_in_4bit=True,
          bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
     _bnb("fp4", 4, "bitsandbytes FP4", load_in_4bit=True, bnb_4bit_quant_type="fp4"),
     _bnb("int8", 8, "bitsandbytes LLM.int8 (8-bit, fp16 outlier columns)", load_in_8bit=True),
