@@ -77,6 +77,22 @@ def _targets(batch: Batch) -> mx.array:
     return mx.array(np.flatnonzero(batch.mask[:, 1:].reshape(-1) > 0).astype(np.int32))
 
 
+def _dequantize_linears(model) -> None:
+    """Every QuantizedLinear (inside LoRA layers too) → a float32 Linear holding dequant(Q(W)). mx.dequantize
+    returns bfloat16 for the fp modes (mxfp4/nvfp4/mxfp8): exact for their values, not for W + ΔW."""
+    swaps = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.QuantizedLinear):
+            w = mx.dequantize(m.weight, m.scales, m.get("biases"), m.group_size, m.bits, mode=m.mode).astype(mx.float32)
+            lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+            lin.weight = w
+            if "bias" in m:
+                lin.bias = m.bias
+            swaps.append((name, lin))
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+
+
 class Backend:
     name = "mlx"
     capabilities = DECLARED["mlx"]
@@ -427,12 +443,12 @@ class Backend:
         is saved in the dtype of the base's weights on disk; the quantization error of the base
         stays in the merged weights (it is not recovered)."""
         from mlx_lm.utils import save_model
+        if self.quantize:
+            _dequantize_linears(self.model)  # before fusing: mlx-lm's fuse would add the adapter in bf16 (fp modes)
         fused = [(n, m.fuse(dequantize=True)) for n, m in self.model.named_modules() if hasattr(m, "fuse")]
         if fused:
             self.model.update_modules(tree_unflatten(fused))
         if self.quantize:
-            from mlx_lm.utils import dequantize_model
-            self.model = dequantize_model(self.model)
             disk = _disk_dtype(self.model_dir)
             if disk is not None:
                 self.model.set_dtype(disk)

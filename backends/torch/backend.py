@@ -119,7 +119,7 @@ class Backend:
             from peft import prepare_model_for_kbit_training
             if self.device == "cpu":
                 _exact_cpu_4bit(self.model)
-                self.notes.append(f"{self.scheme.name} ({self.scheme.label}) on CPU: every matmul de-quantizes its "
+                self.notes.append(f"{self.scheme.label} ({self.scheme.name}) on CPU: every matmul de-quantizes its "
                                   "weight first, so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
@@ -171,12 +171,15 @@ class Backend:
         """Module path → de-quantized weight (in the model dtype) of every quantized Linear: the base
         weights a QLoRA adapter is trained against, dequant(Q(W)) (for int8 the weight only: LLM.int8
         also rounds the activations, so its forward is close to, not equal to, dequant(W) x)."""
-        from peft.utils.integrations import dequantize_module_weight
+        import bitsandbytes.functional as bnbf
         out = {}
         for name, mod in self.base_model().named_modules():
-            if type(mod).__name__ in ("Linear4bit", "Linear8bitLt") and ".lora_" not in name:
+            kind, w = type(mod).__name__, getattr(mod, "weight", None)
+            if kind in ("Linear4bit", "Linear8bitLt") and ".lora_" not in name:
                 path = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
-                out[path] = dequantize_module_weight(mod).detach().to(self.dtype)
+                deq = (bnbf.dequantize_4bit(w.data, w.quant_state) if kind == "Linear4bit"
+                       else bnbf.int8_vectorwise_dequant(w.data, w.SCB))  # row-wise absmax / 127
+                out[path] = deq.detach().to(self.dtype)
         return out
 
     # ------------------------------------------------------------ structure
