@@ -2,7 +2,7 @@
 base it trains on, so `train` measures that base against the float base on a few of the user's own
 records (validation, else training) — mean KL(float ‖ quantized) per position and how often the two
 pick the same next token — prints one line, and records it (summary.json, twinlora.json, the card).
-The float model is loaded first and let go before the quantized one, so the two never share memory.
+The float model is loaded after the quantized one (whose device checks come first) and let go at once.
 """
 from __future__ import annotations
 

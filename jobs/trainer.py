@@ -118,10 +118,10 @@ def build(job: Job) -> Model:
     cfg, t, run = job.cfg, job.cfg.training, job.run
     measuring = bool(cfg.model.quantize) and not job.dry_run and job.dist.is_main
     source, ids = damage.damage_ids(job.valid_data, job.train_data) if measuring else ("", [])
-    reference = damage.float_logits(job.backend_cls, job.model_dir, cfg.model.dtype, ids) if ids else None
     be = job.backend_cls(job.model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                          grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
                          fsdp=t.parallel == "fsdp" and job.dist.world_size > 1)
+    reference = damage.float_logits(job.backend_cls, job.model_dir, cfg.model.dtype, ids) if ids else None
     lost = damage.measure(be, reference, ids, be.scheme, cfg.model.dtype, source) if ids else None
     spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(),
                                      peft_base_name(cfg.model.path, job.model_dir))
