@@ -24,6 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
 from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
+from common.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
 
 
 class BackendChoice(click.Choice):
@@ -392,10 +393,10 @@ def convert(src, dst, fmt, model):
 @click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
-@click.option("--quantize", type=click.Choice(["4bit"]), default=None,
-              help="Merge into the base as quantized for training (de-quantized 4-bit weights + adapter, "
-                   "what a QLoRA adapter was trained against; MLX backend), saved in the base's dtype, "
-                   "and report the precision lost against the unquantized merge.")
+@click.option("--quantize", type=click.Choice(QUANT_NAMES), default=None,
+              help="Merge into the base as quantized for training with this model.quantize scheme "
+                   "(de-quantized weights + adapter, what a QLoRA adapter was trained against), saved in the "
+                   "base's dtype, and report the precision lost against the unquantized merge.")
 @click.option("--reader", type=click.Choice(["any", "mlx-lm"]), default="any", show_default=True,
               help="mlx-lm: for Gemma 3, a directory plain mlx-lm reads as exactly the trained model (its "
                    "bfloat16 embedding scale compensated in untied embeddings); transformers reads that one "
@@ -411,8 +412,8 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader
         info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
         echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
-             "merged into the unquantized base (the usual QLoRA merge). --quantize 4bit merges into the "
-             "de-quantized 4-bit base it was trained against instead.")
+             "merged into the unquantized base (the usual QLoRA merge). --quantize "
+             f"{info['adapter_trained_on_quantized_base']} merges into the de-quantized base it was trained against instead.")
     if quantize:
         lost = info["precision_lost"]
         echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
@@ -612,8 +613,9 @@ def compare(eval_dirs, labels, output):
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
 @click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
-              help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ), then "
-                   "check the adapter on both backends over the same de-quantized 4-bit weights.")
+              help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ) and the "
+                   "base damage of every model.quantize scheme, then check the adapter on both backends "
+                   "over the same de-quantized 4-bit weights.")
 @click.option("--dequantized-from", type=click.Choice(["both", "mlx", "torch"]), default="both", show_default=True,
               help="With --quantize: whose 4-bit quantizer gives the shared de-quantized weights.")
 def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
@@ -675,6 +677,10 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
         echo(f"quantization error, {b} ({q[b]['quantizer']}) against its {q[b]['against']}: "
              f"max |Δlogit| {q[b]['max_abs_logit_diff']:.3g}, mean KL {q[b]['mean_kl']:.3g}, "
              f"same argmax {100 * q[b]['argmax_agree']:.1f}%")
+    for name, d in rep["schemes"].items():
+        echo(f"base damage, {d['backend']} {name}: mean KL {d['mean_kl']:.3g}, same argmax "
+             f"{100 * d['argmax_agree']:.1f}% ({d['positions']} positions), base weights "
+             f"{d['base_weight_bytes'] / 2**20:.1f} MiB")
     x = q["mlx_4bit_vs_torch_nf4"]
     echo(f"mlx 4-bit vs torch NF4 (different quantizers, not expected to agree): max |Δlogit| "
          f"{x['max_abs_logit_diff']:.3g}, mean KL {x['mean_kl']:.3g}, same argmax {100 * x['argmax_agree']:.1f}%")

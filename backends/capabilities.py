@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import BackendError
+from common.quantize import schemes_of
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,7 @@ class Capabilities:
     packages: tuple[str, ...]          # distributions whose versions an adapter records
     packed_batching: bool = False      # training.batching: packed (samples kept apart by position ids)
     fsdp: bool = False                 # training.parallel: fsdp (weights sharded over the processes)
-    quantizers: dict = field(default_factory=dict)  # model.quantize kind → the quantizer that runs it
+    quantizers: tuple[str, ...] = ()   # model.quantize schemes it runs (common/quantize.py), besides 4bit
     optimizers: tuple[str, ...] = ("adamw",)        # training.optimizer kinds
     batched_generation: bool = False   # has generate_batch (backends.base.BatchGenerator)
     mlx_adapter: bool = False          # a run also writes mlx-lm's own adapter files (adapter/mlx/)
@@ -26,6 +27,11 @@ class Capabilities:
             self.refuse("packed_batching")
         if training.parallel == "fsdp":
             self.refuse("fsdp")
+
+    def check_quantize(self, name: str | None):
+        """The scheme `model.quantize` means here (None: a float base); another backend's is refused (E220)."""
+        from common.quantize import resolve
+        return resolve(name, self.name) if name else None
 
     def refuse(self, feature: str) -> None:
         """Raise the one error for `feature` when this backend lacks it (the backends call it too,
@@ -46,13 +52,13 @@ _REFUSALS = {  # feature → (config key, what is asked, how to do without it)
 DECLARED = {
     "mlx": Capabilities(
         "mlx", packages=("mlx", "mlx-lm"),
-        quantizers={"4bit": "mlx affine 4-bit, group 64"},
+        quantizers=tuple(schemes_of("mlx")),
         mlx_adapter=True),
     "torch": Capabilities(
         "torch", packages=("torch", "transformers", "peft"),
         packed_batching=True,  # mlx-lm's models take no position ids: a packed row would attend across samples
         fsdp=True,
-        quantizers={"4bit": "bitsandbytes NF4 + double quant"},
+        quantizers=tuple(schemes_of("torch")),
         optimizers=("adamw", "paged_adamw_8bit"),
         batched_generation=True),
 }

@@ -17,6 +17,7 @@ import yaml
 
 from common import yaml_strict as strict_yaml
 from common.errors import ConfigError
+from common.quantize import NAMES as QUANT_NAMES
 
 
 def opt(default, help: str, **kw):
@@ -33,9 +34,11 @@ class ModelConfig:
                     "Gemma terms), a local Hugging Face directory, or a hub id (needs internet).")
     dtype: Literal["float32", "bfloat16", "float16"] = opt(
         "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
-    quantize: Optional[Literal["4bit"]] = opt(
-        None, "Quantize the frozen base: torch = bitsandbytes NF4 + double quant (CUDA; CPU works, "
-        "slowly); mlx = affine 4-bit, group size 64.")
+    quantize: Optional[Literal[QUANT_NAMES]] = opt(
+        None, "Quantize the frozen base (QLoRA) with the named scheme (common/quantize.py, docs/variants.md): "
+        "4bit = the backend's recommended 4-bit (torch: nf4-dq, bitsandbytes NF4 + double quant; mlx: "
+        "mlx-nvfp4); mlx-* schemes run on MLX, nf4/nf4-dq/fp4/int8 on torch. `train` measures the "
+        "quantized base against the float base before training (KL, argmax agreement).")
     attn_implementation: Optional[str] = opt(
         None, 'torch only: "sdpa", "eager" or "flash_attention_2"; None lets transformers choose.')
 

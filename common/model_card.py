@@ -66,6 +66,11 @@ def render_card(spec, meta: dict) -> str:
     for key in ("final_loss", "val_loss"):
         if metrics.get(key) is not None:
             rows.append((key.replace("_", " "), metrics[key]))
+    if d := metrics.get("quantization_damage"):   # the QLoRA base against the float base (jobs/damage.py)
+        rows += [("quantized base", f"{d['scheme']}: {d['quantizer']}"),
+                 ("quantized base vs float: mean KL", d["mean_kl"]),
+                 ("quantized base vs float: same argmax", f"{d['argmax_agree']:.1%} of {d['positions']} positions "
+                                                          f"({d['records']} {d['source']} records)")]
     lines += ["## Training", "", "| setting | value |", "|---|---|",
               *[f"| {k} | {_fmt(v).replace('|', '/')} |" for k, v in rows], ""]
     # llama.cpp's converter resolves hub ids only (a local path fails its hub-id check): --base for those

@@ -18,6 +18,7 @@ bitsandbytes' NF4 are other weights, so the adapter would continue against anoth
 """
 from __future__ import annotations
 
+from common.quantize import describe
 from common.errors import AdapterError, TrainingError
 
 # keys (section.key) that may differ between the checkpoint's config and the resumed one
@@ -51,7 +52,6 @@ def config_changes(saved: dict, new: dict) -> list[str]:
             if k not in RESUME_MAY_CHANGE and a[k] != b[k]]
 
 
-QUANTIZERS = {"mlx": "mlx-lm's affine 4-bit (group 64)", "torch": "bitsandbytes NF4"}
 
 
 def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None) -> None:
@@ -59,8 +59,8 @@ def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: s
     if not written_by or written_by == backend or not quantize:
         return
     raise TrainingError(f"this run was trained on {written_by} against a {quantize} base quantized by "
-                        f"{QUANTIZERS.get(written_by, written_by)}; {backend} quantizes with "
-                        f"{QUANTIZERS.get(backend, backend)}, so the adapter would continue against other "
+                        f"{describe(quantize, written_by)}; {backend} quantizes with "
+                        f"{describe(quantize, backend)}, so the adapter would continue against other "
                         "base weights", where=str(ckpt), fix=f"resume with --backend {written_by}, the backend "
                         "that wrote the checkpoint (an unquantized run resumes on either backend)")
 

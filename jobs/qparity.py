@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from common.io import atomic_dir
+from common.quantize import describe, schemes_of
 from jobs.parity import compare_logits, prompt_ids, run_parity
 
 BACKENDS = ("mlx", "torch")
@@ -54,7 +55,7 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
     out, quantized = {}, {}
     for b in BACKENDS:
         q, be = logits(b, quantize="4bit")
-        quantizer = be.capabilities.quantizers["4bit"]
+        quantizer = describe("4bit", b)
         del be
         full, _ = logits(b)
         out[b] = {"quantizer": quantizer, "against": "unquantized base" + (" + adapter" if adapter else ""),
@@ -64,12 +65,33 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
     return out
 
 
+def every_scheme(model: str, prompts: list[str]) -> dict:
+    """The damage of every scheme each backend runs (common/quantize.py): its quantized base against
+    its float base on `prompts` (jobs/damage.py, no adapter), one model at a time."""
+    from backends import get_backend
+    from common.models import resolve_model
+    from jobs import damage
+    from jobs.session import open_model
+    out = {}
+    for b in BACKENDS:
+        ids = prompt_ids(open_model(b, model).tokenizer, prompts)
+        cls, model_dir = get_backend(b), resolve_model(model)
+        ref = damage.float_logits(cls, model_dir, "float32", ids)
+        for name in schemes_of(b):
+            be = cls(model_dir, quantize=name)
+            out[name] = {"backend": b, **damage.measure(be, ref, ids, be.scheme, "float32", "parity prompt"),
+                         "base_weight_bytes": be.base_weight_bytes()}
+            del be
+    return out
+
+
 def qlora_parity(model: str, adapter: str | None, prompts: list[str], max_new_tokens: int,
                  tol_logit: float, tol_kl: float, sources: tuple[str, ...] = BACKENDS) -> dict:
     """Quantization error per backend, then adapter parity on the same de-quantized weights of each
     quantizer in `sources`; passes when every same-weights parity passes."""
     from jobs.session import open_model
-    rep = {"quantization": quantization_errors(model, adapter, prompts), "same_weights": {}}
+    rep = {"quantization": quantization_errors(model, adapter, prompts), "same_weights": {},
+           "schemes": every_scheme(model, prompts)}
     with tempfile.TemporaryDirectory(prefix="twinlora-qparity-") as work:
         for src in sources:
             base = dequantized_base(src, model, Path(work) / f"{src}-4bit-dequantized")

@@ -60,6 +60,7 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     backend = canonical(backend)
     caps = capabilities(backend)
     caps.check_training(cfg.training)
+    caps.check_quantize(cfg.model.quantize)
     # Data parallel when launched by `train --nproc N`, torchrun or mlx.launch (1 process otherwise):
     # rank r runs micro-batches i with i % N == r, gradients and token counts are summed before the step.
     dist = dist or from_env(backend, cfg.training)

@@ -37,6 +37,7 @@ from common.runs import RunDir, plan_run
 from common.signals import interrupt_name, terminate_as_interrupt
 from common.tokenize import truncation_warning
 from common.tracking import Trackers
+from jobs import damage
 from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, step_delay
 from jobs.distributed import from_env
 from jobs.fit import Diverged, FitState, StepRule, fit
@@ -103,6 +104,7 @@ class Model:
     end: int                     # the last step: the run's steps, or where early stopping ended it
     state: dict                  # the resumed checkpoint's trainer state ({} for a new run)
     tracker: BestTracker
+    damage: dict | None = None   # the quantized base against the float base (jobs/damage.py)
 
     @property
     def collective(self) -> bool:
@@ -114,9 +116,13 @@ def build(job: Job) -> Model:
     """Stage 2: the base model on the backend, the adapter spec, the LoRA weights (drawn in numpy,
     from --init-adapter or from the last checkpoint), data parallelism and the optimizer."""
     cfg, t, run = job.cfg, job.cfg.training, job.run
+    measuring = bool(cfg.model.quantize) and not job.dry_run and job.dist.is_main
+    source, ids = damage.damage_ids(job.valid_data, job.train_data) if measuring else ("", [])
     be = job.backend_cls(job.model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                          grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
                          fsdp=t.parallel == "fsdp" and job.dist.world_size > 1)
+    reference = damage.float_logits(job.backend_cls, job.model_dir, cfg.model.dtype, ids) if ids else None
+    lost = damage.measure(be, reference, ids, be.scheme, cfg.model.dtype, source) if ids else None
     spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(),
                                      peft_base_name(cfg.model.path, job.model_dir))
     weights = init_lora_weights(spec, modules, t.seed)
@@ -140,7 +146,7 @@ def build(job: Job) -> Model:
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     n_params = sum(int(np.prod(w.shape)) for w in weights.values())
-    return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker)
+    return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker, lost)
 
 
 def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
@@ -215,6 +221,8 @@ def _announce(job: Job, model: Model) -> None:
         echo(f"[twinlora] note: resuming a {before} checkpoint on {job.backend}: weights, AdamW moments and step "
              f"carry over exactly; the steps from here are {job.backend}'s arithmetic (within the parity tolerance "
              f"of an all-{job.backend} run; with lora.dropout > 0 they draw {job.backend}'s dropout masks)")
+    if model.damage:
+        echo(f"[twinlora] {damage.describe(model.damage)}")
     for note in getattr(cfg, "notes", []) + model.be.notes:  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
     for stats, what in ((job.tk.stats, "training"), (job.tk.valid_stats, "validation")):
@@ -344,6 +352,8 @@ def _summary(job: Job, model: Model, report: Reporting) -> dict:
     if q:  # what the 4-bit base saves against the same run in model.dtype
         full = be.base_weight_bytes(unquantized=True)
         summary.update(base_weight_bytes_unquantized=full, base_memory_saved_bytes=full - summary["base_weight_bytes"])
+    if model.damage:
+        summary["quantization_damage"] = model.damage
     return summary
 
 
@@ -403,6 +413,7 @@ def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
             + (f"- base weights: {s['base_weight_bytes'] / 2**20:.1f} MiB in {s['quantize']} vs "
                f"{s['base_weight_bytes_unquantized'] / 2**20:.1f} MiB in {cfg.model.dtype}: "
                f"{s['base_memory_saved_bytes'] / 2**20:.1f} MiB saved\n" if s.get("quantize") else "")
+            + (f"- {damage.describe(s['quantization_damage'])}\n" if s.get("quantization_damage") else "")
             + "\n"
             "Files: `config.yaml` (resolved config), `log.jsonl`, `loss.png`, `checkpoints/`, "
             "`adapter/` (PEFT format + twinlora.json; `adapter/mlx/` holds mlx-lm's format on MLX runs).\n")

