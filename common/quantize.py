@@ -50,7 +50,7 @@ SCHEMES = {s.name: s for s in [
 ]}
 
 # `4bit` on each backend. MLX: the 4-bit scheme whose damage is closest to NF4's (docs/variants.md)
-RECOMMENDED = {"mlx": "mlx-nvfp4", "torch": "nf4-dq"}
+RECOMMENDED = {"mlx": "mlx-affine-4-g64", "torch": "nf4-dq"}  # mlx: mlx-lm's default, kept (docs/variants.md)
 NAMES = ("4bit", *SCHEMES)
 
 

@@ -16,7 +16,7 @@ def test_docs_show_the_scheme_table():
 def test_every_scheme_runs_on_one_backend_and_4bit_is_the_recommended_one():
     assert set(schemes_of("mlx")) | set(schemes_of("torch")) == set(SCHEMES) and NAMES[0] == "4bit"
     assert not set(schemes_of("mlx")) & set(schemes_of("torch"))
-    assert resolve("4bit", "mlx").name == RECOMMENDED["mlx"] == "mlx-nvfp4"
+    assert resolve("4bit", "mlx").name == RECOMMENDED["mlx"] == "mlx-affine-4-g64"
     assert resolve("4bit", "torch").settings == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                                                  "bnb_4bit_use_double_quant": True}
     assert resolve("mlx-affine-4-g64", "mlx").settings == {"mode": "affine", "bits": 4, "group_size": 64}
@@ -66,9 +66,9 @@ def test_train_measures_the_quantized_base_and_records_it(tiny_model, data, tmp_
     summary = train(cfg, "mlx", echo=lines.append)
     d = summary["quantization_damage"]
     assert sorted(d) == DAMAGE_KEYS
-    assert (d["scheme"], d["source"], d["records"], d["against"]) == ("mlx-nvfp4", "validation", RECORDS,
+    assert (d["scheme"], d["source"], d["records"], d["against"]) == ("mlx-affine-4-g64", "validation", RECORDS,
                                                                        "float base in float32")
-    assert d["quantizer"] == SCHEMES["mlx-nvfp4"].label
+    assert d["quantizer"] == SCHEMES["mlx-affine-4-g64"].label
     assert 0 < d["mean_kl"] < 1 and 0 <= d["argmax_agree"] <= 1 and d["max_abs_logit_diff"] > 1e-3
     # recomputed from the validation records as the run tokenized them
     from common.tokenize import Tokenizer
@@ -78,7 +78,7 @@ def test_train_measures_the_quantized_base_and_records_it(tiny_model, data, tmp_
     again = damage_of("mlx", tiny_model, "4bit", ids)
     assert d["positions"] == sum(map(len, ids)) == again["positions"]
     assert abs(d["mean_kl"] - again["mean_kl"]) < 1e-9 and d["argmax_agree"] == again["argmax_agree"]
-    line = (f"[twinlora] quantized base mlx-nvfp4 vs the float base in float32, on {RECORDS} validation records "
+    line = (f"[twinlora] quantized base mlx-affine-4-g64 vs the float base in float32, on {RECORDS} validation records "
             f"({d['positions']} positions): mean KL {d['mean_kl']:.4g}, same argmax {d['argmax_agree']:.1%}")
     assert line in lines and line[len("[twinlora] "):] in (out / "README.md").read_text()
     meta = json.loads((out / "adapter" / "twinlora.json").read_text())
