@@ -97,5 +97,5 @@ def check_base(adapter: str | Path, model_dir: Path, model: str, allow_mismatch:
     if want != have:
         raise AdapterError(f"adapter was trained on base {trained_on} (weights sha256 {want[:12]}…), not on {model} "
                            f"(sha256 {have[:12]}…)", where=str(adapter),
-                           fix="pass the base model the adapter was trained on (--model), "
-                               "or --allow-base-mismatch if you know the weights are compatible")
+                           fix="pass the base model the adapter was trained on (--model); to merge it anyway "
+                               "when you know the weights are compatible: merge --allow-base-mismatch")
