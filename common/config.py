@@ -36,8 +36,8 @@ class ModelConfig:
         "float32", "Compute/storage dtype of the base weights (float32 for exact parity on CPU).")
     quantize: Optional[Literal[QUANT_NAMES]] = opt(
         None, "Quantize the frozen base (QLoRA) with the named scheme (common/quantize.py, docs/variants.md): "
-        "4bit = the backend's recommended 4-bit (torch: nf4-dq, bitsandbytes NF4 + double quant; mlx: "
-        "mlx-nvfp4); mlx-* schemes run on MLX, nf4/nf4-dq/fp4/int8 on torch. `train` measures the "
+        "4bit = the backend's default 4-bit (torch: nf4-dq, bitsandbytes NF4 + double quant; mlx: "
+        "mlx-affine-4-g64, mlx-lm's default; mlx-nvfp4 matches NF4's damage); mlx-* schemes run on MLX, nf4/nf4-dq/fp4/int8 on torch. `train` measures the "
         "quantized base against the float base before training (KL, argmax agreement).")
     attn_implementation: Optional[str] = opt(
         None, 'torch only: "sdpa", "eager" or "flash_attention_2"; None lets transformers choose.')

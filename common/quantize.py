@@ -2,8 +2,9 @@
 
 QLoRA trains an adapter against the quantized base, so the scheme decides how far from the float
 model the adapter starts. Each name is one backend's quantizer with its settings spelled out;
-`4bit` is each backend's recommended 4-bit scheme (see RECOMMENDED, chosen by measurement in
-docs/variants.md). A scheme the backend cannot run is refused with the ones it can (E220).
+`4bit` is each backend's default 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
+still mlx-lm's affine group 64, while docs/variants.md measures mlx-nvfp4 as the one matching
+NF4's damage). A scheme the backend cannot run is refused with the ones it can (E220).
 Importing this needs neither mlx nor torch.
 """
 from __future__ import annotations

@@ -464,7 +464,8 @@ def test_config_help_shows_choices():
     r = run_cli("config-help")
     assert r.exit_code == 0 and "(Literal)" not in r.output
     assert "schedule: 'cosine'   (one of: cosine | linear | constant)" in r.output
-    assert "quantize: None   (one of: 4bit or null)" in r.output
+    assert ("quantize: None   (one of: 4bit | mlx-affine-4-g32 | mlx-affine-4-g64 | mlx-mxfp4 | mlx-nvfp4 | mlx-mxfp8 "
+            "| mlx-affine-8-g64 | nf4 | nf4-dq | fp4 | int8 or null)") in r.output
     assert "train_on: 'all_assistant'   (one of: all_assistant | last | all)" in r.output
     assert "  training.lr: learning_rate" in r.output and "  training.steps: iters, max_steps" in r.output
 
