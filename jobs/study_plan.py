@@ -154,8 +154,31 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
     if saved.is_file():
         before = read_json(saved, SETTINGS)
         now = json.loads(json.dumps(plan.settings()))
+        now["config"] = _as_recorded(now["config"], before.get("config") or {}, _default_config())
         diff = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         if diff:
             raise ConfigError(f"this study directory was made with other settings (differs in {', '.join(diff)})",
                               where=str(out), fix="use another --output, or delete that study directory to redo it")
     return plan
+
+
+def _default_config() -> dict:
+    import yaml
+    from common.config import Config, dump_yaml
+    return yaml.safe_load(dump_yaml(Config()))
+
+
+def _as_recorded(now: dict, before: dict, defaults: dict) -> dict:
+    """`now` without the keys a newer twinlora added since `before` was recorded, where they hold
+    their default (the study is the same one; an upgrade must not make it unresumable)."""
+    out = {}
+    for key, value in now.items():
+        if key not in before:
+            if value == defaults.get(key):
+                continue
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(before[key], dict):
+            out[key] = _as_recorded(value, before[key], defaults.get(key) or {})
+        else:
+            out[key] = value
+    return out

@@ -408,3 +408,19 @@ def test_cli_study_refuses_bad_option_lists(study, tmp_path, args, message):
     r = run_cli("study", "--config", path, "--output", tmp_path / "s", *args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "s").exists()
+
+
+def test_a_study_recorded_before_new_config_keys_still_resumes(study):
+    """A newer twinlora adds config keys with defaults: the study recorded before them is the same
+    study (resumable); the same key with another value is other settings."""
+    from common.io import read_json, write_json
+    from jobs.study_plan import SETTINGS, plan_study
+    root, path, out = study
+    old = root / "old-settings"
+    old.mkdir()
+    recorded = read_json(out / SETTINGS, SETTINGS)
+    del recorded["config"]["training"]["objective"], recorded["config"]["training"]["beta"]
+    write_json(old / SETTINGS, recorded)
+    plan_study(path, [], BACKENDS, old, **STUDY_OPTS)  # accepted
+    with pytest.raises(ConfigError, match=r"other settings \(differs in config\)"):
+        plan_study(path, ["training.beta=0.5"], BACKENDS, old, **STUDY_OPTS)
