@@ -98,6 +98,10 @@ def _classification(report: dict) -> list[str]:
     rows = [[n, _fmt(100 * (v["class_accuracy"] or 0)), _fmt(100 * (v["class_macro_f1"] or 0)),
              _fmt(100 * (v["class_unparsed_rate"] or 0))] for n, v in c.items()]
     labels = next(iter(c.values()))["class_labels"] or []
+    maj = report.get("majority_class")
+    if maj:
+        rows.append([f"always \"{_one_line(maj['label'], 40)}\" (majority label)", _fmt(100 * maj["class_accuracy"]),
+                     _fmt(100 * maj["class_macro_f1"]), "0.0"])
     return ["## Classification\n", _table(["system", "accuracy %", "macro-F1 %", "unparseable %"], rows) + "\n",
             f"Macro-F1 over the {len(labels)} labels ({'; '.join(labels)}); an answer naming no label, or several, "
             "is unparseable and counts as wrong.\n"]

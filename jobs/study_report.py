@@ -210,6 +210,21 @@ def _classification(plan: Plan) -> dict | None:
     return out
 
 
+def majority_class(plan: Plan) -> dict | None:
+    """The trivial classifier that always answers the test split's most frequent label: the floor
+    a tuned classifier must clear (a model that learned only the label prior sits on it)."""
+    from collections import Counter
+    from common.metrics import macro_f1
+    if "classification" not in plan.metrics:
+        return None
+    gold = [r["scores"].get("class_gold") for r in _rows(plan.test_dir(BASELINE))]
+    labels = read_json(plan.test_dir(BASELINE) / "metrics.json", "metrics.json")["metrics"].get("class_labels") or []
+    if not gold or not labels:
+        return None
+    label, n = Counter(gold).most_common(1)[0]
+    return {"label": label, "class_accuracy": n / len(gold), "class_macro_f1": macro_f1(gold, [label] * len(gold), labels)}
+
+
 def build_report(plan: Plan) -> dict:
     systems = {name: _rows(plan.test_dir(name)) for name in plan.systems()}
     results = _results(plan, systems)
@@ -223,7 +238,8 @@ def build_report(plan: Plan) -> dict:
     report = {"settings": plan.settings(), "bootstrap": {"n_boot": plan.n_boot, "seed": plan.seed, "level": LEVEL,
                                                          "method": "percentile, paired over test items"},
               "results": results, "agreement": _agreement(plan, systems), "costs": _costs(plan, systems),
-              "classification": _classification(plan), "forgetting": _forgetting(plan),
+              "classification": _classification(plan), "majority_class": majority_class(plan),
+              "forgetting": _forgetting(plan),
               "variability": _variability(plan), "failures": _failures(plan, systems, results),
               "curves": curves, "training": training, "examples": _examples(systems, plan)}
     report["verdict"] = verdict(report, plan)

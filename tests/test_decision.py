@@ -324,6 +324,8 @@ def test_study_compares_prompted_tuned_and_ranked_systems(study):
     assert costs["torch-tuned"]["tokens_seen"] == costs["mlx-tuned"]["tokens_seen"]
     cls = saved["classification"]
     assert set(cls) == set(head["systems"]) and all(c["class_labels"] == LABELS for c in cls.values())
+    # the floor: always the most frequent test label (3 of 6, the first seen on a tie); F1 (2·3/9 + 0) / 2
+    assert saved["majority_class"] == {"label": LABELS[0], "class_accuracy": 0.5, "class_macro_f1": pytest.approx(1 / 3)}
     agree = saved["agreement"]
     assert agree["n_items"] == 6 and agree["score"] == "class_correct"
     md = (out / "study.md").read_text(encoding="utf-8")
