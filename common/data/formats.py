@@ -121,18 +121,22 @@ def to_example(obj: Any, where: str) -> Example:
     return Example(messages=tuple(msgs), source=where, meta=meta)
 
 
-def load_examples(path: str | Path) -> list[Example]:
-    """Load a .jsonl file (or a .json file holding a list) into Examples; never returns empty."""
+def data_records(path: str | Path) -> Iterable[tuple[str, Any]]:
+    """(where, record) of a .jsonl file, or of a .json file holding a list (SFT data and preference
+    pairs read their files the same way)."""
     path = Path(path)
     if path.suffix == ".json":
         data = read_json(path, "data file")
         if not isinstance(data, list):
             raise DataError("a .json data file must hold a list of records", where=str(path),
                             fix="use JSONL (one record per line) or a JSON list")
-        rows: Iterable[tuple[str, Any]] = ((f"{path}:record {i}", o) for i, o in enumerate(data, 1))
-    else:
-        rows = ((f"{path}:{n}", o) for n, o in iter_jsonl(path))
-    examples = [to_example(obj, where) for where, obj in rows]
+        return ((f"{path}:record {i}", o) for i, o in enumerate(data, 1))
+    return ((f"{path}:{n}", o) for n, o in iter_jsonl(path))
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Load a .jsonl file (or a .json file holding a list) into Examples; never returns empty."""
+    examples = [to_example(obj, where) for where, obj in data_records(path)]
     if not examples:
         raise DataError("dataset is empty", where=str(path), fix="add at least one record")
     return examples

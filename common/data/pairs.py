@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from common.data.formats import ROLES
+from common.data.formats import ROLES, data_records
 from common.errors import DataError
-from common.io import iter_jsonl, read_json
 
 PAIR_HELP = ('{"prompt", "chosen", "rejected"} as text or as lists of {"role", "content"} messages '
              '(or {"chosen", "rejected"} with the prompt inside both)')
@@ -104,16 +103,7 @@ def to_pair(obj: Any, where: str) -> Pair:
 
 def load_pairs(path: str | Path) -> list[Pair]:
     """A .jsonl (or .json list) file of preference pairs; never returns empty."""
-    path = Path(path)
-    if path.suffix == ".json":
-        data = read_json(path, "data file")
-        if not isinstance(data, list):
-            raise DataError("a .json data file must hold a list of records", where=str(path),
-                            fix="use JSONL (one record per line) or a JSON list")
-        rows: Iterable[tuple[str, Any]] = ((f"{path}:record {i}", o) for i, o in enumerate(data, 1))
-    else:
-        rows = ((f"{path}:{n}", o) for n, o in iter_jsonl(path))
-    pairs = [to_pair(obj, where) for where, obj in rows]
+    pairs = [to_pair(obj, where) for where, obj in data_records(path)]
     if not pairs:
         raise DataError("dataset is empty", where=str(path), fix="add at least one record")
     return pairs
