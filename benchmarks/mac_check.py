@@ -47,11 +47,8 @@ def attention_row(L: int, chunk: int, heads: int = 9, kv_heads: int = 3, head_di
     from backends.mlx.device import device_kind
     from common.devices import mlx_choices
     exp = mlx_choices(device_kind(), L, chunk=chunk, compiled_rows=10 ** 9).exp(False)
-    keys = iter(mx.random.split(mx.random.key(0), 4))
-    q = mx.random.normal((1, heads, L, head_dim), key=next(keys))
-    k, v = (mx.random.normal((1, kv_heads, L, head_dim), key=next(keys)) for _ in range(2))
-    w = mx.random.normal((1, heads, L, head_dim), key=next(keys))
-    mx.eval(q, k, v, w)
+    from benchmarks.mlx_attention import attention_inputs
+    q, k, v, w = attention_inputs(L, heads, kv_heads, head_dim)
     scale = head_dim ** -0.5
     runs = {"chunked": lambda q, k, v: flash_attention(q, k, v, scale, "causal", chunk, exp=exp)[0],
             "mx.fast": lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")}

@@ -36,17 +36,24 @@ def _peak(fn) -> float:
     return (mx.get_peak_memory() - base) / 2 ** 20
 
 
+def attention_inputs(L: int, heads: int, kv_heads: int, head_dim: int):
+    """Seeded q, k, v and an upstream gradient w for one causal attention of L tokens."""
+    import mlx.core as mx
+    keys = iter(mx.random.split(mx.random.key(0), 4))
+    q = mx.random.normal((1, heads, L, head_dim), key=next(keys))
+    k, v = (mx.random.normal((1, kv_heads, L, head_dim), key=next(keys)) for _ in range(2))
+    w = mx.random.normal((1, heads, L, head_dim), key=next(keys))
+    mx.eval(q, k, v, w)
+    return q, k, v, w
+
+
 def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plain_max_gib: float) -> dict:
     import mlx.core as mx
     import numpy as np
 
     from backends.mlx.attention import flash_attention
     from common.longseq import ATTENTION_CHUNK
-    keys = iter(mx.random.split(mx.random.key(0), 4))
-    q = mx.random.normal((1, heads, L, head_dim), key=next(keys))
-    k, v = (mx.random.normal((1, kv_heads, L, head_dim), key=next(keys)) for _ in range(2))
-    w = mx.random.normal((1, heads, L, head_dim), key=next(keys))
-    mx.eval(q, k, v, w)
+    q, k, v, w = attention_inputs(L, heads, kv_heads, head_dim)
     scale = head_dim ** -0.5
     runs = {"ours": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK)[0],
             "ours, compiled": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK,

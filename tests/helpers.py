@@ -48,3 +48,16 @@ def merge_quantized(backend: str, model: Path, adapter: Path, out: Path) -> dict
     assert info["quantized_base"] == "4bit" and info["adapter_trained_on_quantized_base"] == "4bit"
     assert f"max |Δlogit| {lost['max_abs_logit_diff']:.4g}" in r.output
     return lost
+
+
+def tensors(path: Path) -> dict:
+    """The arrays of a safetensors file (adapter weights, optimizer state)."""
+    from safetensors.numpy import load_file
+    return load_file(str(path))
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    """Largest |a − b| over two dicts of arrays with the same keys, in float64."""
+    import numpy as np
+    assert sorted(a) == sorted(b)
+    return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)

@@ -5,12 +5,11 @@ run trained on either backend alone. A 4-bit base is refused (the quantizers dif
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import chat_rows, tiny_config, write_jsonl
+from helpers import chat_rows, max_abs_diff, tensors, tiny_config, write_jsonl
 
 STEPS, STOP = 8, 3
 PAIRS = (("mlx", "torch"), ("torch", "mlx"))
@@ -18,16 +17,6 @@ PAIRS = (("mlx", "torch"), ("torch", "mlx"))
 
 def quiet(*a, **k):
     pass
-
-
-def _tensors(path: Path) -> dict:
-    from safetensors.numpy import load_file
-    return load_file(str(path))
-
-
-def _max_abs_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
 
 
 def _bit_equal(a: dict, b: dict) -> bool:
@@ -89,14 +78,14 @@ def test_resume_on_the_other_backend(refs, tiny_model, tmp_path, monkeypatch, fi
 
     ckpt = out / "checkpoints" / f"step-{STOP:06d}"
     assert held["opt_step"] == STOP
-    assert _bit_equal(held["opt"], _tensors(ckpt / "optimizer.safetensors"))
-    assert _bit_equal(held["weights"], _tensors(ckpt / "adapter_model.safetensors"))
+    assert _bit_equal(held["opt"], tensors(ckpt / "optimizer.safetensors"))
+    assert _bit_equal(held["weights"], tensors(ckpt / "adapter_model.safetensors"))
     assert any(f"resuming a {first} checkpoint on {then}" in x for x in lines), lines
 
-    final = _tensors(out / "adapter" / "adapter_model.safetensors")
-    d_then = _max_abs_diff(final, _tensors(root / f"ref-{then}" / "adapter" / "adapter_model.safetensors"))
-    d_first = _max_abs_diff(final, _tensors(root / f"ref-{first}" / "adapter" / "adapter_model.safetensors"))
-    d_refs = _max_abs_diff(*(_tensors(root / f"ref-{b}" / "adapter" / "adapter_model.safetensors") for b in PAIRS[0]))
+    final = tensors(out / "adapter" / "adapter_model.safetensors")
+    d_then = max_abs_diff(final, tensors(root / f"ref-{then}" / "adapter" / "adapter_model.safetensors"))
+    d_first = max_abs_diff(final, tensors(root / f"ref-{first}" / "adapter" / "adapter_model.safetensors"))
+    d_refs = max_abs_diff(*(tensors(root / f"ref-{b}" / "adapter" / "adapter_model.safetensors") for b in PAIRS[0]))
     print(f"\n[cross resume {first}→{then} at step {STOP}] max |Δ adapter| vs all-{then} {d_then:.2e}, "
           f"vs all-{first} {d_first:.2e} (all-mlx vs all-torch {d_refs:.2e})")
     assert d_then < ADAPTER_TOL and d_first < ADAPTER_TOL and d_refs < ADAPTER_TOL

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from helpers import chat_rows, tiny_config, write_jsonl
+from helpers import chat_rows, max_abs_diff, tensors, tiny_config, write_jsonl
 
 BACKENDS = ("mlx", "torch")
 STEPS = 8
@@ -28,16 +28,6 @@ STEPS = 8
 
 def quiet(*a, **k):
     pass
-
-
-def _tensors(path: Path) -> dict:
-    from safetensors.numpy import load_file
-    return load_file(str(path))
-
-
-def _max_abs_diff(a: dict, b: dict) -> float:
-    assert sorted(a) == sorted(b)
-    return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
 
 
 def _bit_equal(a: dict, b: dict) -> bool:
@@ -98,14 +88,14 @@ def test_sigkill_then_resume_is_bit_exact(setup, backend, tmp_path):
     resumed_at = int(r.stdout.split("(resuming at step ")[1].split(")")[0])
     assert kill_after <= resumed_at < STEPS, r.stdout
 
-    a = _tensors(out / "adapter" / "adapter_model.safetensors")
-    b = _tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
-    diff = _max_abs_diff(a, b)
+    a = tensors(out / "adapter" / "adapter_model.safetensors")
+    b = tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
+    diff = max_abs_diff(a, b)
     print(f"\n[resume {backend}] killed after step {kill_after} (+{extra_wait:.2f}s), resumed at step "
           f"{resumed_at}: max |Δ adapter| = {diff:.3e}, bit-exact = {_bit_equal(a, b)}")
     assert _bit_equal(a, b), f"max |Δ| = {diff:.3e}"
     final = f"checkpoints/step-{STEPS:06d}/optimizer.safetensors"
-    assert _bit_equal(_tensors(out / final), _tensors(refs[backend] / final))
+    assert _bit_equal(tensors(out / final), tensors(refs[backend] / final))
     from common.runs import RunDir
     steps = [x["step"] for x in RunDir(out).read_log() if x.get("event") == "train"]
     assert steps == list(range(1, STEPS + 1))
@@ -135,9 +125,9 @@ def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
     monkeypatch.setattr(cls, "accumulate", orig)
     cfg = load_config(cfg_file, {"output": str(tmp_path / "run"), "training": {"save_every": 0}})
     train(cfg, backend, resume=True, echo=quiet)
-    a = _tensors(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
-    b = _tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
-    assert _bit_equal(a, b), f"max |Δ| = {_max_abs_diff(a, b):.3e}"
+    a = tensors(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+    b = tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
+    assert _bit_equal(a, b), f"max |Δ| = {max_abs_diff(a, b):.3e}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -146,8 +136,8 @@ def test_same_seed_same_data_same_adapter(setup, backend, tmp_path):
     from jobs.trainer import train
     cfg_file, refs = setup
     train(load_config(cfg_file, {"output": str(tmp_path / "again")}), backend, echo=quiet)
-    a = _tensors(tmp_path / "again" / "adapter" / "adapter_model.safetensors")
-    b = _tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
-    assert _bit_equal(a, b), f"max |Δ| = {_max_abs_diff(a, b):.3e}"
+    a = tensors(tmp_path / "again" / "adapter" / "adapter_model.safetensors")
+    b = tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
+    assert _bit_equal(a, b), f"max |Δ| = {max_abs_diff(a, b):.3e}"
     # not vacuous: training moved the weights (LoRA B starts at zero)
     assert all(np.abs(w).max() > 0 for k, w in a.items() if k.endswith("lora_B.weight"))
