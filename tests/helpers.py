@@ -61,3 +61,37 @@ def max_abs_diff(a: dict, b: dict) -> float:
     import numpy as np
     assert sorted(a) == sorted(b)
     return max(float(np.abs(a[k].astype(np.float64) - b[k].astype(np.float64)).max()) for k in a)
+
+
+def backend_with_lora(name: str, model, **backend_kwargs):
+    """A backend with rank-4 all-linear LoRA whose B is non-zero, so every LoRA gradient is informative."""
+    import numpy as np
+
+    from backends import get_backend
+    from common.adapter import init_lora_weights, spec_from_config
+    from common.config import LoraConfig
+    be = get_backend(name)(model, **backend_kwargs)
+    spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
+                                  be.num_hidden_layers(), str(model))
+    rng = np.random.default_rng(1)
+    w = {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v)
+         for k, v in init_lora_weights(spec, mods, 0).items()}
+    be.attach_lora(spec, mods, w)
+    return be
+
+
+def loss_and_lora_grads(be, batch):
+    """The summed loss of one accumulate and every LoRA gradient under its PEFT name; clears the gradients."""
+    import numpy as np
+    s, _ = be.accumulate(batch)
+    if be.name == "mlx":
+        from mlx.utils import tree_flatten
+
+        from common.adapter import mlx_to_peft
+        grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
+        be._grads = None
+    else:
+        grads = {k: p.grad.detach().numpy().copy() for k, p in be._params.items()}
+        for p in be._params.values():
+            p.grad = None
+    return s, grads

@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import backend_with_lora, loss_and_lora_grads
+
 RTOL = 2e-5        # float32: the chunked attention's polynomial exp is within 1.3e-5 of float64
 
 
@@ -69,36 +71,6 @@ def _batch(vocab: int, L: int = 48):
     return Batch(ids, mask, int(mask[:, 1:].sum()), 2 * L)
 
 
-def _backend(name: str, model, **kw):
-    from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.config import LoraConfig
-    be = get_backend(name)(model, **kw)
-    spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
-                                  be.num_hidden_layers(), str(model))
-    w = init_lora_weights(spec, mods, 0)
-    rng = np.random.default_rng(1)                    # B ≠ 0, so the A gradients are not all zero
-    be.attach_lora(spec, mods, {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v)
-                                for k, v in w.items()})
-    return be
-
-
-def _step(be, batch):
-    """Loss and every LoRA gradient (PEFT names) of one accumulate."""
-    s, _ = be.accumulate(batch)
-    if be.name == "mlx":
-        from mlx.utils import tree_flatten
-
-        from common.adapter import mlx_to_peft
-        grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
-        be._grads = None
-    else:
-        grads = {k: p.grad.detach().numpy().copy() for k, p in be._params.items()}
-        for p in be._params.values():
-            p.grad = None
-    return s, grads
-
-
 def _gap(a, b) -> float:
     """Largest relative difference of the loss and of each gradient (scaled by its largest entry)."""
     (sa, ga), (sb, gb) = a, b
@@ -128,14 +100,14 @@ def test_mlx_gpu_branch_matches_the_cpu_path(tiny_model, monkeypatch, mlx_long, 
     heap, compiles, real = [], [], mx.compile
     monkeypatch.setattr(mb, "reuse_freed_memory", lambda: heap.append(1) or True)
     monkeypatch.setattr(mx, "compile", lambda *a, **k: compiles.append(1) or real(*a, **k))
-    cpu = _step(_backend("mlx", tiny_model), batch)
+    cpu = loss_and_lora_grads(backend_with_lora("mlx", tiny_model), batch)
     assert heap and compiles and dev.choices(_FakeModel(), 2, 47).chunked_attention   # the CPU path ran as measured
     heap.clear(), compiles.clear()
     monkeypatch.setattr(dev, "device_kind", lambda: "gpu")
     monkeypatch.setattr(dev, "memory_bytes", lambda: memory)
     plan = dev.choices(_FakeModel(), 2, 47)
     assert plan.chunked_attention is (memory is not None) and plan.exp(True) == "exp" and not plan.compiled_step
-    gpu = _step(_backend("mlx", tiny_model), batch)
+    gpu = loss_and_lora_grads(backend_with_lora("mlx", tiny_model), batch)
     assert not heap and not compiles
     gap = _gap(cpu, gpu)
     print(f"\n[mlx gpu branch, memory={memory}] max relative gap to the CPU path: {gap:.2e}")
@@ -165,7 +137,7 @@ def test_mlx_gpu_exponential_matches_the_cpu_ones():
 
 def test_mlx_peak_memory_falls_back_to_metal(tiny_model, monkeypatch):
     import mlx.core as mx
-    be = _backend("mlx", tiny_model)
+    be = backend_with_lora("mlx", tiny_model)
     want = be.peak_memory_bytes()
     monkeypatch.delattr(mx, "get_peak_memory")
     assert be.peak_memory_bytes() == want
@@ -185,18 +157,18 @@ def test_torch_gpu_choices_match_the_cpu_path(tiny_model, monkeypatch, device):
     released = []
     monkeypatch.setattr(tb, "release_freed_memory", lambda: released.append(1) or True)
     monkeypatch.setattr(tb, "LONG_ROWS", 64)
-    be = _backend("torch", tiny_model, grad_checkpointing=True)
-    cpu = _step(be, batch)
+    be = backend_with_lora("torch", tiny_model, grad_checkpointing=True)
+    cpu = loss_and_lora_grads(be, batch)
     assert released
     released.clear()
     monkeypatch.setattr(tb, "torch_choices", lambda _dev, *a, **k: torch_choices(device, *a, **k))
-    other = _step(be, batch)
+    other = loss_and_lora_grads(be, batch)
     assert not released and _gap(cpu, other) == 0.0
 
 
 def test_paged_optimizer_refused_off_cuda(tiny_model):
     from common.errors import BackendError
-    be = _backend("torch", tiny_model)
+    be = backend_with_lora("torch", tiny_model)
     for dev in ("cpu", "mps"):
         be.device = dev
         with pytest.raises(BackendError, match="paged_adamw_8bit needs bitsandbytes on an NVIDIA GPU"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import backend_with_lora, loss_and_lora_grads
 from common.longseq import attention_flops_per_token, loss_chunk_rows
 
 
@@ -23,35 +24,6 @@ def _batch(vocab: int):
     mask[0, 20:] = 1
     mask[1, 25:40] = 1
     return Batch(ids, mask, int(mask[:, 1:].sum()), 48 + 40)
-
-
-def _backend(name: str, model, gc: bool):
-    from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.config import LoraConfig
-    be = get_backend(name)(model, grad_checkpointing=gc)
-    spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
-                                  be.num_hidden_layers(), str(model))
-    w = init_lora_weights(spec, mods, 0)
-    rng = np.random.default_rng(1)                    # B ≠ 0, so the A gradients are not all zero
-    w = {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v) for k, v in w.items()}
-    be.attach_lora(spec, mods, w)
-    return be
-
-
-def _loss_and_grads(be, batch):
-    s, n = be.accumulate(batch)
-    if be.name == "mlx":
-        from mlx.utils import tree_flatten
-
-        from common.adapter import mlx_to_peft
-        grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
-        be._grads = None
-    else:
-        grads = {k: p.grad.detach().numpy().copy() for k, p in be._params.items()}
-        for p in be._params.values():
-            p.grad = None
-    return s, grads
 
 
 def _close(a, b, rtol=2e-5):
@@ -68,23 +40,23 @@ def _close(a, b, rtol=2e-5):
 def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model, monkeypatch):
     from common.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
-    plain = _loss_and_grads(_backend(backend, tiny_model, False), batch)
+    plain = loss_and_lora_grads(backend_with_lora(backend, tiny_model, grad_checkpointing=False), batch)
     assert any(np.abs(g).max() > 0 for k, g in plain[1].items() if "lora_A" in k)
-    ckpt = _backend(backend, tiny_model, True)
+    ckpt = backend_with_lora(backend, tiny_model, grad_checkpointing=True)
     if backend == "torch":                                                 # checkpointing really on
         assert any(getattr(m, "gradient_checkpointing", False) is True for m in ckpt.model.modules())
     else:
         from backends.mlx.checkpoint import is_checkpointed
         assert all(is_checkpointed(layer) for layer in ckpt.model.layers)
-    _close(plain, _loss_and_grads(ckpt, batch))
+    _close(plain, loss_and_lora_grads(ckpt, batch))
     monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
     monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16
     assert loss_chunk_rows(batch.n_targets, 400) == 7
     import backends.mlx.attention as att
     made, real = [], att.chunked
     monkeypatch.setattr(att, "chunked", lambda inner, c, *a: made.append(c) or real(inner, c, *a))
-    _close(plain, _loss_and_grads(ckpt, batch))                            # checkpointed + chunked
-    _close(plain, _loss_and_grads(_backend(backend, tiny_model, False), batch))   # chunked only
+    _close(plain, loss_and_lora_grads(ckpt, batch))                            # checkpointed + chunked
+    _close(plain, loss_and_lora_grads(backend_with_lora(backend, tiny_model, grad_checkpointing=False), batch))   # chunked only
     assert made == ([16, 16] if backend == "mlx" else [])                  # the chunked attention ran
 
 
@@ -141,13 +113,13 @@ def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatc
     import backends.mlx.attention as att
     batch = _batch(len(load_tokenizer(tiny_model)))
     monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
-    plain = _loss_and_grads(_backend("mlx", tiny_model, False), batch)
+    plain = loss_and_lora_grads(backend_with_lora("mlx", tiny_model, grad_checkpointing=False), batch)
     calls, real = [], att.flash_attention
     monkeypatch.setattr(att, "flash_attention",
                         lambda *a, saved=None, **k: calls.append(saved is not None) or real(*a, saved=saved, **k))
-    be = _backend("mlx", tiny_model, True)
+    be = backend_with_lora("mlx", tiny_model, grad_checkpointing=True)
     n = len(be.model.layers)
-    _close(plain, _loss_and_grads(be, batch))
+    _close(plain, loss_and_lora_grads(be, batch))
     assert calls == [False] * n + [True] * n          # n forwards, then n recomputes that reused them
     assert att._saved is None                         # nothing kept after the step
 
@@ -166,11 +138,11 @@ def test_mlx_compiled_long_step_is_the_uncompiled_step(tiny_model, monkeypatch):
 
     def two_steps(compiled_rows: int):
         monkeypatch.setattr(att, "COMPILED_ROWS", compiled_rows)
-        be = _backend("mlx", tiny_model, True)
+        be = backend_with_lora("mlx", tiny_model, grad_checkpointing=True)
         be.make_optimizer((0.9, 0.999), 1e-8, 0.0)
         loss, n = be.accumulate(batch)
         be.apply_gradients(1e-2, n, None)
-        return loss, _loss_and_grads(be, batch)
+        return loss, loss_and_lora_grads(be, batch)
 
     first, second = two_steps(10 ** 9)
     assert compiles == []
@@ -203,15 +175,15 @@ def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):
     from common.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
     monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 5 * 400)
-    mlx = _loss_and_grads(_backend("mlx", tiny_model, True), batch)
-    torch_ = _loss_and_grads(_backend("torch", tiny_model, True), batch)
+    mlx = loss_and_lora_grads(backend_with_lora("mlx", tiny_model, grad_checkpointing=True), batch)
+    torch_ = loss_and_lora_grads(backend_with_lora("torch", tiny_model, grad_checkpointing=True), batch)
     _close(mlx, torch_, rtol=1e-4)
 
 
 def test_mlx_checkpointing_is_scoped_to_its_model(tiny_model):
     from backends.mlx.checkpoint import checkpoint_layers, is_checkpointed
-    on = _backend("mlx", tiny_model, True)
-    off = _backend("mlx", tiny_model, False)
+    on = backend_with_lora("mlx", tiny_model, grad_checkpointing=True)
+    off = backend_with_lora("mlx", tiny_model, grad_checkpointing=False)
     assert all(is_checkpointed(layer) for layer in on.model.layers)
     assert not any(is_checkpointed(layer) for layer in off.model.layers)   # mlx-lm's patch would leak here
     assert type(off.model.layers[0]) is not type(on.model.layers[0])
