@@ -123,6 +123,25 @@ def mlx_layout_adapter_for_another_base(ctx):
     return expect_error(generate_cli(ctx, mlx, model=other), str(mlx), "adapter was trained on base", str(other))
 
 
+@row("E174")
+def init_adapter_of_another_base(ctx):
+    """--init-adapter goes through the same base-weights check (E165), before the model loads."""
+    adapter = ctx.adapter_copy()
+    other = ctx.request.getfixturevalue("other_tiny_model")
+    r = run_cli("train", "--backend", "torch", "--model", other, "--data", ctx.data, "--output", ctx.out,
+                "--steps", "1", "--init-adapter", adapter)
+    line = refused(ctx, r, f"--init-adapter {adapter}", "adapter was trained on base", str(other))
+    assert "backend=" not in r.output  # refused before the model loaded
+    assert line.endswith("— fix: train on the base the adapter was trained on (--model / model.path), or without "
+                         "--init-adapter")
+    mlx = ctx.tmp / "mlx-layout"  # mlx-lm's layout of the same adapter: the same check
+    assert run_cli("convert", adapter, mlx, "--to", "mlx").exit_code == 0
+    r = run_cli("train", "--backend", "torch", "--model", other, "--data", ctx.data, "--output", ctx.out,
+                "--steps", "1", "--init-adapter", mlx)
+    refused(ctx, r, f"--init-adapter {mlx}", "adapter was trained on base")
+    return line
+
+
 @row("E27")
 def adapter_rank_disagrees_with_tensors(ctx):
     adapter = ctx.adapter_copy()
