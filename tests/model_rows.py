@@ -69,6 +69,26 @@ def model_needs_its_own_code(ctx):
     return line
 
 
+@row("E172")
+def hub_model_needs_its_own_code(ctx):
+    """The same refusal for a hub id whose config.json is in the Hugging Face cache (a fake cache
+    entry, offline: nothing is downloaded)."""
+    import huggingface_hub.constants as hf
+    cache = ctx.tmp / "hf-cache"
+    snap = cache / "models--someorg--custom-lm" / "snapshots" / ("ab" * 20)
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("ab" * 20)
+    (snap / "config.json").write_text(json.dumps({"model_type": "my_custom", "auto_map": {
+        "AutoModelForCausalLM": "someorg/custom-lm--modeling_custom.CustomForCausalLM"}}))
+    ctx.mp.setattr(hf, "HF_HUB_CACHE", str(cache))
+    r = run_cli("generate", "--model", "someorg/custom-lm", "-p", "hi")
+    line = expect_error(r, "someorg/custom-lm (config.json in the Hugging Face cache): model_type 'my_custom'",
+                        "the repository's own code (modeling_custom.py)", "never runs a model's code")
+    refused(ctx, train_model(ctx, "someorg/custom-lm"), "someorg/custom-lm (config.json in the Hugging Face cache)")
+    return line
+
+
 # ---------------------------------------------------------------- LoRA settings
 
 @row("E24")
