@@ -262,7 +262,15 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
     """Train the same model on the same data with the same LoRA settings, one run after another
     (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
     SFTTrainer script. Prints tokens/s, step time, peak memory, final loss, MFU and our/plain ratios."""
+    from common.lock import claim_output
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    with claim_output(output, "bench", inputs=[data]):  # a rerun continues a bench of ours; nothing else is written into
+        _bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
+               lengths, mem_limit_gib, budget_min)
+
+
+def _bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
+           lengths, mem_limit_gib, budget_min):
     if lengths:
         from benchmarks.longseq import parse_lengths, run_length_sweep
         run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
@@ -298,11 +306,9 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     are skipped, an unfinished run resumes from its last checkpoint (as train --resume) or, with
     no checkpoint, starts over.
     """
-    from common.ownership import check_output_dir
     from jobs.sweep import run_sweep
-    from common.lock import OutputLock
-    check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
-    with OutputLock(output):
+    from common.lock import claim_output
+    with claim_output(output, "sweep"):  # a rerun continues a sweep of ours; nothing else is written into
         run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
                   echo=echo, max_new_tokens=max_new_tokens)
 

@@ -53,6 +53,10 @@ def commands(model, made, out) -> dict[str, tuple[str, list]]:
         "study": ("--output", ["study", "--config", root / "study.yaml", "--backend", "torch", "--no-forgetting",
                                "--output", out]),
         "demo": ("--output", ["demo", "--output", out, "--steps", "1"]),
+        "bench": ("--output", ["bench", "--model", model, "--steps", "1", "--warmup", "0", "--repeats", "1",
+                               "--no-ragged", "--backend", "torch", "--max-length", "64", "--output", out]),
+        "bench --lengths": ("--output", ["bench", "--model", model, "--lengths", "64", "--backend", "torch",
+                                         "--output", out]),
     }
 
 
