@@ -511,8 +511,12 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
 
 
 def _named_adapter(value: str) -> tuple[str, str]:
-    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/)."""
+    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/); an
+    empty one, or a NAME= without its directory, is refused here (it would read as the current folder)."""
     name, sep, path = value.partition("=")
+    if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
+        raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
+                        fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
     if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
         return name, path
     p = Path(value)

@@ -162,6 +162,16 @@ def init_adapter_of_another_base(ctx):
     return line
 
 
+@row("E176")
+def adapter_spec_without_a_directory(ctx):
+    """serve's (and generate's) --adapter NAME= with nothing after it: not read as the current folder."""
+    r = run_cli("serve", "--model", ctx.model, "--port", "0", "--adapter", "legal=")
+    line = expect_error(r, "--adapter: 'legal=' gives no adapter directory")
+    assert "serving" not in r.output
+    expect_error(run_cli("generate", "--model", ctx.model, "-p", "hi", "--adapter", ""), "'' gives no adapter directory")
+    return line
+
+
 @row("E27")
 def adapter_rank_disagrees_with_tensors(ctx):
     adapter = ctx.adapter_copy()
