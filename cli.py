@@ -265,23 +265,17 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
     from common.lock import claim_output
     sys.path.insert(0, str(ROOT / "benchmarks"))
     with claim_output(output, "bench", inputs=[data]):  # a rerun continues a bench of ours; nothing else is written into
-        _bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
-               lengths, mem_limit_gib, budget_min)
-
-
-def _bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
-           lengths, mem_limit_gib, budget_min):
-    if lengths:
-        from benchmarks.longseq import parse_lengths, run_length_sweep
-        run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
-                         backends=list(backends or BENCH["backends"]), out_dir=Path(output), echo=echo,
-                         threads=threads, mem_limit_gib=mem_limit_gib,
-                         budget_s=None if budget_min is None else 60 * budget_min)
-        return
-    from benchmarks.bench import run_bench
-    run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
-              max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
-              out_dir=Path(output), echo=echo, threads=threads)
+        if lengths:
+            from benchmarks.longseq import parse_lengths, run_length_sweep
+            run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
+                             backends=list(backends or BENCH["backends"]), out_dir=Path(output), echo=echo,
+                             threads=threads, mem_limit_gib=mem_limit_gib,
+                             budget_s=None if budget_min is None else 60 * budget_min)
+            return
+        from benchmarks.bench import run_bench
+        run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
+                  max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
+                  out_dir=Path(output), echo=echo, threads=threads)
 
 
 # ------------------------------------------------------------------ sweep

@@ -146,7 +146,7 @@ class OutputLock(RunLock):
 
 @contextmanager
 def claim_output(path: str | os.PathLike, kind: str, flag: str = "--output", inputs=()):
-    """The one way a command takes an output directory: it may receive a `kind` output
+    """An output directory taken in one call (bench, sweep): it may receive a `kind` output
     (common.ownership.check_output_dir: not the user's, not an input, writable), then no other
     twinlora process writes it while the block runs (OutputLock). Yields whether it exists and is ours."""
     from common.ownership import check_output_dir
