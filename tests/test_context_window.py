@@ -85,3 +85,14 @@ def test_eval_caps_the_answer_of_a_long_record_to_the_context(tiny_model, tmp_pa
     assert rows[1]["prompt_tokens"] == n and rows[1]["prompt_tokens"] + rows[1]["answer_tokens"] <= 512
     assert rows[1]["scores"]["truncated"] == (rows[1]["answer_tokens"] == 512 - n)
     assert rows[0]["scores"]["truncated"] == (rows[0]["answer_tokens"] == asked)
+
+
+def test_parity_fits_its_prompts_to_the_context(tiny_model):
+    """parity generates on both backends: a prompt past the context is refused before any logits,
+    a huge --max-new-tokens (accepted: a budget) is capped so prompt + answer fit."""
+    r = run_cli("parity", "--model", tiny_model, "--prompt", "hi", "--prompt", LONG)
+    expect_error(r, "error: --prompt: the prompt is ", "the model's context holds 512")
+    assert "max|Δlogit|" not in r.output
+    r = run_cli("parity", "--model", tiny_model, "--prompt", "hi", "--max-new-tokens", "1000000")
+    assert r.exit_code in (0, 1) and "Traceback" not in r.output, r.output
+    assert "[twinlora] note: --max-new-tokens 1000000 capped to " in r.output, r.output
