@@ -262,18 +262,20 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
     """Train the same model on the same data with the same LoRA settings, one run after another
     (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
     SFTTrainer script. Prints tokens/s, step time, peak memory, final loss, MFU and our/plain ratios."""
+    from common.lock import claim_output
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    if lengths:
-        from benchmarks.longseq import parse_lengths, run_length_sweep
-        run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
-                         backends=list(backends or BENCH["backends"]), out_dir=Path(output), echo=echo,
-                         threads=threads, mem_limit_gib=mem_limit_gib,
-                         budget_s=None if budget_min is None else 60 * budget_min)
-        return
-    from benchmarks.bench import run_bench
-    run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
-              max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
-              out_dir=Path(output), echo=echo, threads=threads)
+    with claim_output(output, "bench", inputs=[data]):  # a rerun continues a bench of ours; nothing else is written into
+        if lengths:
+            from benchmarks.longseq import parse_lengths, run_length_sweep
+            run_length_sweep(model=model, lengths=parse_lengths(lengths), steps=steps, warmup=warmup, rank=rank,
+                             backends=list(backends or BENCH["backends"]), out_dir=Path(output), echo=echo,
+                             threads=threads, mem_limit_gib=mem_limit_gib,
+                             budget_s=None if budget_min is None else 60 * budget_min)
+            return
+        from benchmarks.bench import run_bench
+        run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
+                  max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
+                  out_dir=Path(output), echo=echo, threads=threads)
 
 
 # ------------------------------------------------------------------ sweep
@@ -298,11 +300,9 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     are skipped, an unfinished run resumes from its last checkpoint (as train --resume) or, with
     no checkpoint, starts over.
     """
-    from common.ownership import check_output_dir
     from jobs.sweep import run_sweep
-    from common.lock import OutputLock
-    check_output_dir(output, "sweep", "--output")  # a rerun continues a sweep of ours; nothing else is written into
-    with OutputLock(output):
+    from common.lock import claim_output
+    with claim_output(output, "sweep"):  # a rerun continues a sweep of ours; nothing else is written into
         run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
                   echo=echo, max_new_tokens=max_new_tokens)
 
@@ -505,8 +505,12 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
 
 
 def _named_adapter(value: str) -> tuple[str, str]:
-    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/)."""
+    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/); an
+    empty one, or a NAME= without its directory, is refused here (it would read as the current folder)."""
     name, sep, path = value.partition("=")
+    if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
+        raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
+                        fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
     if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
         return name, path
     p = Path(value)

@@ -462,6 +462,17 @@ def _summ(results: list[dict], warmup: int, step_targets: list[int]) -> dict:
             "device": results[0].get("device"), "blas": results[0].get("blas"), "repeats": per}
 
 
+def work_dir(out_dir: Path) -> Path:
+    """out_dir/work, with the marker that makes out_dir a bench directory (common.ownership), so a
+    rerun of an interrupted bench may write there again and nothing else of the user's is."""
+    from common.io import write_json
+    from common.ownership import BENCH_MARKER
+    work = Path(out_dir) / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    write_json(Path(out_dir) / BENCH_MARKER, {"kind": "twinlora bench", "format": 1})
+    return work
+
+
 def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: int = DEFAULTS["steps"],
               warmup: int = DEFAULTS["warmup"], repeats: int = DEFAULTS["repeats"],
               batch_size: int = DEFAULTS["batch_size"], max_length: int = DEFAULTS["max_length"],
@@ -477,9 +488,8 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
     from common.tokenize import load_tokenizer
 
     _check_options(steps, warmup, repeats, batch_size, max_length, rank)
+    work = work_dir(out_dir)
     out_dir = Path(out_dir)
-    work = out_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
     fams = families(backends)
     _check_installed(fams)
     alpha = float(alpha if alpha is not None else 2 * rank)

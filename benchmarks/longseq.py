@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.bench import (PLAIN, ROOT, _env, _mib, _worker_cmd, _x, families, model_facts, synth_examples,
+from benchmarks.bench import (PLAIN, ROOT, _env, _mib, _worker_cmd, _x, families, model_facts, synth_examples, work_dir,
                               target_list)
 
 RUNNERS = (("ours-mlx", "mlx"), ("mlx-lm", "mlx"), ("ours-torch", "torch"), ("trl", "torch"))
@@ -166,8 +166,7 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
     tok = load_tokenizer(model_dir)
     facts = model_facts(model_dir, LoraConfig(rank=rank, alpha=alpha, target_modules=targets))
     out_dir = Path(out_dir)
-    work = out_dir / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    work = work_dir(out_dir)
     limits = _Limits(budget_s, timeout, int(mem_limit_gib * 2 ** 30))
     base = dict(model=model, model_dir=str(model_dir), batch_size=1, rank=rank, alpha=alpha, targets=targets,
                 lr=lr, seed=seed, dtype=dtype, attn_implementation=None, pad_id=tok.pad_token_id, threads=threads,

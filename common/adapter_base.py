@@ -69,10 +69,16 @@ def _warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def check_base(adapter: str | Path, model_dir: Path, model: str, allow_mismatch: bool = False, warn=_warn) -> None:
+MISMATCH_FIX = ("pass the base model the adapter was trained on (--model); to merge it anyway when you know the "
+                "weights are compatible: merge --allow-base-mismatch")
+
+
+def check_base(adapter: str | Path, model_dir: Path, model: str, allow_mismatch: bool = False, warn=_warn,
+               where: str | None = None, fix: str = MISMATCH_FIX) -> None:
     """Refuse `adapter` on `model` (resolved to `model_dir`) unless its weights are the recorded
     base's: by the recorded weight hash, else by hashing the recorded base when it is here. When
-    nothing recorded can be found here, say in one line that nothing was checked."""
+    nothing recorded can be found here, say in one line that nothing was checked. `where`/`fix`:
+    how the refusal names the adapter and the way out (train --init-adapter has no --model)."""
     from common.models import weights_hash
     if allow_mismatch:
         return
@@ -96,6 +102,4 @@ def check_base(adapter: str | Path, model_dir: Path, model: str, allow_mismatch:
     have = weights_hash(model_dir)
     if want != have:
         raise AdapterError(f"adapter was trained on base {trained_on} (weights sha256 {want[:12]}…), not on {model} "
-                           f"(sha256 {have[:12]}…)", where=str(adapter),
-                           fix="pass the base model the adapter was trained on (--model); to merge it anyway "
-                               "when you know the weights are compatible: merge --allow-base-mismatch")
+                           f"(sha256 {have[:12]}…)", where=where or str(adapter), fix=fix)

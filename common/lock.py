@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import TrainingError
@@ -141,3 +142,14 @@ class OutputLock(RunLock):
             fix += f"; if that process is gone, delete {self.file}"
         return TrainingError(f"another twinlora process is writing this output ({_who(holder)})", where=str(self.run_dir),
                              fix=fix)
+
+
+@contextmanager
+def claim_output(path: str | os.PathLike, kind: str, flag: str = "--output", inputs=()):
+    """An output directory taken in one call (bench, sweep): it may receive a `kind` output
+    (common.ownership.check_output_dir: not the user's, not an input, writable), then no other
+    twinlora process writes it while the block runs (OutputLock). Yields whether it exists and is ours."""
+    from common.ownership import check_output_dir
+    exists = check_output_dir(path, kind, flag, inputs)
+    with OutputLock(path, flag):
+        yield exists

@@ -187,7 +187,10 @@ def resolve_model(path: str) -> Path:
         check_model_dir(p)
         return p
     if path.count("/") == 1 and not path.startswith((".", "/", "~")):
-        return _from_hub(path)
+        _check_cached_config(path)  # before anything is fetched
+        d = _from_hub(path)
+        _check_cached_config(path, d)
+        return d
     raise ModelError("model path not found", where=path,
                      fix='pass "embedded" (SmolLM2), "gemma3-270m", a local model directory, or a hub id like org/name')
 
@@ -208,6 +211,27 @@ def peft_base_name(model: str, model_dir: Path) -> str:
     call. llama.cpp's converter only takes hub ids there; give it `--base DIR` (the model card says so).
     """
     return model if is_hub_id(model) else str(Path(model_dir).resolve())
+
+
+def _check_cached_config(repo_id: str, snapshot: Path | None = None) -> None:
+    """A hub id gets the checks of a local folder's config.json (E170: a model that needs its own
+    code) from the copy in the Hugging Face cache (or the snapshot just fetched), read offline:
+    transformers would otherwise ask whether to run the repository's code."""
+    where = f"{repo_id} (config.json in the Hugging Face cache)"
+    if snapshot is not None:
+        found = Path(snapshot) / "config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(repo_id, "config.json")
+        if not isinstance(cached, str):  # not cached (or cached as missing): nothing to read yet
+            return
+        found = Path(cached)
+    try:
+        cfg = json.loads(found.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return  # a damaged or missing config is reported by the model's loader, with its path
+    if isinstance(cfg, dict):
+        _refuse_remote_code(found.parent, cfg, where=where, whose="the repository's")
 
 
 def _from_hub(repo_id: str) -> Path:
@@ -264,7 +288,7 @@ def check_model_dir(p: Path, allow_pickle: bool = False) -> None:
                              fix="pass a directory with model.safetensors")
 
 
-def _refuse_remote_code(p: Path, cfg: dict) -> None:
+def _refuse_remote_code(p: Path, cfg: dict, where: str | None = None, whose: str = "the folder's") -> None:
     """A model whose architecture transformers does not ship, with its own code named in auto_map:
     transformers would ask to run that code (trust_remote_code; a prompt on a terminal, else a
     library error). twinlora never runs a model's code, so it says so before any library is called."""
@@ -277,9 +301,9 @@ def _refuse_remote_code(p: Path, cfg: dict) -> None:
         return  # transformers builds it from its own code and ignores auto_map
     refs = [r for v in auto_map.values() for r in (v if isinstance(v, list) else [v]) if isinstance(r, str)]
     code = sorted({r.split("--")[-1].split(".")[0] + ".py" for r in refs})  # "repo--modeling_x.Cls" → modeling_x.py
-    raise ModelError(f"model_type {kind!r} is not built into transformers: loading it would run the folder's own "
+    raise ModelError(f"model_type {kind!r} is not built into transformers: loading it would run {whose} own "
                      f"code ({', '.join(code) or 'auto_map'}), and twinlora never runs a model's code",
-                     where=str(p / "config.json"),
+                     where=where or str(p / "config.json"),
                      fix="use a model whose architecture transformers ships (llama, qwen2, gemma3_text, ...)")
 
 

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 from common.errors import UserError
 
 RUN_MARKER = "twinlora_run.json"
+BENCH_MARKER = "work/twinlora_bench.json"  # written when a bench starts: an interrupted one is ours to rerun
 
 
 def _has(*names: str) -> Callable[[Path], bool]:
@@ -59,6 +60,8 @@ KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "prepared": ("a directory prepared by twinlora", _has("manifest.json")),
     "sweep": ("a twinlora sweep directory", _has("sweep.json")),
     "study": ("a twinlora study directory", _has("settings.json")),
+    "bench": ("a twinlora bench directory", lambda p: any((p / n).is_file() for n in ("bench.json", "longseq.json",
+                                                                                     BENCH_MARKER))),
     "demo": ("a twinlora demo directory", lambda p: (p / "summary.json").is_file() or (p / "data" / "manifest.json").is_file()
              or is_run_dir(p / "mlx") or is_run_dir(p / "torch")),
 }

@@ -40,31 +40,60 @@ def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
 
 def generate_items(opened, examples: list[Example], template: str, system_prompt: str | None,
                    max_new_tokens: int, batch_size: int = 8, echo=print) -> list[dict]:
-    """Greedy answers for every example; batched where the backend generates in batches."""
+    """Greedy answers for every example; batched where the backend generates in batches. Every
+    prompt is encoded and fitted to the context first (`answer_budgets`)."""
     from jobs.session import eos_ids
     tk = Tokenizer(opened.tokenizer, template, system_prompt)
     stops = eos_ids(opened.tokenizer)
     be = opened.backend
     step = batch_size if be.capabilities.batched_generation and batch_size > 1 else 1
+    all_prompts = [tk.encode_prompt(ex) for ex in examples]
+    all_budgets = answer_budgets(opened, examples, all_prompts, max_new_tokens, echo)
     items, t0 = [], time.time()
     for start in range(0, len(examples), step):
-        chunk = examples[start: start + step]
-        prompts = [tk.encode_prompt(ex) for ex in chunk]
+        chunk, prompts = examples[start: start + step], all_prompts[start: start + step]
+        budgets = all_budgets[start: start + step]
         t_chunk = time.perf_counter()
-        outs = be.generate_batch(prompts, max_new_tokens, stops) if step > 1 else \
-            [be.generate(prompts[0], max_new_tokens, stops)]
+        outs = _generate_chunk(be, prompts, budgets, stops, step > 1)
         per_answer = (time.perf_counter() - t_chunk) / len(chunk)  # a batch's time, shared by its answers
-        for j, (ex, ids, out) in enumerate(zip(chunk, prompts, outs)):
+        for j, (ex, ids, out, budget) in enumerate(zip(chunk, prompts, outs, budgets)):
             items.append(_item(ex, opened.tokenizer.decode(ids),
                                opened.tokenizer.decode(out, skip_special_tokens=True), start + j))
-            # no end-of-turn within the budget: the answer was cut by --max-new-tokens
-            items[-1].update(truncated=len(out) >= max_new_tokens, prompt_tokens=len(ids),
+            # no end-of-turn within the budget: the answer was cut by --max-new-tokens (or the context)
+            items[-1].update(truncated=len(out) >= budget, prompt_tokens=len(ids),
                              answer_tokens=len(out), seconds=round(per_answer, 4))
         done = len(items)
         rate = done / max(time.time() - t0, 1e-9)
         echo(f"\r[eval] {done}/{len(examples)}  {rate:.2f} items/s  ETA {int((len(examples) - done) / rate)}s", nl=False)
     echo("")
     return items
+
+
+EVAL_CONTEXT_FIX = "shorten that record's prompt or drop the record, or use a model with a longer context"
+
+
+def answer_budgets(opened, examples: list[Example], prompts: list[list[int]], max_new_tokens: int,
+                   echo=print) -> list[int]:
+    """Each answer's token budget so that prompt + answer fit the model's context, by the check
+    `generate` makes (jobs.session.fit_context): a record whose prompt fills the context is refused
+    before any answer is generated; budgets cut short are said in one line."""
+    from jobs.session import fit_context
+    capped: list[str] = []
+    budgets = [fit_context(opened, len(ids), max_new_tokens, ex.source, EVAL_CONTEXT_FIX, note=capped.append)
+               for ex, ids in zip(examples, prompts)]
+    if capped:
+        first = next(ex.source for ex, b in zip(examples, budgets) if b < max_new_tokens)
+        more = f"; {len(capped) - 1} more record(s) capped alike" if len(capped) > 1 else ""
+        echo(f"{capped[0].replace('[twinlora]', '[eval]')} ({first}{more})")
+    return budgets
+
+
+def _generate_chunk(be, prompts: list[list[int]], budgets: list[int], stops: list[int], batched: bool) -> list:
+    """One batched call when the chunk's answers share one budget; one prompt at a time when the
+    context cut some budgets (a batch has one length, and past the context a row is not defined)."""
+    if batched and len(set(budgets)) == 1:
+        return be.generate_batch(prompts, budgets[0], stops)
+    return [be.generate(p, b, stops) for p, b in zip(prompts, budgets)]
 
 
 def generate_samples(backend: str, model: str, adapter: Path | None, examples: list[Example], max_new_tokens: int,
@@ -77,11 +106,11 @@ def generate_samples(backend: str, model: str, adapter: Path | None, examples: l
     opened = open_model(backend, model, adapter=adapter)
     template, system_prompt, _ = resolve_prompting(opened, template, system_prompt)
     tk, stops = Tokenizer(opened.tokenizer, template, system_prompt), eos_ids(opened.tokenizer)
+    prompts = [tk.encode_prompt(ex) for ex in examples]
     out = []
-    for ex in examples:
-        ids = tk.encode_prompt(ex)
+    for ids, budget in zip(prompts, answer_budgets(opened, examples, prompts, max_new_tokens)):
         out.append([opened.tokenizer.decode(opened.backend.generate(
-            ids, max_new_tokens, stops, sampler=Sampler(Sampling(temperature, 1.0, seed + s).check())),
+            ids, budget, stops, sampler=Sampler(Sampling(temperature, 1.0, seed + s).check())),
             skip_special_tokens=True).strip() for s in range(n)])
     return out
 

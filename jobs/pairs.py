@@ -43,11 +43,7 @@ def run_pairs(inputs: list[str], out_dir: Path, seed: int = 0, options: dict | N
     from jobs.evaluation import generate_items, resolve_prompting
     from jobs.session import open_model
 
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown option(s) for recipe pairs: {', '.join(unknown)}", where="prepare",
-                          fix=f"valid options: {', '.join(sorted(OPTIONS))}")
+    options = pair_options(options or {})
     if not inputs:
         raise DataError("recipe pairs needs an SFT split", where="prepare",
                         fix="give a prepare manifest.json (e.g. data/prepared/legi/manifest.json) or JSONL files")
@@ -56,15 +52,34 @@ def run_pairs(inputs: list[str], out_dir: Path, seed: int = 0, options: dict | N
     adapter = options.get("adapter")
     opened = open_model(str(options.get("backend", "torch")), _model(options), adapter=adapter)
     template, system, _ = resolve_prompting(opened, None, None)
-    limit = int(options["limit"]) if options.get("limit") is not None else None
     splits, skipped = {}, {}
     for split, path in files.items():
-        examples = [ex for ex in load_examples(path) if ex.is_chat][:limit]
-        items = generate_items(opened, examples, template, system, int(options.get("max_new_tokens", 128)), echo=echo)
+        examples = [ex for ex in load_examples(path) if ex.is_chat][:options["limit"]]
+        items = generate_items(opened, examples, template, system, options["max_new_tokens"], echo=echo)
         splits[split], skipped[split] = pair_rows(examples, [it["prediction"] for it in items])
     extra = {"pairs": {"answered_by": adapter or "base", "skipped_same_answer": skipped}}
     with atomic_dir(out_dir) as tmp:
         return write_splits(tmp, splits, extra, recipe="pairs", seed=seed, sources=list(files.values()))
+
+
+COUNTS = {"limit": "e.g. --option limit=200, or omit it for every item",
+          "max_new_tokens": "e.g. --option max_new_tokens=128 (a budget past the model's context is capped to it)"}
+
+
+def pair_options(options: dict) -> dict:
+    """The recipe's options with their defaults, checked before any model loads: known names, and
+    the counts whole numbers of at least 1 (a limit above the split's size takes every item)."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) for recipe pairs: {', '.join(unknown)}", where="prepare",
+                          fix=f"valid options: {', '.join(sorted(OPTIONS))}")
+    out = {"limit": None, "max_new_tokens": 128, **options}
+    for key, fix in COUNTS.items():
+        value = out[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key} must be a whole number of at least 1, got {value!r}",
+                              where=f"prepare pairs --option {key}", fix=fix)
+    return out
 
 
 def pair_rows(examples: list, predictions: list[str]) -> tuple[list[dict], int]:

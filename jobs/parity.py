@@ -94,18 +94,20 @@ def family_check(model_dir) -> dict:
 def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
                tol_logit: float = MAX_ABS_LOGIT_TOL, tol_kl: float = MEAN_KL_TOL) -> dict:
     """`sessions`: {"mlx": Opened, "torch": Opened} with the same base and adapter."""
-    from jobs.session import eos_ids
+    from jobs.session import PROMPT_FIX, eos_ids, fit_context
     (na, a), (nb, b) = sessions.items()
     tok = a.tokenizer
     family = family_check(a.model_dir)
     ids_list = prompt_ids(tok, prompts)
     stops = eos_ids(tok)
     rows, worst_logit, kls = [], 0.0, []
-    for text, ids in zip(prompts, ids_list):
+    # every prompt fitted to the context before any work, as generate does (E168)
+    budgets = [fit_context(a, len(ids), max_new_tokens, "--prompt", PROMPT_FIX) for ids in ids_list]
+    for text, ids, budget in zip(prompts, ids_list, budgets):
         arr = np.array([ids], dtype=np.int32)
         cmp = compare_logits(a.backend.logits(arr), b.backend.logits(arr))
-        ga = a.backend.generate(ids, max_new_tokens, stops)
-        gb = b.backend.generate(ids, max_new_tokens, stops)
+        ga = a.backend.generate(ids, budget, stops)
+        gb = b.backend.generate(ids, budget, stops)
         rows.append({"prompt": text, **cmp, f"{na}_text": tok.decode(ga), f"{nb}_text": tok.decode(gb),
                      "same_text": ga == gb})
         worst_logit = max(worst_logit, cmp["max_abs_logit_diff"])

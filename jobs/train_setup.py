@@ -68,6 +68,8 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     echo = echo if dist.is_main else (lambda *a, **k: None)
     run = RunDir(run_dir)
     model_dir = resolve_model(cfg.model.path)
+    if init_adapter:
+        check_init_base(init_adapter, model_dir, cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
     tk, train_data, valid_data = prepare_data(cfg, tokenizer)
     t = cfg.training
@@ -85,6 +87,17 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     return Job(cfg, backend, caps, backend_cls, dist, run, echo, writes, dry_run, resume, overwrite, init_adapter,
                model_dir, tokenizer, tk, train_data, valid_data, steps, warmup_steps(steps, t.warmup_steps, t.warmup_ratio),
                data_sha)
+
+
+def check_init_base(init_adapter: str, model_dir: Path, model: str) -> None:
+    """--init-adapter goes through the base-weights check of every adapter (common.adapter_base),
+    before the model loads: LoRA weights trained on other base weights would start the run from
+    a wrong point without any error."""
+    from common.adapter import load_adapter
+    from common.adapter_base import check_base
+    load_adapter(Path(init_adapter))  # a missing or damaged adapter is reported as such first
+    check_base(init_adapter, model_dir, model, where=f"--init-adapter {init_adapter}",
+               fix="train on the base the adapter was trained on (--model / model.path), or without --init-adapter")
 
 
 def total_steps(cfg: Config, n_train: int) -> int:

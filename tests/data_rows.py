@@ -212,3 +212,13 @@ def dpo_resume_with_another_reference(ctx):
     line = expect_error(train_cli(ctx, *args, "--resume", data=data, steps="3"), "reference")
     assert (ctx.out / "adapter" / "adapter_model.safetensors").read_bytes() == before
     return line
+
+
+@row("E175")
+def pairs_option_out_of_range(ctx):
+    """prepare pairs' counts are checked before any model loads (jobs.pairs.pair_options)."""
+    r = run_cli("prepare", "pairs", ctx.data, "--out", ctx.out, "--option", "limit=-1")
+    line = refused(ctx, r, "prepare pairs --option limit", "limit must be a whole number of at least 1, got -1")
+    refused(ctx, run_cli("prepare", "pairs", ctx.data, "--out", ctx.out, "--option", "max_new_tokens=abc"),
+            "max_new_tokens must be a whole number of at least 1, got 'abc'")
+    return line

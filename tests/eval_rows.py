@@ -31,6 +31,19 @@ def compare_without_metrics(ctx):
     return refused(ctx, run_cli("compare", a, b, "--output", ctx.out), str(b), "no metrics.json")
 
 
+@row("E171")
+def eval_record_past_the_context(ctx):
+    """eval (and prepare pairs, the study's variability answers) fit each prompt to the context by
+    generate's check (E168), before the first answer."""
+    data = ctx.tmp / "long.jsonl"
+    write(data, json.dumps({"prompt": "mot " * 600, "completion": "R."}) + "\n")
+    r = run_cli("eval", "--backend", "torch", "--model", ctx.model, "--data", data, "--output", ctx.out,
+                "--metrics", "rouge")
+    line = refused(ctx, r, f"{data}:1: the prompt is", "the model's context holds 512")
+    assert "[eval] 1/1" not in r.output
+    return line
+
+
 # ---------------------------------------------------------------- outputs, eval, generate (E120-E129)
 
 def _plain_mlx_lm_adapter(ctx, model=None) -> Path:

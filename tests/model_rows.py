@@ -69,6 +69,26 @@ def model_needs_its_own_code(ctx):
     return line
 
 
+@row("E172")
+def hub_model_needs_its_own_code(ctx):
+    """The same refusal for a hub id whose config.json is in the Hugging Face cache (a fake cache
+    entry, offline: nothing is downloaded)."""
+    import huggingface_hub.constants as hf
+    cache = ctx.tmp / "hf-cache"
+    snap = cache / "models--someorg--custom-lm" / "snapshots" / ("ab" * 20)
+    snap.mkdir(parents=True)
+    (snap.parent.parent / "refs").mkdir()
+    (snap.parent.parent / "refs" / "main").write_text("ab" * 20)
+    (snap / "config.json").write_text(json.dumps({"model_type": "my_custom", "auto_map": {
+        "AutoModelForCausalLM": "someorg/custom-lm--modeling_custom.CustomForCausalLM"}}))
+    ctx.mp.setattr(hf, "HF_HUB_CACHE", str(cache))
+    r = run_cli("generate", "--model", "someorg/custom-lm", "-p", "hi")
+    line = expect_error(r, "someorg/custom-lm (config.json in the Hugging Face cache): model_type 'my_custom'",
+                        "the repository's own code (modeling_custom.py)", "never runs a model's code")
+    refused(ctx, train_model(ctx, "someorg/custom-lm"), "someorg/custom-lm (config.json in the Hugging Face cache)")
+    return line
+
+
 # ---------------------------------------------------------------- LoRA settings
 
 @row("E24")
@@ -121,6 +141,35 @@ def mlx_layout_adapter_for_another_base(ctx):
     assert generate_cli(ctx, mlx).exit_code == 0
     other = ctx.request.getfixturevalue("other_tiny_model")
     return expect_error(generate_cli(ctx, mlx, model=other), str(mlx), "adapter was trained on base", str(other))
+
+
+@row("E174")
+def init_adapter_of_another_base(ctx):
+    """--init-adapter goes through the same base-weights check (E165), before the model loads."""
+    adapter = ctx.adapter_copy()
+    other = ctx.request.getfixturevalue("other_tiny_model")
+    r = run_cli("train", "--backend", "torch", "--model", other, "--data", ctx.data, "--output", ctx.out,
+                "--steps", "1", "--init-adapter", adapter)
+    line = refused(ctx, r, f"--init-adapter {adapter}", "adapter was trained on base", str(other))
+    assert "backend=" not in r.output  # refused before the model loaded
+    assert line.endswith("— fix: train on the base the adapter was trained on (--model / model.path), or without "
+                         "--init-adapter")
+    mlx = ctx.tmp / "mlx-layout"  # mlx-lm's layout of the same adapter: the same check
+    assert run_cli("convert", adapter, mlx, "--to", "mlx").exit_code == 0
+    r = run_cli("train", "--backend", "torch", "--model", other, "--data", ctx.data, "--output", ctx.out,
+                "--steps", "1", "--init-adapter", mlx)
+    refused(ctx, r, f"--init-adapter {mlx}", "adapter was trained on base")
+    return line
+
+
+@row("E176")
+def adapter_spec_without_a_directory(ctx):
+    """serve's (and generate's) --adapter NAME= with nothing after it: not read as the current folder."""
+    r = run_cli("serve", "--model", ctx.model, "--port", "0", "--adapter", "legal=")
+    line = expect_error(r, "--adapter: 'legal=' gives no adapter directory")
+    assert "serving" not in r.output
+    expect_error(run_cli("generate", "--model", ctx.model, "-p", "hi", "--adapter", ""), "'' gives no adapter directory")
+    return line
 
 
 @row("E27")

@@ -142,6 +142,23 @@ def output_locked_by_another_command(ctx):
     return line
 
 
+@row("E173")
+def bench_into_a_user_folder(ctx):
+    """bench claims its output as every command does (common.lock.claim_output): a folder of the
+    user's is refused before anything runs; a bench directory of ours (bench.json, longseq.json, or
+    the marker an interrupted bench leaves in work/) is written again."""
+    from common.ownership import BENCH_MARKER, check_output_dir
+    home = user_dir(ctx.tmp / "home")
+    before = snapshot(home)
+    r = run_cli("bench", "--model", ctx.model, "--steps", "1", "--backend", "torch", "--output", home)
+    line = expect_error(r, f"--output {home}", "is not a twinlora bench directory")
+    assert snapshot(home) == before and "[bench]" not in r.output
+    interrupted = ctx.tmp / "interrupted"
+    write(interrupted / BENCH_MARKER, "{}")
+    assert check_output_dir(interrupted, "bench", "--output") is True
+    return line
+
+
 # ---------------------------------------------------------------- --resume / --init-adapter
 
 @row("E161")

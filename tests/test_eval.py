@@ -46,8 +46,20 @@ def test_eval_report_has_every_metric(tiny_model, legi_data, tmp_path, backend):
     assert "| rougeL_f" in (out / "report.md").read_text() or "rougeL_f" in (out / "report.md").read_text()
 
 
+def _longer_context(model, out, positions: int = 4096):
+    """A copy of the tiny model whose config allows `positions` (RoPE: no position table, the same
+    weights): SQuAD prompts with their context run past its 512 positions, which eval refuses (E171)."""
+    import shutil
+    shutil.copytree(model, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["max_position_embeddings"] = positions
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
 def test_squad_eval_and_compare(tiny_model, tmp_path):
     from conftest import ROOT
+    tiny_model = _longer_context(tiny_model, tmp_path / "model")
     data = tmp_path / "squad"
     assert run_cli("prepare", "squad", ROOT / "data/squad/dev-v2.0-sample.json", "--out", data,
                    "--option", "test_all=true").exit_code == 0

@@ -1,5 +1,5 @@
 """One twinlora process per output (common.lock.OutputLock): study, sweep, eval, prepare, merge,
-export-gguf and demo refuse an output another live process is writing, with one line naming the output
+export-gguf, demo and bench refuse an output another live process is writing, with one line naming the output
 (never the lock file), before writing anything; a lock left by a dead process is taken over."""
 from __future__ import annotations
 
@@ -37,10 +37,12 @@ def _commands(model, data, tmp, out):
         "merge": ["merge", "--model", model, "--adapter", tmp / "no-adapter", "--output", out],
         "export-gguf": ["export-gguf", model, out],
         "demo": ["demo", "--output", out, "--steps", "1"],
+        "bench": ["bench", "--model", model, "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-ragged",
+                  "--backend", "torch", "--max-length", "64", "--output", out],
     }
 
 
-@pytest.mark.parametrize("command", ["study", "sweep", "eval", "prepare", "merge", "export-gguf", "demo"])
+@pytest.mark.parametrize("command", ["study", "sweep", "eval", "prepare", "merge", "export-gguf", "demo", "bench"])
 def test_second_writer_is_refused(command, tiny_model, chat_jsonl, tmp_path):
     out = tmp_path / ("out.gguf" if command == "export-gguf" else "out")
     args = _commands(tiny_model, chat_jsonl, tmp_path, out)[command]

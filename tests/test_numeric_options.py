@@ -148,3 +148,96 @@ def test_config_key_boundary_value(key, value):
         assert words is None or words in schema_field(key)[0], f"{key}: its help should say {words!r}"
     if value == str(10 ** 12):
         assert key in HUGE_KEYS, f"{key}=10**12 is accepted: give it a maximum"
+
+
+def test_dpo_keys_are_in_the_table():
+    """DPO's number (training.beta) goes through the config-key cases above like every numeric key."""
+    assert "training.beta" in set(numeric_keys())
+
+
+# ------------------------------------------------------------------ the choices of preference tuning
+CHOICE_KEYS = {"training.objective": ("sft", "dpo"), "training.loss_type": ("sigmoid", "ipo")}
+
+
+@pytest.mark.parametrize("key,value", [(k, v) for k in CHOICE_KEYS for v in (*VALUES, "", "DPO", "null")])
+def test_choice_key_boundary_value(key, value):
+    """A value outside the key's choices is one ConfigError naming the key and the choices."""
+    from common.config import load_config, parse_set
+    from common.errors import ConfigError
+    with pytest.raises(ConfigError) as exc:
+        load_config(overrides=parse_set([f"{key}={value}"]))
+    assert "\n" not in str(exc.value) and key in str(exc.value) and all(c in str(exc.value) for c in CHOICE_KEYS[key])
+
+
+# ------------------------------------------------------------------ prepare pairs: its numeric recipe options
+PAIR_OPTIONS = ("limit", "max_new_tokens")
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o in PAIR_OPTIONS for v in (*VALUES, ".nan", ".inf", "1.5", "",
+                                                                                    "true")])
+def test_pair_option_boundary_value(option, value, chat_jsonl, tmp_path):
+    """Refused in one line before any model loads (jobs.pairs.pair_options), or accepted with the
+    meaning the recipe states: a huge limit takes every item, a huge budget is capped by the context."""
+    from common.config import parse_set
+    from common.errors import ConfigError
+    from error_rows import expect_error
+    from jobs.pairs import pair_options
+    try:
+        parsed = pair_options(parse_set([f"{option}={value}"]))
+    except ConfigError as exc:
+        r = run_cli("prepare", "pairs", chat_jsonl, "--out", tmp_path / "pairs", "--option", f"{option}={value}")
+        line = expect_error(r, f"prepare pairs --option {option}: {option} must be a whole number of at least 1")
+        assert line == f"error: {exc}" and not (tmp_path / "pairs").exists() and "[eval]" not in r.output
+        return
+    assert value == str(10 ** 12) and parsed[option] == 10 ** 12, (option, value, parsed)
+
+
+# ------------------------------------------------------------------ study: its lists of numbers
+LIST_VALUES = (*VALUES, "", "1.5", "0,0", "2,,3", "4,-1")
+# accepted: what the study runs (shots: 0 is the zero-shot baseline every study has; ranks: "" none)
+LIST_MEANING = {("--shots", "0"): [], ("--shots", ""): [], ("--shots", "0,0"): [], ("--shots", "2,,3"): [2, 3],
+                ("--ranks", ""): [], ("--ranks", "2,,3"): [2, 3]}
+
+
+@pytest.fixture
+def study_config(tiny_model, tmp_path):
+    from common.config import dump_yaml
+    from helpers import chat_rows, tiny_config, write_jsonl
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows(12))
+    test = write_jsonl(tmp_path / "test.jsonl", chat_rows(16)[12:])
+    cfg = tiny_config(tiny_model, train, tmp_path / "unused", data={"valid": str(test), "test": str(test)})
+    (tmp_path / "study.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    return tmp_path / "study.yaml"
+
+
+@pytest.mark.parametrize("option,value", [(o, v) for o in ("--shots", "--ranks") for v in LIST_VALUES])
+def test_study_list_boundary_value(option, value, study_config, tmp_path, monkeypatch):
+    """Through the CLI, with the study's long work replaced by a recorder: every value is refused
+    in one line before any stage runs, or planned with its documented meaning."""
+    import jobs.study
+    from error_rows import expect_error
+    planned = []
+    monkeypatch.setattr(jobs.study, "_run_planned", lambda plan, echo: planned.append(plan) or {})
+    out = tmp_path / "study"
+    r = run_cli("study", "--config", study_config, "--backend", "torch", "--no-forgetting", "--output", out,
+                option, value)
+    if (option, value) not in LIST_MEANING:
+        expect_error(r, option)
+        assert not planned and not out.exists()
+        return
+    assert r.exit_code == 0, r.output
+    assert getattr(planned[0], option.lstrip("-")) == LIST_MEANING[(option, value)]
+
+
+# ------------------------------------------------------------------ serve: its adapter names and directories
+@pytest.mark.parametrize("spec", ["", "=", "x=", ".x=DIR", "-x=DIR", "a b=DIR", "x=MISSING", "MISSING", "x=MODEL",
+                                  "x=DIR/file"])
+def test_serve_adapter_boundary_value(spec, tiny_model, tmp_path):
+    """A bad --adapter of serve is one line and exit 2 before anything is served."""
+    from error_rows import expect_error
+    (tmp_path / "file").write_text("x")
+    spec = spec.replace("MISSING", str(tmp_path / "missing")).replace("MODEL", str(tiny_model)).replace(
+        "DIR", str(tmp_path))
+    r = run_cli("serve", "--model", tiny_model, "--port", "0", "--adapter", spec)
+    expect_error(r)
+    assert "serving" not in r.output

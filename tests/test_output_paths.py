@@ -30,7 +30,9 @@ def made(tiny_model, tmp_path_factory):
     (root / "sweep.yaml").write_text(dump_yaml(tiny_config(tiny_model, data, root / "unused")), encoding="utf-8")
     study = tiny_config(tiny_model, data, root / "unused", data={"valid": str(data), "test": str(data)})
     (root / "study.yaml").write_text(dump_yaml(study), encoding="utf-8")
-    return {"root": root, "data": data, "run": root / "run", "adapter": root / "run" / "adapter"}
+    from test_dpo import chat_pairs
+    pairs = write_jsonl(root / "pairs.jsonl", chat_pairs(4))
+    return {"root": root, "data": data, "run": root / "run", "adapter": root / "run" / "adapter", "pairs": pairs}
 
 
 def commands(model, made, out) -> dict[str, tuple[str, list]]:
@@ -47,12 +49,22 @@ def commands(model, made, out) -> dict[str, tuple[str, list]]:
                               "--metrics", "rouge", "--max-new-tokens", "2"]),
         "compare": ("--output", ["compare", root / "eval", root / "eval", "--output", out]),
         "prepare": ("--out", ["prepare", "jsonl", d, "--out", out]),
+        "prepare pairs": ("--out", ["prepare", "pairs", d, "--out", out, "--option", f"model={model}",
+                                    "--option", "limit=2"]),
+        "train dpo": ("--output", ["train", "--backend", "torch", "--model", model, "--data", made["pairs"],
+                                   "--set", "training.objective=dpo", "--output", out, "--steps", "1"]),
         "export-gguf": ("OUT_FILE", ["export-gguf", model, out]),
         "parity": ("--output", ["parity", "--adapter", a, "--model", model, "--output", out]),
         "sweep": ("--output", ["sweep", "--config", root / "sweep.yaml", "--set", "lora.rank=2,4", "--output", out]),
         "study": ("--output", ["study", "--config", root / "study.yaml", "--backend", "torch", "--no-forgetting",
                                "--output", out]),
+        "study --shots --ranks": ("--output", ["study", "--config", root / "study.yaml", "--backend", "torch",
+                                               "--no-forgetting", "--shots", "0,1", "--ranks", "2", "--output", out]),
         "demo": ("--output", ["demo", "--output", out, "--steps", "1"]),
+        "bench": ("--output", ["bench", "--model", model, "--steps", "1", "--warmup", "0", "--repeats", "1",
+                               "--no-ragged", "--backend", "torch", "--max-length", "64", "--output", out]),
+        "bench --lengths": ("--output", ["bench", "--model", model, "--lengths", "64", "--backend", "torch",
+                                         "--output", out]),
     }
 
 

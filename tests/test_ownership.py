@@ -59,6 +59,8 @@ def _commands(model, made, target):
         "export-gguf": ["export-gguf", model, target],
         "sweep": ["sweep", "--set", "lora.rank=2,4", "--backend", "torch", "--output", target],
         "demo": ["demo", "--output", target, "--steps", "1"],
+        "bench": ["bench", "--model", model, "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-ragged",
+                  "--backend", "torch", "--max-length", "64", "--output", target],
     }
 
 

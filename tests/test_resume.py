@@ -1,5 +1,6 @@
 """Exact resume: a run killed with SIGKILL at a random-ish step and resumed with --resume ends with
-the very same adapter (and optimizer state) as an uninterrupted run, on each backend; and the same
+the very same adapter (and optimizer state) as an uninterrupted run, on each backend, for SFT and
+for preference tuning (training.objective: dpo); and the same
 seed + data + backend always give the same adapter.
 
 The killed run is a real `cli.py train` subprocess; `TWINLORA_TEST_STEP_DELAY` (a test hook read by
@@ -34,17 +35,14 @@ def _bit_equal(a: dict, b: dict) -> bool:
     return sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_model, tmp_path_factory):
+def _reference_runs(root: Path, model, rows: list[dict], **training) -> tuple[Path, dict]:
     """A config file (8 steps, a checkpoint every step, 6 batches per epoch) and, per backend, an
     uninterrupted reference run trained in-process from that same file."""
     from common.config import dump_yaml, load_config
     from jobs.trainer import train
-    root = tmp_path_factory.mktemp("resume")
     data = root / "train.jsonl"
-    rows = chat_rows(12)
     write_jsonl(data, rows)
-    cfg = tiny_config(tiny_model, data, root / "unused", training={"steps": STEPS, "save_every": 1},
+    cfg = tiny_config(model, data, root / "unused", training={"steps": STEPS, "save_every": 1, **training},
                       lora={"dropout": 0.1})  # dropout: the per-step RNG re-seed matters too
     cfg_file = root / "config.yaml"
     cfg_file.write_text(dump_yaml(cfg))
@@ -56,14 +54,29 @@ def setup(tiny_model, tmp_path_factory):
     return cfg_file, refs
 
 
+@pytest.fixture(scope="module")
+def setup(tiny_model, tmp_path_factory):
+    """SFT on 12 chat records."""
+    return _reference_runs(tmp_path_factory.mktemp("resume"), tiny_model, chat_rows(12))
+
+
+@pytest.fixture(scope="module")
+def dpo_setup(tiny_model, tmp_path_factory):
+    """Preference tuning (training.objective: dpo) on 12 chat pairs: its reference log-probs and
+    its logged reward metrics must come back exactly too."""
+    from test_dpo import chat_pairs
+    return _reference_runs(tmp_path_factory.mktemp("resume-dpo"), tiny_model, chat_pairs(12), objective="dpo")
+
+
 def _cli(cfg_file: Path, backend: str, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "cli.py", "train", "--config", str(cfg_file), "--backend", backend,
             "--output", str(out), *extra]
 
 
+@pytest.mark.parametrize("objective", ["sft", "dpo"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_sigkill_then_resume_is_bit_exact(setup, backend, tmp_path):
-    cfg_file, refs = setup
+def test_sigkill_then_resume_is_bit_exact(request, objective, backend, tmp_path):
+    cfg_file, refs = request.getfixturevalue("setup" if objective == "sft" else "dpo_setup")
     out = tmp_path / "run"
     rng = random.Random()
     kill_after = rng.randint(2, STEPS - 3)  # a checkpoint that must exist before the kill
@@ -91,7 +104,7 @@ def test_sigkill_then_resume_is_bit_exact(setup, backend, tmp_path):
     a = tensors(out / "adapter" / "adapter_model.safetensors")
     b = tensors(refs[backend] / "adapter" / "adapter_model.safetensors")
     diff = max_abs_diff(a, b)
-    print(f"\n[resume {backend}] killed after step {kill_after} (+{extra_wait:.2f}s), resumed at step "
+    print(f"\n[resume {backend} {objective}] killed after step {kill_after} (+{extra_wait:.2f}s), resumed at step "
           f"{resumed_at}: max |Δ adapter| = {diff:.3e}, bit-exact = {_bit_equal(a, b)}")
     assert _bit_equal(a, b), f"max |Δ| = {diff:.3e}"
     final = f"checkpoints/step-{STEPS:06d}/optimizer.safetensors"
@@ -99,6 +112,12 @@ def test_sigkill_then_resume_is_bit_exact(setup, backend, tmp_path):
     from common.runs import RunDir
     steps = [x["step"] for x in RunDir(out).read_log() if x.get("event") == "train"]
     assert steps == list(range(1, STEPS + 1))
+    if objective == "dpo":  # the losses and rewards logged by the resumed steps are the uninterrupted run's
+        from common.objectives import DPO_METRICS
+        keys = ("step", "loss", "grad_norm", *DPO_METRICS)
+        got, want = ([{k: x[k] for k in keys} for x in RunDir(d).read_log() if x.get("event") == "train"]
+                     for d in (out, refs[backend]))
+        assert got[resumed_at:] == want[resumed_at:], (got[resumed_at:], want[resumed_at:])
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
