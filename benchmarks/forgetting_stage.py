@@ -35,7 +35,7 @@ def systems_of(study: Path, backend: str) -> dict:
     settings = json.loads((study / "settings.json").read_text())
     out = {"base": None, f"{backend}-tuned": study / backend / "run" / "adapter"}
     if backend == settings["backends"][0]:
-        out.update({f"{backend}-r{r}": study / backend / f"rank-{r}" / "adapter" for r in settings["ranks"]})
+        out.update({f"{backend}-r{r}": study / backend / f"rank-{r}" / "run" / "adapter" for r in settings["ranks"]})
     return out
 
 
