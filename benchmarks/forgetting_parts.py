@@ -16,7 +16,6 @@ import resource
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path.cwd()))
 
 
