@@ -217,6 +217,9 @@ def test_base_material_is_cached_per_base_and_material(tiny_model, other_tiny_mo
     assert again == ([], first[1], first[2])  # from the cache: nothing computed, the same content
     assert run(tiny_model, "c", _small_general(extra_mcq=1))[0] == ["answers", "scores"]  # other material
     assert run(other_tiny_model, "d", _small_general())[0] == ["answers", "scores"]  # another base
+    for entry in (tmp_path / "cache").glob("*.json"):
+        entry.write_text("{cut", encoding="utf-8")  # a damaged cache: computed again, never an error
+    assert run(tiny_model, "e", _small_general()) == (["answers", "scores"], first[1], first[2])
 
 
 # ---------------------------------------------------------------- k-shot prompts
