@@ -33,6 +33,13 @@ class General:
     prompts: list[dict]        # {"id", "lang", "prompt"}
     mcq: list[dict]            # {"id", "question", "choices", "answer"}
 
+    def sha256(self) -> str:
+        """One digest of the material's content: base scores cached for other material are never reused."""
+        import hashlib
+        import json
+        text = json.dumps([self.prose, self.prompts, self.mcq], sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
 
 def load_general(directory: str | Path = GENERAL_DIR) -> General:
     """The shipped general material, checked (one line naming the file and record when broken)."""
@@ -64,10 +71,15 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def token_logprobs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """log p(ids[t] | ids[:t]) for t = 1 … T−1, from one sequence's logits [T, V]."""
-    lp = log_softmax(logits[:-1])
-    return lp[np.arange(len(ids) - 1), np.asarray(ids[1:])]
+def token_logprobs(logits: np.ndarray, ids, start: int = 0) -> np.ndarray:
+    """log p(ids[t] | ids[:t]) for t = start+1 … T−1, from one sequence's logits [≥T, V] (rows past
+    T, a batch's right padding, are ignored). Only the target's log-probability is formed: a
+    logsumexp per row, no [T, V] log-softmax (the costly part on a large vocabulary)."""
+    ids = np.asarray(ids)
+    z = np.asarray(logits[start:len(ids) - 1], dtype=np.float64)
+    top = z.max(axis=-1)
+    lse = top + np.log(np.exp(z - top[:, None]).sum(axis=-1))
+    return z[np.arange(len(z)), ids[start + 1:]] - lse
 
 
 def kl_per_token(base_logits: np.ndarray, tuned_logits: np.ndarray) -> np.ndarray:

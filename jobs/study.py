@@ -24,14 +24,41 @@ for the cores (jobs/demo.py measured 5x slower torch training), not the other wa
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import resource
+import time
 from pathlib import Path
 from typing import Sequence
 
 from common.io import read_json, write_json, write_jsonl
-from jobs.study_plan import BASELINE, SETTINGS, STUDY, Plan, plan_study, rank_system, shot_system
+from jobs.study_plan import BASELINE, SETTINGS, STAGE_TIMES, STUDY, Plan, plan_study, rank_system, shot_system
 
 # ------------------------------------------------------------------ stages
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children: on a shared machine
+    wall time measures the neighbours too, CPU time only this study."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@contextlib.contextmanager
+def timed(out: Path, stage: str):
+    """Add the stage's wall and CPU seconds to `stage-times.json`, summed over every run of the
+    study (an interrupted stage's lost work counts; a stage kept from an earlier run adds ~0)."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    try:
+        yield
+    finally:
+        path = out / STAGE_TIMES
+        times = read_json(path, STAGE_TIMES) if path.is_file() else {}
+        row = times.setdefault(stage, {"wall_s": 0.0, "cpu_s": 0.0, "runs": 0})
+        row["wall_s"] = round(row["wall_s"] + time.perf_counter() - wall, 1)
+        row["cpu_s"] = round(row["cpu_s"] + cpu_seconds() - cpu, 1)
+        row["runs"] += 1
+        write_json(path, times)
+
+
 def _eval_complete(eval_dir: Path, n_items: int | None) -> bool:
     path = eval_dir / "metrics.json"
     if not (path.is_file() and (eval_dir / "predictions.jsonl").is_file()):
@@ -130,6 +157,30 @@ def _variability(plan: Plan, system: str, backend: str, adapter: Path | None, ec
     write_json(path, {"system": system, "backend": backend, "temperature": plan.temperature, "items": rows})
 
 
+def _baselines(plan: Plan, echo) -> None:
+    """The base model zero-shot on the test split and the curve's records, then k-shot prompted."""
+    cfg, first = plan.cfg, plan.first
+    _evaluate(plan, first, None, cfg.data.test, plan.test_items, plan.test_dir(BASELINE), "baseline test", echo)
+    _evaluate(plan, first, None, cfg.data.valid, plan.curve_items, plan.out / BASELINE / "curve" / "step-000000",
+              "baseline curve", echo)
+    for k in plan.shots:
+        _evaluate(plan, first, None, str(shot_prompts(plan, k)), plan.test_items, plan.test_dir(shot_system(k)),
+                  f"{k}-shot baseline test", echo)
+
+
+def _tuned_system(plan: Plan, backend: str, run_dir: Path, echo) -> None:
+    """Train on one backend, score every checkpoint on the curve's records, the adapter on the test split."""
+    cfg, out = plan.cfg, plan.out
+    _train(cfg, backend, run_dir, backend, echo)
+    for step, ckpt in curve_points(run_dir, cfg.training.steps):
+        adapter = run_dir / "adapter" if ckpt is None else \
+            checkpoint_adapter(run_dir, ckpt, out / backend / "checkpoint-adapters" / ckpt.name)
+        _evaluate(plan, backend, adapter, cfg.data.valid, plan.curve_items,
+                  out / backend / "curve" / f"step-{step:06d}", f"{backend} curve step {step}", echo)
+    _evaluate(plan, backend, run_dir / "adapter", cfg.data.test, plan.test_items, plan.test_dir(f"{backend}-tuned"),
+              f"{backend} tuned test", echo)
+
+
 def run_study(config_path, sets: Sequence[str], backends: Sequence[str], out_dir, *, echo=print, **options) -> dict:
     """Plan, run every stage not yet done, write the report; returns the study.json content."""
     from common.lock import OutputLock
@@ -145,37 +196,30 @@ def _run_planned(plan: Plan, echo) -> dict:
     echo(f"[study] {out}: backends {', '.join(plan.backends)}; metrics {', '.join(plan.metrics)}; "
          f"{cfg.training.steps} steps, curve every {plan.curve_every}")
     first, tuned = plan.first, plan.tuned()
-    _evaluate(plan, first, None, cfg.data.test, plan.test_items, plan.test_dir(BASELINE), "baseline test", echo)
-    _evaluate(plan, first, None, cfg.data.valid, plan.curve_items, out / BASELINE / "curve" / "step-000000",
-              "baseline curve", echo)
-    for k in plan.shots:
-        _evaluate(plan, first, None, str(shot_prompts(plan, k)), plan.test_items, plan.test_dir(shot_system(k)),
-                  f"{k}-shot baseline test", echo)
+    with timed(out, "baselines"):
+        _baselines(plan, echo)
     for backend in plan.backends:
-        run_dir = tuned[f"{backend}-tuned"]
-        _train(cfg, backend, run_dir, backend, echo)
-        for step, ckpt in curve_points(run_dir, cfg.training.steps):
-            adapter = run_dir / "adapter" if ckpt is None else \
-                checkpoint_adapter(run_dir, ckpt, out / backend / "checkpoint-adapters" / ckpt.name)
-            _evaluate(plan, backend, adapter, cfg.data.valid, plan.curve_items,
-                      out / backend / "curve" / f"step-{step:06d}", f"{backend} curve step {step}", echo)
-        _evaluate(plan, backend, run_dir / "adapter", cfg.data.test, plan.test_items, plan.test_dir(f"{backend}-tuned"),
-                  f"{backend} tuned test", echo)
-    for r in plan.ranks:
-        name = rank_system(first, r)
-        _train(rank_config(cfg, r), first, tuned[name], name, echo)
-        _evaluate(plan, first, tuned[name] / "adapter", cfg.data.test, plan.test_items, plan.test_dir(name),
-                  f"{name} test", echo)
+        with timed(out, f"{backend}: training, curve, test"):
+            _tuned_system(plan, backend, tuned[f"{backend}-tuned"], echo)
+    if plan.ranks:
+        with timed(out, f"{first}: other ranks"):
+            for r in plan.ranks:
+                name = rank_system(first, r)
+                _train(rank_config(cfg, r), first, tuned[name], name, echo)
+                _evaluate(plan, first, tuned[name] / "adapter", cfg.data.test, plan.test_items, plan.test_dir(name),
+                          f"{name} test", echo)
     if plan.forgetting:
         from jobs.general_checks import ANSWERS, run_general
         for backend in plan.backends:
             systems = {"base": None, **{n: d / "adapter" for n, d in tuned.items() if n.startswith(f"{backend}-")}}
-            run_general(backend, cfg.model.path, systems, out / "forgetting" / backend, out / "forgetting" / ANSWERS,
-                        echo=echo)
+            with timed(out, f"forgetting ({backend})"):
+                run_general(backend, cfg.model.path, systems, out / "forgetting" / backend,
+                            out / "forgetting" / ANSWERS, echo=echo)
     if plan.variability_items:
-        _variability(plan, BASELINE, first, None, echo)
-        for backend in plan.backends:
-            _variability(plan, f"{backend}-tuned", backend, tuned[f"{backend}-tuned"] / "adapter", echo)
+        with timed(out, "variability"):
+            _variability(plan, BASELINE, first, None, echo)
+            for backend in plan.backends:
+                _variability(plan, f"{backend}-tuned", backend, tuned[f"{backend}-tuned"] / "adapter", echo)
     report = build_report(plan)
     write_report(out, report)
     echo(report["markdown"])

@@ -135,6 +135,19 @@ def _forgetting(report: dict) -> list[str]:
             "\"Measurable forgetting\" = perplexity up or accuracy down with an interval that excludes 0.\n"]
 
 
+def _stage_times(report: dict) -> list[str]:
+    times = report.get("stage_times") or {}
+    if not times:
+        return []
+    rows = [[stage, f"{t['wall_s'] / 60:.1f}", f"{t['cpu_s'] / 60:.1f}", t["runs"]] for stage, t in times.items()]
+    wall, cpu = (sum(t[k] for t in times.values()) / 60 for k in ("wall_s", "cpu_s"))
+    rows.append(["all stages", f"{wall:.1f}", f"{cpu:.1f}", ""])
+    return ["## Time per stage\n", _table(["stage", "wall min", "CPU min", "runs"], rows) + "\n",
+            "Summed over every run of this study command (an interrupted stage's lost work counts; a stage kept "
+            "from an earlier run adds almost nothing). CPU = user + system seconds of the study's process: on a "
+            "shared machine wall time also measures the neighbours, CPU time only this study.\n"]
+
+
 def _variability(report: dict) -> list[str]:
     v = report["variability"]
     if not v:
@@ -196,7 +209,7 @@ def markdown(report: dict, plan: Plan) -> str:
     lines = _header(plan) + ["## Verdict\n", f"**{report['verdict']['text']}**\n"]
     for section in (_systems(report, plan), _training_costs(report, plan), _classification(report),
                     _forgetting(report), _variability(report), _failures(report), _curves(report, plan),
-                    _examples(report, plan)):
+                    _examples(report, plan), _stage_times(report)):
         lines += section
     lines.append("Files: `baseline/`, `base-Kshot/`, `<backend>/run/` (training run), `<backend>/rank-N/`, "
                  "`<backend>/curve/step-N/` and `<backend>/test/` (eval reports: metrics.json, predictions.jsonl, "

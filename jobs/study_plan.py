@@ -15,6 +15,7 @@ from common.io import read_json
 
 STUDY = "study.json"
 SETTINGS = "settings.json"
+STAGE_TIMES = "stage-times.json"  # wall and CPU seconds per stage, summed over reruns
 BASELINE = "baseline"
 
 

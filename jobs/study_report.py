@@ -15,7 +15,7 @@ from common.bootstrap import LEVEL, mean_ci, overlap, paired_bootstrap
 from common.errors import ConfigError
 from common.io import read_json, write_json, write_text
 from common.metric_registry import Headline, study_headlines
-from jobs.study_plan import BASELINE, STUDY, Plan, shot_system
+from jobs.study_plan import BASELINE, STAGE_TIMES, STUDY, Plan, shot_system
 
 PLOTS = ("study.png", "study-ranks.png", "study-forgetting.png")
 
@@ -241,7 +241,8 @@ def build_report(plan: Plan) -> dict:
               "classification": _classification(plan), "majority_class": majority_class(plan),
               "forgetting": _forgetting(plan),
               "variability": _variability(plan), "failures": _failures(plan, systems, results),
-              "curves": curves, "training": training, "examples": _examples(systems, plan)}
+              "curves": curves, "training": training, "examples": _examples(systems, plan),
+              "stage_times": read_json(plan.out / STAGE_TIMES, STAGE_TIMES) if (plan.out / STAGE_TIMES).is_file() else {}}
     report["verdict"] = verdict(report, plan)
     from jobs.study_markdown import markdown
     report["markdown"] = markdown(report, plan)

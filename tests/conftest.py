@@ -17,6 +17,15 @@ _SHARED = ROOT.parent / "shared" / "data"
 SHARED = _SHARED if (_SHARED / "legi").is_dir() else ROOT / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def forgetting_cache(tmp_path_factory) -> Path:
+    """The study's cache of base-side forgetting material, in a temporary folder: tests never
+    write into the user's twinlora cache."""
+    root = tmp_path_factory.mktemp("forgetting-cache")
+    os.environ["TWINLORA_FORGETTING_CACHE"] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from tiny_model import build_tiny_model

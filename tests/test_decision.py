@@ -17,6 +17,7 @@ from helpers import run_cli, tiny_config, write_jsonl
 
 from common import forgetting as fg
 from common.errors import ConfigError
+from jobs import general_checks
 
 BACKENDS = ["torch", "mlx"]
 MCQ = [{"id": "m1", "question": "What colour is the sky on a clear day?", "choices": ["blue", "green", "red", "a loud noise"], "answer": 0},
@@ -144,7 +145,8 @@ def adapters(tiny_model, tmp_path_factory):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_drift_is_zero_for_an_identical_model_and_positive_for_a_perturbed_one(backend, tiny_model, adapters, hf):
+def test_drift_is_zero_for_an_identical_model_and_positive_for_a_perturbed_one(backend, tiny_model, adapters, hf,
+                                                                              monkeypatch):
     from jobs.general_checks import drift_scores
     from jobs.session import add_adapter, open_model
     _, tok = hf
@@ -152,15 +154,72 @@ def test_drift_is_zero_for_an_identical_model_and_positive_for_a_perturbed_one(b
                 "answer_ids": tok(f" Item {i} is a small blue thing.")["input_ids"]} for i in range(3)]
     answers.append({"id": "empty", "prompt_ids": tok("Hi")["input_ids"], "answer_ids": []})  # skipped
     opened = open_model(backend, str(tiny_model))
-    kl = {}
     for name, path in adapters.items():
         add_adapter(opened, name, path)
-        opened.backend.set_active_adapter(name)
-        kl[name] = drift_scores(opened.backend, answers)
+    kl = drift_scores(opened.backend, answers, list(adapters))
     assert [r["id"] for r in kl["zero"]] == ["p0", "p1", "p2"]
     assert all(r["tokens"] == len(a["answer_ids"]) for r, a in zip(kl["zero"], answers))
     assert max(r["kl"] for r in kl["zero"]) < 1e-6
     assert min(r["kl"] for r in kl["noise"]) > 1e-3
+    # one answer per forward and one adapter at a time give the same figures as the batched pass
+    monkeypatch.setitem(general_checks.PER_FORWARD, "drift", 1)
+    alone = drift_scores(opened.backend, answers, ["noise"])["noise"]
+    tol = 1e-5 if backend == "torch" else 2e-3
+    assert [r["kl"] for r in alone] == pytest.approx([r["kl"] for r in kl["noise"]], abs=tol)
+
+
+@pytest.mark.parametrize("what", ["prose", "mcq"])
+def test_batched_scores_equal_one_sequence_per_forward(opened, what, monkeypatch):
+    """Several right-padded sequences per forward score as each sequence alone (the padding is
+    never seen by a causal model's real positions)."""
+    score = general_checks.prose_scores if what == "prose" else general_checks.mcq_scores
+    general = _general()
+    batched = score(opened.backend, opened.tokenizer, general)
+    monkeypatch.setitem(general_checks.PER_FORWARD, what, 1)
+    alone = score(opened.backend, opened.tokenizer, general)
+    tol = 1e-5 if opened.backend.name == "torch" else 2e-3
+    if what == "prose":
+        assert len({r["tokens"] for r in batched}) > 1  # chunks of different lengths: the batch is padded
+        assert [r["tokens"] for r in batched] == [r["tokens"] for r in alone]
+        assert [r["nll"] for r in batched] == pytest.approx([r["nll"] for r in alone], abs=tol)
+    else:
+        for b, a in zip(batched, alone):
+            assert b["logliks"] == pytest.approx(a["logliks"], abs=tol)
+
+
+def _small_general(extra_mcq: int = 0) -> fg.General:
+    prompts = [{"id": f"g{i}", "lang": "en", "prompt": f"Name a colour, number {i}."} for i in range(3)]
+    mcq = MCQ + [{"id": f"x{i}", "question": f"Pick {i}?", "choices": [str(i), "no"], "answer": 0}
+                 for i in range(extra_mcq)]
+    return fg.General(prose=PROSE, prompts=prompts, mcq=mcq)
+
+
+def test_base_material_is_cached_per_base_and_material(tiny_model, other_tiny_model, tmp_path, monkeypatch):
+    """A second run on the same base and material takes the base's answers and scores from the
+    cache (same files); other material or another base computes them again."""
+    monkeypatch.setenv("TWINLORA_FORGETTING_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real_answers, real_scores = general_checks.base_answers, general_checks._base_scores
+    monkeypatch.setattr(general_checks, "base_answers", lambda *a: calls.append("answers") or real_answers(*a))
+    monkeypatch.setattr(general_checks, "_base_scores", lambda *a: calls.append("scores") or real_scores(*a))
+
+    def run(model, name, general):
+        monkeypatch.setattr(fg, "load_general", lambda: general)
+        calls.clear()
+        d = tmp_path / name
+        general_checks.run_general("torch", str(model), {"base": None}, d, d / "answers.json", max_new_tokens=4,
+                                   echo=lambda *a, **k: None)
+        return list(calls), _read(d / "answers.json"), _read(d / "base.json")
+
+    first = run(tiny_model, "a", _small_general())
+    assert first[0] == ["answers", "scores"] and len(first[1]) == 3
+    again = run(tiny_model, "b", _small_general())
+    assert again == ([], first[1], first[2])  # from the cache: nothing computed, the same content
+    assert run(tiny_model, "c", _small_general(extra_mcq=1))[0] == ["answers", "scores"]  # other material
+    assert run(other_tiny_model, "d", _small_general())[0] == ["answers", "scores"]  # another base
+    for entry in (tmp_path / "cache").glob("*.json"):
+        entry.write_text("{cut", encoding="utf-8")  # a damaged cache: computed again, never an error
+    assert run(tiny_model, "e", _small_general()) == (["answers", "scores"], first[1], first[2])
 
 
 # ---------------------------------------------------------------- k-shot prompts
@@ -391,6 +450,36 @@ def test_interrupted_study_with_options_finishes_what_is_missing(study, monkeypa
     a, b = _read(cut / "study.json"), _read(out / "study.json")
     assert a["results"] == b["results"] and a["forgetting"] == b["forgetting"] and a["verdict"] == b["verdict"]
     assert a["variability"].keys() == b["variability"].keys()
+
+
+def test_a_second_study_of_the_same_base_takes_the_base_material_from_the_cache(study, monkeypatch):
+    """Another study of the same base (its tuned systems kept, no forgetting file yet) reuses the
+    base's greedy answers and scores from the cache, and reports the same forgetting figures."""
+    from jobs.study import run_study
+    root, path, out = study
+    second = root / "second"
+    shutil.copytree(out, second)
+    shutil.rmtree(second / "forgetting")
+    (second / "study.json").unlink()
+
+    def computed(*a, **k):
+        raise AssertionError("the base material is computed again")
+    monkeypatch.setattr(general_checks, "base_answers", computed)
+    monkeypatch.setattr(general_checks, "_base_scores", computed)
+    run_study(path, [], BACKENDS, second, echo=lambda *a, **k: None, **STUDY_OPTS)
+    assert _read(second / "study.json")["forgetting"] == _read(out / "study.json")["forgetting"]
+    assert _read(second / "forgetting" / "base-answers.json") == _read(out / "forgetting" / "base-answers.json")
+
+
+def test_study_records_wall_and_cpu_seconds_per_stage(study):
+    _, _, out = study
+    times = _read(out / "study.json")["stage_times"]
+    assert list(times) == ["baselines", "torch: training, curve, test", "mlx: training, curve, test",
+                           "torch: other ranks", "forgetting (torch)", "forgetting (mlx)", "variability"]
+    assert all(t["runs"] == 1 and t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in times.values())
+    assert times["torch: training, curve, test"]["cpu_s"] > 0
+    md = (out / "study.md").read_text(encoding="utf-8")
+    assert "## Time per stage" in md and "| forgetting (mlx) |" in md
 
 
 def test_study_with_other_shots_is_refused(study):
