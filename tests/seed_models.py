@@ -7,6 +7,16 @@ bfloat16 number and the embedding-scale choice shows). Every weight, norms inclu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
+
+
+class Seed(NamedTuple):
+    """One row: the family (common/families.py), the config values, and whether plain mlx-lm (no
+    twinlora keys) reads config.json as another model (what the tests check twinlora corrects)."""
+    kind: str
+    config: dict
+    plain_mlx_lm_differs: bool = False
+
 
 QWEN25_3B = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=16,
                  num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=True,
@@ -25,22 +35,26 @@ GEMMA3_4B = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=6, num
                  layer_types=["sliding_attention"] * 5 + ["full_attention"],
                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
                                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
-SEEDS = {"qwen2.5-3b": ("qwen2", QWEN25_3B), "llama-3.2-1b": ("llama", LLAMA32_1B), "gemma-3-4b": ("gemma3_text", GEMMA3_4B)}
+SEEDS = {"qwen2.5-3b": Seed("qwen2", QWEN25_3B),
+         "llama-3.2-1b": Seed("llama", LLAMA32_1B, plain_mlx_lm_differs=True),      # llama3 scaling nested
+         "gemma-3-4b": Seed("gemma3_text", GEMMA3_4B, plain_mlx_lm_differs=True)}  # nested rope, embedding scale
 
 
 def build_seed(name: str, out: Path, seed: int = 0) -> Path:
     """Write the tiny `name` model in transformers' own save format (rope settings only inside
-    rope_parameters, as a hub checkpoint saved by transformers 5 has them) with a tokenizer: byte-level BPE + ChatML for qwen2/llama, Gemma-style
-    SentencePiece + Gemma turns for Gemma."""
+    rope_parameters, as a hub checkpoint saved by transformers 5 has them) with a tokenizer:
+    Gemma-style SentencePiece + Gemma turns for a SentencePiece family (common/families.py),
+    byte-level BPE + ChatML for the others."""
     import torch
-    from transformers import AutoModelForCausalLM, Gemma3TextConfig, GemmaTokenizer, LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM, GemmaTokenizer
 
+    from common.families import family
     from tiny_model import build_tokenizer
 
-    kind, values = SEEDS[name]
+    kind, values = SEEDS[name].kind, SEEDS[name].config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if kind == "gemma3_text":
+    if family(kind).sentencepiece:
         from test_gguf_gemma3 import CHAT, build_spm
         build_spm(out)
         tok = GemmaTokenizer.from_pretrained(str(out), add_bos_token=True)
@@ -50,8 +64,7 @@ def build_seed(name: str, out: Path, seed: int = 0) -> Path:
         tok = build_tokenizer(out)
     ids = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                pad_token_id=tok.pad_token_id)
-    cls = {"qwen2": Qwen2Config, "llama": LlamaConfig, "gemma3_text": Gemma3TextConfig}[kind]
-    cfg = cls(**values, **ids)
+    cfg = AutoConfig.for_model(kind, **values, **ids)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():
