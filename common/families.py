@@ -152,7 +152,11 @@ FAMILIES = {f.model_type: f for f in (
     Family("gemma", embedding_scale=True, sentencepiece=True),
     Family("gemma2", embedding_scale=True, sentencepiece=True),
     Family("mistral", plain_head=True),
-    Family("qwen3", plain_head=True),
+    Family("qwen3", proven="qwen3 (q_norm/k_norm, head_dim 128 != hidden/heads, tied embeddings)",
+           shared_keys=("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "head_dim",
+                        "rms_norm_eps", "vocab_size", "num_key_value_heads", "max_position_embeddings",
+                        "tie_word_embeddings"),
+           checks=(_rope_mlx_computes, _no_sliding_window, _no_attention_bias, _silu), plain_head=True),
     Family("phi3", plain_head=True),
 )}
 # model_type -> what the tests prove equal on both backends (tests/test_families.py)

@@ -35,9 +35,15 @@ GEMMA3_4B = dict(hidden_size=96, intermediate_size=192, num_hidden_layers=6, num
                  layer_types=["sliding_attention"] * 5 + ["full_attention"],
                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
                                   "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}})
+# Qwen3-0.6B (Qwen/Qwen3-0.6B's config.json): q_norm/k_norm, head_dim 128 != hidden/heads, 16:8 heads, θ 1e6
+QWEN3_06B = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=16,
+                 num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rms_norm_eps=1e-6,
+                 tie_word_embeddings=True, attention_bias=False, use_sliding_window=False, sliding_window=None,
+                 max_window_layers=28, hidden_act="silu", rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
 SEEDS = {"qwen2.5-3b": Seed("qwen2", QWEN25_3B),
          "llama-3.2-1b": Seed("llama", LLAMA32_1B, plain_mlx_lm_differs=True),      # llama3 scaling nested
-         "gemma-3-4b": Seed("gemma3_text", GEMMA3_4B, plain_mlx_lm_differs=True)}  # nested rope, embedding scale
+         "gemma-3-4b": Seed("gemma3_text", GEMMA3_4B, plain_mlx_lm_differs=True),  # nested rope, embedding scale
+         "qwen3-0.6b": Seed("qwen3", QWEN3_06B)}
 
 
 def build_seed(name: str, out: Path, seed: int = 0) -> Path:
