@@ -1,4 +1,4 @@
-"""The figures behind tests/test_families.py, printed: the three seed-shaped tiny models
+"""The figures behind tests/test_families.py, printed: the seed-shaped tiny models, one per family
 (tests/seed_models.py) on both backends.
 
     python -m benchmarks.seed_parity [--steps 10] [--out DIR]

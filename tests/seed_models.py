@@ -1,9 +1,10 @@
-"""Tiny random models with the real config values of the three seed models, smaller widths and
-depths: Qwen2.5-3B (qkv bias, tied embeddings, rope θ 1e6, 16:2 heads), Llama-3.2-1B (llama3 rope
+"""Tiny random models with the real config values of the seed models (one row per family:
+docs/adding-a-family.md), smaller widths and depths: Qwen2.5-3B (qkv bias, tied embeddings, rope θ 1e6, 16:2 heads), Llama-3.2-1B (llama3 rope
 scaling factor 32, θ 5e5, original 8192 positions), Gemma-3-4B text (head_dim 256 and
 query_pre_attn_scalar 256, 5 sliding + 1 full layers, full layers θ 1e6 with linear ×8, sliding θ
 1e4, sliding window 8 here so the test sequences cross it, hidden 96 so sqrt(hidden) is not a
-bfloat16 number and the embedding-scale choice shows). Every weight, norms included, is random."""
+bfloat16 number and the embedding-scale choice shows), Qwen3-0.6B (q/k norms, head_dim 128 with
+hidden 1024 and 16 heads). Every weight, norms included, is random."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,5 @@
 """One model on both backends for every seed family (issue 13): tiny random models with the real
-config values of Qwen2.5-3B, Llama-3.2-1B and Gemma-3-4B text (tests/seed_models.py), compared on
+config values of Qwen2.5-3B, Llama-3.2-1B, Gemma-3-4B text and Qwen3-0.6B (tests/seed_models.py), compared on
 sequences longer than Gemma's sliding window and, for llama3 rope scaling, longer than 2048.
 
 Stated tolerance: parity's 2e-3 max |Δlogit|; measured here ≤ 1e-5 (fp32, CPU), so the tests
