@@ -105,26 +105,8 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
                          fix="use llama.cpp's convert_hf_to_gguf.py for this architecture")
     fam = family_of_architecture(hf_arch)
     arch = fam.gguf_arch
-    extra = None
-    if arch == "gemma3":
-        text = _gemma3_config(model_dir)
-        keys = _gemma3_keys(text, str(cfg_path), note)
-        vocab_size, n_layers = int(text.vocab_size), int(text.num_hidden_layers)
-        tied = bool(text.tie_word_embeddings)
-        vocab, add_vocab = _tokenizer_vocab(fam, model_dir, vocab_size)
-        tensors = _gemma3_tensors(_read_tensors(model_dir, skip=VISION), hf_arch, model_dir, note, fam.norm_offset)
-    else:
-        keys = _llama_keys(cfg, arch, str(cfg_path))
-        vocab_size, n_layers = int(cfg["vocab_size"]), int(cfg["num_hidden_layers"])
-        tied = bool(cfg.get("tie_word_embeddings", False))
-        vocab, add_vocab = _tokenizer_vocab(fam, model_dir, vocab_size)
-        tensors = _read_tensors(model_dir)
-        extra = _llama3_rope_freqs(cfg)
-        if extra is not None:
-            note("llama3 rope scaling is written as llama.cpp's rope_freqs tensor; transformers' GGUF loader "
-                 "ignores it (from_pretrained(gguf_file=...) reads the model unscaled: load the safetensors "
-                 "directory there instead)")
-
+    read = _gemma3_parts if arch == "gemma3" else _llama_parts
+    keys, n_layers, tied, (vocab, add_vocab), tensors, extra = read(fam, hf_arch, model_dir, cfg, note)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
     written = [n for n in sorted(tensors, key=_order) if not (n == "lm_head.weight" and tied)]
     with atomic_path(out_file) as tmp:
@@ -152,6 +134,29 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         w.write_tensors_to_file()
         w.close()
     return out_file
+
+
+def _gemma3_parts(fam, hf_arch: str, model_dir: Path, cfg: dict, note: Callable[[str], None]) -> tuple:
+    """(GGUF keys, layers, tied head, (vocab, its writer), tensors, no extra tensor) of a Gemma 3."""
+    text = _gemma3_config(model_dir)
+    keys = _gemma3_keys(text, str(model_dir / "config.json"), note)
+    vocab = _tokenizer_vocab(fam, model_dir, int(text.vocab_size))
+    tensors = _gemma3_tensors(_read_tensors(model_dir, skip=VISION), hf_arch, model_dir, note, fam.norm_offset)
+    return keys, int(text.num_hidden_layers), bool(text.tie_word_embeddings), vocab, tensors, None
+
+
+def _llama_parts(fam, hf_arch: str, model_dir: Path, cfg: dict, note: Callable[[str], None]) -> tuple:
+    """(GGUF keys, layers, tied head, (vocab, its writer), tensors, llama3's rope_freqs or None) of a
+    llama / qwen2 model."""
+    keys = _llama_keys(cfg, fam.gguf_arch, str(model_dir / "config.json"))
+    vocab = _tokenizer_vocab(fam, model_dir, int(cfg["vocab_size"]))
+    tensors = _read_tensors(model_dir)
+    extra = _llama3_rope_freqs(cfg)
+    if extra is not None:
+        note("llama3 rope scaling is written as llama.cpp's rope_freqs tensor; transformers' GGUF loader "
+             "ignores it (from_pretrained(gguf_file=...) reads the model unscaled: load the safetensors "
+             "directory there instead)")
+    return keys, int(cfg["num_hidden_layers"]), bool(cfg.get("tie_word_embeddings", False)), vocab, tensors, extra
 
 
 def _tokenizer_vocab(fam, model_dir: Path, vocab_size: int) -> tuple[tuple, Callable]:
