@@ -261,6 +261,27 @@ def test_parity_on_a_base_without_chat_template(seeds, tmp_path):
     assert rep["prompts"][0]["prompt"] == "What is the capital of France?"
 
 
+def test_family_records_refuse_what_mlx_lm_would_ignore():
+    """Each record's checks on transformers-parsed configs: Qwen3 with attention biases or a sliding
+    window (mlx-lm's qwen3 has neither) is refused, as is a qwen2 whose head_dim mlx-lm would derive;
+    the seed shapes themselves pass (no problem), and an unknown family has no checks."""
+    from transformers import AutoConfig
+
+    from common.families import family, problems
+
+    def parsed(name, **over):
+        kind, values = SEEDS[name].kind, SEEDS[name].config
+        return AutoConfig.for_model(kind, **{**values, **over}, vocab_size=384).get_text_config().to_dict()
+
+    assert [problems(parsed(n)) for n in NAMES] == [[] for _ in NAMES]
+    assert problems(parsed("qwen3-0.6b", attention_bias=True)) == ["attention_bias (mlx-lm's qwen3 has no attention biases)"]
+    assert problems(parsed("qwen3-0.6b", use_sliding_window=True, sliding_window=16)) == [
+        "use_sliding_window (mlx-lm's qwen3 attends to the whole sequence)"]
+    assert problems(parsed("qwen2.5-3b", head_dim=32)) == [
+        "head_dim 32 != hidden_size / num_attention_heads (mlx-lm's qwen2 derives it)"]
+    assert family("gpt2").checks == () and not family("gpt2").plain_head
+
+
 def test_parity_warns_on_an_unverified_family(tmp_path):
     """mistral loads on both backends, but no test proves it: parity says so (stderr) and records it."""
     import torch
