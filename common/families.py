@@ -149,8 +149,8 @@ FAMILIES = {f.model_type: f for f in (
                                  "scale)", plain_head=True, mlx_reader_rewrite=True,
            hf_architectures=("Gemma3ForCausalLM",), **_GEMMA3),
     Family("gemma3", hf_architectures=("Gemma3ForConditionalGeneration",), **_GEMMA3),  # multimodal: text model inside
-    Family("gemma", embedding_scale=True, sentencepiece=True),
-    Family("gemma2", embedding_scale=True, sentencepiece=True),
+    *(Family(kind, embedding_scale=True, sentencepiece=True)   # other Gemmas: loaded, no quirk aligned
+      for kind in ("gemma", "gemma2", "gemma3n", "gemma3n_text", "gemma4", "gemma4_text", "recurrent_gemma")),
     Family("mistral", plain_head=True),
     Family("qwen3", proven="qwen3 (q_norm/k_norm, head_dim 128 != hidden/heads, tied embeddings)",
            shared_keys=("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "head_dim",
