@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from backends import NAMES as BACKEND_NAMES  # noqa: E402  (the backend names; no framework)
+from backends.capabilities import PARITY_PAIR  # noqa: E402  (the declared backends; no framework)
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
 from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
@@ -36,7 +38,7 @@ class BackendChoice(click.Choice):
         return super().convert(value, param, ctx)
 
 
-BACKENDS = BackendChoice(["mlx", "cuda", "torch"])
+BACKENDS = BackendChoice(list(BACKEND_NAMES))
 
 
 class Finite(click.FloatRange):
@@ -352,7 +354,7 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     from common.ownership import check_output_dir
     from jobs.study import run_study
     check_output_dir(output, "study", "--output")  # a rerun finishes a study of ours; nothing else is written into
-    run_study(config, list(sets), list(backends) or ["mlx", "torch"], Path(output), echo=echo,
+    run_study(config, list(sets), list(backends) or list(PARITY_PAIR), Path(output), echo=echo,
               metrics=metrics.split(",") if metrics else None, curve_every=curve_every, curve_items=curve_items,
               test_items=test_items, max_new_tokens=max_new_tokens, n_boot=n_boot, seed=seed,
               shots=_int_list(shots, "--shots"), ranks=_int_list(ranks, "--ranks"), forgetting=forgetting,
@@ -620,7 +622,7 @@ def compare(eval_dirs, labels, output):
               help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ) and the "
                    "base damage of every model.quantize scheme, then check the adapter on both backends "
                    "over the same de-quantized 4-bit weights.")
-@click.option("--dequantized-from", type=click.Choice(["both", "mlx", "torch"]), default="both", show_default=True,
+@click.option("--dequantized-from", type=click.Choice(["both", *PARITY_PAIR]), default="both", show_default=True,
               help="With --quantize: whose 4-bit quantizer gives the shared de-quantized weights.")
 def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
     """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
@@ -643,7 +645,7 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
                         fix="add --quantize 4bit, or drop --dequantized-from")
     if quantize:
         _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output, runs)
-    sessions = {b: open_model(b, model, adapter=adapter) for b in ("mlx", "torch")}
+    sessions = {b: open_model(b, model, adapter=adapter) for b in PARITY_PAIR}
     rep = run_parity(sessions, list(prompts) or PROMPTS, max_new_tokens,
                      tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
     if runs:

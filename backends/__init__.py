@@ -7,7 +7,7 @@ import importlib
 from common.errors import BackendError
 
 ALIASES = {"mlx": "mlx", "cuda": "torch", "torch": "torch"}
-NAMES = ("mlx", "cuda", "torch")
+NAMES = tuple(ALIASES)  # what --backend accepts
 _REQUIRES = {
     "mlx": ("mlx.core", 'pip install "mlx[cpu]" mlx-lm (Linux) or pip install mlx mlx-lm (Apple Silicon)'),
     "torch": ("torch", "pip install torch==2.13.0 && pip install transformers peft"),
@@ -34,3 +34,9 @@ def get_backend(name: str):
                            f"on this machine ({exc.msg})", where="--backend", fix=install) from exc
     mod = importlib.import_module(f"backends.{key}.backend")
     return mod.Backend
+
+
+def process_group(name: str):
+    """The ProcessGroup (backends/base.py) of a backend: its `distributed` module, which imports
+    the framework only when a process joins a group."""
+    return importlib.import_module(f"backends.{canonical(name)}.distributed")

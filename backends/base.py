@@ -9,7 +9,7 @@ implementations against this file (method names and signatures).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -111,6 +111,29 @@ class Backend(Protocol):
     def base_weight_bytes(self, unquantized: bool = False) -> int:
         """Bytes of the frozen base weights in memory (packed + scales when quantized); with
         `unquantized`, what they would take in model.dtype (the 16/32-bit run's weights)."""
+
+
+class ProcessGroup(Protocol):
+    """A backend's data-parallel processes (jobs/distributed.py, jobs/launch.py): the module-level
+    functions of `backends/<name>/distributed.py` (`backends.process_group(name)`), which import
+    their framework only when a process joins a group, so the jobs import neither framework."""
+
+    def rank_envs(self, nproc: int, tmp: Path, ports: list[int]) -> list[dict[str, str]]:
+        """The environment variables of each of `nproc` local ranks, as the framework's own launcher
+        (torchrun, mlx.launch) sets them; `ports`: one free TCP port per rank, `tmp` a scratch folder."""
+
+    def env_rank(self) -> str | None:
+        """This process's rank as the launcher's environment gives it (None: not started as a rank)."""
+
+    def join(self, check_world: Callable[[int], None]) -> tuple[int, int, str] | None:
+        """Join the group the environment describes: (rank, world size, what carries it), None for a
+        single process; `check_world(world size)` runs before the work it would waste."""
+
+    def barrier(self) -> None:
+        """Wait until every rank of the joined group reaches this point."""
+
+    def leave(self) -> None:
+        """Tear down the joined group."""
 
 
 class BatchGenerator(Protocol):

@@ -64,6 +64,10 @@ DECLARED = {
 }
 
 
+# the two backends every parity check compares (parity, demo, study, QLoRA parity), in the declared order
+PARITY_PAIR = tuple(DECLARED)
+
+
 def capabilities(backend: str) -> Capabilities:
     """The capabilities of a backend by any of its names (mlx, torch, cuda)."""
     from backends import canonical

@@ -1,4 +1,4 @@
-"""The figures behind tests/test_families.py, printed: the three seed-shaped tiny models
+"""The figures behind tests/test_families.py, printed: the seed-shaped tiny models, one per family
 (tests/seed_models.py) on both backends.
 
     python -m benchmarks.seed_parity [--steps 10] [--out DIR]
@@ -30,6 +30,7 @@ def main() -> None:
     from seed_models import SEEDS, build_seed
     from test_families import gap, hf_logits, plain_mlx_logits, seq
 
+    from backends.capabilities import PARITY_PAIR
     from common.runs import RunDir
     from jobs.session import open_model
     from jobs.trainer import train
@@ -45,7 +46,7 @@ def main() -> None:
                "base_mlx_vs_torch": gap(open_model("mlx", str(model)).backend.logits(long_ids), ref),
                "base_plain_mlx_lm_vs_torch": gap(plain_mlx_logits(model, long_ids), ref)}
         losses = {}
-        for b in ("mlx", "torch"):
+        for b in PARITY_PAIR:
             train(tiny_config(model, data, root / name / b, training={"steps": args.steps, "save_every": 0}), b,
                   echo=lambda *a, **k: None)
             losses[b] = [r["loss"] for r in RunDir(root / name / b).read_log() if r.get("event") == "train"]

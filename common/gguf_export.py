@@ -69,10 +69,11 @@ from typing import Callable
 import numpy as np
 
 from common.errors import ModelError, UserError
+from common.families import FAMILIES, family_of_architecture
 from common.io import atomic_path
 
-ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
-         "Gemma3ForCausalLM": "gemma3", "Gemma3ForConditionalGeneration": "gemma3"}
+# transformers class -> llama.cpp architecture, from the family records (common/families.py)
+ARCHS = {a: f.gguf_arch for f in FAMILIES.values() if f.gguf_arch for a in f.hf_architectures}
 DTYPES = ("f32", "f16", "bf16", "q8_0")
 # Tensors of Gemma 3's vision tower and projector: llama.cpp writes them to a separate mmproj file.
 VISION = ("vision_tower.", "multi_modal_projector.", "multimodal_projector.", "vision_model.")
@@ -102,29 +103,11 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
     if hf_arch not in ARCHS:
         raise ModelError(f"GGUF export supports {', '.join(sorted(ARCHS))}, not {hf_arch}", where=str(cfg_path),
                          fix="use llama.cpp's convert_hf_to_gguf.py for this architecture")
-    arch = ARCHS[hf_arch]
-    extra = None
-    if arch == "gemma3":
-        text = _gemma3_config(model_dir)
-        keys = _gemma3_keys(text, str(cfg_path), note)
-        vocab_size, n_layers = int(text.vocab_size), int(text.num_hidden_layers)
-        tied = bool(text.tie_word_embeddings)
-        vocab, add_vocab = _spm_vocab(model_dir, vocab_size), _add_spm_vocab
-        tensors = _gemma3_tensors(_read_tensors(model_dir, skip=VISION), hf_arch, model_dir, note)
-    else:
-        keys = _llama_keys(cfg, arch, str(cfg_path))
-        vocab_size, n_layers = int(cfg["vocab_size"]), int(cfg["num_hidden_layers"])
-        tied = bool(cfg.get("tie_word_embeddings", False))
-        vocab, add_vocab = _vocab(model_dir, vocab_size), _add_bpe_vocab
-        tensors = _read_tensors(model_dir)
-        extra = _llama3_rope_freqs(cfg)
-        if extra is not None:
-            note("llama3 rope scaling is written as llama.cpp's rope_freqs tensor; transformers' GGUF loader "
-                 "ignores it (from_pretrained(gguf_file=...) reads the model unscaled: load the safetensors "
-                 "directory there instead)")
-
-    gg_arch = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "gemma3": gguf.MODEL_ARCH.GEMMA3}[arch]
-    names = gguf.get_tensor_name_map(gg_arch, n_layers)
+    fam = family_of_architecture(hf_arch)
+    arch = fam.gguf_arch
+    read = _gemma3_parts if arch == "gemma3" else _llama_parts
+    keys, n_layers, tied, (vocab, add_vocab), tensors, extra = read(fam, hf_arch, model_dir, cfg, note)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
     written = [n for n in sorted(tensors, key=_order) if not (n == "lm_head.weight" and tied)]
     with atomic_path(out_file) as tmp:
         w = gguf.GGUFWriter(str(tmp), arch)
@@ -139,7 +122,7 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         if extra is not None:   # llama.cpp writes its generated tensors first
             w.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", extra, raw_dtype=gguf.GGMLQuantizationType.F32)
         for name in written:
-            data = _permute_qk(name, tensors[name], cfg) if arch == "llama" else tensors[name]
+            data = _permute_qk(name, tensors[name], cfg) if fam.gguf_permute_qk else tensors[name]
             new = names.get_name(name, try_suffixes=(".weight", ".bias"))
             if new is None:
                 raise ModelError(f"tensor {name} has no GGUF name for {arch}", where=str(model_dir),
@@ -151,6 +134,37 @@ def export_gguf(model_dir: Path, out_file: Path, dtype: str = "f32",
         w.write_tensors_to_file()
         w.close()
     return out_file
+
+
+def _gemma3_parts(fam, hf_arch: str, model_dir: Path, cfg: dict, note: Callable[[str], None]) -> tuple:
+    """(GGUF keys, layers, tied head, (vocab, its writer), tensors, no extra tensor) of a Gemma 3."""
+    text = _gemma3_config(model_dir)
+    keys = _gemma3_keys(text, str(model_dir / "config.json"), note)
+    vocab = _tokenizer_vocab(fam, model_dir, int(text.vocab_size))
+    tensors = _gemma3_tensors(_read_tensors(model_dir, skip=VISION), hf_arch, model_dir, note, fam.norm_offset)
+    return keys, int(text.num_hidden_layers), bool(text.tie_word_embeddings), vocab, tensors, None
+
+
+def _llama_parts(fam, hf_arch: str, model_dir: Path, cfg: dict, note: Callable[[str], None]) -> tuple:
+    """(GGUF keys, layers, tied head, (vocab, its writer), tensors, llama3's rope_freqs or None) of a
+    llama / qwen2 model."""
+    keys = _llama_keys(cfg, fam.gguf_arch, str(model_dir / "config.json"))
+    vocab = _tokenizer_vocab(fam, model_dir, int(cfg["vocab_size"]))
+    tensors = _read_tensors(model_dir)
+    extra = _llama3_rope_freqs(cfg)
+    if extra is not None:
+        note("llama3 rope scaling is written as llama.cpp's rope_freqs tensor; transformers' GGUF loader "
+             "ignores it (from_pretrained(gguf_file=...) reads the model unscaled: load the safetensors "
+             "directory there instead)")
+    return keys, int(cfg["num_hidden_layers"]), bool(cfg.get("tie_word_embeddings", False)), vocab, tensors, extra
+
+
+def _tokenizer_vocab(fam, model_dir: Path, vocab_size: int) -> tuple[tuple, Callable]:
+    """The vocabulary as llama.cpp writes it and the function that writes it: SentencePiece pieces
+    for a tokenizer.model family, byte-level BPE tokens otherwise."""
+    if fam.sentencepiece:
+        return _spm_vocab(model_dir, vocab_size), _add_spm_vocab
+    return _vocab(model_dir, vocab_size), _add_bpe_vocab
 
 
 def _file_types():
@@ -335,16 +349,16 @@ def _gemma3_keys(text, where: str, note: Callable[[str], None]) -> list[tuple[st
 
 
 def _gemma3_tensors(tensors: dict[str, np.ndarray], hf_arch: str, model_dir: Path,
-                    note: Callable[[str], None]) -> dict[str, np.ndarray]:
+                    note: Callable[[str], None], norm_offset: float) -> dict[str, np.ndarray]:
     """llama.cpp's `Gemma3Model.modify_tensors`: the language model's names without `language_model.`,
-    and every RMSNorm weight as 1 + w (Gemma3RMSNorm scales by 1 + w, llama.cpp by w)."""
+    and every RMSNorm weight as offset + w (Gemma3RMSNorm scales by 1 + w, llama.cpp by w)."""
     if hf_arch == "Gemma3ForConditionalGeneration":
         note(f"{model_dir}: the language model only is written; the vision tower and its projector are left out "
              "(llama.cpp keeps them in a separate mmproj file: convert_hf_to_gguf.py --mmproj)")
     out = {}
     for name, data in tensors.items():
         name = name.replace("language_model.", "")
-        out[name] = data + np.float32(1.0) if name.endswith("norm.weight") else data
+        out[name] = data + np.float32(norm_offset) if name.endswith("norm.weight") else data
     return out
 
 

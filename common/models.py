@@ -138,6 +138,7 @@ def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, so
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from common.families import family
     with atomic_dir(out_dir) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if chat_template and not getattr(tok, "chat_template", None):
@@ -158,7 +159,7 @@ def convert_gguf(gguf: Path, out_dir: Path, chat_template: str | None = None, so
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         normalize_config(tmp)
-        if config.model_type.startswith("gemma"):
+        if family(config.model_type).sentencepiece:
             from common.gguf_vocab import write_spm_model
             write_spm_model(gguf, tmp / "tokenizer.model")
         write_json(tmp / "twinlora_source.json", {"gguf": source or str(gguf), "gguf_sha256": sha256_file(gguf)})

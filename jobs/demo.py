@@ -10,6 +10,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from backends.capabilities import PARITY_PAIR
+
 ROOT = Path(__file__).resolve().parents[1]
 CRPA = ROOT / "data" / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 DEMO_PROMPT = "Que prévoit l'article L100-1 du code des relations entre le public et l'administration ?"
@@ -44,7 +46,7 @@ def _run(out: Path, steps: int, echo, eval_items: int, t_start: float) -> dict:
     with stages.run("1/5 model + data", "prepare_s"):
         _prepare(data_dir, echo)
     runs = {}
-    for i, backend in enumerate(("mlx", "torch"), start=2):
+    for i, backend in enumerate(PARITY_PAIR, start=2):
         with stages.run(f"{i}/5 train on {backend}", f"train_{backend}_s"):
             runs[backend] = _train_in_subprocess(backend, data_dir, out / backend, steps)
     _echo_val_losses(runs, out, echo)
@@ -109,9 +111,9 @@ def _parity(out: Path, echo) -> tuple[dict, dict]:
     from jobs.parity import PROMPTS, loss_curve_gap, run_parity
     from jobs.session import open_model
     adapter = out / "mlx" / "adapter"
-    sessions = {b: open_model(b, "embedded", adapter=adapter) for b in ("mlx", "torch")}
+    sessions = {b: open_model(b, "embedded", adapter=adapter) for b in PARITY_PAIR}
     rep = run_parity(sessions, PROMPTS[:3], max_new_tokens=24)
-    rep["loss_curves"] = loss_curve_gap(RunDir(out / "mlx").read_log(), RunDir(out / "torch").read_log())
+    rep["loss_curves"] = loss_curve_gap(*(RunDir(out / b).read_log() for b in PARITY_PAIR))
     write_json(out / "parity.json", rep)
     echo(f"max |Δlogit| {rep['max_abs_logit_diff']:.3e} (tol {rep['tolerance']['max_abs_logit_diff']:.0e}), "
          f"mean KL {rep['mean_kl']:.3e}, same greedy text: {rep['same_greedy_text']} → "
@@ -127,7 +129,7 @@ def _generate(out: Path, mlx_tuned, echo) -> tuple[dict, object]:
     session, reused to show what training taught)."""
     from jobs.session import open_model, reply
     generations = {}
-    for backend in ("mlx", "torch"):
+    for backend in PARITY_PAIR:
         opened = mlx_tuned if backend == "mlx" else open_model("torch", "embedded", adapter=out / "torch" / "adapter")
         generations[backend] = reply(opened, DEMO_PROMPT, 48)
         echo(f"[{backend}] >>> {DEMO_PROMPT}\n{generations[backend]}\n")

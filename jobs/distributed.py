@@ -13,22 +13,22 @@ fp32 summation order), so the AdamW steps agree; only rank 0 writes the run dire
 A process is a rank when started by `cli.py train --nproc N` (`launch` below), by torchrun /
 accelerate launch (env RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK) for the torch
 backend, or by mlx.launch (env MLX_RANK + MLX_HOSTFILE, or the mpi/jaccl/nccl equivalents) for
-the MLX backend. `jobs/launch.py` starts the local ranks (`train --nproc N`).
+the MLX backend. `jobs/launch.py` starts the local ranks (`train --nproc N`). Each backend sets
+its process group up, waits at barriers and tears it down (backends/<name>/distributed.py, the
+`ProcessGroup` protocol of backends/base.py): the jobs import neither framework.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
+from backends import process_group
 from common.errors import ConfigError
-
-MLX_ENV = ("MLX_HOSTFILE", "MLX_IBV_DEVICES", "MLX_JACCL_COORDINATOR", "OMPI_COMM_WORLD_SIZE", "NCCL_HOST_IP")
 
 
 @dataclass
 class Dist:
-    """Where this process stands: rank, world size and the collective behind it."""
+    """Where this process stands: rank, world size, the collective behind it and the backend whose
+    process group it joined (backends/<name>/distributed.py)."""
     rank: int = 0
     world_size: int = 1
     kind: str = "single process"
@@ -50,20 +50,12 @@ class Dist:
         return out if sums is None else (*out, summed)
 
     def barrier(self) -> None:
-        if self.world_size == 1:
-            return
-        if self.framework == "torch":
-            import torch.distributed as td
-            td.barrier()
-        else:
-            import mlx.core as mx
-            mx.eval(mx.distributed.all_sum(mx.array(0.0), stream=mx.cpu))
+        if self.world_size > 1:
+            process_group(self.framework).barrier()
 
     def close(self) -> None:
-        if self.framework == "torch":
-            import torch.distributed as td
-            if td.is_initialized():
-                td.destroy_process_group()
+        if self.framework is not None:
+            process_group(self.framework).leave()
 
 
 def check_accumulation(world: int, t) -> None:
@@ -77,36 +69,8 @@ def check_accumulation(world: int, t) -> None:
 def from_env(backend: str, t=None) -> Dist:
     """This process's Dist from the launcher's environment; a single process when none is set.
     `t` (the training config) is checked: grad_accumulation must split evenly over the ranks."""
-    if backend == "torch":
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world <= 1:
-            return Dist()
-        check_accumulation(world, t)
-        import torch
-        import torch.distributed as td
-
-        from backends.torch.backend import pick_device
-        rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", os.environ["RANK"]))
-        device = pick_device()
-        if device == "cuda":
-            torch.cuda.set_device(local)  # "cuda" below means this rank's GPU
-            pg = "nccl"
-        elif device == "cpu":
-            pg = "gloo"
-        else:
-            raise ConfigError(f"several torch processes on {device} are not supported (gloo reduces CPU tensors only)",
-                              where="--nproc", fix="on a Mac use --backend mlx for several processes, or train in one")
-        if not td.is_initialized():
-            td.init_process_group(backend=pg, init_method="env://", rank=rank, world_size=world)
-        return Dist(rank, world, f"torch.distributed {pg}", "torch")
-    present = [v for v in MLX_ENV if os.environ.get(v)]
-    if present == ["MLX_HOSTFILE"] and not Path(os.environ["MLX_HOSTFILE"]).read_text().strip():
-        present = []  # `mlx.launch` with one host writes an empty hostfile: a single process
-    if not present:
+    joined = process_group(backend).join(lambda world: check_accumulation(world, t))
+    if joined is None:
         return Dist()
-    import mlx.core as mx
-    group = mx.distributed.init(strict=True)
-    if group.size() <= 1:
-        return Dist()
-    check_accumulation(group.size(), t)
-    return Dist(group.rank(), group.size(), "mlx.core.distributed", "mlx")
+    rank, world, kind = joined
+    return Dist(rank, world, kind, backend)

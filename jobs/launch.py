@@ -1,6 +1,7 @@
 """`train --nproc N`: start N local ranks of the training job, as torchrun / mlx.launch (ring)
 would, and wait for them. `python -m jobs.launch JOB.json` is the per-rank entry it starts; each
-rank finds its place from the environment (`jobs.distributed.from_env`).
+rank finds its place from the environment (`jobs.distributed.from_env`). What each rank's
+environment holds is the backend's (`rank_envs` of backends/<name>/distributed.py).
 
 Apart from `jobs/distributed.py` so that the training job (which reads the environment) and the
 launcher (which runs the training job) do not import each other.
@@ -37,19 +38,11 @@ def free_ports(n: int) -> list[int]:
 
 
 def rank_envs(nproc: int, backend: str, tmp: Path) -> list[dict]:
-    """The environment of each local rank, as torchrun / mlx.launch (ring) would set it."""
+    """The environment of each local rank, as the backend's own launcher (torchrun / mlx.launch
+    ring) would set it (backends/<name>/distributed.py), with its share of the CPU threads."""
+    from backends import process_group
     threads = str(max(1, (os.cpu_count() or 1) // nproc))
-    envs = []
-    if backend == "torch":
-        port = free_ports(1)[0]
-        for r in range(nproc):
-            envs.append({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(nproc),
-                         "RANK": str(r), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(nproc)})
-    else:
-        hostfile = tmp / "mlx_ring_hosts.json"  # the ring backend's hostfile: one [ip:port] per rank
-        hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(nproc)]))
-        for r in range(nproc):
-            envs.append({"MLX_HOSTFILE": str(hostfile), "MLX_RANK": str(r)})
+    envs = process_group(backend).rank_envs(nproc, tmp, free_ports(nproc))
     for e in envs:
         e.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", threads))
     return envs
@@ -99,10 +92,11 @@ class _Training:
 
 def worker(job_path: str) -> int:
     """One rank: rebuild the config, train, print a user error as one line."""
+    from backends import process_group
     from common.config import config_from_dict
     from jobs.trainer import train
     job = json.loads(Path(job_path).read_text())
-    rank = os.environ.get("RANK") or os.environ.get("MLX_RANK") or "?"
+    rank = process_group(job["backend"]).env_rank() or "?"
     try:
         train(config_from_dict(job["config"]), job["backend"], overwrite=job.get("overwrite", False),
               resume=job.get("resume", False), init_adapter=job.get("init_adapter"),

@@ -44,9 +44,8 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
 
 def gemma_note(model_dir: Path) -> str | None:
     """What a merged Gemma 3 cannot carry: mlx-lm's bfloat16 embedding scale (docs/parity.md)."""
-    from common.families import read_raw
-    cfg = read_raw(model_dir)
-    if "gemma3" not in str(cfg.get("model_type")):
+    from common.families import family, read_raw
+    if not family(read_raw(model_dir).get("model_type")).mlx_scale_bfloat16:
         return None
     return ("plain mlx-lm reads this Gemma 3 with its embedding scale sqrt(hidden_size) rounded to bfloat16, "
             "not transformers' float32 value that twinlora trains with on both backends; load it with twinlora "
@@ -63,9 +62,10 @@ def for_plain_mlx_lm(model_dir: Path) -> str:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
+    from common.families import family
     from common.io import atomic_path
     cfg = json.loads((model_dir / "config.json").read_text())
-    if cfg.get("model_type") != "gemma3_text":
+    if not family(cfg.get("model_type")).mlx_reader_rewrite:
         return "the same directory serves every reader for this family"
     hidden = int(cfg["hidden_size"])
     ratio = np.float32(np.float32(hidden ** 0.5) / _bfloat16(hidden ** 0.5))
@@ -102,9 +102,10 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
     # before loading anything: never over the base or the adapter, never over what is not ours
     check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
     if reader == "mlx-lm":
+        from common.families import family
         from common.models import read_model_config
         kind = read_model_config(resolve_model(model)).get("model_type")
-        if "gemma" in str(kind) and kind != "gemma3_text":
+        if family(kind).embedding_scale and not family(kind).mlx_reader_rewrite:
             from common.errors import ConfigError
             raise ConfigError(f"--reader mlx-lm is implemented for Gemma 3 text models (gemma3_text), not {kind}",
                               where="--reader", fix="merge with --reader any and load the result with twinlora "

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from backends.capabilities import PARITY_PAIR
 from common.io import atomic_dir
 from common.quantize import describe, schemes_of
 from jobs.parity import compare_logits, prompt_ids, run_parity
 
-BACKENDS = ("mlx", "torch")
+BACKENDS = PARITY_PAIR
 
 
 def dequantized_base(backend: str, model: str, out_dir: Path) -> Path:
@@ -61,7 +62,7 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
         out[b] = {"quantizer": quantizer, "against": "unquantized base" + (" + adapter" if adapter else ""),
                   **_summary([compare_logits(x, y) for x, y in zip(q, full)])}
         quantized[b] = q
-    out["mlx_4bit_vs_torch_nf4"] = _summary([compare_logits(x, y) for x, y in zip(quantized["mlx"], quantized["torch"])])
+    out["mlx_4bit_vs_torch_nf4"] = _summary([compare_logits(x, y) for x, y in zip(*(quantized[b] for b in BACKENDS))])
     return out
 
 

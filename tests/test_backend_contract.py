@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from backends import get_backend
-from backends.base import Backend, BatchGenerator
+from backends import get_backend, process_group
+from backends.base import Backend, BatchGenerator, ProcessGroup
 from backends.capabilities import DECLARED, capabilities
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +32,35 @@ def test_implementation_has_the_protocol_methods_and_signatures(name):
     for method, proto_fn in _methods(Backend).items():
         assert hasattr(cls, method), f"{name} lacks {method}"
         assert _params(getattr(cls, method)) == _params(proto_fn), f"{name}.{method} differs from the protocol"
+
+
+@pytest.mark.parametrize("name", ["mlx", "torch"])
+def test_process_group_has_the_protocol_functions(name):
+    """backends/<name>/distributed.py: the ProcessGroup functions (the protocol's methods without self)."""
+    group = process_group(name)
+    for fn, proto_fn in _methods(ProcessGroup).items():
+        if fn == "__init__":   # a module has none
+            continue
+        assert inspect.isfunction(getattr(group, fn, None)), f"{name} process group lacks {fn}"
+        assert _params(getattr(group, fn)) == _params(proto_fn)[1:], f"{name}.{fn} differs from the protocol"
+
+
+@pytest.mark.parametrize("name", ["mlx", "torch"])
+def test_rank_environments_and_single_process(name, tmp_path, monkeypatch):
+    """Each rank's environment names its rank as env_rank reads it back; with no launcher
+    environment a process joins no group (and checks nothing)."""
+    group = process_group(name)
+    envs = group.rank_envs(3, tmp_path, [29501, 29502, 29503])
+    for r, env in enumerate(envs):
+        with monkeypatch.context() as m:
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert group.env_rank() == str(r)
+    for var in ("WORLD_SIZE", "RANK", "MLX_RANK", "MLX_HOSTFILE", "MLX_IBV_DEVICES", "MLX_JACCL_COORDINATOR",
+                "OMPI_COMM_WORLD_SIZE", "NCCL_HOST_IP"):
+        monkeypatch.delenv(var, raising=False)
+    assert group.env_rank() is None
+    assert group.join(lambda world: pytest.fail(f"checked a world of {world}")) is None
 
 
 @pytest.mark.parametrize("name", ["mlx", "torch"])
@@ -56,7 +85,8 @@ def test_every_protocol_method_is_called_by_a_job():
     """The protocol is trimmed to what the jobs (and the CLI, the benchmarks) call."""
     sources = [ROOT / "cli.py", *(ROOT / "jobs").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]
     text = "\n".join(p.read_text(encoding="utf-8") for p in sources)
-    unused = [m for m in _methods(Backend) if m != "__init__" and not re.search(rf"\.{m}\(", text)]
+    unused = [m for proto in (Backend, ProcessGroup) for m in _methods(proto)
+              if m != "__init__" and not re.search(rf"\.{m}\(", text)]
     assert not unused
 
 

@@ -1,5 +1,5 @@
 """One model on both backends for every seed family (issue 13): tiny random models with the real
-config values of Qwen2.5-3B, Llama-3.2-1B and Gemma-3-4B text (tests/seed_models.py), compared on
+config values of Qwen2.5-3B, Llama-3.2-1B, Gemma-3-4B text and Qwen3-0.6B (tests/seed_models.py), compared on
 sequences longer than Gemma's sliding window and, for llama3 rope scaling, longer than 2048.
 
 Stated tolerance: parity's 2e-3 max |Δlogit|; measured here ≤ 1e-5 (fp32, CPU), so the tests
@@ -81,10 +81,10 @@ def test_base_logits_agree(seeds, name):
     torch_logits = open_model("torch", str(seeds[name])).backend.logits(ids)
     assert gap(open_model("mlx", str(seeds[name])).backend.logits(ids), torch_logits) < TOL
     plain = gap(plain_mlx_logits(seeds[name], ids), torch_logits)
-    if name == "qwen2.5-3b":
-        assert plain < TOL                 # mlx-lm reads qwen2's flat rope_parameters alike
-    else:
+    if SEEDS[name].plain_mlx_lm_differs:
         assert plain > 1e-2, plain         # llama3 scaling / Gemma's nested rope + embedding scale lost
+    else:
+        assert plain < TOL                 # mlx-lm reads qwen2's flat rope_parameters alike
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -259,6 +259,27 @@ def test_parity_on_a_base_without_chat_template(seeds, tmp_path):
     tok = AutoTokenizer.from_pretrained(str(model))
     assert not tok.chat_template
     assert rep["prompts"][0]["prompt"] == "What is the capital of France?"
+
+
+def test_family_records_refuse_what_mlx_lm_would_ignore():
+    """Each record's checks on transformers-parsed configs: Qwen3 with attention biases or a sliding
+    window (mlx-lm's qwen3 has neither) is refused, as is a qwen2 whose head_dim mlx-lm would derive;
+    the seed shapes themselves pass (no problem), and an unknown family has no checks."""
+    from transformers import AutoConfig
+
+    from common.families import family, problems
+
+    def parsed(name, **over):
+        kind, values = SEEDS[name].kind, SEEDS[name].config
+        return AutoConfig.for_model(kind, **{**values, **over}, vocab_size=384).get_text_config().to_dict()
+
+    assert [problems(parsed(n)) for n in NAMES] == [[] for _ in NAMES]
+    assert problems(parsed("qwen3-0.6b", attention_bias=True)) == ["attention_bias (mlx-lm's qwen3 has no attention biases)"]
+    assert problems(parsed("qwen3-0.6b", use_sliding_window=True, sliding_window=16)) == [
+        "use_sliding_window (mlx-lm's qwen3 attends to the whole sequence)"]
+    assert problems(parsed("qwen2.5-3b", head_dim=32)) == [
+        "head_dim 32 != hidden_size / num_attention_heads (mlx-lm's qwen2 derives it)"]
+    assert family("gpt2").checks == () and not family("gpt2").plain_head
 
 
 def test_parity_warns_on_an_unverified_family(tmp_path):

@@ -1,6 +1,7 @@
 """The layers, read from the source (ast, nothing imported): `common/` at the bottom never imports a
-backend or a job, `backends/` never imports a job, and no module of ours imports itself back
-through others, at module level or inside a function."""
+backend or a job, `backends/` never imports a job, the jobs and `cli.py` never import a framework
+(torch, mlx: the backends own them), and no module of ours imports itself back through others, at
+module level or inside a function."""
 from __future__ import annotations
 
 import ast
@@ -45,6 +46,21 @@ def imports_of(module: str) -> set[str]:
 
 
 GRAPH = {m: imports_of(m) for m in MODULES}
+FRAMEWORKS = ("torch", "mlx", "mlx_lm")
+
+
+def frameworks_of(module: str) -> set[str]:
+    """The frameworks (torch, mlx) `module` imports anywhere in its body (lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        found |= {n.split(".")[0] for n in names if n.split(".")[0] in FRAMEWORKS}
+    return found
 
 
 def _layer(module: str) -> str:
@@ -72,6 +88,14 @@ def test_jobs_are_not_imported_by_what_they_drive():
     bad = {m: sorted(i for i in deps if _layer(i) in ("benchmarks", "cli"))
            for m, deps in GRAPH.items() if _layer(m) == "jobs"}
     assert not {m: d for m, d in bad.items() if d}
+
+
+def test_jobs_and_cli_import_no_framework():
+    """Process groups, barriers and rank environments are the backends' (backends/<name>/distributed.py)."""
+    bad = {m: sorted(frameworks_of(m)) for m in MODULES if _layer(m) in ("jobs", "cli")}
+    assert not {m: d for m, d in bad.items() if d}
+    assert frameworks_of("backends.torch.distributed") == {"torch"}   # the walk does see them
+    assert frameworks_of("backends.mlx.distributed") == {"mlx"}
 
 
 def _cycle() -> list[str] | None:

@@ -27,12 +27,10 @@ from common.batching import Batch
 from common.heap import reuse_freed_memory
 from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
 from common.errors import BackendError
+from common.families import family
 from common.objectives import SFT
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-# mlx-lm architectures whose logits are exactly head(model.model(x)), the head being `lm_head` or
-# the tied embedding: for these the loss projects only the target positions (see _loss_sum).
-_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 def _disk_dtype(model_dir: Path):
@@ -240,8 +238,9 @@ class Backend:
     def _loss_sum(self, model, ids, mask, keep=None, compiled: bool = False):
         """Summed token loss. `keep` = flat indices of the target positions (from the batch mask):
         only those go through the vocab-sized head, forward and backward (prompt and padding
-        positions are never scored), on the architectures listed in _PLAIN_HEAD."""
-        if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
+        positions are never scored), on the families whose logits are exactly head(model.model(x)),
+        the head being `lm_head` or the tied embedding (`plain_head` in common/families.py)."""
+        if keep is not None and keep.size and family(getattr(model, "model_type", None)).plain_head:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
             return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None)
@@ -250,10 +249,10 @@ class Backend:
         return (ce * mask[:, 1:]).sum()
 
     def _row_logps(self, model, ids, batch: Batch, keep):
-        """[rows] summed log-probs of the masked tokens; on _PLAIN_HEAD architectures only the
+        """[rows] summed log-probs of the masked tokens; on `plain_head` families only the
         target positions go through the head (as _loss_sum)."""
         y = ids[:, 1:].reshape(-1)[keep]
-        if getattr(model, "model_type", None) in _PLAIN_HEAD:
+        if family(getattr(model, "model_type", None)).plain_head:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
             tied = "lm_head" not in model

@@ -3,7 +3,7 @@
 - config: transformers' parsed config (`common.families.mlx_keys`) is passed to mlx-lm's loader as
   overrides, so nested `rope_parameters`, `layer_types` and transformers' defaults reach mlx-lm;
   settings mlx-lm would ignore are refused before loading.
-- Gemma 3's embedding scale: mlx-lm multiplies the embeddings by sqrt(hidden_size) rounded to
+- Gemma 3's embedding scale (`mlx_scale_bfloat16` in the family's record): mlx-lm multiplies the embeddings by sqrt(hidden_size) rounded to
   bfloat16 (25.25 for hidden 640); transformers (what PEFT users run) by the float32 value cast to
   the model's dtype (25.298). `Gemma3Body` is mlx-lm's `Gemma3Model` with transformers' value; the
   loaded model's bodies are switched to it (a subclass; the installed mlx-lm is not modified).
@@ -17,7 +17,7 @@ from mlx_lm.models import gemma3_text
 from mlx_lm.models.base import create_attention_mask
 
 from common.errors import ModelError
-from common.families import family_report
+from common.families import family, family_report
 
 
 def config_overrides(model_dir: Path) -> dict:
@@ -68,7 +68,10 @@ class Gemma3Body(gemma3_text.Gemma3Model):
 
 
 def align(model) -> None:
-    """Switch every mlx-lm Gemma 3 body in `model` to `Gemma3Body` (same parameters, same layers)."""
+    """Switch every mlx-lm Gemma 3 body in `model` to `Gemma3Body` (same parameters, same layers),
+    for the families whose record says mlx-lm rounds the embedding scale."""
+    if not family(getattr(model, "model_type", None)).mlx_scale_bfloat16:
+        return
     for _, module in model.named_modules():
         if type(module) is gemma3_text.Gemma3Model:
             module.__class__ = Gemma3Body

@@ -23,6 +23,7 @@ from common.adapter import AdapterSpec, peft_config_dict
 from common.batching import Batch
 from common.devices import PAGED_OPTIMIZER_DEVICES, bnb_compute_dtype, check_four_bit, torch_choices, torch_device
 from common.errors import BackendError
+from common.families import family
 from common.heap import release_freed_memory
 from common.models import normalize_config
 from common.objectives import SFT
@@ -37,9 +38,6 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # the page faults cost +55 % step time at 2048 tokens, ~0 at 8192)
 LONG_ROWS = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# transformers causal LMs whose logits are head(model.model(x)) (+ final softcapping where the
-# config has one): the ones whose loss may run the head in chunks (see _chunked_loss).
-_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma3_text")
 
 
 def pick_device() -> str:
@@ -367,7 +365,7 @@ class Backend:
 
         base = self.peft.get_base_model()
         head = base.get_output_embeddings()
-        if getattr(base.config, "model_type", None) not in _PLAIN_HEAD or head is None:
+        if not family(getattr(base.config, "model_type", None)).plain_head or head is None:
             return None
         rows = loss_chunk_rows(n_targets, head.weight.shape[0])
         if rows is None:
