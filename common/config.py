@@ -163,26 +163,29 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _convert_union(value: Any, args: tuple, key: str, problems: list[str]):
+    """`Optional[...]` / `A | B`: None (or the words none/null) where allowed, else the first type that takes it."""
+    if type(None) in args and (value is None or isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    errs: list[str] = []
+    for a in args:
+        if a is type(None):
+            continue
+        sub: list[str] = []
+        out = _convert(value, a, key, sub)
+        if not sub:
+            return out
+        errs += sub
+    problems.append(errs[0] if errs else f"{key}: bad value {value!r}")
+    return value
+
+
 def _convert(value: Any, tp, key: str, problems: list[str]):
     """Convert `value` to the annotated type `tp`, or record a problem naming `key`."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        errs: list[str] = []
-        for a in args:
-            if a is type(None):
-                continue
-            sub: list[str] = []
-            out = _convert(value, a, key, sub)
-            if not sub:
-                return out
-            errs += sub
-        problems.append(errs[0] if errs else f"{key}: bad value {value!r}")
-        return value
+        return _convert_union(value, args, key, problems)
     if origin is Literal:
         if value not in args:
             problems.append(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")

@@ -46,6 +46,15 @@ def render_card(spec, meta: dict) -> str:
         lines += [f"Base model: `{base.get('name') or base_path}` (`base_model_name_or_path`: `{base_path}`).", ""]
     if base.get("sha256"):
         lines += [f"Base weights sha256: `{base['sha256']}` (twinlora refuses other weights).", ""]
+    rows = _setting_rows(spec, meta, cfg)
+    lines += ["## Training", "", "| setting | value |", "|---|---|",
+              *[f"| {k} | {_fmt(v).replace('|', '/')} |" for k, v in rows], ""]
+    lines += _usage_lines(meta, base, base_path)
+    return "\n".join(front + lines)
+
+
+def _setting_rows(spec, meta: dict, cfg: dict) -> list[tuple]:
+    """The card's settings table: the LoRA spec, template, training keys, data, final metrics, quantization damage."""
     rows = [("rank r", spec.rank), ("lora_alpha", spec.alpha), ("scale", spec.scale), ("dropout", spec.dropout),
             ("target modules", ", ".join(spec.target_modules)),
             ("layers", "all" if spec.layers is None else f"{spec.layers[0]}–{spec.layers[-1]}"),
@@ -71,8 +80,12 @@ def render_card(spec, meta: dict) -> str:
                  ("quantized base vs float: mean KL", d["mean_kl"]),
                  ("quantized base vs float: same argmax", f"{d['argmax_agree']:.1%} of {d['positions']} positions "
                                                           f"({d['records']} {d['source']} records)")]
-    lines += ["## Training", "", "| setting | value |", "|---|---|",
-              *[f"| {k} | {_fmt(v).replace('|', '/')} |" for k, v in rows], ""]
+    return rows
+
+
+def _usage_lines(meta: dict, base: dict, base_path: str) -> list[str]:
+    """How to load the adapter with PEFT, twinlora, mlx-lm (when its layout is there) and llama.cpp."""
+    lines: list[str] = []
     # llama.cpp's converter resolves hub ids only (a local path fails its hub-id check): --base for those
     llama = "" if base.get("name") == base_path and not base_path.startswith("/") else f" --base {base_path}"
     lines += ["## Use it", "", "```python",
@@ -84,4 +97,4 @@ def render_card(spec, meta: dict) -> str:
     if (meta.get("files") or {}).get("mlx/adapters.safetensors"):
         lines.append(f"mlx_lm.generate --model {base_path} --adapter-path path/to/adapter/mlx --prompt \"...\"")
     lines += [f"python convert_lora_to_gguf.py path/to/adapter{llama}   # llama.cpp", "```", ""]
-    return "\n".join(front + lines)
+    return lines

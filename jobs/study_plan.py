@@ -103,23 +103,11 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
                variability_samples: int = 4, temperature: float = 0.7, failure_threshold: float = 50.0) -> Plan:
     """Check everything a study needs before any model is loaded; refuse a directory made with
     other settings (a rerun must finish the same study, not mix two)."""
-    from common.config import load_config, parse_set
     from common.data.formats import load_examples
-    from common.data.manifest import resolve_data
     from common.metric_registry import METRICS, default_metrics, study_headlines, unknown_metrics
 
     out = Path(out_dir)
-    cfg = load_config(config_path, parse_set(list(sets)))
-    cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
-    if not cfg.data.test or not Path(cfg.data.test).is_file():
-        raise ConfigError(f"a study needs a held-out test split (data.test is {cfg.data.test!r})", where="data.test",
-                          fix="set data.test to a prepared test.jsonl (e.g. --set data.test=data/prepared/x/test.jsonl)")
-    if not cfg.data.valid:
-        raise ConfigError("a study needs a validation split for its learning curves", where="data.valid",
-                          fix="set data.valid to a prepared valid.jsonl")
-    if not cfg.training.steps:
-        raise ConfigError("a study trains for a fixed budget of steps", where="training.steps",
-                          fix="set training.steps (e.g. --set training.steps=60)")
+    cfg = _study_config(config_path, sets)
     every = curve_every or (cfg.training.save_every if 0 < cfg.training.save_every < cfg.training.steps
                             else max(1, cfg.training.steps // 3))
     if every < 1 or every > cfg.training.steps:
@@ -151,6 +139,30 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
     plan = Plan(cfg, out, order_backends(backends), metrics, every, curve_items, test_items, max_new_tokens,
                 n_boot, seed, shots, ranks, forgetting, variability_items, variability_samples, temperature,
                 failure_threshold)
+    _refuse_other_settings(plan, out)
+    return plan
+
+
+def _study_config(config_path, sets: Sequence[str]):
+    """The study's config with its data resolved; refuses what a study cannot run without."""
+    from common.config import load_config, parse_set
+    from common.data.manifest import resolve_data
+    cfg = load_config(config_path, parse_set(list(sets)))
+    cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
+    if not cfg.data.test or not Path(cfg.data.test).is_file():
+        raise ConfigError(f"a study needs a held-out test split (data.test is {cfg.data.test!r})", where="data.test",
+                          fix="set data.test to a prepared test.jsonl (e.g. --set data.test=data/prepared/x/test.jsonl)")
+    if not cfg.data.valid:
+        raise ConfigError("a study needs a validation split for its learning curves", where="data.valid",
+                          fix="set data.valid to a prepared valid.jsonl")
+    if not cfg.training.steps:
+        raise ConfigError("a study trains for a fixed budget of steps", where="training.steps",
+                          fix="set training.steps (e.g. --set training.steps=60)")
+    return cfg
+
+
+def _refuse_other_settings(plan: Plan, out: Path) -> None:
+    """A rerun must finish the same study, not mix two: a directory made with other settings is refused."""
     saved = out / SETTINGS
     if saved.is_file():
         before = read_json(saved, SETTINGS)
@@ -160,7 +172,6 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
         if diff:
             raise ConfigError(f"this study directory was made with other settings (differs in {', '.join(diff)})",
                               where=str(out), fix="use another --output, or delete that study directory to redo it")
-    return plan
 
 
 def _default_config() -> dict:
