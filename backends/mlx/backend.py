@@ -200,6 +200,14 @@ class Backend:
         self.model.unfreeze(keys=["lora_a", "lora_b", "m"] if spec.use_dora else ["lora_a", "lora_b"], strict=False)
         self.spec, self.keys, self.active_adapter, self._active_layers = spec, keys, name, layers
 
+    def remove_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise BackendError(f"no adapter named {name!r} (loaded: {', '.join(self._adapters) or 'none'})")
+        if name == self.active_adapter:
+            self.model.update_modules(tree_unflatten([(p, self._base_layers[p]) for p in self._active_layers]))
+            self.spec, self.keys, self.active_adapter, self._active_layers = None, None, None, {}
+        del self._adapters[name]
+
     def lora_weights(self) -> dict[str, np.ndarray]:
         from common.adapter import mlx_to_peft
         flat = dict(tree_flatten(self.model.trainable_parameters()))
