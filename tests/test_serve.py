@@ -275,6 +275,73 @@ def test_a_full_queue_is_503_and_clients_that_leave_free_their_place(servers):
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
 
 
+# ---------------------------------------------------------------- the page, in a real browser
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium driven by selenium (scripts/setup.sh installs both). Missing, the test is
+    skipped on a developer's machine; under CI=true it fails."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if webdriver is None or not chromium or not driver_bin:
+        missing = "selenium" if webdriver is None else "chromium and chromedriver"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them (CI must run the page's browser test)")
+        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    opts = Options()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def send_from_page(driver, url: str, prompt: str, max_tokens: str, key: str) -> dict[str, str]:
+    """Type into the page as a person does, press Send, wait until every column has finished;
+    {model id: its answer text, or its error text}."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url + "/")
+    for field, value in (("prompt", prompt), ("max_tokens", max_tokens), ("key", key)):
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element(By.ID, "send").click()
+    done = ("return document.querySelectorAll('#answers .col').length > 0 && [...document.querySelectorAll("
+            "'#answers .col')].every(c => c.querySelector('.meta').textContent || c.querySelector('pre.err'))"
+            " || document.querySelector('#status.err') !== null")
+    WebDriverWait(driver, 180, poll_frequency=0.2).until(lambda d: d.execute_script(done))
+    cols = driver.find_elements(By.CSS_SELECTOR, "#answers .col")
+    return {c.find_element(By.TAG_NAME, "h3").text: c.find_element(By.TAG_NAME, "pre").get_attribute("textContent")
+            for c in cols}
+
+
+def test_the_page_shows_every_models_answer_side_by_side_in_a_browser(servers, browser, tiny_model):
+    """The page in headless chromium: a prompt sent from it gets the base's and every adapter's
+    answer in its own column, each the greedy text the API gives; errors are shown, not swallowed."""
+    from selenium.webdriver.common.by import By
+    srv = servers["torch"]
+    shown = send_from_page(browser, srv.url, Q, "12", KEY)
+    want = {m: chat(srv, m, max_tokens=12).choices[0].message.content for m in (str(tiny_model), "a", "b", "c")}
+    assert shown == want and len(set(want.values())) == 4
+    metas = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#answers .col .meta")]
+    assert all(m.startswith("finish: length, 12 tokens") for m in metas), metas
+    send_from_page(browser, srv.url, Q, "12", "wrong-key")  # the server refuses the key: the page says so
+    status = browser.find_element(By.ID, "status")
+    assert "err" in status.get_attribute("class") and "missing or wrong API key" in status.text
+    errors = send_from_page(browser, srv.url, Q, "0", KEY)  # a bad field: each column shows the 400's message
+    assert set(errors) == set(want) and all(t.startswith("max_tokens:") for t in errors.values()), errors
+
+
 # ---------------------------------------------------------------- adapters loaded at runtime
 
 def lora(srv, route: str, **body) -> httpx.Response:
