@@ -108,6 +108,12 @@ class Backend(Protocol):
     def base_only(self):
         """Context manager: the base model without adapters while it is held (generate --base)."""
 
+    def cache_prompts(self, entries: int) -> None:
+        """Keep the keys and values of the last `entries` answered prompts, per adapter and for the
+        bare base, and start a prompt sharing a prefix with one of them from there (serve, as
+        mlx_lm.server does; 0: off). Only while the weights stay as they are: adding or removing
+        an adapter clears it, and training never turns it on."""
+
     def merge_and_save(self, out_dir: Path) -> None:
         """Fold the adapter into the base weights and save an HF safetensors model (weights + config)."""
 

@@ -18,14 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import UserError
 from jobs.answering import Target, generate_ids
+from jobs.serve_errors import busy, error, failure
 from jobs.serving import Busy, Engine, Served
 from jobs.session import fit_context, prompt_ids
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any prompt the context holds
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 499: "client_closed", 503: "server_busy", 500: "internal_error"}
 
 
 class Sampled(BaseModel):
@@ -67,24 +65,6 @@ class ChatRequest(Sampled):
 class CompletionRequest(Sampled):
     prompt: Union[str, list[str]]
     logprobs: Optional[int] = Field(None, ge=0, le=20)
-
-
-def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "param": param,
-                                   "code": code}}, status_code=status)
-
-
-def failure(exc) -> JSONResponse:
-    """A job's exception as a response: a user's mistake is 400; a bug is logged in full, one line out."""
-    if isinstance(exc, UserError):
-        return error(400, str(exc))
-    traceback.print_exception(exc, file=sys.stderr)
-    return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
-
-
-def busy(engine: Engine) -> JSONResponse:
-    return error(503, f"the server is busy: {engine.limit - 1} requests are already waiting; retry later",
-                 code="queue_full")
 
 
 async def client_left(request: Request) -> None:

@@ -13,7 +13,7 @@ from typing import Optional
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
-from jobs.openai_api import busy, error, failure
+from jobs.serve_errors import busy, error, failure
 from jobs.serving import NAME, Busy, Engine, Served, adapter_target
 
 OFF = ("loading adapters at runtime is off on this server: start `cli.py serve` with --allow-adapter-root DIR "

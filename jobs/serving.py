@@ -16,6 +16,7 @@ from jobs.answering import Target
 from jobs.session import Opened
 
 NAME = re.compile(r"[A-Za-z0-9][\w.-]*")
+PROMPT_CACHE_ENTRIES = 10  # prompts whose keys and values are kept for reuse (mlx_lm.server's default)
 
 
 @dataclass
@@ -57,6 +58,7 @@ def load_served(backend: str, model: str | None, adapters: list[tuple[str, str]]
     base_id = model
     check_names(adapters, base_id)
     opened = open_model(backend, model, adapter=adapters[0][1] if adapters else None)
+    opened.backend.cache_prompts(PROMPT_CACHE_ENTRIES)
     targets = {base_id: Target(base_id, None)}
     roots = {base_id: str(opened.model_dir)}
     for i, (name, path) in enumerate(adapters):

@@ -420,6 +420,43 @@ def test_runtime_loading_is_off_without_a_root_and_never_reloads_the_base(tiny_m
     assert after.keys() == weights.keys() and all(after[n] is p for n, p in weights.items())
 
 
+def test_mlx_prompt_cache_starts_from_a_shared_prefix_and_answers_the_same(tiny_model, adapters, monkeypatch):
+    """serve keeps answered prompts' keys and values on MLX (as mlx_lm.server does): the same
+    prompt again, or a chat that continues it, computes only what is new, per adapter and for the
+    bare base apart, and the answer is the one computed from scratch; adapters changing clear it."""
+    from backends.mlx.prompt_cache import Prefixes
+    from jobs.session import add_adapter, eos_ids, open_model, prompt_ids
+    opened = open_model("mlx", str(tiny_model), adapter=adapters["a"])
+    add_adapter(opened, "c", adapters["c"])
+    be, eos = opened.backend, eos_ids(opened.tokenizer)
+    ids = prompt_ids(opened, [{"role": "user", "content": Q}])
+
+    def answer(key, prompt):
+        be.set_active_adapter(key or "default")
+        if key is None:
+            with be.base_only():
+                return be.generate(prompt, 12, eos)
+        return be.generate(prompt, 12, eos)
+
+    fresh = {k: answer(k, ids) for k in ("default", "c", None)}
+    computed = []
+    start = Prefixes.start
+    monkeypatch.setattr(Prefixes, "start", lambda self, w, p: computed.append(len((r := start(self, w, p))[1])) or r)
+    be.cache_prompts(4)
+    assert [answer(k, ids) for k in ("default", "default", "c", None, "c")] == [fresh[k] for k in
+                                                                               ("default", "default", "c", None, "c")]
+    assert computed == [len(ids), 1, len(ids), len(ids), 1]  # each set of weights has its own cache
+    follow = ids + fresh["default"] + prompt_ids(opened, [{"role": "user", "content": "Et L102-1 ?"}])[1:]
+    be.cache_prompts(0)
+    want = answer("default", follow)
+    be.cache_prompts(4)
+    answer("default", ids)
+    assert answer("default", follow) == want and computed[-1] == len(follow) - len(ids) - len(fresh["default"])
+    be.remove_adapter("c")  # the adapters changed: nothing kept is reused
+    answer("default", ids)
+    assert computed[-1] == len(ids)
+
+
 def test_warning_when_listening_beyond_this_machine_without_a_key():
     from jobs.serving import host_warning
     assert host_warning("127.0.0.1", None) is None and host_warning("0.0.0.0", "k") is None

@@ -538,6 +538,9 @@ class Backend:
                 return new[:i]
         return new
 
+    def cache_prompts(self, entries: int) -> None:
+        """Not kept on torch: HF generate computes every prompt in full (docs/serve.md says so)."""
+
     @contextlib.contextmanager
     def base_only(self):
         """The base model without its adapter while the block runs (PEFT's disable_adapter)."""
