@@ -298,5 +298,8 @@ def serve(served: Served, sock, api_key: str | None, queue_size: int, default_ma
     others = [m for m in served.targets if m != served.base_id]
     echo(f"[twinlora] serving {served.base_id}" + (f" with adapters {', '.join(others)}" if others else "")
          + f" on http://{host if ':' not in host else f'[{host}]'}:{port} (OpenAI API under /v1, page at /)")
+    if adapter_roots:
+        echo(f"[twinlora] clients may load adapters from under: {', '.join(map(str, adapter_roots))} "
+             "(POST /v1/load_lora_adapter, /v1/unload_lora_adapter)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     server.run(sockets=[sock])
