@@ -325,7 +325,7 @@ def send_from_page(driver, url: str, prompt: str, max_tokens: str, key: str) -> 
             for c in cols}
 
 
-def test_the_page_shows_every_models_answer_side_by_side_in_a_browser(servers, browser, tiny_model):
+def test_the_page_shows_every_models_answer_side_by_side_in_a_browser(browser, servers, tiny_model):
     """The page in headless chromium: a prompt sent from it gets the base's and every adapter's
     answer in its own column, each the greedy text the API gives; errors are shown, not swallowed."""
     from selenium.webdriver.common.by import By
