@@ -544,6 +544,10 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
     named = [_named_adapter(a) for a in adapters]
     if engine == "vllm":
         from jobs.vllm_handoff import hand_off
+        if adapter_roots:
+            raise UserError("vLLM's runtime loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING) takes adapters from any "
+                            "path, so the roots could not be enforced", where="--allow-adapter-root",
+                            fix="drop --allow-adapter-root with --engine vllm, or serve with --engine twinlora")
         return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
     from jobs.openai_api import serve as run_server
     from jobs.serving import adapter_roots as allowed_roots

@@ -60,3 +60,12 @@ def serve_adapter_root_missing(ctx):
     line = expect_error(r, f"--allow-adapter-root {ctx.tmp / 'nope'}", "not a directory")
     assert "[twinlora] serving" not in r.output  # refused before the model loads
     return line
+
+
+@row("E196")
+def vllm_with_adapter_roots(ctx):
+    r = run_cli("serve", "--engine", "vllm", "--print-command", "--model", ctx.model, "--allow-adapter-root", ctx.tmp,
+                "--adapter", f"a={ctx.adapter_copy()}")
+    line = expect_error(r, "--allow-adapter-root", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+    assert "vllm serve" not in r.output  # no command printed that would drop the roots
+    return line
