@@ -539,23 +539,32 @@ def _named_adapter(value: str) -> tuple[str, str]:
 @click.option("--max-lora-rank", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="--engine vllm: vLLM's --max-lora-rank.")
 @click.option("--print-command", is_flag=True, help="--engine vllm: print the vLLM command instead of running it.")
+@click.option("--allow-adapter-root", "adapter_roots", multiple=True, metavar="DIR",
+              help="Allow POST /v1/load_lora_adapter and /v1/unload_lora_adapter, for adapters under DIR only "
+              "(repeatable; symlinks resolved).")
 def serve(model, adapters, backend, host, port, api_key, queue_size, default_max_tokens, engine, max_lora_rank,
-          print_command):
+          print_command, adapter_roots):
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/models, /health; a comparison page at /). The base loads once; a
     request's `model` picks an adapter or the base. See docs/serve.md."""
     named = [_named_adapter(a) for a in adapters]
     if engine == "vllm":
         from jobs.vllm_handoff import hand_off
+        if adapter_roots:
+            raise UserError("vLLM's runtime loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING) takes adapters from any "
+                            "path, so the roots could not be enforced", where="--allow-adapter-root",
+                            fix="drop --allow-adapter-root with --engine vllm, or serve with --engine twinlora")
         return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
     from jobs.openai_api import serve as run_server
+    from jobs.serving import adapter_roots as allowed_roots
     from jobs.serving import host_warning, listen, load_served
+    roots = allowed_roots(list(adapter_roots))
     warning = host_warning(host, api_key)
     if warning:
         click.secho(warning, fg="yellow", err=True)
     sock = listen(host, port)
     served = load_served(backend, model, named, lambda m: echo(m, err=True))
-    run_server(served, sock, api_key, queue_size, default_max_tokens, echo)
+    run_server(served, sock, api_key, queue_size, default_max_tokens, echo, roots)
 
 
 # ------------------------------------------------------------------ eval / compare

@@ -26,6 +26,7 @@ class Backend(Protocol):
     sharded: bool      # True once distribute() sharded the weights (FSDP): forward and weight reads are collectives
     notes: list[str]   # printed when training starts (e.g. "4-bit on CPU is slow")
     objective_sums: dict[str, float]  # the objective's metric sums of the last accumulate/eval_loss (DPO rewards)
+    active_adapter: str | None  # the adapter forward/generate use; None: the bare base
 
     def __init__(self, model_dir: Path, dtype: str = "float32", quantize: str | None = None,
                  grad_checkpointing: bool = False, attn_implementation: str | None = None,
@@ -49,6 +50,10 @@ class Backend(Protocol):
 
     def set_active_adapter(self, name: str) -> None:
         """Make adapter `name` the one forward/generate/lora_weights use; the base is not reloaded."""
+
+    def remove_adapter(self, name: str) -> None:
+        """Drop adapter `name`'s layers (serve's /v1/unload_lora_adapter); the base stays loaded.
+        Removing the active one leaves the bare base active (active_adapter None)."""
 
     def lora_weights(self) -> dict[str, np.ndarray]:
         """Current adapter weights, PEFT-named, float32."""
@@ -102,6 +107,12 @@ class Backend(Protocol):
 
     def base_only(self):
         """Context manager: the base model without adapters while it is held (generate --base)."""
+
+    def cache_prompts(self, entries: int) -> None:
+        """Keep the keys and values of the last `entries` answered prompts, per adapter and for the
+        bare base, and start a prompt sharing a prefix with one of them from there (serve, as
+        mlx_lm.server does; 0: off). Only while the weights stay as they are: adding or removing
+        an adapter clears it, and training never turns it on."""
 
     def merge_and_save(self, out_dir: Path) -> None:
         """Fold the adapter into the base weights and save an HF safetensors model (weights + config)."""

@@ -1,7 +1,9 @@
 """Serving speed: time to first token and decode tokens/s of `cli.py serve --backend mlx` against
 plain `mlx_lm.server` on the same base and adapter, and against our own answering loop called
 in-process (what `generate` runs); then the alternating case, each request to another adapter
-(mlx_lm.server reloads the model when a request's adapter changes; ours switches layers).
+(mlx_lm.server reloads the model when a request's adapter changes; ours switches layers). Both
+servers keep answered prompts' KV caches, so the repeated prompt is measured, and a new prompt
+each request too. The setups take turns, one request each per round.
 
     python benchmarks/serve_bench.py --adapter runs/legi-demo/adapter [--requests 6 --max-tokens 64]
 
@@ -98,6 +100,21 @@ def in_process(model: str, adapter: str, n: int, max_tokens: int) -> list[tuple[
     return out
 
 
+def fresh(i: int) -> list[dict]:
+    """A prompt no request sent before (only the chat template's opening is shared, and cached)."""
+    return [{"role": "user", "content": f"Tale number {i * 7 + 3}: {PROMPT}"}]
+
+
+def interleaved(n: int, setups: dict) -> dict[str, list]:
+    """Each setup's n timings, taken in turns (one request of each setup per round), so that a
+    load that changes during the run weighs on every setup alike."""
+    out = {k: [] for k in setups}
+    for i in range(n):
+        for k, one in setups.items():
+            out[k].append(one(i))
+    return out
+
+
 def summary(rows: list[tuple[float, float, int]]) -> tuple[float, float, float]:
     return (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows),
             statistics.median(r[2] for r in rows))
@@ -135,16 +152,22 @@ def main() -> None:
         n, mt = args.requests, args.max_tokens
         timed_stream(url, {"model": "a", "messages": msg, "max_tokens": 4})          # warm-up
         timed_stream(plain_url, {"model": "default_model", "messages": msg, "max_tokens": 4})
-        res = {
-            "ours, one adapter": [timed_stream(url, {"model": "a", "messages": msg, "max_tokens": mt}) for _ in range(n)],
-            "mlx_lm.server, one adapter": [timed_stream(plain_url, {"model": "default_model", "messages": msg,
-                                                                    "max_tokens": mt}) for _ in range(n)],
-            "ours, alternating a/b/c/base": [timed_stream(url, {"model": ["a", "b", "c", model][i % 4], "messages": msg,
-                                                                "max_tokens": mt}) for i in range(n)],
-            "mlx_lm.server, alternating 3 adapters/base": [
-                timed_stream(plain_url, {"model": model_dir, "adapters": [*mlx_dirs, None][i % 4], "messages": msg,
-                                         "max_tokens": mt}) for i in range(n)],
-        }
+        res = interleaved(n, {
+            "ours, one adapter": lambda i: timed_stream(url, {"model": "a", "messages": msg, "max_tokens": mt}),
+            "mlx_lm.server, one adapter": lambda i: timed_stream(plain_url, {"model": "default_model", "messages": msg,
+                                                                             "max_tokens": mt}),
+            "ours, one adapter, a new prompt each request": lambda i: timed_stream(
+                url, {"model": "a", "messages": fresh(i), "max_tokens": mt}),
+            "mlx_lm.server, one adapter, a new prompt each request": lambda i: timed_stream(
+                plain_url, {"model": "default_model", "messages": fresh(i), "max_tokens": mt}),
+        })
+        res |= interleaved(n, {  # after the others: mlx_lm.server is left on another adapter each time
+            "ours, alternating a/b/c/base": lambda i: timed_stream(url, {"model": ["a", "b", "c", model][i % 4],
+                                                                         "messages": msg, "max_tokens": mt}),
+            "mlx_lm.server, alternating 3 adapters/base": lambda i: timed_stream(
+                plain_url, {"model": model_dir, "adapters": [*mlx_dirs, None][i % 4], "messages": msg,
+                            "max_tokens": mt}),
+        })
     finally:
         ours.terminate()
         plain.terminate()
@@ -157,7 +180,10 @@ def main() -> None:
     o, p = med["ours, one adapter"], med["mlx_lm.server, one adapter"]
     oa, pa = med["ours, alternating a/b/c/base"], med["mlx_lm.server, alternating 3 adapters/base"]
     g = med["our answering loop in-process (generate)"]
+    of, pf = med["ours, one adapter, a new prompt each request"], med["mlx_lm.server, one adapter, a new prompt each request"]
     print(f"\nours / mlx_lm.server, one adapter: decode {o[1] / p[1]:.2f}x, time to first token {o[0] / p[0]:.2f}x")
+    print(f"ours / mlx_lm.server, a new prompt each request: decode {of[1] / pf[1]:.2f}x, "
+          f"time to first token {of[0] / pf[0]:.2f}x")
     print(f"ours / mlx_lm.server, alternating: decode {oa[1] / pa[1]:.2f}x, time to first token {oa[0] / pa[0]:.2f}x")
     print(f"ours over HTTP / in-process: decode {o[1] / g[1]:.2f}x, time to first token {o[0] / g[0]:.2f}x")
 

@@ -34,16 +34,16 @@ class Stop(Exception):
 
 @contextlib.contextmanager
 def selected(opened: Opened, target: Target):
-    """The target's weights active while the block runs: an adapter by name, or the bare base."""
+    """The target's weights active while the block runs: an adapter by name (swapped in only when
+    another is active), or the bare base (adapters loaded at runtime included)."""
     be = opened.backend
-    if target.key is not None:
-        be.set_active_adapter(target.key)
-        yield
-    elif opened.spec is not None:
+    if target.key is None:
         with be.base_only():
             yield
-    else:
-        yield
+        return
+    if be.active_adapter != target.key:
+        be.set_active_adapter(target.key)
+    yield
 
 
 class Deltas:

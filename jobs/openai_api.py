@@ -3,6 +3,7 @@ mlx-lm's server expose, OpenAI-style JSON errors with the right status, server-s
 streaming. Answers come from jobs/answering.py, the code `generate` runs."""
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import secrets
@@ -17,14 +18,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.errors import UserError
 from jobs.answering import Target, generate_ids
+from jobs.serve_errors import busy, error, failure
 from jobs.serving import Busy, Engine, Served
 from jobs.session import fit_context, prompt_ids
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any prompt the context holds
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-               413: "invalid_request_error", 503: "server_busy", 500: "internal_error"}
 
 
 class Sampled(BaseModel):
@@ -68,9 +67,24 @@ class CompletionRequest(Sampled):
     logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
-def error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": ERROR_TYPES.get(status, "error"), "param": param,
-                                   "code": code}}, status_code=status)
+async def client_left(request: Request) -> None:
+    """Returns when the client closes the connection (the body is already read, so the next
+    message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_left(request: Request, engine: Engine, ticket, waiting):
+    """`waiting`'s result, or None when the client leaves first: its job is then stopped (dropped
+    from the queue when it has not begun, so it costs no generation)."""
+    watch, wait = asyncio.ensure_future(client_left(request)), asyncio.ensure_future(waiting)
+    done, _ = await asyncio.wait({watch, wait}, return_when=asyncio.FIRST_COMPLETED)
+    if wait in done:
+        watch.cancel()
+        return wait.result()
+    wait.cancel()
+    engine.stop(ticket)
+    return None
 
 
 class BodyLimit:
@@ -100,8 +114,11 @@ class BodyLimit:
         return error(413, f"the request body is over {self.limit} bytes", code="body_too_large")
 
 
-def create_app(served: Served, engine: Engine, api_key: str | None = None, default_max_tokens: int = 256) -> FastAPI:
+def create_app(served: Served, engine: Engine, api_key: str | None = None, default_max_tokens: int = 256,
+               adapter_roots: list | None = None) -> FastAPI:
+    from jobs.serve_adapters import add_adapter_routes
     app = FastAPI(title="twinlora", docs_url=None, redoc_url=None, openapi_url=None)
+    add_adapter_routes(app, served, engine, adapter_roots or [])
     app.add_middleware(BodyLimit)
     created = int(time.time())
 
@@ -145,25 +162,25 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         return PAGE
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest):
+    async def chat(req: ChatRequest, request: Request):
         if req.messages[-1].role != "user":
             return error(400, "messages: the last message must be the user's turn to answer", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens or default_max_tokens
         top = (req.top_logprobs or 0) if req.logprobs else None
-        return await run(req, lambda t: prompt_ids(served.opened, messages, t.template, t.system), max_tokens, top,
-                         "chat.completion", chat_choice, "messages")
+        return await run(req, request, lambda t: prompt_ids(served.opened, messages, t.template, t.system),
+                         max_tokens, top, "chat.completion", chat_choice, "messages")
 
     @app.post("/v1/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if len(prompts) != 1 or not prompts[0]:
             return error(400, "prompt: give one non-empty prompt per request", param="prompt")
         msg = [{"role": "user", "content": prompts[0]}]
-        return await run(req, lambda t: prompt_ids(served.opened, msg, "raw"), req.max_tokens or default_max_tokens,
-                         req.logprobs, "text_completion", text_choice, "prompt")
+        return await run(req, request, lambda t: prompt_ids(served.opened, msg, "raw"),
+                         req.max_tokens or default_max_tokens, req.logprobs, "text_completion", text_choice, "prompt")
 
-    async def run(req, encode, max_tokens: int, top: int | None, kind: str, choice, field: str):
+    async def run(req, request, encode, max_tokens: int, top: int | None, kind: str, choice, field: str):
         target = served.target(req.model)
         if target is None:
             return error(404, f"the model {req.model!r} does not exist; available: {', '.join(served.targets)}",
@@ -179,26 +196,36 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
             return generate_ids(opened, target, ids, budget, sampling, lambda piece: emit(("text", piece)),
                                 stops, top, cancelled)
         try:
-            queue, cancel = engine.submit(job)
+            queue, ticket = engine.submit(job)
         except Busy:
-            return error(503, f"the server is busy: {engine.limit - 1} requests are already waiting; retry later",
-                         code="queue_full")
-        kind_, value = await queue.get()
+            return busy(engine)
+        first = await unless_left(request, engine, ticket, queue.get())
+        if first is None:  # the client left while its request waited: nobody to answer
+            return error(499, "the client closed the connection", code="client_closed")
+        kind_, value = first
         if kind_ == "error":
             return failure(value)
         rid = ("chatcmpl-" if kind == "chat.completion" else "cmpl-") + uuid.uuid4().hex
         head = {"id": rid, "created": int(time.time()), "model": req.model}
         if req.stream:
             from sse_starlette.sse import EventSourceResponse
-            return EventSourceResponse(events(queue, cancel, head, kind, choice, top is not None))
+            return EventSourceResponse(events(queue, ticket, head, kind, choice, top is not None))
+        last = await unless_left(request, engine, ticket, final(queue))
+        if last is None:
+            return error(499, "the client closed the connection", code="client_closed")
+        kind_, value = last
+        if kind_ == "error":
+            return failure(value)
+        return {**head, "object": kind, "choices": [choice(value, True, top is not None)], "usage": usage(value)}
+
+    async def final(queue):
+        """The job's last message: ("done", answer) or ("error", exc)."""
         while True:
             kind_, value = await queue.get()
-            if kind_ == "error":
-                return failure(value)
-            if kind_ == "done":
-                return {**head, "object": kind, "choices": [choice(value, True, top is not None)], "usage": usage(value)}
+            if kind_ in ("done", "error"):
+                return kind_, value
 
-    async def events(queue, cancel, head, kind, choice, with_logprobs):
+    async def events(queue, ticket, head, kind, choice, with_logprobs):
         done = False
         chunk = {**head, "object": kind + ".chunk" if kind == "chat.completion" else kind}
         try:
@@ -221,13 +248,7 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
             yield "[DONE]"
         finally:
             if not done:
-                cancel.set()  # the client left: the worker stops at its next token and frees the slot
-
-    def failure(exc) -> JSONResponse:
-        if isinstance(exc, UserError):
-            return error(400, str(exc))
-        traceback.print_exception(exc, file=sys.stderr)
-        return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+                engine.stop(ticket)  # the client left: the worker stops at its next token and frees the slot
 
     def usage(a) -> dict:
         return {"prompt_tokens": a.prompt_tokens, "completion_tokens": len(a.tokens),
@@ -267,14 +288,18 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
     return app
 
 
-def serve(served: Served, sock, api_key: str | None, queue_size: int, default_max_tokens: int, echo) -> None:
+def serve(served: Served, sock, api_key: str | None, queue_size: int, default_max_tokens: int, echo,
+          adapter_roots: list | None = None) -> None:
     """Answer HTTP requests on `sock` until interrupted (uvicorn, one process)."""
     import uvicorn
     engine = Engine(queue_size)
-    app = create_app(served, engine, api_key, default_max_tokens)
+    app = create_app(served, engine, api_key, default_max_tokens, adapter_roots)
     host, port = sock.getsockname()[:2]
     others = [m for m in served.targets if m != served.base_id]
     echo(f"[twinlora] serving {served.base_id}" + (f" with adapters {', '.join(others)}" if others else "")
          + f" on http://{host if ':' not in host else f'[{host}]'}:{port} (OpenAI API under /v1, page at /)")
+    if adapter_roots:
+        echo(f"[twinlora] clients may load adapters from under: {', '.join(map(str, adapter_roots))} "
+             "(POST /v1/load_lora_adapter, /v1/unload_lora_adapter)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     server.run(sockets=[sock])

@@ -26,3 +26,14 @@ if [ "$(uname -s)" = "Linux" ] && [ ! -e /usr/lib/x86_64-linux-gnu/openblas-pthr
       || echo "note: libopenblas0-pthread not installed; MLX will be slow on this CPU"
   else echo "note: run 'sudo apt-get install libopenblas0-pthread' to make MLX fast on this CPU"; fi
 fi
+# The browser test of serve's page (tests/test_serve.py) drives Debian's chromium through its
+# chromedriver. Installed when absent (root and apt); elsewhere one note, and that test is skipped
+# outside CI (under CI=true a missing browser fails it).
+if ! command -v chromedriver >/dev/null || ! { command -v chromium >/dev/null || command -v chromium-browser >/dev/null; }; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get install -y -q chromium chromium-driver || { apt-get update -q && apt-get install -y -q chromium chromium-driver; }; } \
+      >/dev/null 2>&1 || echo "note: chromium/chromium-driver not installed; the page's browser test cannot run"
+  else
+    echo "note: install chromium and its chromedriver (Debian: apt-get install chromium chromium-driver) to run the page's browser test"
+  fi
+fi

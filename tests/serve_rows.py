@@ -52,3 +52,20 @@ def vllm_not_installed(ctx):
     ctx.mp.setenv("PATH", str(ctx.tmp))  # no `vllm` on it
     r = run_cli("serve", "--engine", "vllm", "--model", ctx.model, "--adapter", f"a={ctx.adapter_copy()}")
     return expect_error(r, "vLLM is not installed")
+
+
+@row("E195")
+def serve_adapter_root_missing(ctx):
+    r = run_cli("serve", "--model", ctx.model, "--port", "0", "--allow-adapter-root", ctx.tmp / "nope")
+    line = expect_error(r, f"--allow-adapter-root {ctx.tmp / 'nope'}", "not a directory")
+    assert "[twinlora] serving" not in r.output  # refused before the model loads
+    return line
+
+
+@row("E196")
+def vllm_with_adapter_roots(ctx):
+    r = run_cli("serve", "--engine", "vllm", "--print-command", "--model", ctx.model, "--allow-adapter-root", ctx.tmp,
+                "--adapter", f"a={ctx.adapter_copy()}")
+    line = expect_error(r, "--allow-adapter-root", "VLLM_ALLOW_RUNTIME_LORA_UPDATING")
+    assert "vllm serve" not in r.output  # no command printed that would drop the roots
+    return line

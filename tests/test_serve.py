@@ -1,12 +1,15 @@
 """`cli.py serve` over real HTTP with the official `openai` client: two servers in subprocesses
-(torch with three adapters behind an API key; MLX with one adapter, no queue, on 0.0.0.0), the
-same text as `generate`, every error status, a disconnect mid-stream, 20 concurrent clients, and
-logprobs parity between the two backends."""
+(torch with three adapters behind an API key; MLX with one adapter, a queue of one, on 0.0.0.0;
+both allow loading adapters at runtime from one root), the same text as `generate`, every error
+status, adapters loaded and unloaded at runtime, clients that leave mid-stream or while queued,
+20 concurrent clients, and logprobs parity between the two backends."""
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -79,10 +82,12 @@ class Server:
 @pytest.fixture(scope="module")
 def servers(tiny_model, adapters, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_logs")
+    root = adapters["a"].parents[1]  # the folder that holds the three runs: clients may load from it
     torch_srv = Server(["--backend", "torch", "--model", tiny_model, "--api-key", KEY, "--queue-size", "32",
+                        "--allow-adapter-root", root,
                         *[x for n, d in adapters.items() for x in ("--adapter", f"{n}={d}")]], log / "torch")
-    mlx_srv = Server(["--backend", "mlx", "--model", tiny_model, "--host", "0.0.0.0", "--queue-size", "0",
-                      "--adapter", f"a={adapters['a']}"], log / "mlx")
+    mlx_srv = Server(["--backend", "mlx", "--model", tiny_model, "--host", "0.0.0.0", "--queue-size", "1",
+                      "--allow-adapter-root", root, "--adapter", f"a={adapters['a']}"], log / "mlx")
     try:
         yield {"torch": torch_srv.wait(), "mlx": mlx_srv.wait()}
     finally:
@@ -202,25 +207,254 @@ def test_every_error_is_json_with_its_status_and_the_server_stays_up(servers, ti
     assert srv.health()["running"] == 0
 
 
-def test_a_full_queue_is_503_and_a_client_leaving_mid_stream_frees_its_slot(servers):
-    """The MLX server takes one request at a time and queues none (--queue-size 0)."""
+def held(srv, body: dict, path: str = "/v1/chat/completions") -> socket.socket:
+    """A request sent on a raw socket and left unread: a client that may leave before its answer."""
+    data = json.dumps(body).encode()
+    port = int(srv.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                 f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    return sock
+
+
+def answer_of(sock: socket.socket) -> tuple[int, dict]:
+    """(status, JSON body) of the response on a held socket (read to its end)."""
+    sock.settimeout(120)
+    raw = b""
+    while chunk := sock.recv(65536):
+        raw += chunk
+    sock.close()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def until(srv, ok, what: str) -> dict:
+    """/health once `ok(health)` holds (the server's own counters, polled; 30 s at most)."""
+    end = time.time() + 30
+    while time.time() < end:
+        h = srv.health()
+        if ok(h):
+            return h
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: {srv.health()}")
+
+
+LONG = {"model": "a", "messages": [{"role": "user", "content": Q}], "max_tokens": 480}
+
+
+def test_a_full_queue_is_503_and_clients_that_leave_free_their_place(servers):
+    """The MLX server answers one request at a time with one waiting (--queue-size 1). A client that
+    leaves while queued gives its place back at once and its request never runs (`dropped`); one
+    that leaves mid-stream or mid non-streamed answer stops its generation (`cancelled`)."""
     srv = servers["mlx"]
     before = srv.health()
-    with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60,
-                      json={"model": "a", "messages": [{"role": "user", "content": Q}], "max_tokens": 480,
-                            "stream": True}) as long:
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", timeout=60, json={**LONG, "stream": True}) as long:
         lines = long.iter_lines()
         assert next(l for l in lines if l.startswith("data:"))  # the answer has started
+        queued = held(srv, {**LONG, "max_tokens": 2})
+        until(srv, lambda h: h["waiting"] == 1, "the second request never queued")
         busy = httpx.post(srv.url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 2})
         assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full"
-    # the client left after one chunk: the worker stops at its next token and the slot is free
-    end = time.time() + 30
-    while srv.health()["running"] and time.time() < end:
-        time.sleep(0.05)
-    after = srv.health()
-    assert after["running"] == after["waiting"] == 0 and after["cancelled"] == before["cancelled"] + 1
+        queued.close()  # leaves while waiting: its place frees now, while the stream still runs
+        h = until(srv, lambda h: h["waiting"] == 0, "the queue did not free")
+        assert h["running"] == 1 and h["dropped"] == before["dropped"] + 1
+        follower = held(srv, {**LONG, "max_tokens": 2})  # takes the freed place instead of a 503
+        until(srv, lambda h: h["waiting"] == 1, "the freed place was not taken")
+    # the streaming client left after one chunk: its generation stops and the follower is answered
+    status, body = answer_of(follower)
+    assert status == 200 and body["usage"]["completion_tokens"] == 2
+    after = until(srv, lambda h: h["running"] == h["waiting"] == 0, "the slot was not freed")
+    assert after["cancelled"] == before["cancelled"] + 1 and after["served"] == before["served"] + 2
+    assert after["dropped"] == before["dropped"] + 1  # the one that left while queued never ran
+    gone = held(srv, LONG)  # non-streamed, left while it runs: stopped at its next token
+    until(srv, lambda h: h["running"] == 1, "the non-streamed request never started")
+    gone.close()
+    last = until(srv, lambda h: h["running"] == 0, "the non-streamed request was not stopped")
+    assert last["cancelled"] == after["cancelled"] + 1
     ok = httpx.post(srv.url + "/v1/completions", json={"model": "a", "prompt": "x", "max_tokens": 2})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 2
+
+
+# ---------------------------------------------------------------- the page, in a real browser
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless chromium driven by selenium (scripts/setup.sh installs both). Missing, the test is
+    skipped on a developer's machine; under CI=true it fails."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_bin = shutil.which("chromedriver")
+    try:
+        from selenium import webdriver
+    except ImportError:
+        webdriver = None
+    if webdriver is None or not chromium or not driver_bin:
+        missing = "selenium" if webdriver is None else "chromium and chromedriver"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} not installed: scripts/setup.sh installs them (CI must run the page's browser test)")
+        pytest.skip(f"{missing} not installed (scripts/setup.sh installs them)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+    opts = Options()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def send_from_page(driver, url: str, prompt: str, max_tokens: str, key: str) -> dict[str, str]:
+    """Type into the page as a person does, press Send, wait until every column has finished;
+    {model id: its answer text, or its error text}."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver.get(url + "/")
+    for field, value in (("prompt", prompt), ("max_tokens", max_tokens), ("key", key)):
+        box = driver.find_element(By.ID, field)
+        box.clear()
+        box.send_keys(value)
+    driver.find_element(By.ID, "send").click()
+    done = ("return document.querySelectorAll('#answers .col').length > 0 && [...document.querySelectorAll("
+            "'#answers .col')].every(c => c.querySelector('.meta').textContent || c.querySelector('pre.err'))"
+            " || document.querySelector('#status.err') !== null")
+    WebDriverWait(driver, 180, poll_frequency=0.2).until(lambda d: d.execute_script(done))
+    cols = driver.find_elements(By.CSS_SELECTOR, "#answers .col")
+    return {c.find_element(By.TAG_NAME, "h3").text: c.find_element(By.TAG_NAME, "pre").get_attribute("textContent")
+            for c in cols}
+
+
+def test_the_page_shows_every_models_answer_side_by_side_in_a_browser(browser, servers, tiny_model):
+    """The page in headless chromium: a prompt sent from it gets the base's and every adapter's
+    answer in its own column, each the greedy text the API gives; errors are shown, not swallowed."""
+    from selenium.webdriver.common.by import By
+    srv = servers["torch"]
+    shown = send_from_page(browser, srv.url, Q, "12", KEY)
+    want = {m: chat(srv, m, max_tokens=12).choices[0].message.content for m in (str(tiny_model), "a", "b", "c")}
+    assert shown == want and len(set(want.values())) == 4
+    metas = [m.text for m in browser.find_elements(By.CSS_SELECTOR, "#answers .col .meta")]
+    assert all(m.startswith("finish: length, 12 tokens") for m in metas), metas
+    send_from_page(browser, srv.url, Q, "12", "wrong-key")  # the server refuses the key: the page says so
+    status = browser.find_element(By.ID, "status")
+    assert "err" in status.get_attribute("class") and "missing or wrong API key" in status.text
+    errors = send_from_page(browser, srv.url, Q, "0", KEY)  # a bad field: each column shows the 400's message
+    assert set(errors) == set(want) and all(t.startswith("max_tokens:") for t in errors.values()), errors
+
+
+# ---------------------------------------------------------------- adapters loaded at runtime
+
+def lora(srv, route: str, **body) -> httpx.Response:
+    return httpx.post(f"{srv.url}/v1/{route}_lora_adapter", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=120)
+
+
+@pytest.fixture(scope="module")
+def odd_adapters(adapters, tmp_path_factory):
+    """Under the allowed root: a copy of `a` recorded as trained on other base weights, and a
+    symlink to a copy of `a` that lies outside the root."""
+    root = adapters["a"].parents[1]
+    other = root / "other-base"
+    shutil.copytree(adapters["a"], other)
+    meta = json.loads((other / "twinlora.json").read_text())
+    meta["base_model"]["sha256"] = "0" * 64
+    (other / "twinlora.json").write_text(json.dumps(meta))
+    outside = tmp_path_factory.mktemp("outside") / "a"
+    shutil.copytree(adapters["a"], outside)
+    (root / "link").symlink_to(outside, target_is_directory=True)
+    return {"other": other, "outside": outside, "link": root / "link", "root": root}
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_adapters_load_and_unload_at_runtime_with_vllms_fields(servers, adapters, odd_adapters, tiny_model, backend):
+    srv, base = servers[backend], str(tiny_model)
+    base_text, a_text = (chat(srv, m, max_tokens=10).choices[0].message.content for m in (base, "a"))
+    r = lora(srv, "load", lora_name="d", lora_path=str(adapters["a"]))
+    assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'd' added successfully.")
+    rows = {m.id: m for m in srv.client().models.list().data}
+    assert rows["d"].parent == base and rows["d"].root == str(adapters["a"].resolve())
+    assert chat(srv, "d", max_tokens=10).choices[0].message.content == a_text != base_text  # a's weights
+    refusals = [
+        ({"lora_name": "d", "lora_path": str(adapters["b"])}, 400, "The lora adapter 'd' has already been loaded."),
+        ({"lora_name": base, "lora_path": str(adapters["b"])}, 400, f"'{base}' is the base model's id"),
+        ({"lora_name": "e"}, 400, "Both 'lora_name' and 'lora_path' must be provided."),
+        ({"lora_name": "e", "lora_path": str(odd_adapters["outside"])}, 400, "is outside the directories"),
+        ({"lora_name": "e", "lora_path": str(odd_adapters["link"])}, 400, "is outside the directories"),
+        ({"lora_name": "e", "lora_path": str(odd_adapters["root"])}, 404, "No adapter found at"),
+        ({"lora_name": "e", "lora_path": str(odd_adapters["other"])}, 400, "adapter was trained on base"),
+    ]
+    for body, status, needle in refusals:
+        r = lora(srv, "load", **body)
+        assert r.status_code == status and needle in r.json()["error"]["message"], (body, r.text)
+    assert [m.id for m in srv.client().models.list().data] == list(rows)  # nothing half-loaded
+    r = lora(srv, "unload", lora_name="d")
+    assert (r.status_code, r.text) == (200, "Success: LoRA adapter 'd' removed successfully.")
+    with pytest.raises(openai.NotFoundError):
+        chat(srv, "d", max_tokens=2)
+    r = lora(srv, "unload", lora_name="d")
+    assert (r.status_code, r.json()["error"]["message"]) == (404, "The lora adapter 'd' cannot be found.")
+    r = lora(srv, "unload", lora_name=base)
+    assert r.status_code == 400 and "cannot be unloaded" in r.json()["error"]["message"]
+    # the base and the startup adapter answer as before: nothing reloaded, nothing left active
+    assert [chat(srv, m, max_tokens=10).choices[0].message.content for m in (base, "a")] == [base_text, a_text]
+
+
+def test_runtime_loading_is_off_without_a_root_and_never_reloads_the_base(tiny_model, adapters):
+    """In-process: without --allow-adapter-root both routes are 404 with how to turn them on; an
+    adapter loaded at runtime sits over the same base weights (the same tensors, not a reload)."""
+    from fastapi.testclient import TestClient
+
+    from jobs.openai_api import create_app
+    from jobs.serve_adapters import load_onto
+    from jobs.serving import Engine, load_served
+    served = load_served("torch", str(tiny_model), [], lambda *a, **k: None)
+    with TestClient(create_app(served, Engine(1))) as client:
+        for route in ("load", "unload"):
+            r = client.post(f"/v1/{route}_lora_adapter", json={"lora_name": "d", "lora_path": str(adapters["a"])})
+            assert r.status_code == 404 and "--allow-adapter-root" in r.json()["error"]["message"]
+    be = served.opened.backend
+    weights = {n: p for n, p in be.base_model().named_parameters()}
+    target = load_onto(served, "runtime_1", "d", adapters["a"])
+    after = {n.replace(".base_layer", ""): p for n, p in be.base_model().named_parameters() if "lora_" not in n}
+    assert target.key == "runtime_1" and served.opened.backend is be
+    assert after.keys() == weights.keys() and all(after[n] is p for n, p in weights.items())
+
+
+def test_mlx_prompt_cache_starts_from_a_shared_prefix_and_answers_the_same(tiny_model, adapters, monkeypatch):
+    """serve keeps answered prompts' keys and values on MLX (as mlx_lm.server does): the same
+    prompt again, or a chat that continues it, computes only what is new, per adapter and for the
+    bare base apart, and the answer is the one computed from scratch; adapters changing clear it."""
+    from backends.mlx.prompt_cache import Prefixes
+    from jobs.session import add_adapter, eos_ids, open_model, prompt_ids
+    opened = open_model("mlx", str(tiny_model), adapter=adapters["a"])
+    add_adapter(opened, "c", adapters["c"])
+    be, eos = opened.backend, eos_ids(opened.tokenizer)
+    ids = prompt_ids(opened, [{"role": "user", "content": Q}])
+
+    def answer(key, prompt):
+        be.set_active_adapter(key or "default")
+        if key is None:
+            with be.base_only():
+                return be.generate(prompt, 12, eos)
+        return be.generate(prompt, 12, eos)
+
+    fresh = {k: answer(k, ids) for k in ("default", "c", None)}
+    computed = []
+    start = Prefixes.start
+    monkeypatch.setattr(Prefixes, "start", lambda self, w, p: computed.append(len((r := start(self, w, p))[1])) or r)
+    be.cache_prompts(4)
+    assert [answer(k, ids) for k in ("default", "default", "c", None, "c")] == [fresh[k] for k in
+                                                                               ("default", "default", "c", None, "c")]
+    assert computed == [len(ids), 1, len(ids), len(ids), 1]  # each set of weights has its own cache
+    follow = ids + fresh["default"] + prompt_ids(opened, [{"role": "user", "content": "Et L102-1 ?"}])[1:]
+    be.cache_prompts(0)
+    want = answer("default", follow)
+    be.cache_prompts(4)
+    answer("default", ids)
+    assert answer("default", follow) == want and computed[-1] == len(follow) - len(ids) - len(fresh["default"])
+    be.remove_adapter("c")  # the adapters changed: nothing kept is reused
+    answer("default", ids)
+    assert computed[-1] == len(ids)
 
 
 def test_warning_when_listening_beyond_this_machine_without_a_key():

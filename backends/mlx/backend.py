@@ -133,6 +133,8 @@ class Backend:
         self._base_layers: dict = {}    # path -> the base (possibly quantized) Linear
         self.active_adapter = None
         self._active_layers: dict = {}  # path -> layer of the active adapter (in the model now)
+        self._prefixes = None           # serve: KV caches of answered prompts (cache_prompts)
+        self._base_only = False         # inside base_only(): the adapter's layers are swapped out
         mx.eval(self.model.parameters())
         self._base_bytes = sum(v.nbytes for _, v in tree_flatten(self.model.parameters()))
 
@@ -184,6 +186,8 @@ class Backend:
             self._load_into(layers, weights, init=True)
         mx.eval([(x.lora_a, x.lora_b) for x in layers.values()])
         self._adapters[name] = (spec, layers, mlx_keys(spec, [block_relative(p) for p in modules]))
+        if self._prefixes is not None:
+            self._prefixes.clear()
         if name == self.active_adapter:
             self.set_active_adapter(name)  # replaced the active adapter: put the new layers in place
 
@@ -197,6 +201,20 @@ class Backend:
         self.model.freeze()
         self.model.unfreeze(keys=["lora_a", "lora_b", "m"] if spec.use_dora else ["lora_a", "lora_b"], strict=False)
         self.spec, self.keys, self.active_adapter, self._active_layers = spec, keys, name, layers
+
+    def remove_adapter(self, name: str) -> None:
+        if name not in self._adapters:
+            raise BackendError(f"no adapter named {name!r} (loaded: {', '.join(self._adapters) or 'none'})")
+        if name == self.active_adapter:
+            self.model.update_modules(tree_unflatten([(p, self._base_layers[p]) for p in self._active_layers]))
+            self.spec, self.keys, self.active_adapter, self._active_layers = None, None, None, {}
+        del self._adapters[name]
+        if self._prefixes is not None:
+            self._prefixes.clear()
+
+    def cache_prompts(self, entries: int) -> None:
+        from backends.mlx.prompt_cache import Prefixes
+        self._prefixes = Prefixes(self.model, entries) if entries else None
 
     def lora_weights(self) -> dict[str, np.ndarray]:
         from common.adapter import mlx_to_peft
@@ -415,14 +433,20 @@ class Backend:
             pick = lambda logprobs: mx.argmax(logprobs, axis=-1)  # noqa: E731
         else:
             pick = lambda logprobs: mx.array([sampler(np.array(logprobs[0].astype(mx.float32)))])  # noqa: E731
-        out = []
-        for tok, _ in generate_step(mx.array(prompt_ids), self.model, max_tokens=max_new_tokens, sampler=pick):
+        weights = "base" if self._base_only or self.active_adapter is None else f"adapter:{self.active_adapter}"
+        cache, rest = self._prefixes.start(weights, prompt_ids) if self._prefixes else (None, prompt_ids)
+        out, seen = [], []
+        for tok, _ in generate_step(mx.array(rest), self.model, max_tokens=max_new_tokens, sampler=pick,
+                                    prompt_cache=cache):
             t = int(tok)
+            seen.append(t)  # its keys and values are in the cache (generate_step computes one ahead)
             if t in eos_ids:
                 break
             out.append(t)
             if on_token is not None:
                 on_token(t)
+        if self._prefixes:  # only an answer that ran to its end: an interrupted one leaves the cache unknown
+            self._prefixes.keep(weights, list(prompt_ids) + seen, cache)
         return out
 
     @contextlib.contextmanager
@@ -430,9 +454,11 @@ class Backend:
         """The base model without its adapter while the block runs (the layers are swapped back)."""
         name = self.active_adapter
         self.model.update_modules(tree_unflatten([(p, self._base_layers[p]) for p in self._active_layers]))
+        self._base_only = True
         try:
             yield
         finally:
+            self._base_only = False
             if name is not None:
                 self.set_active_adapter(name)
 

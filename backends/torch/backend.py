@@ -236,6 +236,19 @@ class Backend:
             p.requires_grad_(True)
         self.active_adapter = name
 
+    def remove_adapter(self, name: str) -> None:
+        """PEFT's delete_adapter. When it was the active one PEFT activates another, so
+        active_adapter is None until one is set (the base answers under base_only)."""
+        if self.peft is None or name not in self.peft.peft_config:
+            have = ", ".join(self.peft.peft_config) if self.peft is not None else "none"
+            raise BackendError(f"no adapter named {name!r} (loaded: {have})")
+        self.peft.delete_adapter(name)
+        self._specs.pop(name, None)
+        if name == self.active_adapter:
+            self.active_adapter, self._params = None, {}
+        elif self.active_adapter is not None:
+            self.set_active_adapter(self.active_adapter)
+
     def lora_weights(self) -> dict[str, np.ndarray]:
         """PEFT-named float32 copies; under FSDP gathered from the shards (every rank must call it)."""
         return {k: _full(p.detach()).to("cpu", torch.float32).numpy().copy() for k, p in self._params.items()}
@@ -522,6 +535,9 @@ class Backend:
             if t in eos_ids:
                 return new[:i]
         return new
+
+    def cache_prompts(self, entries: int) -> None:
+        """Not kept on torch: HF generate computes every prompt in full (docs/serve.md says so)."""
 
     @contextlib.contextmanager
     def base_only(self):
