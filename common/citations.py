@@ -47,3 +47,16 @@ def extract_citations(text: str) -> set[str]:
         for prefix, number in _LIST_ITEM.findall(m.group(1)):
             found.add(canonical_article((prefix or "") + number))
     return found
+
+
+# The heading every legi reference answer opens with (common/data/legi templates): "Article L100-1 du
+# Code des relations entre le public et l'administration…". It is the form SFT → DPO on legi pairs
+# teaches (chosen = the reference); the model's own answers often open otherwise.
+_OPENING = re.compile(rf"\s*Article\s+((?:{_PREFIX}\s*\.?\s*\*?\s*)?\d+(?:-\d+)*)(?:er)?\s+du\s+Code\b")
+
+
+def opening_article(text: str) -> str | None:
+    """The article an answer opens with in the reference heading form (`Article <num> du Code …`),
+    in canonical form; None when the answer opens otherwise."""
+    m = _OPENING.match(unicodedata.normalize("NFKC", text or ""))
+    return canonical_article(m.group(1)) if m else None

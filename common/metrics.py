@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from common.citations import extract_citations
+from common.citations import extract_citations, opening_article
 from common.errors import DataError, ModelError, UserError
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -236,6 +236,23 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
         "citations_predicted_total": n_cited,
         "per_item": per_item,
     }
+
+
+def answer_form_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict:
+    """The share of answers in the reference's heading form (`Article <num> du Code …`), and of those
+    whose heading names the reference's own article. Items whose reference does not open so are
+    left out (`form_ok = None`): the form is only asked where the data teaches it."""
+    _check_pairs(predictions, references, "answer_form")
+    per_item = []
+    for pred, ref in zip(predictions, references):
+        want = opening_article(ref if isinstance(ref, str) else (ref[0] if ref else ""))
+        got = opening_article(pred)
+        per_item.append({"form_ok": None if want is None else got is not None,
+                         "form_article_ok": None if want is None else got == want, "form_article": got})
+    scored = [r for r in per_item if r["form_ok"] is not None]
+    return {"form_rate": _mean(float(r["form_ok"]) for r in scored),
+            "form_article_rate": _mean(float(r["form_article_ok"]) for r in scored),
+            "form_items_scored": len(scored), "per_item": per_item}
 
 
 # ---------------------------------------------------------------- SQuAD v2

@@ -201,7 +201,7 @@ def test_registry_gives_the_tables_it_replaced():
 
     from common.metric_registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
                                         study_headlines)
-    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "length")
+    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "answer_form", "length")
     assert {k: chart_points(k) for k in ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
                                          "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")} == \
         {**dict.fromkeys(("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
@@ -264,3 +264,30 @@ def test_bertscore_encoder_resolution(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="not available offline"):
         resolve_encoder("camembert-base")
+
+
+def test_opening_article_reads_the_reference_heading_only():
+    """The legi references' heading form, in canonical form; a citation elsewhere is not the form."""
+    from common.citations import opening_article
+    assert opening_article("Article R112-4 du Code des relations entre le public et l'administration. Il …") == "R112-4"
+    assert opening_article("  Article L. 100-1 du Code du travail : « … »") == "L100-1"
+    assert opening_article("Article 1er du Code civil") == "1"
+    assert opening_article("L'article R112-4 du Code des relations …") is None        # not the opening
+    assert opening_article("Article R112-4 : l'accusé de réception …") is None          # no "du Code"
+    assert opening_article("Selon l'article L100-1 du Code, …") is None
+    assert opening_article("") is None
+
+
+def test_answer_form_scores_count_the_form_and_the_right_article():
+    """form_rate: openings in the heading form; form_article_rate: those naming the reference's article;
+    an item whose reference lacks the form is left out."""
+    from common.metric_registry import score_all
+    ref = "Article L100-1 du Code des relations entre le public et l'administration. Il …"
+    items = [{"prediction": "Article L100-1 du Code des relations … Il figure …", "reference": ref},
+             {"prediction": "Article L100-2 du Code des relations …", "reference": ref},
+             {"prediction": "L'article L100-1 dit que …", "reference": ref},
+             {"prediction": "Article L100-1 du Code …", "reference": "Oui."}]
+    s = score_all(items, ["answer_form"])
+    assert (s["form_rate"], s["form_article_rate"], s["form_items_scored"]) == (2 / 3, 1 / 3, 3)
+    assert [(r["form_ok"], r["form_article_ok"]) for r in s["per_item"]] == \
+        [(True, True), (True, False), (False, False), (None, None)]
