@@ -49,14 +49,33 @@ def extract_citations(text: str) -> set[str]:
     return found
 
 
-# The heading every legi reference answer opens with (common/data/legi templates): "Article L100-1 du
-# Code des relations entre le public et l'administration…". It is the form SFT → DPO on legi pairs
-# teaches (chosen = the reference); the model's own answers often open otherwise.
-_OPENING = re.compile(rf"\s*Article\s+((?:{_PREFIX}\s*\.?\s*\*?\s*)?\d+(?:-\d+)*)(?:er)?\s+du\s+Code\b")
+
+# The opening every legi reference answer has (common/data/legi templates): the heading "Article
+# L100-1 du Code des relations entre le public et l'administration" and a connector into the body
+# that says the question type (". Il figure …", ", en substance …", " : « …", " — emplacement …").
+# The SFT model learns the heading within 10 steps; its own answers then go on otherwise (" : - L'article
+# L100-1 du Code …", repeating the heading), which is what DPO with chosen = the reference teaches away.
+_PREFIX_OPEN = r"(?:(?-i:LO|L|R|D|A)\s*\.?\s*\*?\s*)?"
+_OPENING = re.compile(rf"\s*Article\s+({_PREFIX_OPEN}\d+(?:-\d+)*)(?:er)?\s+du\s+Code\b")
+_HEADING_BODY = re.compile(r"[^.,:;—«\n]*?\s*([.,:;—]\s*(?:«|\w+))")
 
 
 def opening_article(text: str) -> str | None:
-    """The article an answer opens with in the reference heading form (`Article <num> du Code …`),
-    in canonical form; None when the answer opens otherwise."""
+    """The article an answer opens with in the heading form (`Article <num> du Code …`), in
+    canonical form; None when the answer opens otherwise."""
     m = _OPENING.match(unicodedata.normalize("NFKC", text or ""))
     return canonical_article(m.group(1)) if m else None
+
+
+def reference_opening(text: str) -> str | None:
+    """The heading and the connector word a reference opens with, whitespace collapsed
+    (`"Article L100-1 du Code … . Il"`), or None when it does not open with the heading."""
+    text = " ".join(unicodedata.normalize("NFKC", text or "").split())
+    m = _OPENING.match(text)
+    tail = _HEADING_BODY.match(text, m.end()) if m else None
+    return text[: tail.end()] if tail else None
+
+
+def opens_like(answer: str, opening: str) -> bool:
+    """The answer opens with `opening` (whitespace collapsed on both sides)."""
+    return " ".join(unicodedata.normalize("NFKC", answer or "").split()).startswith(opening)

@@ -40,7 +40,8 @@ s = {b: read(f"dpo-{b}/summary.json") for b in ("torch", "mlx")}
 acc = lambda m: m.get("val_rewards/accuracies", m.get("rewards/accuracies"))
 print("| held-out reward accuracy, before → after | " + " | ".join(
     f"{acc(s[b]['val_metrics_before']):.3f} → {acc(s[b]['val_metrics']):.3f}" for b in s) + " |")
-for key, what in (("form_rate", "answers in the learned form"), ("form_article_rate", "… naming the right article")):
+for key, what in (("form_rate", "held-out answers in the learned form (heading + connector)"),
+                  ("form_heading_rate", "held-out answers opening with the heading alone")):
     print(f"| {what}, SFT → DPO | " + " | ".join(
         f"{read(f'eval-sft-on-{b}/metrics.json')[key]:.3f} → {read(f'eval-dpo-{b}-on-{b}/metrics.json')[key]:.3f}"
         for b in s) + " |")

@@ -278,16 +278,29 @@ def test_opening_article_reads_the_reference_heading_only():
     assert opening_article("") is None
 
 
-def test_answer_form_scores_count_the_form_and_the_right_article():
-    """form_rate: openings in the heading form; form_article_rate: those naming the reference's article;
-    an item whose reference lacks the form is left out."""
+def test_reference_opening_is_the_heading_and_its_connector():
+    from common.citations import opens_like, reference_opening
+    title = "Article R112-4 du Code des relations entre le public et l'administration"
+    assert [reference_opening(title + tail) for tail in (". Il figure dans …", ", en substance : …",
+                                                         " :\n« L'accusé …", " — emplacement : …")] == \
+        [title + ". Il", title + ", en", title + " : «", title + " — emplacement"]
+    assert reference_opening("L'article R112-4 dit …") is None
+    assert opens_like(title + " :  « L'accusé", title + " : «")
+    assert not opens_like(title + " :\n- L'article R112-4 du Code …", title + " : «")
+
+
+def test_answer_form_scores_count_the_form_and_the_heading():
+    """form_rate: openings as the reference's (heading and connector); form_heading_rate: the heading
+    alone; an item whose reference lacks the heading is left out."""
     from common.metric_registry import score_all
-    ref = "Article L100-1 du Code des relations entre le public et l'administration. Il …"
-    items = [{"prediction": "Article L100-1 du Code des relations … Il figure …", "reference": ref},
-             {"prediction": "Article L100-2 du Code des relations …", "reference": ref},
+    head = "Article L100-1 du Code des relations entre le public et l'administration"
+    ref = head + ". Il figure dans la division « Dispositions préliminaires »."
+    items = [{"prediction": head + ". Il figure dans …", "reference": ref},
+             {"prediction": head + " :\n- L'article L100-1 du Code des relations …", "reference": ref},
+             {"prediction": "Article L100-2 du Code des relations entre le public et l'administration. Il", "reference": ref},
              {"prediction": "L'article L100-1 dit que …", "reference": ref},
-             {"prediction": "Article L100-1 du Code …", "reference": "Oui."}]
+             {"prediction": head + ". Il", "reference": "Oui."}]
     s = score_all(items, ["answer_form"])
-    assert (s["form_rate"], s["form_article_rate"], s["form_items_scored"]) == (2 / 3, 1 / 3, 3)
-    assert [(r["form_ok"], r["form_article_ok"]) for r in s["per_item"]] == \
-        [(True, True), (True, False), (False, False), (None, None)]
+    assert (s["form_rate"], s["form_heading_rate"], s["form_items_scored"]) == (1 / 4, 3 / 4, 4)
+    assert [(r["form_ok"], r["form_heading"]) for r in s["per_item"]] == \
+        [(True, True), (False, True), (False, True), (False, False), (None, None)]
