@@ -488,8 +488,9 @@ def _run_trl_dpo(spec: dict) -> dict:
         args = DPOConfig(**_trl_args(spec, tmp), beta=spec["beta"], loss_type=["sigmoid"])
         peft_config = LoraConfig(r=lspec.rank, lora_alpha=lspec.alpha, lora_dropout=0.0,
                                  target_modules=sorted(modules), task_type="CAUSAL_LM")
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=Dataset.from_list([r.record for r in rows]),
-                             processing_class=tok, peft_config=peft_config, callbacks=[_trl_clock(times, losses)])
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tok, peft_config=peft_config,
+                             train_dataset=Dataset.from_list([r.record for r in rows]),
+                             callbacks=[_trl_clock(times, losses)])
         device = _trl_train(spec, trainer, lspec, modules)
     return _trl_result(spec, rows, times, losses, device)
 
@@ -859,8 +860,8 @@ def render_markdown(res: dict) -> str:
              f"median of {res['repeats']} repeat(s), each run in its own process",
              _data_line(c),
              "- trained tok/s (median over repeats; best = the fastest repeat) counts non-padding tokens; "
-             "final loss = last step; pass loss = token-weighted (DPO: pair-weighted) mean over the measured steps (the same examples "
-             "in every run); step = wall time between step ends; peak RSS via "
+             "final loss = last step; pass loss = token-weighted (DPO: pair-weighted) mean over the measured "
+             "steps (the same examples in every run); step = wall time between step ends; peak RSS via "
              "getrusage; fw peak = mx.get_peak_memory() (MLX) / torch.cuda.max_memory_allocated() (CUDA)",
              f"- MFU = ({'6' if c.get('objective') == 'dpo' else '4'}·N_frozen + 6·N_trainable) × trained tok/s ÷ "
              f"measured fp32 matmul peak; N_frozen = "

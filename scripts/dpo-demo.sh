@@ -33,6 +33,7 @@ done
 "$PY" - "$OUT" <<'EOF'
 import json, sys
 from pathlib import Path
+from jobs.parity import loss_curve_gap
 out = Path(sys.argv[1])
 read = lambda p: json.loads((out / p).read_text())
 print("| | torch | mlx |\n|---|---|---|")
@@ -45,4 +46,8 @@ for key, what in (("form_rate", "held-out answers in the learned form (heading +
     print(f"| {what}, SFT → DPO | " + " | ".join(
         f"{read(f'eval-sft-on-{b}/metrics.json')[key]:.3f} → {read(f'eval-dpo-{b}-on-{b}/metrics.json')[key]:.3f}"
         for b in s) + " |")
+logs = [[json.loads(x) for x in (out / f"dpo-{b}/log.jsonl").read_text().splitlines() if x.strip()] for b in s]
+gap = loss_curve_gap(*logs)
+print(f"| per-step gap mlx vs torch over {gap['steps']} steps | — | loss {gap['max_abs_loss_gap']:.1e}, "
+      + ", ".join(f"{k.split('/', 1)[1]} {v:.1e}" for k, v in gap.items() if k.startswith("max_abs_gap/rewards")) + " |")
 EOF
