@@ -44,7 +44,8 @@ print("| held-out reward accuracy, before → after | " + " | ".join(
 for key, what in (("form_rate", "held-out answers in the learned form (heading + connector)"),
                   ("form_heading_rate", "held-out answers opening with the heading alone")):
     print(f"| {what}, SFT → DPO | " + " | ".join(
-        f"{read(f'eval-sft-on-{b}/metrics.json')[key]:.3f} → {read(f'eval-dpo-{b}-on-{b}/metrics.json')[key]:.3f}"
+        f"{read(f'eval-sft-on-{b}/metrics.json')['metrics'][key]:.3f} → "
+        f"{read(f'eval-dpo-{b}-on-{b}/metrics.json')['metrics'][key]:.3f}"
         for b in s) + " |")
 logs = [[json.loads(x) for x in (out / f"dpo-{b}/log.jsonl").read_text().splitlines() if x.strip()] for b in s]
 gap = loss_curve_gap(*logs)
