@@ -79,3 +79,14 @@ def reference_opening(text: str) -> str | None:
 def opens_like(answer: str, opening: str) -> bool:
     """The answer opens with `opening` (whitespace collapsed on both sides)."""
     return " ".join(unicodedata.normalize("NFKC", answer or "").split()).startswith(opening)
+
+
+def repeats_heading(text: str) -> bool:
+    """The answer opens with the heading and cites that article again after it (`Article L100-1 du
+    Code … : - L'article L100-1 du Code …`): the SFT model's habit on legi, which its references lack."""
+    text = unicodedata.normalize("NFKC", text or "")
+    m = _OPENING.match(text)
+    if not m:
+        return False
+    head = canonical_article(m.group(1))
+    return any(canonical_article(p + n) == head for p, n in _PREFIXED.findall(text[m.end():]))

@@ -34,6 +34,7 @@ done
 import json, sys
 from pathlib import Path
 from jobs.parity import loss_curve_gap
+from common.metric_registry import score_all
 out = Path(sys.argv[1])
 read = lambda p: json.loads((out / p).read_text())
 print("| | torch | mlx |\n|---|---|---|")
@@ -41,12 +42,13 @@ s = {b: read(f"dpo-{b}/summary.json") for b in ("torch", "mlx")}
 acc = lambda m: m.get("val_rewards/accuracies", m.get("rewards/accuracies"))
 print("| held-out reward accuracy, before → after | " + " | ".join(
     f"{acc(s[b]['val_metrics_before']):.3f} → {acc(s[b]['val_metrics']):.3f}" for b in s) + " |")
-for key, what in (("form_rate", "held-out answers in the learned form (heading + connector)"),
-                  ("form_heading_rate", "held-out answers opening with the heading alone")):
+form = {f: score_all([json.loads(x) for x in (out / f / "predictions.jsonl").read_text().splitlines() if x.strip()],
+                     ["answer_form"]) for b in s for f in (f"eval-sft-on-{b}", f"eval-dpo-{b}-on-{b}")}
+for key, what in (("form_rate", "held-out answers in the learned form (heading + the reference's connector)"),
+                  ("form_heading_rate", "held-out answers opening with the heading alone"),
+                  ("form_repeat_rate", "held-out answers citing their heading's article again (SFT's habit)")):
     print(f"| {what}, SFT → DPO | " + " | ".join(
-        f"{read(f'eval-sft-on-{b}/metrics.json')['metrics'][key]:.3f} → "
-        f"{read(f'eval-dpo-{b}-on-{b}/metrics.json')['metrics'][key]:.3f}"
-        for b in s) + " |")
+        f"{form[f'eval-sft-on-{b}'][key]:.2f} → {form[f'eval-dpo-{b}-on-{b}'][key]:.2f}" for b in s) + " |")
 logs = [[json.loads(x) for x in (out / f"dpo-{b}/log.jsonl").read_text().splitlines() if x.strip()] for b in s]
 gap = loss_curve_gap(*logs)
 print(f"| per-step gap mlx vs torch over {gap['steps']} steps | — | loss {gap['max_abs_loss_gap']:.1e}, "

@@ -279,7 +279,7 @@ def test_opening_article_reads_the_reference_heading_only():
 
 
 def test_reference_opening_is_the_heading_and_its_connector():
-    from common.citations import opens_like, reference_opening
+    from common.citations import opens_like, reference_opening, repeats_heading
     title = "Article R112-4 du Code des relations entre le public et l'administration"
     assert [reference_opening(title + tail) for tail in (". Il figure dans …", ", en substance : …",
                                                          " :\n« L'accusé …", " — emplacement : …")] == \
@@ -287,6 +287,8 @@ def test_reference_opening_is_the_heading_and_its_connector():
     assert reference_opening("L'article R112-4 dit …") is None
     assert opens_like(title + " :  « L'accusé", title + " : «")
     assert not opens_like(title + " :\n- L'article R112-4 du Code …", title + " : «")
+    assert repeats_heading(title + " :\n- L'article R. 112-4 du Code …")
+    assert not repeats_heading(title + ". Il renvoie à l'article L. 112-3.") and not repeats_heading("L'article R112-4 …")
 
 
 def test_answer_form_scores_count_the_form_and_the_heading():
@@ -301,6 +303,7 @@ def test_answer_form_scores_count_the_form_and_the_heading():
              {"prediction": "L'article L100-1 dit que …", "reference": ref},
              {"prediction": head + ". Il", "reference": "Oui."}]
     s = score_all(items, ["answer_form"])
-    assert (s["form_rate"], s["form_heading_rate"], s["form_items_scored"]) == (1 / 4, 3 / 4, 4)
-    assert [(r["form_ok"], r["form_heading"]) for r in s["per_item"]] == \
-        [(True, True), (False, True), (False, True), (False, False), (None, None)]
+    assert (s["form_rate"], s["form_heading_rate"], s["form_repeat_rate"], s["form_items_scored"]) == \
+        (1 / 4, 3 / 4, 1 / 4, 4)
+    assert [(r["form_ok"], r["form_heading"], r["form_repeats"]) for r in s["per_item"]] == \
+        [(True, True, False), (False, True, True), (False, True, False), (False, False, False), (None, None, None)]
