@@ -847,6 +847,19 @@ def _data_line(c: dict) -> str:
             f"[{RAGGED_MIN}, max]; prompt 30–60 % of each example, masked out of the loss")
 
 
+def _gain_lines(rows: list[dict]) -> list[str]:
+    """Each of ours' length-aware batching against its padded run on the same data."""
+    gains = []
+    for d in sorted({r["data"] for r in rows}):
+        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed")):
+            ra = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == a), None)
+            rb = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == b), None)
+            if ra and rb:
+                gains.append(f"- {d}, {run}: {b} is {rb['tok_s'] / ra['tok_s']:.2f}× the tokens/s of {a} "
+                             f"(padding {100 * ra['pad']:.0f} % → {100 * rb['pad']:.0f} %)")
+    return gains
+
+
 def render_markdown(res: dict) -> str:
     c, f, cal = res["config"], res["facts"], res["calibration"]
     tg = c["targets"] if isinstance(c["targets"], str) else ",".join(c["targets"])
@@ -886,14 +899,7 @@ def render_markdown(res: dict) -> str:
                      f"{r['best_tok_s']:.1f} | {r['step_s']:.3f} | {_mib(r['rss'])} | {_x(r['rss_vs_plain'])} | "
                      f"{_mib(r['fw'])} | {r['loss']:.4f} | {r['pass_loss']:.4f} | {100 * r['mfu']:.1f} % | "
                      f"{100 * r['pad']:.0f} % |")
-    gains = []
-    for d in sorted({r["data"] for r in res["rows"]}):
-        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed")):
-            ra = next((r for r in res["rows"] if r["data"] == d and r["run"] == run and r["batching"] == a), None)
-            rb = next((r for r in res["rows"] if r["data"] == d and r["run"] == run and r["batching"] == b), None)
-            if ra and rb:
-                gains.append(f"- {d}, {run}: {b} is {rb['tok_s'] / ra['tok_s']:.2f}× the tokens/s of {a} "
-                             f"(padding {100 * ra['pad']:.0f} % → {100 * rb['pad']:.0f} %)")
+    gains = _gain_lines(res["rows"])
     if gains:
         lines += ["", "Batching gains on ragged data:", *gains]
     if c.get("objective") == "dpo":
