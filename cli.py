@@ -259,13 +259,21 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @click.option("--mem-limit-gib", default=BENCH["mem_limit_gib"], show_default=True, type=POSITIVE, help="--lengths: kill a run above this resident memory.")
 @click.option("--budget-min", type=POSITIVE, help="--lengths: start no new run after this many minutes (the rest is "
               "reported as skipped; rerun to continue).")
+@click.option("--objective", type=click.Choice(["sft", "dpo"]), default=BENCH["objective"], show_default=True,
+              help="dpo: time DPO on the preference pairs of --data (ours on each backend vs TRL's DPOTrainer "
+              "with ref_model=None; no ragged set).")
 def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, backends, no_ragged, threads, output,
-          lengths, mem_limit_gib, budget_min):
+          lengths, mem_limit_gib, budget_min, objective):
     """Train the same model on the same data with the same LoRA settings, one run after another
     (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
-    SFTTrainer script. Prints tokens/s, step time, peak memory, final loss, MFU and our/plain ratios."""
+    SFTTrainer script (--objective dpo: DPO on both backends vs TRL's DPOTrainer). Prints tokens/s,
+    step time, peak memory, final loss, MFU and our/plain ratios."""
     from common.lock import claim_output
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    if lengths and objective != "sft":
+        from common.errors import ConfigError
+        raise ConfigError("--lengths sweeps SFT only", where="--objective dpo",
+                          fix="drop --lengths to time DPO, or drop --objective dpo for the length sweep")
     with claim_output(output, "bench", inputs=[data]):  # a rerun continues a bench of ours; nothing else is written into
         if lengths:
             from benchmarks.longseq import parse_lengths, run_length_sweep
@@ -277,7 +285,7 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
         from benchmarks.bench import run_bench
         run_bench(model=model, data=data, steps=steps, warmup=warmup, repeats=repeats, batch_size=batch_size,
                   max_length=max_length, rank=rank, backends=list(backends or BENCH["backends"]), ragged=not no_ragged,
-                  out_dir=Path(output), echo=echo, threads=threads)
+                  out_dir=Path(output), echo=echo, threads=threads, objective=objective)
 
 
 # ------------------------------------------------------------------ sweep

@@ -11,6 +11,15 @@ Runs, one after another, each in its own Python subprocess (so peak RSS is per r
 - trl:        plain TRL `SFTTrainer` + PEFT `LoraConfig` (completion_only_loss, no packing, no bf16,
               no gradient checkpointing, report_to none, max_grad_norm 1.0, cosine schedule).
 
+With `--objective dpo` (issue 28) the runs train DPO on preference pairs (`--data PAIRS.jsonl`):
+ours-mlx and ours-torch (the same loop with the DPO objective, reference = the adapter disabled)
+beside TRL's `DPOTrainer` with `ref_model=None` (its reference is the PEFT adapter disabled too),
+beta 0.1, sigmoid loss, our pairs in our order (TRL tokenizes them itself, identically:
+tests/test_dpo.py). mlx-lm has no preference tuning, so ours-mlx has no plain counterpart there.
+Peak RSS shows that ours holds no second model copy. Trained tokens = the non-padding tokens of the
+chosen and rejected sequences, as TRL counts them; model FLOPs per token add the reference forward
+(6·N_frozen + 6·N_trainable).
+
 Fairness: every run starts from the same LoRA init (common.adapter.init_lora_weights), trains on
 the same token ids with the same loss mask, in the same groups of examples and the same order
 (the groups common.batching makes; the baselines get them through a sequential sampler (TRL) or
@@ -39,6 +48,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -102,6 +114,28 @@ def user_examples(path: str, tokenizer, max_length: int) -> list:
     return Tokenizer(tokenizer, "chat", None, True, max_length, "truncate").encode_all(load_examples(path), path)
 
 
+@dataclass(frozen=True)
+class BenchPair:
+    """A tokenized preference pair (common.pairs) and its record as TRL gets it."""
+    chosen: Any
+    rejected: Any
+    record: dict
+
+
+def _record(pair) -> dict:
+    """A common.data.pairs.Pair as a TRL preference record (text, or lists of messages)."""
+    side = lambda v: v if isinstance(v, str) else [dict(m) for m in v]  # noqa: E731
+    return {"prompt": side(pair.prompt), "chosen": side(pair.chosen), "rejected": side(pair.rejected)}
+
+
+def user_pairs(path: str, tokenizer, max_length: int) -> list[BenchPair]:
+    """A preference-pair JSONL (TRL's shapes), tokenized as a DPO run does (common.pairs)."""
+    from common.data.pairs import load_pairs
+    from common.pairs import PairTokenizer
+    enc = PairTokenizer(tokenizer, "chat", None, max_length, "truncate")
+    return [BenchPair(t.chosen, t.rejected, _record(p)) for p in load_pairs(path) if (t := enc.encode(p)) is not None]
+
+
 # ------------------------------------------------------------------ model facts (for MFU)
 def model_facts(model_dir: Path, spec_lora) -> dict:
     """Parameter counts from the safetensors headers (no framework needed)."""
@@ -140,11 +174,32 @@ def _peak_rss() -> int:
     return int(r if sys.platform == "darwin" else r * 1024)
 
 
-def _load_rows(spec: dict) -> tuple[list, list]:
+def _row_json(r) -> list:
+    """An example ([ids, mask]) or a BenchPair ([chosen ids, mask, rejected ids, mask, record]) for the data file."""
+    if hasattr(r, "chosen"):
+        return [list(r.chosen.ids), list(r.chosen.mask), list(r.rejected.ids), list(r.rejected.mask), r.record]
+    return [list(r.ids), list(r.mask)]
+
+
+def _row_from_json(r: list):
     from common.tokenize import Tokenized
+    if len(r) == 2:
+        return Tokenized(tuple(r[0]), tuple(r[1]))
+    return BenchPair(Tokenized(tuple(r[0]), tuple(r[1])), Tokenized(tuple(r[2]), tuple(r[3])), r[4])
+
+
+def _row_length(r) -> int:
+    return max(len(r.chosen.ids), len(r.rejected.ids)) if hasattr(r, "chosen") else len(r.ids)
+
+
+def _row_weight(r) -> int:
+    """What a step's loss is averaged over: target tokens (SFT), pairs (DPO)."""
+    return 1 if hasattr(r, "chosen") else r.n_targets
+
+
+def _load_rows(spec: dict) -> tuple[list, list]:
     d = json.loads(Path(spec["data_file"]).read_text())
-    mk = lambda rows: [Tokenized(tuple(r[0]), tuple(r[1])) for r in rows]  # noqa: E731
-    return mk(d["warm"]), mk(d["main"])
+    return [_row_from_json(r) for r in d["warm"]], [_row_from_json(r) for r in d["main"]]
 
 
 def _lora(spec: dict):
@@ -210,6 +265,9 @@ def _run_ours(spec: dict) -> dict:
     lspec, modules = spec_from_config(_lora(spec), be.linear_modules(), be.num_hidden_layers(), spec["model"])
     be.attach_lora(lspec, modules, init_lora_weights(lspec, modules, spec["seed"]))
     be.make_optimizer((0.9, 0.999), 1e-8, 0.0, "adamw")
+    if spec.get("objective") == "dpo":
+        from common.objectives import DPO
+        be.set_objective(DPO(spec["beta"]), None)     # reference: the adapter disabled, as TRL's ref_model=None
     pad = spec["pad_id"]
     bs, mode, seed = spec["batch_size"], spec["batching"], spec["seed"]
     total = spec["warmup"] + spec["steps"]
@@ -310,35 +368,30 @@ def _run_mlx_lm(spec: dict) -> dict:
             "blas": blas, "n_trainable": int(n_trainable)}
 
 
-def _run_trl(spec: dict) -> dict:
-    import tempfile
-
+def _trl_model(spec: dict):
+    """(tokenizer, model, LoRA spec, modules) for a TRL run, as ours would build them."""
     import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from common.adapter import init_lora_weights, spec_from_config
-
-    warm, main = _load_rows(spec)
-    model_dir = spec["model_dir"]
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    from common.adapter import spec_from_config
+    tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     kw = {"dtype": getattr(torch, spec["dtype"])}
     if spec.get("attn_implementation"):
         kw["attn_implementation"] = spec["attn_implementation"]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], **kw)
     linears = {n: (m.out_features, m.in_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     lspec, modules = spec_from_config(_lora(spec), linears, int(model.config.num_hidden_layers), spec["model"])
-    rows = _ordered_rows(spec, warm, main)
-    ds = Dataset.from_dict({"input_ids": [list(r.ids) for r in rows], "completion_mask": [list(r.mask) for r in rows]})
-    total = spec["warmup"] + spec["steps"]
-    times, losses = [], []
+    return tok, model, lspec, modules
+
+
+def _trl_clock(times: list, losses: list):
+    """A TrainerCallback that records each step's wall time (between step ends) and logged loss."""
+    from transformers import TrainerCallback
     state = {"prev": None}
 
-    class CB(TrainerCallback):
+    class Clock(TrainerCallback):
         def on_train_begin(self, args, st, control, **kw):
             state["prev"] = time.perf_counter()
 
@@ -350,39 +403,96 @@ def _run_trl(spec: dict) -> dict:
         def on_log(self, args, st, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
+    return Clock()
 
+
+def _trl_args(spec: dict, out: str) -> dict:
+    """The TrainingArguments both TRL trainers get: ours' schedule, clipping, order and precision."""
+    import torch
     gc = bool(spec.get("grad_checkpointing"))
-    with tempfile.TemporaryDirectory() as tmp:
-        cpu = not torch.cuda.is_available()
-        args = SFTConfig(output_dir=tmp, max_steps=total, per_device_train_batch_size=spec["batch_size"],
-                         gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="cosine",
-                         warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
-                         save_strategy="no", report_to="none", bf16=False, fp16=False,
-                         gradient_checkpointing=gc, completion_only_loss=True, packing=False,
-                         gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
-                         padding_free=False, max_length=spec["max_length"], seed=spec["seed"],
-                         train_sampling_strategy="sequential", dataloader_num_workers=0,
-                         disable_tqdm=True, use_cpu=cpu)
-        peft_config = LoraConfig(r=lspec.rank, lora_alpha=lspec.alpha, lora_dropout=0.0,
-                                 target_modules=sorted(modules), task_type="CAUSAL_LM")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                             peft_config=peft_config, callbacks=[CB()])
-        init = init_lora_weights(lspec, modules, spec["seed"])
-        with torch.no_grad():            # the same starting point as every other run
-            for name, p in trainer.model.named_parameters():
-                key = name.replace(".default.weight", ".weight")
-                if key in init:
-                    p.copy_(torch.from_numpy(init[key]))
-                    init.pop(key)
-        assert not init, f"TRL model lacks {next(iter(init))}"
-        trainer.train()
-        device = str(trainer.args.device)
+    return dict(output_dir=out, max_steps=spec["warmup"] + spec["steps"], per_device_train_batch_size=spec["batch_size"],
+                gradient_accumulation_steps=1, learning_rate=spec["lr"], lr_scheduler_type="cosine",
+                warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, logging_steps=1,
+                save_strategy="no", report_to="none", bf16=False, fp16=False, gradient_checkpointing=gc,
+                gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+                max_length=spec["max_length"], seed=spec["seed"], train_sampling_strategy="sequential",
+                dataloader_num_workers=0, disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+
+
+def _trl_train(spec: dict, trainer, lspec, modules) -> str:
+    """Copy our LoRA init into the trainer's PEFT model (the same starting point as every other
+    run), train, and return the device it ran on."""
+    import torch
+
+    from common.adapter import init_lora_weights
+    init = init_lora_weights(lspec, modules, spec["seed"])
+    with torch.no_grad():
+        for name, p in trainer.model.named_parameters():
+            key = name.replace(".default.weight", ".weight")
+            if key in init:
+                p.copy_(torch.from_numpy(init[key]))
+                init.pop(key)
+    assert not init, f"TRL model lacks {next(iter(init))}"
+    trainer.train()
+    return str(trainer.args.device)
+
+
+def _trl_result(spec: dict, rows: list, times: list, losses: list, device: str) -> dict:
+    """Per-step tokens and padded slots of our groups (TRL pads each group to its longest row)."""
+    import torch
     bs = spec["batch_size"]
-    tokens = [sum(len(r.ids) for r in rows[i: i + bs]) for i in range(0, len(rows), bs)]
-    slots = [len(rows[i: i + bs]) * max(len(r.ids) for r in rows[i: i + bs]) for i in range(0, len(rows), bs)]
+    groups = [rows[i: i + bs] for i in range(0, len(rows), bs)]
+    seqs = [[x for r in g for x in ((r.chosen, r.rejected) if hasattr(r, "chosen") else (r,))] for g in groups]
+    tokens = [sum(len(x.ids) for x in g) for g in seqs]
+    slots = [len(g) * max(len(x.ids) for x in g) for g in seqs]
     fw_peak = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
     return {"step_s": times, "loss": losses, "tokens": tokens[: len(times)], "slots": slots[: len(times)],
             "device": device, "framework_peak_bytes": fw_peak, "blas": None}
+
+
+def _run_trl(spec: dict) -> dict:
+    """Plain TRL SFTTrainer + PEFT on our examples, in our groups and order."""
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    tok, model, lspec, modules = _trl_model(spec)
+    rows = _ordered_rows(spec, *_load_rows(spec))
+    ds = Dataset.from_dict({"input_ids": [list(r.ids) for r in rows], "completion_mask": [list(r.mask) for r in rows]})
+    times, losses = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = SFTConfig(**_trl_args(spec, tmp), completion_only_loss=True, packing=False, padding_free=False)
+        peft_config = LoraConfig(r=lspec.rank, lora_alpha=lspec.alpha, lora_dropout=0.0,
+                                 target_modules=sorted(modules), task_type="CAUSAL_LM")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
+                             peft_config=peft_config, callbacks=[_trl_clock(times, losses)])
+        device = _trl_train(spec, trainer, lspec, modules)
+    return _trl_result(spec, rows, times, losses, device)
+
+
+def _run_trl_dpo(spec: dict) -> dict:
+    """Plain TRL DPOTrainer with ref_model=None (the reference is the PEFT adapter disabled) on our
+    pairs in our order; TRL tokenizes the records itself."""
+    import tempfile
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    tok, model, lspec, modules = _trl_model(spec)
+    rows = _ordered_rows(spec, *_load_rows(spec))
+    times, losses = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        args = DPOConfig(**_trl_args(spec, tmp), beta=spec["beta"], loss_type=["sigmoid"])
+        peft_config = LoraConfig(r=lspec.rank, lora_alpha=lspec.alpha, lora_dropout=0.0,
+                                 target_modules=sorted(modules), task_type="CAUSAL_LM")
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, processing_class=tok, peft_config=peft_config,
+                             train_dataset=Dataset.from_list([r.record for r in rows]),
+                             callbacks=[_trl_clock(times, losses)])
+        device = _trl_train(spec, trainer, lspec, modules)
+    return _trl_result(spec, rows, times, losses, device)
 
 
 def _worker(spec_path: str) -> None:
@@ -390,7 +500,8 @@ def _worker(spec_path: str) -> None:
     if spec["runner"].startswith("calib-"):
         res = _calibrate(spec["runner"][len("calib-"):])
     else:
-        res = {"ours-mlx": _run_ours, "ours-torch": _run_ours, "mlx-lm": _run_mlx_lm, "trl": _run_trl}[spec["runner"]](spec)
+        trl = _run_trl_dpo if spec.get("objective") == "dpo" else _run_trl
+        res = {"ours-mlx": _run_ours, "ours-torch": _run_ours, "mlx-lm": _run_mlx_lm, "trl": trl}[spec["runner"]](spec)
     res["peak_rss_bytes"] = _peak_rss()
     if not spec["runner"].startswith("calib-"):
         # Measured after the run (peak memory already taken): the parent uses the best of all these
@@ -480,14 +591,17 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
               ragged: bool = True, out_dir: Path = Path(DEFAULTS["output"]), echo=print, *, alpha: float | None = None,
               targets: str | list[str] = ("q_proj", "v_proj"), lr: float = 1e-4, seed: int = 0,
               dtype: str = "float32", attn_implementation: str | None = None, threads: int | None = None,
-              timeout: int = 3600) -> dict:
+              timeout: int = 3600, objective: str = DEFAULTS["objective"], beta: float = 0.1) -> dict:
     """Train ours and the plain library on each backend, on uniform data (or `data`) and, with
-    `ragged`, on ragged data; write bench.md and bench.json into out_dir; return the results."""
+    `ragged`, on ragged data; write bench.md and bench.json into out_dir; return the results.
+    objective "dpo": DPO on the preference pairs of `data` (ours vs TRL's DPOTrainer), no ragged set."""
     from common.config import LoraConfig
     from common.models import resolve_model
     from common.tokenize import load_tokenizer
 
     _check_options(steps, warmup, repeats, batch_size, max_length, rank)
+    _check_objective(objective, data)
+    ragged = ragged and objective == "sft"
     work = work_dir(out_dir)
     out_dir = Path(out_dir)
     fams = families(backends)
@@ -497,11 +611,14 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
     model_dir = resolve_model(model)
     tok = load_tokenizer(model_dir)
     facts = model_facts(model_dir, LoraConfig(rank=rank, alpha=alpha, target_modules=targets))
-    datasets = _datasets(tok, data, warmup * batch_size, steps * batch_size, max_length, ragged, seed)
+    if objective == "dpo":   # the reference forward pass: 2·N_frozen more per token
+        facts["flops_per_token"] += 2 * facts["n_frozen"]
+    datasets = _datasets(tok, data, warmup * batch_size, steps * batch_size, max_length, ragged, seed, objective)
     base = dict(model=model, model_dir=str(model_dir), steps=steps, warmup=warmup, batch_size=batch_size,
                 max_length=max_length, rank=rank, alpha=alpha, targets=targets, lr=lr, seed=seed, dtype=dtype,
-                attn_implementation=attn_implementation, pad_id=tok.pad_token_id, threads=threads)
-    plan = _plan(datasets, fams)
+                attn_implementation=attn_implementation, pad_id=tok.pad_token_id, threads=threads,
+                objective=objective, beta=beta, data=data)
+    plan = _plan(datasets, fams, objective)
     echo(_header(base, facts, repeats, len(plan)))
     calib = _calibrate_all(fams, work, threads, timeout, echo)
     specs = _specs(plan, datasets, base, work)
@@ -520,6 +637,15 @@ def _check_options(steps: int, warmup: int, repeats: int, batch_size: int, max_l
     if steps < 1 or warmup < 0 or repeats < 1 or batch_size < 1 or max_length < 8 or rank < 1:
         raise ConfigError("bench needs steps, repeats, batch size, rank >= 1, warmup >= 0, max length >= 8",
                           where="bench options", fix="check --steps/--warmup/--repeats/--batch-size/--max-length")
+
+
+def _check_objective(objective: str, data: str | None) -> None:
+    """DPO is timed on the user's preference pairs: there is no synthetic pair set."""
+    from common.errors import ConfigError
+    if objective == "dpo" and not data:
+        raise ConfigError("bench --objective dpo needs preference pairs to train on", where="--objective dpo",
+                          fix="add --data PAIRS.jsonl ({\"prompt\", \"chosen\", \"rejected\"} records, e.g. a "
+                              "`prepare pairs` train.jsonl)")
 
 
 def families(backends) -> list[str]:
@@ -553,11 +679,12 @@ def target_list(targets) -> str | list[str]:
     return [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
 
 
-def _datasets(tok, data: str | None, n_warm: int, n_main: int, max_length: int, ragged: bool, seed: int) -> dict:
+def _datasets(tok, data: str | None, n_warm: int, n_main: int, max_length: int, ragged: bool, seed: int,
+              objective: str = "sft") -> dict:
     """{name: (warm-up pool, measured pool)}: `data` (repeated to size) or uniform synthetic, plus ragged."""
     datasets = {}
     if data:
-        ex = user_examples(data, tok, max_length)
+        ex = (user_pairs if objective == "dpo" else user_examples)(data, tok, max_length)
         if len(ex) < n_warm + n_main:
             ex = (ex * (-(-(n_warm + n_main) // len(ex))))
         datasets[Path(data).stem] = (ex[:n_warm], ex[n_warm: n_warm + n_main])
@@ -570,9 +697,12 @@ def _datasets(tok, data: str | None, n_warm: int, n_main: int, max_length: int, 
     return datasets
 
 
-def _plan(datasets: dict, fams: list[str]) -> list[tuple[str, str, str, str]]:
+def _plan(datasets: dict, fams: list[str], objective: str = "sft") -> list[tuple[str, str, str, str]]:
     """The runs as (dataset, runner, backend, batching): ours beside its plain library; on ragged
-    data ours also with its length-aware batching."""
+    data ours also with its length-aware batching. DPO: ours on each backend, TRL's DPOTrainer."""
+    if objective == "dpo":
+        return [(d, runner, fam, "padded") for d in datasets for fam, runners in
+                (("mlx", ("ours-mlx",)), ("torch", ("ours-torch", "trl"))) if fam in fams for runner in runners]
     plan = []
     for dname in datasets:
         is_ragged = dname == "ragged"
@@ -597,7 +727,8 @@ def _header(base: dict, facts: dict, repeats: int, n_runs: int) -> str:
             f"alpha={base['alpha']:g} on {targets if isinstance(targets, str) else ','.join(targets)} "
             f"({facts['modules']} modules, {facts['n_trainable']:,} trainable); batch {base['batch_size']}, "
             f"max length {base['max_length']}, {base['warmup']} warm-up + {base['steps']} measured steps, "
-            f"{repeats} repeat(s); {n_runs} runs × {repeats}")
+            f"{repeats} repeat(s); {n_runs} runs × {repeats}"
+            + ("; objective DPO" if base.get("objective") == "dpo" else ""))
 
 
 def _calibrate_all(fams: list[str], work: Path, threads, timeout: int, echo) -> dict:
@@ -621,12 +752,12 @@ def _specs(plan: list, datasets: dict, base: dict, work: Path) -> list[tuple[str
         warm, main = datasets[dname]
         data_file = work / f"data-{dname}.json"
         if not data_file.is_file():
-            data_file.write_text(json.dumps({"warm": [[list(r.ids), list(r.mask)] for r in warm],
-                                             "main": [[list(r.ids), list(r.mask)] for r in main]}))
+            data_file.write_text(json.dumps({"warm": [_row_json(r) for r in warm],
+                                             "main": [_row_json(r) for r in main]}))
         mode = "padded" if batching == "packed" else batching
-        groups = {k: epoch_order(len(pool), bs, seed, 0, mode, [len(r.ids) for r in pool])
+        groups = {k: epoch_order(len(pool), bs, seed, 0, mode, [_row_length(r) for r in pool])
                   for k, pool in (("warm_groups", warm), ("main_groups", main))}
-        step_targets = [sum(pool[i].n_targets for i in g)
+        step_targets = [sum(_row_weight(pool[i]) for i in g)
                         for pool, gs in ((warm, groups["warm_groups"]), (main, groups["main_groups"])) for g in gs]
         specs.append((f"{dname}-{runner}-{batching}",
                       dict(base, dataset=dname, step_targets=step_targets, runner=runner, backend=backend, batching=batching,
@@ -708,6 +839,37 @@ def _x(v) -> str:
     return "" if v is None else f"{v:.2f}×"
 
 
+DPO_NOTES = ("Notes: DPO (sigmoid loss), ours on each backend and TRL's DPOTrainer with ref_model=None, on the "
+             "same pairs in the same groups and order (a sequential sampler for TRL, which tokenizes the records "
+             "itself, identically: tests/test_dpo.py). Every run's reference is the same base with the adapter "
+             "disabled (no second model in memory); each step is one forward of the reference and one "
+             "forward + backward of the policy over the chosen and rejected rows. mlx-lm has no preference "
+             "tuning: ours-mlx has no plain counterpart. Peak RSS on CUDA counts host memory only: compare fw peak.")
+
+
+def _data_line(c: dict) -> str:
+    """What the runs trained on, for bench.md."""
+    if c.get("objective") == "dpo":
+        return (f"- objective: DPO, beta {c['beta']:g}, sigmoid loss, on the preference pairs of {c['data']} "
+                "(repeated to size); a step's tokens are its chosen and rejected rows' (TRL's count); "
+                "loss = the mean over the step's pairs")
+    return ("- data: uniform = lengths uniform in [0.85·max, max]; ragged = log-uniform in "
+            f"[{RAGGED_MIN}, max]; prompt 30–60 % of each example, masked out of the loss")
+
+
+def _gain_lines(rows: list[dict]) -> list[str]:
+    """Each of ours' length-aware batching against its padded run on the same data."""
+    gains = []
+    for d in sorted({r["data"] for r in rows}):
+        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed")):
+            ra = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == a), None)
+            rb = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == b), None)
+            if ra and rb:
+                gains.append(f"- {d}, {run}: {b} is {rb['tok_s'] / ra['tok_s']:.2f}× the tokens/s of {a} "
+                             f"(padding {100 * ra['pad']:.0f} % → {100 * rb['pad']:.0f} %)")
+    return gains
+
+
 def render_markdown(res: dict) -> str:
     c, f, cal = res["config"], res["facts"], res["calibration"]
     tg = c["targets"] if isinstance(c["targets"], str) else ",".join(c["targets"])
@@ -719,13 +881,13 @@ def render_markdown(res: dict) -> str:
              f"- batch {c['batch_size']}, max length {c['max_length']}; {c['warmup']} warm-up steps (excluded, on "
              f"separate examples) + {c['steps']} measured steps (one pass over the same examples in every run); "
              f"median of {res['repeats']} repeat(s), each run in its own process",
-             "- data: uniform = lengths uniform in [0.85·max, max]; ragged = log-uniform in "
-             f"[{RAGGED_MIN}, max]; prompt 30–60 % of each example, masked out of the loss",
+             _data_line(c),
              "- trained tok/s (median over repeats; best = the fastest repeat) counts non-padding tokens; "
-             "final loss = last step; pass loss = token-weighted mean over the measured steps (the same examples "
-             "in every run); step = wall time between step ends; peak RSS via "
+             "final loss = last step; pass loss = token-weighted (DPO: pair-weighted) mean over the measured "
+             "steps (the same examples in every run); step = wall time between step ends; peak RSS via "
              "getrusage; fw peak = mx.get_peak_memory() (MLX) / torch.cuda.max_memory_allocated() (CUDA)",
-             f"- MFU = (4·N_frozen + 6·N_trainable) × trained tok/s ÷ measured fp32 matmul peak; N_frozen = "
+             f"- MFU = ({'6' if c.get('objective') == 'dpo' else '4'}·N_frozen + 6·N_trainable) × trained tok/s ÷ "
+             f"measured fp32 matmul peak; N_frozen = "
              f"{f['n_frozen']:,} (all matmul weights incl. LM head), N_trainable = {f['n_trainable']:,} → "
              f"{f['flops_per_token'] / 1e6:.1f} MFLOP per token; attention scores not counted"]
     la, ncpu = res.get("loadavg"), res["machine"]["cpus"] or 1
@@ -747,16 +909,11 @@ def render_markdown(res: dict) -> str:
                      f"{r['best_tok_s']:.1f} | {r['step_s']:.3f} | {_mib(r['rss'])} | {_x(r['rss_vs_plain'])} | "
                      f"{_mib(r['fw'])} | {r['loss']:.4f} | {r['pass_loss']:.4f} | {100 * r['mfu']:.1f} % | "
                      f"{100 * r['pad']:.0f} % |")
-    gains = []
-    for d in sorted({r["data"] for r in res["rows"]}):
-        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed")):
-            ra = next((r for r in res["rows"] if r["data"] == d and r["run"] == run and r["batching"] == a), None)
-            rb = next((r for r in res["rows"] if r["data"] == d and r["run"] == run and r["batching"] == b), None)
-            if ra and rb:
-                gains.append(f"- {d}, {run}: {b} is {rb['tok_s'] / ra['tok_s']:.2f}× the tokens/s of {a} "
-                             f"(padding {100 * ra['pad']:.0f} % → {100 * rb['pad']:.0f} %)")
+    gains = _gain_lines(res["rows"])
     if gains:
         lines += ["", "Batching gains on ragged data:", *gains]
+    if c.get("objective") == "dpo":
+        return "\n".join(lines + ["", DPO_NOTES]) + "\n"
     lines += ["", "Notes: mlx-lm gets the same example groups as ours but collates them itself (pads to 32·k+1, "
               "capped at max length), compiles its step (`mx.compile`, once per padded shape) and its "
               "`default_loss` counts one padding target per row; on ragged data it gets the length-bucketed "

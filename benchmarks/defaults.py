@@ -4,4 +4,5 @@ A plain dict in a module with no imports, so `cli.py --help` does not load the b
 They fit a 2-core CPU in a few minutes; raise them for a real model on a GPU or a Mac."""
 
 BENCH = {"model": "embedded", "steps": 6, "warmup": 2, "repeats": 1, "batch_size": 2, "max_length": 128,
-         "rank": 8, "backends": ("mlx", "torch"), "output": "runs/bench", "mem_limit_gib": 10.0}
+         "rank": 8, "backends": ("mlx", "torch"), "output": "runs/bench", "mem_limit_gib": 10.0,
+         "objective": "sft"}

@@ -47,3 +47,46 @@ def extract_citations(text: str) -> set[str]:
         for prefix, number in _LIST_ITEM.findall(m.group(1)):
             found.add(canonical_article((prefix or "") + number))
     return found
+
+
+
+# The opening every legi reference answer has (common/data/legi templates): the heading "Article
+# L100-1 du Code des relations entre le public et l'administration" and a connector into the body
+# that says the question type (". Il figure …", ", en substance …", " : « …", " — emplacement …").
+# The SFT model learns the heading within 10 steps; its own answers then go on otherwise (" : - L'article
+# L100-1 du Code …", repeating the heading), which is what DPO with chosen = the reference teaches away.
+_PREFIX_OPEN = r"(?:(?-i:LO|L|R|D|A)\s*\.?\s*\*?\s*)?"
+_OPENING = re.compile(rf"\s*Article\s+({_PREFIX_OPEN}\d+(?:-\d+)*)(?:er)?\s+du\s+Code\b")
+_HEADING_BODY = re.compile(r"[^.,:;—«\n]*?\s*([.,:;—]\s*(?:«|\w+))")
+
+
+def opening_article(text: str) -> str | None:
+    """The article an answer opens with in the heading form (`Article <num> du Code …`), in
+    canonical form; None when the answer opens otherwise."""
+    m = _OPENING.match(unicodedata.normalize("NFKC", text or ""))
+    return canonical_article(m.group(1)) if m else None
+
+
+def reference_opening(text: str) -> str | None:
+    """The heading and the connector word a reference opens with, whitespace collapsed
+    (`"Article L100-1 du Code … . Il"`), or None when it does not open with the heading."""
+    text = " ".join(unicodedata.normalize("NFKC", text or "").split())
+    m = _OPENING.match(text)
+    tail = _HEADING_BODY.match(text, m.end()) if m else None
+    return text[: tail.end()] if tail else None
+
+
+def opens_like(answer: str, opening: str) -> bool:
+    """The answer opens with `opening` (whitespace collapsed on both sides)."""
+    return " ".join(unicodedata.normalize("NFKC", answer or "").split()).startswith(opening)
+
+
+def repeats_heading(text: str) -> bool:
+    """The answer opens with the heading and cites that article again after it (`Article L100-1 du
+    Code … : - L'article L100-1 du Code …`): the SFT model's habit on legi, which its references lack."""
+    text = unicodedata.normalize("NFKC", text or "")
+    m = _OPENING.match(text)
+    if not m:
+        return False
+    head = canonical_article(m.group(1))
+    return any(canonical_article(p + n) == head for p, n in _PREFIXED.findall(text[m.end():]))

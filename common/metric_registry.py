@@ -96,6 +96,9 @@ REGISTRY: dict[str, Metric] = {x.name: x for x in (
            scores=(_rate("class_accuracy", chart=True, headline=True), _rate("class_macro_f1", chart=True, headline=True),
                    _rate("class_unparsed_rate", -1)),
            study=(Headline("class_correct", "accuracy", scale=100.0),)),
+    Metric("answer_form", lambda preds, refs, items, o: m.answer_form_scores(preds, refs),
+           per_item=("form_ok", "form_heading", "form_repeats"),
+           scores=(_rate("form_rate", chart=True), _rate("form_heading_rate", chart=True), _rate("form_repeat_rate", -1))),
     Metric("length", lambda preds, refs, items, o: m.length_stats(preds, refs),
            scores=(Score("length_pred_words_mean", 0, headline=True), Score("length_pred_words_median", 0))),
 )}

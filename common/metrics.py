@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from common.citations import extract_citations
+from common.citations import extract_citations, opening_article, opens_like, reference_opening, repeats_heading
 from common.errors import DataError, ModelError, UserError
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -236,6 +236,26 @@ def citation_scores(predictions: Sequence[str], references: Sequence[str | Seque
         "citations_predicted_total": n_cited,
         "per_item": per_item,
     }
+
+
+def answer_form_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict:
+    """The share of answers in the references' form: `form_rate` = opening as the reference does (its
+    heading `Article <num> du Code …` and its connector into the body, e.g. `. Il`, `, en`, ` : «`);
+    `form_heading_rate` = opening with the heading alone (any article); `form_repeat_rate` = citing the
+    heading's article again after it (what the references never do, the SFT model's habit). Items whose reference does
+    not open with the heading are left out (None): the form is only asked where the data teaches it."""
+    _check_pairs(predictions, references, "answer_form")
+    per_item = []
+    for pred, ref in zip(predictions, references):
+        opening = reference_opening(ref if isinstance(ref, str) else (ref[0] if ref else ""))
+        per_item.append({"form_ok": None if opening is None else opens_like(pred, opening),
+                         "form_heading": None if opening is None else opening_article(pred) is not None,
+                         "form_repeats": None if opening is None else repeats_heading(pred)})
+    scored = [r for r in per_item if r["form_ok"] is not None]
+    return {"form_rate": _mean(float(r["form_ok"]) for r in scored),
+            "form_heading_rate": _mean(float(r["form_heading"]) for r in scored),
+            "form_repeat_rate": _mean(float(r["form_repeats"]) for r in scored),
+            "form_items_scored": len(scored), "per_item": per_item}
 
 
 # ---------------------------------------------------------------- SQuAD v2

@@ -201,7 +201,7 @@ def test_registry_gives_the_tables_it_replaced():
 
     from common.metric_registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
                                         study_headlines)
-    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "length")
+    assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "answer_form", "length")
     assert {k: chart_points(k) for k in ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
                                          "citation_cites_any_rate", "squad_exact", "squad_f1", "bleu")} == \
         {**dict.fromkeys(("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
@@ -264,3 +264,46 @@ def test_bertscore_encoder_resolution(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(UserError, match="not available offline"):
         resolve_encoder("camembert-base")
+
+
+def test_opening_article_reads_the_reference_heading_only():
+    """The legi references' heading form, in canonical form; a citation elsewhere is not the form."""
+    from common.citations import opening_article
+    assert opening_article("Article R112-4 du Code des relations entre le public et l'administration. Il …") == "R112-4"
+    assert opening_article("  Article L. 100-1 du Code du travail : « … »") == "L100-1"
+    assert opening_article("Article 1er du Code civil") == "1"
+    assert opening_article("L'article R112-4 du Code des relations …") is None        # not the opening
+    assert opening_article("Article R112-4 : l'accusé de réception …") is None          # no "du Code"
+    assert opening_article("Selon l'article L100-1 du Code, …") is None
+    assert opening_article("") is None
+
+
+def test_reference_opening_is_the_heading_and_its_connector():
+    from common.citations import opens_like, reference_opening, repeats_heading
+    title = "Article R112-4 du Code des relations entre le public et l'administration"
+    assert [reference_opening(title + tail) for tail in (". Il figure dans …", ", en substance : …",
+                                                         " :\n« L'accusé …", " — emplacement : …")] == \
+        [title + ". Il", title + ", en", title + " : «", title + " — emplacement"]
+    assert reference_opening("L'article R112-4 dit …") is None
+    assert opens_like(title + " :  « L'accusé", title + " : «")
+    assert not opens_like(title + " :\n- L'article R112-4 du Code …", title + " : «")
+    assert repeats_heading(title + " :\n- L'article R. 112-4 du Code …")
+    assert not repeats_heading(title + ". Il renvoie à l'article L. 112-3.") and not repeats_heading("L'article R112-4 …")
+
+
+def test_answer_form_scores_count_the_form_and_the_heading():
+    """form_rate: openings as the reference's (heading and connector); form_heading_rate: the heading
+    alone; an item whose reference lacks the heading is left out."""
+    from common.metric_registry import score_all
+    head = "Article L100-1 du Code des relations entre le public et l'administration"
+    ref = head + ". Il figure dans la division « Dispositions préliminaires »."
+    items = [{"prediction": head + ". Il figure dans …", "reference": ref},
+             {"prediction": head + " :\n- L'article L100-1 du Code des relations …", "reference": ref},
+             {"prediction": "Article L100-2 du Code des relations entre le public et l'administration. Il", "reference": ref},
+             {"prediction": "L'article L100-1 dit que …", "reference": ref},
+             {"prediction": head + ". Il", "reference": "Oui."}]
+    s = score_all(items, ["answer_form"])
+    assert (s["form_rate"], s["form_heading_rate"], s["form_repeat_rate"], s["form_items_scored"]) == \
+        (1 / 4, 3 / 4, 1 / 4, 4)
+    assert [(r["form_ok"], r["form_heading"], r["form_repeats"]) for r in s["per_item"]] == \
+        [(True, True, False), (False, True, True), (False, True, False), (False, False, False), (None, None, None)]

@@ -192,3 +192,17 @@ def bench_lengths_beyond_context(ctx):
     line = expect_error(r, "--lengths", "1024 tokens", "max_position_embeddings 512")
     assert not ctx.out.exists() and "running" not in r.output   # refused before any run
     return line
+
+
+# ---------------------------------------------------------------- bench --objective dpo (issue 28)
+
+@row("E210")
+def bench_dpo_without_pairs(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--objective", "dpo", "--output", ctx.out)
+    return refused(ctx, r, "--objective dpo", "needs preference pairs", "--data PAIRS.jsonl")
+
+
+@row("E211")
+def bench_dpo_with_lengths(ctx):
+    r = run_cli("bench", "--model", ctx.model, "--objective", "dpo", "--lengths", "128,256", "--output", ctx.out)
+    return refused(ctx, r, "--objective dpo", "--lengths sweeps SFT only")
