@@ -53,6 +53,7 @@ DECLARED = {
     "mlx": Capabilities(
         "mlx", packages=("mlx", "mlx-lm"),
         quantizers=tuple(schemes_of("mlx")),
+        batched_generation=True,   # mlx-lm's BatchGenerator
         mlx_adapter=True),
     "torch": Capabilities(
         "torch", packages=("torch", "transformers", "peft"),

@@ -426,6 +426,26 @@ class Backend:
                 on_token(t)
         return out
 
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations of several prompts at once: mlx-lm's BatchGenerator (the prompts
+        padded and masked in one KV cache per layer, each row's positions its own), every prompt
+        in one prefill batch and one completion batch."""
+        from mlx_lm.generate import BatchGenerator
+        self.model.eval()
+        n = len(prompts)
+        gen = BatchGenerator(self.model, max_tokens=max_new_tokens, stop_tokens=[[t] for t in eos_ids],
+                             prefill_batch_size=n, completion_batch_size=n)
+        uids = gen.insert([list(p) for p in prompts], [max_new_tokens] * n)
+        out = {uid: [] for uid in uids}
+        try:
+            while responses := gen.next_generated():
+                for r in responses:
+                    if r.finish_reason != "stop":     # "stop": the end-of-turn token, not part of the answer
+                        out[r.uid].append(int(r.token))
+        finally:
+            gen.close()
+        return [out[uid] for uid in uids]
+
     @contextlib.contextmanager
     def base_only(self):
         """The base model without its adapter while the block runs (the layers are swapped back)."""
