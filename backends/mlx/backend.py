@@ -22,6 +22,7 @@ from backends.mlx import device
 from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
+from backends.mlx.packing import packed_rows
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.heap import reuse_freed_memory
@@ -311,8 +312,6 @@ class Backend:
             return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        if batch.position_ids is not None:  # a packed row would attend across samples here
-            self.capabilities.refuse("packed_batching")
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
         ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
@@ -325,7 +324,8 @@ class Backend:
             state = [self.model.state, mx.random.state]
             value_and_grad = mx.compile(partial(self._value_and_grad, batch, ref=ref, compiled=True, plan=plan),
                                         inputs=state, outputs=state)
-        (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
+        with packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
+            (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, sums, self._grads)
         self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
@@ -393,7 +393,8 @@ class Backend:
         ref = self.reference_logps(batch, compiled=True) if self.objective.needs_reference else None
         self.model.eval()
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
-        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
+        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention), \
+                packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
             loss, sums = self.objective.loss(_Scores(self, batch, self.model, mx.array(batch.ids), mx.array(batch.mask),
                                                      _targets(batch), ref))
             mx.eval(loss, sums)
