@@ -92,13 +92,31 @@ def mlx_ops(be, batch: int, length: int, reps: int) -> dict[str, float]:
     return out
 
 
+def _eager(be, b) -> None:
+    """Our MLX accumulate with the step uncompiled (the path before the cached compile)."""
+    be._cached_step_fits = lambda *a: False
+    be.accumulate(b)
+    del be._cached_step_fits
+    be._grads = None
+
+
+def _compiled(be, b) -> None:
+    be.accumulate(b)
+    be._grads = None
+
+
+def _torch_step(be, b) -> None:
+    be.accumulate(b)
+    be.optimizer.zero_grad(set_to_none=True)
+
+
 def torch_ops(be, b, reps: int, top: int = 12) -> list[tuple[str, float]]:
     """torch.profiler's self-CPU seconds per op of one `accumulate` (median step of `reps`)."""
     from torch.profiler import ProfilerActivity, profile
-    be.accumulate(b)
+    _torch_step(be, b)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
-            be.accumulate(b)
+            _torch_step(be, b)
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
     return [(e.key, e.self_cpu_time_total / 1e6 / reps) for e in rows]
 
@@ -116,9 +134,12 @@ def main() -> None:
     vocab = mlx_be.model.args.vocab_size
     for L in map(int, a.lengths.split(",")):
         b = _batch(vocab, a.batch, L)
-        steps = {"mlx": _timed(lambda: mlx_be.accumulate(b), a.reps), "torch": _timed(lambda: torch_be.accumulate(b), a.reps)}
-        print(f"\n### batch {a.batch} × {L} tokens: whole step (forward + backward) mlx {steps['mlx']:.3f} s, "
-              f"torch {steps['torch']:.3f} s (median of {a.reps})\n")
+        steps = {"mlx": _timed(lambda: _eager(mlx_be, b), a.reps),
+                 "mlx compiled": _timed(lambda: _compiled(mlx_be, b), a.reps),
+                 "torch": _timed(lambda: _torch_step(torch_be, b), a.reps)}
+        print(f"\n### batch {a.batch} × {L} tokens: whole step (forward + backward) mlx eager {steps['mlx']:.3f} s, "
+              f"mlx compiled (kept per shape bucket) {steps['mlx compiled']:.3f} s, torch {steps['torch']:.3f} s "
+              f"(median of {a.reps})\n")
         print("| MLX op (alone, × layers) | s per step | share of MLX step |\n|---|---:|---:|")
         for name, s in mlx_ops(mlx_be, a.batch, L, a.reps).items():
             print(f"| {name} | {s:.3f} | {s / steps['mlx']:.0%} |")

@@ -60,10 +60,14 @@ def base_answers(be, tokenizer, general: fg.General, max_new_tokens: int) -> lis
     from common.tokenize import Tokenizer
     from jobs.session import eos_ids
     tk, stops, rows = Tokenizer(tokenizer, "chat"), eos_ids(tokenizer), []
-    with be.base_only():
-        for p in general.prompts:
-            ids = tk.encode_prompt(user_turn(p["prompt"], p["id"]))
-            out = be.generate(ids, max_new_tokens, stops)
+    prompts = [tk.encode_prompt(user_turn(p["prompt"], p["id"])) for p in general.prompts]
+    with be.base_only():     # greedy: batched where the backend generates in batches (the same answers)
+        if be.capabilities.batched_generation:
+            groups = [prompts[i: i + 8] for i in range(0, len(prompts), 8)]
+            outs = [a for g in groups for a in be.generate_batch(g, max_new_tokens, stops)]
+        else:
+            outs = [be.generate(ids, max_new_tokens, stops) for ids in prompts]
+        for p, ids, out in zip(general.prompts, prompts, outs):
             answer = [t for t in out if t not in stops]
             rows.append({"id": p["id"], "prompt_ids": ids, "answer_ids": answer,
                          "answer": tokenizer.decode(answer, skip_special_tokens=True)})

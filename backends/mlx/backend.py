@@ -252,8 +252,8 @@ class Backend:
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None,
-                              weight)
+            limit = COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None
+            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], limit, weight)
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
