@@ -92,15 +92,7 @@ def mlx_ops(be, batch: int, length: int, reps: int) -> dict[str, float]:
     return out
 
 
-def _eager(be, b) -> None:
-    """Our MLX accumulate with the step uncompiled (the path before the cached compile)."""
-    be._cached_step_fits = lambda *a: False
-    be.accumulate(b)
-    del be._cached_step_fits
-    be._grads = None
-
-
-def _compiled(be, b) -> None:
+def _mlx_step(be, b) -> None:
     be.accumulate(b)
     be._grads = None
 
@@ -134,12 +126,10 @@ def main() -> None:
     vocab = mlx_be.model.args.vocab_size
     for L in map(int, a.lengths.split(",")):
         b = _batch(vocab, a.batch, L)
-        steps = {"mlx": _timed(lambda: _eager(mlx_be, b), a.reps),
-                 "mlx compiled": _timed(lambda: _compiled(mlx_be, b), a.reps),
+        steps = {"mlx": _timed(lambda: _mlx_step(mlx_be, b), a.reps),
                  "torch": _timed(lambda: _torch_step(torch_be, b), a.reps)}
-        print(f"\n### batch {a.batch} × {L} tokens: whole step (forward + backward) mlx eager {steps['mlx']:.3f} s, "
-              f"mlx compiled (kept per shape bucket) {steps['mlx compiled']:.3f} s, torch {steps['torch']:.3f} s "
-              f"(median of {a.reps})\n")
+        print(f"\n### batch {a.batch} × {L} tokens: whole step (forward + backward) mlx {steps['mlx']:.3f} s, "
+              f"torch {steps['torch']:.3f} s (median of {a.reps})\n")
         print("| MLX op (alone, × layers) | s per step | share of MLX step |\n|---|---:|---:|")
         for name, s in mlx_ops(mlx_be, a.batch, L, a.reps).items():
             print(f"| {name} | {s:.3f} | {s / steps['mlx']:.0%} |")

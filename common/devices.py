@@ -35,7 +35,6 @@ class Choices:
     heap: str | None             # glibc policy (common/heap.py): "reuse" (MLX), "release" (torch)
     measured: bool               # these choices were timed on this kind of device
     why: str = ""
-    cached_compile: bool = False  # MLX: short rows' SFT step compiled once per shape bucket, kept across steps
 
     def exp(self, compiled: bool) -> str:
         """The chunked attention's exponential: 'poly' (fuses when compiled), 'power', or 'exp'."""
@@ -45,9 +44,7 @@ class Choices:
 
     def describe(self) -> str:
         attn = "chunked attention" if self.chunked_attention else "mx.fast SDPA"
-        step = "compiled step" if self.compiled_step else "compiled step, kept per shape bucket" if self.cached_compile \
-            else "eager step"
-        parts = [attn, f"exp={self.exp(self.compiled_step or self.cached_compile)}", step,
+        parts = [attn, f"exp={self.exp(self.compiled_step)}", "compiled step" if self.compiled_step else "eager step",
                  f"heap={self.heap or 'glibc default'}", "measured" if self.measured else "never measured here"]
         return f"{self.device}: " + ", ".join(parts) + (f" ({self.why})" if self.why else "")
 
@@ -63,7 +60,7 @@ def mlx_choices(device: str, seq_len: int, *, chunk: int, compiled_rows: int, at
     long = seq_len > chunk
     if device == "cpu":
         return Choices("cpu", long, True, seq_len >= compiled_rows, "reuse" if seq_len >= chunk else None, True,
-                       "measured on the Linux CPU, docs/benchmark-cpu.md", cached_compile=seq_len < compiled_rows)
+                       "measured on the Linux CPU, docs/benchmark-cpu.md")
     too_big = long and memory_bytes is not None and attention_bytes > FIT_FRACTION * memory_bytes
     why = (f"plain SDPA would need ~{attention_bytes / 2**30:.1f} GiB for one layer, over "
            f"{FIT_FRACTION:g} of {memory_bytes / 2**30:.1f} GiB" if too_big else "what plain mlx-lm does")

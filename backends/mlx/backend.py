@@ -49,30 +49,26 @@ def _disk_dtype(model_dir: Path):
     return None
 
 
-def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None, weight=None) -> mx.array:
-    """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y` (each
-    weighted by `weight`, when given: 0 for a bucket's padding rows); above common.longseq's
-    threshold over chunks of rows, each recomputed in the backward pass."""
+def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None) -> mx.array:
+    """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y`; above
+    common.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
     tied = "lm_head" not in model
     mod = model.model.embed_tokens if tied else model.lm_head
 
-    def piece(y, w=None):          # the targets are closed over: no gradient w.r.t. indices
+    def piece(y):                  # the targets are closed over: no gradient w.r.t. indices
         def f(params, h):
             mod.update(params)     # trainable head weights (if any) as inputs, as mlx-lm's grad_checkpoint
             logits = (mod.as_linear(h) if tied else mod(h)).astype(mx.float32)
-            if w is None:
-                return nn.losses.cross_entropy(logits, y, reduction="sum")
-            return (nn.losses.cross_entropy(logits, y, reduction="none") * w).sum()
+            return nn.losses.cross_entropy(logits, y, reduction="sum")
         return f
 
     from common.longseq import loss_chunk_rows
     rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size, chunk_limit)
     if rows is None:
-        return piece(y, weight)(mod.trainable_parameters(), h)
+        return piece(y)(mod.trainable_parameters(), h)
     total = None
     for i in range(0, h.shape[0], rows):
-        w = None if weight is None else weight[i: i + rows]
-        part = mx.checkpoint(piece(y[i: i + rows], w))(mod.trainable_parameters(), h[i: i + rows])
+        part = mx.checkpoint(piece(y[i: i + rows]))(mod.trainable_parameters(), h[i: i + rows])
         total = part if total is None else total + part
     return total
 
@@ -135,7 +131,6 @@ class Backend:
         self.objective, self.reference_adapter, self.objective_sums = SFT(), None, {}
         self.optimizer = None
         self._grads = None
-        self._step_fn = None            # the compiled SFT step (backends/mlx/compiled.py), once built
         self.spec = None
         self._adapters: dict = {}       # name -> (spec, {path: LoRA/DoRA layer}, mlx keys)
         self._base_layers: dict = {}    # path -> the base (possibly quantized) Linear
@@ -205,7 +200,6 @@ class Backend:
         self.model.freeze()
         self.model.unfreeze(keys=["lora_a", "lora_b", "m"] if spec.use_dora else ["lora_a", "lora_b"], strict=False)
         self.spec, self.keys, self.active_adapter, self._active_layers = spec, keys, name, layers
-        self._step_fn = None        # the compiled step traced the previous layers
 
     def lora_weights(self) -> dict[str, np.ndarray]:
         from common.adapter import mlx_to_peft
@@ -244,16 +238,14 @@ class Backend:
     def seed(self, seed: int) -> None:
         mx.random.seed(seed)
 
-    def _loss_sum(self, model, ids, mask, keep=None, compiled: bool = False, weight=None):
+    def _loss_sum(self, model, ids, mask, keep=None, compiled: bool = False):
         """Summed token loss. `keep` = flat indices of the target positions (from the batch mask):
         only those go through the vocab-sized head, forward and backward (prompt and padding
-        positions are never scored), on the architectures listed in _PLAIN_HEAD; `weight` (the
-        bucketed compiled step, backends/mlx/compiled.py) zeroes the indices added as padding."""
+        positions are never scored), on the architectures listed in _PLAIN_HEAD."""
         if keep is not None and keep.size and getattr(model, "model_type", None) in _PLAIN_HEAD:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
-            limit = COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None
-            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], limit, weight)
+            return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None)
         logits = model(ids[:, :-1]).astype(mx.float32)
         ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
@@ -321,8 +313,6 @@ class Backend:
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
-        if self._cached_step_fits(batch, plan):
-            return self._accumulate_cached(batch, plan)
         ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
@@ -339,29 +329,6 @@ class Backend:
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, sums, self._grads)
         self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
-        return float(loss.item()), self.objective.count(batch)
-
-    def _cached_step_fits(self, batch: Batch, plan) -> bool:
-        """The device compiles short rows (common/devices.py) and the step is SFT on a padded batch
-        (a packed row's mask and a reference's log-probs would be constants of the traced graph)
-        without layer checkpointing (a long-row setting, whose recompute reuses the forward's
-        attention in the per-step path)."""
-        return (plan.cached_compile and type(self.objective) is SFT and batch.position_ids is None
-                and not self._checkpointed and getattr(self.model, "model_type", None) in _PLAIN_HEAD)
-
-    def _accumulate_cached(self, batch: Batch, plan) -> tuple[float, int]:
-        """accumulate's SFT step through the compiled step kept across steps (backends/mlx/compiled.py)."""
-        from backends.mlx.compiled import bucketed, cached_step
-        if self._step_fn is None:
-            self._step_fn = cached_step(self.model, lambda model, ids, mask, keep, weight:
-                                       self._loss_sum(model, ids, mask, keep, True, weight))
-        self.model.train()
-        ids, mask, keep, weight = bucketed(batch)
-        with long_attention(self.model, ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
-            loss, grads = self._step_fn(ids, mask, keep, weight)
-        self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
-        mx.eval(loss, self._grads)
-        self.objective_sums = {}
         return float(loss.item()), self.objective.count(batch)
 
     def apply_gradients(self, lr: float, n_targets: int, max_grad_norm: float | None) -> float:
