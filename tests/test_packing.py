@@ -1,4 +1,4 @@
-"""Padding-free packing (training.batching: packed) on the torch backend: a packed row must give
+"""Padding-free packing (training.batching: packed) on both backends: a packed row must give
 exactly the per-sample results, i.e. no attention across sample boundaries."""
 from __future__ import annotations
 
@@ -46,11 +46,16 @@ def test_packed_groups_match_padded():
 
 def _torch_backend(model_dir, attn):
     pytest.importorskip("torch")
+    return _with_lora("torch", model_dir, attn_implementation=attn)
+
+
+def _with_lora(backend: str, model_dir, **kw):
+    """`backend` on the tiny model with an all-linear rank-4 LoRA whose B is non-zero."""
     from backends import get_backend
     from common.adapter import PEFT_PREFIX, init_lora_weights, spec_from_config
     from common.config import LoraConfig
 
-    be = get_backend("torch")(model_dir, attn_implementation=attn)
+    be = get_backend(backend)(model_dir, **kw)
     lora = LoraConfig(rank=4, alpha=8.0, target_modules="all-linear")
     spec, modules = spec_from_config(lora, be.linear_modules(), be.num_hidden_layers(), str(model_dir))
     weights = init_lora_weights(spec, modules, seed=0)
@@ -111,21 +116,7 @@ def test_packed_logits_equal_unpacked(tiny_model, attn):
 
 def _mlx_backend(model_dir):
     pytest.importorskip("mlx.core")
-    from backends import get_backend
-    from common.adapter import PEFT_PREFIX, init_lora_weights, spec_from_config
-    from common.config import LoraConfig
-
-    be = get_backend("mlx")(model_dir)
-    lora = LoraConfig(rank=4, alpha=8.0, target_modules="all-linear")
-    spec, modules = spec_from_config(lora, be.linear_modules(), be.num_hidden_layers(), str(model_dir))
-    weights = init_lora_weights(spec, modules, seed=0)
-    rng = np.random.default_rng(1)
-    for k in weights:        # non-zero B, so the adapter takes part in the check
-        if k.startswith(PEFT_PREFIX) and k.endswith("lora_B.weight"):
-            weights[k] = rng.normal(0, 0.05, weights[k].shape).astype(np.float32)
-    be.attach_lora(spec, modules, weights)
-    be.make_optimizer((0.9, 0.999), 1e-8, 0.0)
-    return be
+    return _with_lora("mlx", model_dir)
 
 
 def _mlx_grads(be) -> dict:
