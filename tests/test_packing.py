@@ -168,3 +168,21 @@ def test_mlx_packed_row_keeps_samples_apart(tiny_model):
         start += len(r.ids)
     assert np.abs(leaky[LENGTHS[0]:] - packed[LENGTHS[0]:]).max() > 1e-2
     assert "rope" not in be.model.model.layers[0].self_attn.__dict__      # restored on exit
+
+
+def test_mlx_train_packed_follows_the_padded_run(tiny_model, tmp_path):
+    """`train --backend mlx` with training.batching: packed (no longer refused): the same per-step
+    losses as the padded run on the same batches."""
+    pytest.importorskip("mlx.core")
+    from helpers import chat_rows, tiny_config, write_jsonl
+
+    from common.runs import RunDir
+    from jobs.trainer import train
+    data = write_jsonl(tmp_path / "train.jsonl", chat_rows(12))
+    losses = {}
+    for mode in ("padded", "packed"):
+        train(tiny_config(tiny_model, data, tmp_path / mode, training={"batching": mode}), "mlx",
+              echo=lambda *a, **k: None)
+        losses[mode] = [r["loss"] for r in RunDir(tmp_path / mode).read_log() if r.get("event") == "train"]
+    assert len(losses["packed"]) == 4
+    assert losses["packed"] == pytest.approx(losses["padded"], rel=1e-4)
