@@ -53,10 +53,12 @@ DECLARED = {
     "mlx": Capabilities(
         "mlx", packages=("mlx", "mlx-lm"),
         quantizers=tuple(schemes_of("mlx")),
+        packed_batching=True,      # per-sample rope and block mask (backends/mlx/packing.py)
+        batched_generation=True,   # mlx-lm's BatchGenerator
         mlx_adapter=True),
     "torch": Capabilities(
         "torch", packages=("torch", "transformers", "peft"),
-        packed_batching=True,  # mlx-lm's models take no position ids: a packed row would attend across samples
+        packed_batching=True,
         fsdp=True,
         quantizers=tuple(schemes_of("torch")),
         optimizers=("adamw", "paged_adamw_8bit"),

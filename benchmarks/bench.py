@@ -567,7 +567,8 @@ def _summ(results: list[dict], warmup: int, step_targets: list[int]) -> dict:
                     "rss": r["peak_rss_bytes"], "fw": r.get("framework_peak_bytes")})
     med = lambda k: statistics.median(p[k] for p in per)  # noqa: E731
     fw = [p["fw"] for p in per if p["fw"] is not None]
-    return {"tok_s": med("tok_s"), "best_tok_s": max(p["tok_s"] for p in per), "step_s": med("step_s"),
+    return {"tok_s": med("tok_s"), "best_tok_s": max(p["tok_s"] for p in per),
+            "worst_tok_s": min(p["tok_s"] for p in per), "step_s": med("step_s"),
             "pad": med("pad"), "loss": med("loss"), "pass_loss": med("pass_loss"),
             "rss": max(p["rss"] for p in per), "fw": max(fw) if fw else None,
             "device": results[0].get("device"), "blas": results[0].get("blas"), "repeats": per}
@@ -709,7 +710,7 @@ def _plan(datasets: dict, fams: list[str], objective: str = "sft") -> list[tuple
         if "mlx" in fams:
             plan += [(dname, "ours-mlx", "mlx", "padded")]
             if is_ragged:
-                plan += [(dname, "ours-mlx", "mlx", "bucketed")]
+                plan += [(dname, "ours-mlx", "mlx", "bucketed"), (dname, "ours-mlx", "mlx", "packed")]
             # mlx-lm sorts by length before batching: on ragged data it gets the bucketed groups.
             plan += [(dname, "mlx-lm", "mlx", "bucketed" if is_ragged else "padded")]
         if "torch" in fams:
@@ -861,13 +862,25 @@ def _gain_lines(rows: list[dict]) -> list[str]:
     """Each of ours' length-aware batching against its padded run on the same data."""
     gains = []
     for d in sorted({r["data"] for r in rows}):
-        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed")):
+        for run, a, b in (("ours-torch", "padded", "packed"), ("ours-mlx", "padded", "bucketed"),
+                          ("ours-mlx", "padded", "packed")):
             ra = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == a), None)
             rb = next((r for r in rows if r["data"] == d and r["run"] == run and r["batching"] == b), None)
             if ra and rb:
                 gains.append(f"- {d}, {run}: {b} is {rb['tok_s'] / ra['tok_s']:.2f}× the tokens/s of {a} "
                              f"(padding {100 * ra['pad']:.0f} % → {100 * rb['pad']:.0f} %)")
     return gains
+
+
+def _mlx_vs_torch(rows: list[dict]) -> list[str]:
+    """Our MLX backend against our torch backend, same data and batching (median tok/s)."""
+    out = []
+    for r in rows:
+        t = next((x for x in rows if x["run"] == "ours-torch" and x["data"] == r["data"]
+                  and x["batching"] == r["batching"]), None)
+        if r["run"] == "ours-mlx" and t:
+            out.append(f"- {r['data']}, {r['batching']}: ours-mlx is {r['tok_s'] / t['tok_s']:.2f}× ours-torch")
+    return ["", "MLX against our torch backend (same data, same batching):", *out] if out else []
 
 
 def render_markdown(res: dict) -> str:
@@ -882,9 +895,10 @@ def render_markdown(res: dict) -> str:
              f"separate examples) + {c['steps']} measured steps (one pass over the same examples in every run); "
              f"median of {res['repeats']} repeat(s), each run in its own process",
              _data_line(c),
-             "- trained tok/s (median over repeats; best = the fastest repeat) counts non-padding tokens; "
-             "final loss = last step; pass loss = token-weighted (DPO: pair-weighted) mean over the measured "
-             "steps (the same examples in every run); step = wall time between step ends; peak RSS via "
+             "- trained tok/s (median over repeats; spread = the slowest–fastest repeat; the repeats run "
+             "interleaved: every run once, then again, so ours and the plain runs share the same minutes) counts "
+             "non-padding tokens; final loss = last step; pass loss = token-weighted (DPO: pair-weighted) mean over "
+             "the measured steps (the same examples in every run); step = wall time between step ends; peak RSS via "
              "getrusage; fw peak = mx.get_peak_memory() (MLX) / torch.cuda.max_memory_allocated() (CUDA)",
              f"- MFU = ({'6' if c.get('objective') == 'dpo' else '4'}·N_frozen + 6·N_trainable) × trained tok/s ÷ "
              f"measured fp32 matmul peak; N_frozen = "
@@ -901,17 +915,18 @@ def render_markdown(res: dict) -> str:
         extra = f"; OpenBLAS preloaded for every MLX run (ours and mlx-lm): {v.get('blas')}" if fam == "mlx" else ""
         lines.append(f"- measured fp32 matmul (2048²), {fam}: {v['gflops']:.1f} GFLOP/s on {v['device']} (best of "
                      f"{v.get('measurements', 1)} measurements, one after each run){extra}")
-    lines += ["", "| data | run | batching | trained tok/s | vs plain | best tok/s | median step s | peak RSS MiB "
+    lines += ["", "| data | run | batching | trained tok/s | vs plain | spread tok/s | median step s | peak RSS MiB "
               "| RSS vs plain | fw peak MiB | final loss | pass loss | MFU | padding |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["rows"]:
         lines.append(f"| {r['data']} | {r['run']} | {r['batching']} | {r['tok_s']:.1f} | {_x(r['speed_vs_plain'])} | "
-                     f"{r['best_tok_s']:.1f} | {r['step_s']:.3f} | {_mib(r['rss'])} | {_x(r['rss_vs_plain'])} | "
+                     f"{r.get('worst_tok_s', r['best_tok_s']):.1f}–{r['best_tok_s']:.1f} | {r['step_s']:.3f} | {_mib(r['rss'])} | {_x(r['rss_vs_plain'])} | "
                      f"{_mib(r['fw'])} | {r['loss']:.4f} | {r['pass_loss']:.4f} | {100 * r['mfu']:.1f} % | "
                      f"{100 * r['pad']:.0f} % |")
     gains = _gain_lines(res["rows"])
     if gains:
         lines += ["", "Batching gains on ragged data:", *gains]
+    lines += _mlx_vs_torch(res["rows"])
     if c.get("objective") == "dpo":
         return "\n".join(lines + ["", DPO_NOTES]) + "\n"
     lines += ["", "Notes: mlx-lm gets the same example groups as ours but collates them itself (pads to 32·k+1, "

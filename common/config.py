@@ -118,7 +118,7 @@ class TrainingConfig:
         "processes with torch FSDP2 (torch backend; for bases that do not fit one GPU).")
     batching: Literal["padded", "bucketed", "packed"] = opt(
         "padded", "padded = shuffled batches padded to their longest example; bucketed = batches of "
-        "similar lengths; packed = padding-free concatenation with per-sample attention (torch).")
+        "similar lengths; packed = padding-free concatenation with per-sample attention (both backends).")
     save_every: int = opt(50, "Write a resumable checkpoint every N steps (0 = only at the end).")
     eval_every: int = opt(0, "Compute the validation loss every N steps (0 = only at the end).")
     log_every: int = opt(1, "Log loss, lr, tokens/s every N steps.")

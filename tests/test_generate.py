@@ -90,3 +90,17 @@ def test_base_answer_beside_the_adapters(tiny_model, adapter, backend):
     assert lines[0].startswith(">>> [base]") and lines[3].startswith(">>> [tuned]")
     assert lines[1] == base.output.splitlines()[1] and lines[4] == tuned.output.splitlines()[1]
     assert lines[1] != lines[4]
+
+
+def test_mlx_batched_greedy_equals_one_at_a_time(tiny_model, adapter):
+    """8 prompts of different lengths (1 to 40 tokens) in one batch: each answer is the one-at-a-time
+    greedy answer, token for token, including an answer cut at its end-of-turn token."""
+    from jobs.session import open_model
+    be = open_model("mlx", str(tiny_model), adapter=adapter).backend
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 300, size=n).tolist() for n in (3, 17, 5, 40, 9, 1, 23, 12)]
+    free = [be.generate(p, 12, [-1]) for p in prompts]
+    stop = free[3][6]                                # a token some answer produces: an end-of-turn id
+    one = [be.generate(p, 12, [stop]) for p in prompts]
+    assert len(one[3]) == next(i for i, t in enumerate(free[3]) if t == stop) < 12
+    assert be.generate_batch(prompts, 12, [stop]) == one

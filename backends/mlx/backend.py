@@ -22,6 +22,7 @@ from backends.mlx import device
 from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
+from backends.mlx.packing import packed_rows
 from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.batching import Batch
 from common.heap import reuse_freed_memory
@@ -328,8 +329,6 @@ class Backend:
             return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        if batch.position_ids is not None:  # a packed row would attend across samples here
-            self.capabilities.refuse("packed_batching")
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
         ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
@@ -342,7 +341,8 @@ class Backend:
             state = [self.model.state, mx.random.state]
             value_and_grad = mx.compile(partial(self._value_and_grad, batch, ref=ref, compiled=True, plan=plan),
                                         inputs=state, outputs=state)
-        (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
+        with packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
+            (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, sums, self._grads)
         self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
@@ -410,7 +410,8 @@ class Backend:
         ref = self.reference_logps(batch, compiled=True) if self.objective.needs_reference else None
         self.model.eval()
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
-        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention):
+        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention), \
+                packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
             loss, sums = self.objective.loss(_Scores(self, batch, self.model, mx.array(batch.ids), mx.array(batch.mask),
                                                      _targets(batch), ref))
             mx.eval(loss, sums)
@@ -448,6 +449,26 @@ class Backend:
         if self._prefixes:  # only an answer that ran to its end: an interrupted one leaves the cache unknown
             self._prefixes.keep(weights, list(prompt_ids) + seen, cache)
         return out
+
+    def generate_batch(self, prompts: list[list[int]], max_new_tokens: int, eos_ids: list[int]) -> list[list[int]]:
+        """Greedy continuations of several prompts at once: mlx-lm's BatchGenerator (the prompts
+        padded and masked in one KV cache per layer, each row's positions its own), every prompt
+        in one prefill batch and one completion batch."""
+        from mlx_lm.generate import BatchGenerator
+        self.model.eval()
+        n = len(prompts)
+        gen = BatchGenerator(self.model, max_tokens=max_new_tokens, stop_tokens=[[t] for t in eos_ids],
+                             prefill_batch_size=n, completion_batch_size=n)
+        uids = gen.insert([list(p) for p in prompts], [max_new_tokens] * n)
+        out = {uid: [] for uid in uids}
+        try:
+            while responses := gen.next_generated():
+                for r in responses:
+                    if r.finish_reason != "stop":     # "stop": the end-of-turn token, not part of the answer
+                        out[r.uid].append(int(r.token))
+        finally:
+            gen.close()
+        return [out[uid] for uid in uids]
 
     @contextlib.contextmanager
     def base_only(self):
