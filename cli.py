@@ -25,8 +25,8 @@ from backends import NAMES as BACKEND_NAMES  # noqa: E402  (the backend names; n
 from backends.capabilities import PARITY_PAIR  # noqa: E402  (the declared backends; no framework)
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
-from common.metric_registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
-from common.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
+from common.evaluation.registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
+from common.models.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
 
 
 class BackendChoice(click.Choice):
@@ -77,7 +77,7 @@ class Group(click.Group):
             click.secho("interrupted", fg="red", err=True)
             sys.exit(130)
         except OSError as exc:  # a write refused by the system (read-only, permission, name too long)
-            from common.ownership import os_error
+            from common.runs.ownership import os_error
             err = os_error(exc, exc.filename or "")
             if err is None or (ctx.obj and ctx.obj.get("debug")):
                 raise
@@ -110,7 +110,7 @@ def cli(ctx, debug):
 
 
 # ------------------------------------------------------------------ config
-# Shortcut flag → config key: the flag's help and type are read from the schema (common.config).
+# Shortcut flag → config key: the flag's help and type are read from the schema (common.config.schema).
 SHORTCUTS = {"model": "model.path", "data": "data.train", "valid": "data.valid", "steps": "training.steps",
              "epochs": "training.epochs", "lr": "training.lr", "batch_size": "training.batch_size",
              "rank": "lora.rank", "seed": "training.seed", "output": "output"}
@@ -118,7 +118,7 @@ SHORT_NAMES = {"output": "-o"}
 
 
 def build_config(config, sets, **shortcuts):
-    from common.config import load_config, parse_set
+    from common.config.schema import load_config, parse_set
     over = parse_set(list(sets))
     for flag, value in shortcuts.items():
         if value is None:
@@ -137,7 +137,7 @@ def build_config(config, sets, **shortcuts):
 
 def shortcut_option(flag: str):
     """`--flag` for one config key, with the schema's help text and type."""
-    from common.config import schema_field
+    from common.config.schema import schema_field
     key = SHORTCUTS[flag]
     text, scalar, _ = schema_field(key)
     names = [f"--{flag.replace('_', '-')}"] + ([SHORT_NAMES[flag]] if flag in SHORT_NAMES else [])
@@ -158,7 +158,7 @@ def config_options(f):
 @cli.command("config-help")
 def config_help():
     """Print every config key with its type, default and meaning (one schema for both backends)."""
-    from common.config import describe
+    from common.config.schema import describe
     echo(describe())
 
 
@@ -191,9 +191,9 @@ def prepare(recipe, inputs, out_dir, seed, options):
     pairs  DPO pairs from an SFT split (a manifest.json): chosen = the reference answer,
            rejected = the model's greedy answer (--option adapter=DIR, model=, backend=, limit=)
     """
-    from common.config import parse_set
+    from common.config.schema import parse_set
     from common.data.recipes import run_recipe
-    from common.lock import OutputLock
+    from common.runs.lock import OutputLock
     opts = parse_set(list(options))
     with OutputLock(out_dir, "--out"):
         if recipe == "pairs":    # needs a model: a job, not a data-only recipe
@@ -228,7 +228,7 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
         from jobs.launch import launch
         job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
                "init_adapter": init_adapter, "dry_run": dry_run}
-        from common.signals import terminate_as_interrupt
+        from common.runs.signals import terminate_as_interrupt
         with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
             code = launch(nproc, backend, job, echo=echo)
         if code:
@@ -268,7 +268,7 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
     (each in its own process): our MLX backend vs plain mlx-lm, our torch backend vs a plain TRL
     SFTTrainer script (--objective dpo: DPO on both backends vs TRL's DPOTrainer). Prints tokens/s,
     step time, peak memory, final loss, MFU and our/plain ratios."""
-    from common.lock import claim_output
+    from common.runs.lock import claim_output
     sys.path.insert(0, str(ROOT / "benchmarks"))
     if lengths and objective != "sft":
         from common.errors import ConfigError
@@ -311,7 +311,7 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     no checkpoint, starts over.
     """
     from jobs.sweep import run_sweep
-    from common.lock import claim_output
+    from common.runs.lock import claim_output
     with claim_output(output, "sweep"):  # a rerun continues a sweep of ours; nothing else is written into
         run_sweep(config, list(sets), backend, Path(output), metrics.split(",") if metrics else None, limit,
                   echo=echo, max_new_tokens=max_new_tokens)
@@ -359,7 +359,7 @@ def study(config, sets, backends, output, metrics, curve_every, curve_items, tes
     Run again to finish an interrupted study: finished stages are kept, training resumes from
     its last checkpoint (as sweep does).
     """
-    from common.ownership import check_output_dir
+    from common.runs.ownership import check_output_dir
     from jobs.study import run_study
     check_output_dir(output, "study", "--output")  # a rerun finishes a study of ours; nothing else is written into
     run_study(config, list(sets), list(backends) or list(PARITY_PAIR), Path(output), echo=echo,
@@ -391,7 +391,7 @@ def convert(src, dst, fmt, model):
     (transposes only; mlx `scale` ↔ PEFT `lora_alpha`/r, or /sqrt(r) with rsLoRA). An adapter
     trained by plain `mlx_lm lora` gets its target modules and blocks from its weights and its
     base from `--base` or the `model` it recorded."""
-    from common.convert import convert_adapter
+    from common.adapters.convert import convert_adapter
     out = convert_adapter(Path(src), Path(dst), fmt, model)
     echo(f"[twinlora] wrote {fmt} adapter to {out}")
 
@@ -414,7 +414,7 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
-    from common.lock import OutputLock
+    from common.runs.lock import OutputLock
     from jobs.merge import merge_adapter
     from jobs.session import base_for
     model = base_for(model, adapter, lambda m: echo(m, err=True))
@@ -443,11 +443,11 @@ def export_gguf_cmd(model_dir, out_file, dtype):
     """Write a (merged) HF model directory as a GGUF file for llama.cpp, as llama.cpp's converter
     does: llama and qwen2 (byte-level BPE tokenizer) and Gemma 3 (Gemma3ForCausalLM, or the language
     model of Gemma3ForConditionalGeneration; needs its SentencePiece tokenizer.model)."""
-    from common.gguf_export import export_gguf
-    from common.models import check_model_dir
-    from common.ownership import check_output_file
+    from common.adapters.gguf_export import export_gguf
+    from common.models.resolve import check_model_dir
+    from common.runs.ownership import check_output_file
     check_model_dir(Path(model_dir))
-    from common.lock import OutputLock
+    from common.runs.lock import OutputLock
     check_output_file(out_file, "OUT_FILE", magic=b"GGUF", inputs=[model_dir])
     with OutputLock(out_file, "OUT_FILE"):
         out = export_gguf(Path(model_dir), Path(out_file), dtype, echo=lambda msg: echo(f"[twinlora] note: {msg}"))
@@ -477,7 +477,7 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
     """Answer prompts with a base model and optional adapter(s): greedy by default, or sampled
     (--temperature/--top-p/--seed); --chat for a conversation, --base to see the base answer too."""
     from jobs.evaluation import resolve_prompting
-    from common.sampling import Sampling
+    from common.training.sampling import Sampling
     from jobs.session import add_adapter, open_model
     sampling = Sampling(temperature, top_p, seed).check()
     if not prompt and not chat:
@@ -599,7 +599,7 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
     from jobs.evaluation import run_eval
-    from common.lock import OutputLock
+    from common.runs.lock import OutputLock
     from jobs.session import base_for
     model = base_for(model, adapter, lambda m: echo(m, err=True))
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
@@ -619,8 +619,8 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
 @click.option("--output", "-o", required=True, type=click.Path(), help="Directory for compare.md/.csv/.png.")
 def compare(eval_dirs, labels, output):
     """Put several evaluations side by side (baseline vs tuned, MLX vs torch) with deltas and a chart."""
-    from common.ownership import check_output_dir
-    from common.reports import compare as run_compare
+    from common.runs.ownership import check_output_dir
+    from common.evaluation.reports import compare as run_compare
     check_output_dir(output, "compare", "--output", inputs=eval_dirs)
     echo(run_compare([Path(d) for d in eval_dirs], labels.split(",") if labels else None, Path(output)))
 
@@ -644,11 +644,11 @@ def compare(eval_dirs, labels, output):
 def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
     """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
     greedy generations. Exits 1 above tolerance."""
-    from common.io import write_json
+    from common.runs.io import write_json
     from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.session import base_for, open_model
-    from common.ownership import check_output_file, is_parity_report
+    from common.runs.ownership import check_output_file, is_parity_report
     if output:
         check_output_file(output, "--output", inputs=[adapter, model], ours=is_parity_report)
     model = base_for(model, adapter, lambda m: echo(m, err=True))
@@ -691,7 +691,7 @@ def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, out
 def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output, runs=None):
     """`parity --quantize 4bit` (jobs/qparity.py): quantization error per backend, then adapter
     parity over the same de-quantized weights; exits like `parity`."""
-    from common.io import write_json
+    from common.runs.io import write_json
     from jobs.qparity import BACKENDS, qlora_parity
     rep = qlora_parity(model, adapter, prompts, max_new_tokens, *tols,
                        sources=BACKENDS if sources == "both" else (sources,))
@@ -713,7 +713,7 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
              f"{r['mean_kl']:.3e}; same greedy text: {r['same_greedy_text']} -> {'PASS' if r['pass'] else 'FAIL'}")
     if runs:  # two QLoRA runs: their loss curves differ by what the two quantizers do to the base
         from jobs.parity import loss_curve_gap
-        from common.runs import RunDir
+        from common.runs.run_dir import RunDir
         rep["loss_curves"] = lc = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
         echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
     if output:

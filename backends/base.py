@@ -3,7 +3,7 @@ backend supports is declared in `backends/capabilities.py`). Everything else is 
 checkpoints, adapter files and metrics in `common/`, the loop and the other jobs in `jobs/`.
 
 Weights cross the boundary as numpy arrays in PEFT naming and shapes; batches cross it as the
-numpy arrays built by `common.batching`. `tests/test_backend_contract.py` checks both
+numpy arrays built by `common.training.batching`. `tests/test_backend_contract.py` checks both
 implementations against this file (method names and signatures).
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Callable, Protocol
 import numpy as np
 
 from backends.capabilities import Capabilities
-from common.adapter import AdapterSpec
-from common.batching import Batch
+from common.adapters.format import AdapterSpec
+from common.training.batching import Batch
 
 
 class Backend(Protocol):
@@ -69,7 +69,7 @@ class Backend(Protocol):
         framework's data-parallel engine (torch DDP or FSDP2; nothing to wrap on MLX)."""
 
     def set_objective(self, objective, reference_adapter: str | None = None) -> None:
-        """The loss accumulate/eval_loss compute (common.objectives; SFT until set) and, for an
+        """The loss accumulate/eval_loss compute (common.training.objectives; SFT until set) and, for an
         objective with a reference, the frozen adapter that is the reference (None: the base
         with the adapter disabled)."""
 
@@ -102,7 +102,7 @@ class Backend(Protocol):
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
                  sampler=None, on_token=None) -> list[int]:
         """Continuation (new tokens only, stops at EOS): greedy, or each token chosen by
-        `sampler(logits_of_last_position) -> id` (common.sampling, so both backends draw alike);
+        `sampler(logits_of_last_position) -> id` (common.training.sampling, so both backends draw alike);
         `on_token(id)` is called as each token is produced (streaming)."""
 
     def base_only(self):

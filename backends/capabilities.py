@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import BackendError
-from common.quantize import schemes_of
+from common.models.quantize import schemes_of
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,7 @@ class Capabilities:
     packages: tuple[str, ...]          # distributions whose versions an adapter records
     packed_batching: bool = False      # training.batching: packed (samples kept apart by position ids)
     fsdp: bool = False                 # training.parallel: fsdp (weights sharded over the processes)
-    quantizers: tuple[str, ...] = ()   # model.quantize schemes it runs (common/quantize.py), besides 4bit
+    quantizers: tuple[str, ...] = ()   # model.quantize schemes it runs (common/models/quantize.py), besides 4bit
     optimizers: tuple[str, ...] = ("adamw",)        # training.optimizer kinds
     batched_generation: bool = False   # has generate_batch (backends.base.BatchGenerator)
     mlx_adapter: bool = False          # a run also writes mlx-lm's own adapter files (adapter/mlx/)
@@ -30,7 +30,7 @@ class Capabilities:
 
     def check_quantize(self, name: str | None):
         """The scheme `model.quantize` means here (None: a float base); another backend's is refused (E220)."""
-        from common.quantize import resolve
+        from common.models.quantize import resolve
         return resolve(name, self.name) if name else None
 
     def refuse(self, feature: str) -> None:

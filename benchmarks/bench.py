@@ -2,8 +2,8 @@
 
 Runs, one after another, each in its own Python subprocess (so peak RSS is per run):
 
-- ours-mlx:   our MLX Backend driven by the training job's own step loop (jobs.fit: common.batching
-              → Backend.accumulate / apply_gradients, common.schedule), without its validation,
+- ours-mlx:   our MLX Backend driven by the training job's own step loop (jobs.fit: common.training.batching
+              → Backend.accumulate / apply_gradients, common.training.schedule), without its validation,
               checkpoints and logs;
 - mlx-lm:     plain `mlx_lm.tuner.trainer.train` with `linear_to_lora_layers` (same rank, scale,
               keys), its compiled step, its `default_loss` and its own collation (pads to 32·k + 1);
@@ -20,9 +20,9 @@ Peak RSS shows that ours holds no second model copy. Trained tokens = the non-pa
 chosen and rejected sequences, as TRL counts them; model FLOPs per token add the reference forward
 (6·N_frozen + 6·N_trainable).
 
-Fairness: every run starts from the same LoRA init (common.adapter.init_lora_weights), trains on
+Fairness: every run starts from the same LoRA init (common.adapters.format.init_lora_weights), trains on
 the same token ids with the same loss mask, in the same groups of examples and the same order
-(the groups common.batching makes; the baselines get them through a sequential sampler (TRL) or
+(the groups common.training.batching makes; the baselines get them through a sequential sampler (TRL) or
 an `iterate_batches` that hands mlx-lm's own collation one group at a time). Warm-up steps run on a
 separate pool of examples; the measured steps are exactly one pass over the measured pool, so
 every run trains on the same multiset of examples there. The MLX runs both preload the same
@@ -85,7 +85,7 @@ def synth_examples(tokenizer, n: int, max_length: int, ragged: bool, seed: int, 
     ragged:  log-uniform in [16, max_length] (many short, few long, as in real SFT sets).
     The prompt is 30–60 % of the example and masked out of the loss; the completion ends with EOS.
     """
-    from common.tokenize import Tokenized
+    from common.training.tokenize import Tokenized
 
     stream = list(tokenizer(_text_corpus(), add_special_tokens=False)["input_ids"])
     while len(stream) < 2 * max_length + 1:
@@ -110,13 +110,13 @@ def synth_examples(tokenizer, n: int, max_length: int, ragged: bool, seed: int, 
 def user_examples(path: str, tokenizer, max_length: int) -> list:
     """A JSONL in any of our formats, through our Tokenizer (chat template, prompt masked)."""
     from common.data.formats import load_examples
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     return Tokenizer(tokenizer, "chat", None, True, max_length, "truncate").encode_all(load_examples(path), path)
 
 
 @dataclass(frozen=True)
 class BenchPair:
-    """A tokenized preference pair (common.pairs) and its record as TRL gets it."""
+    """A tokenized preference pair (common.training.pairs) and its record as TRL gets it."""
     chosen: Any
     rejected: Any
     record: dict
@@ -129,9 +129,9 @@ def _record(pair) -> dict:
 
 
 def user_pairs(path: str, tokenizer, max_length: int) -> list[BenchPair]:
-    """A preference-pair JSONL (TRL's shapes), tokenized as a DPO run does (common.pairs)."""
+    """A preference-pair JSONL (TRL's shapes), tokenized as a DPO run does (common.training.pairs)."""
     from common.data.pairs import load_pairs
-    from common.pairs import PairTokenizer
+    from common.training.pairs import PairTokenizer
     enc = PairTokenizer(tokenizer, "chat", None, max_length, "truncate")
     return [BenchPair(t.chosen, t.rejected, _record(p)) for p in load_pairs(path) if (t := enc.encode(p)) is not None]
 
@@ -141,7 +141,7 @@ def model_facts(model_dir: Path, spec_lora) -> dict:
     """Parameter counts from the safetensors headers (no framework needed)."""
     from safetensors import safe_open
 
-    from common.adapter import spec_from_config
+    from common.adapters.format import spec_from_config
 
     shapes = {}
     for f in sorted(Path(model_dir).glob("*.safetensors")):
@@ -182,7 +182,7 @@ def _row_json(r) -> list:
 
 
 def _row_from_json(r: list):
-    from common.tokenize import Tokenized
+    from common.training.tokenize import Tokenized
     if len(r) == 2:
         return Tokenized(tuple(r[0]), tuple(r[1]))
     return BenchPair(Tokenized(tuple(r[0]), tuple(r[1])), Tokenized(tuple(r[2]), tuple(r[3])), r[4])
@@ -203,7 +203,7 @@ def _load_rows(spec: dict) -> tuple[list, list]:
 
 
 def _lora(spec: dict):
-    from common.config import LoraConfig
+    from common.config.schema import LoraConfig
     t = spec["targets"]
     return LoraConfig(rank=spec["rank"], alpha=spec["alpha"], dropout=0.0,
                       target_modules=t if t == "all-linear" else list(t))
@@ -250,8 +250,8 @@ def _run_ours(spec: dict) -> dict:
     from itertools import chain, islice
 
     from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.batching import iterate_batches
+    from common.adapters.format import init_lora_weights, spec_from_config
+    from common.training.batching import iterate_batches
     from jobs.fit import StepRule, fit
 
     blas = None
@@ -266,7 +266,7 @@ def _run_ours(spec: dict) -> dict:
     be.attach_lora(lspec, modules, init_lora_weights(lspec, modules, spec["seed"]))
     be.make_optimizer((0.9, 0.999), 1e-8, 0.0, "adamw")
     if spec.get("objective") == "dpo":
-        from common.objectives import DPO
+        from common.training.objectives import DPO
         be.set_objective(DPO(spec["beta"]), None)     # reference: the adapter disabled, as TRL's ref_model=None
     pad = spec["pad_id"]
     bs, mode, seed = spec["batch_size"], spec["batching"], spec["seed"]
@@ -312,7 +312,7 @@ def _run_mlx_lm(spec: dict) -> dict:
     from mlx_lm.utils import load_model
 
     from backends.mlx.families import config_overrides   # what transformers 5 nests, read by mlx-lm
-    from common.adapter import block_relative, init_lora_weights, mlx_keys, peft_to_mlx, spec_from_config
+    from common.adapters.format import block_relative, init_lora_weights, mlx_keys, peft_to_mlx, spec_from_config
 
     warm, main = _load_rows(spec)
     model_dir = Path(spec["model_dir"])
@@ -373,7 +373,7 @@ def _trl_model(spec: dict):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from common.adapter import spec_from_config
+    from common.adapters.format import spec_from_config
     tok = AutoTokenizer.from_pretrained(spec["model_dir"])
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -424,7 +424,7 @@ def _trl_train(spec: dict, trainer, lspec, modules) -> str:
     run), train, and return the device it ran on."""
     import torch
 
-    from common.adapter import init_lora_weights
+    from common.adapters.format import init_lora_weights
     init = init_lora_weights(lspec, modules, spec["seed"])
     with torch.no_grad():
         for name, p in trainer.model.named_parameters():
@@ -507,7 +507,7 @@ def _worker(spec_path: str) -> None:
         # Measured after the run (peak memory already taken): the parent uses the best of all these
         # measurements as the machine's matmul peak, which is robust to other load on the machine.
         res["calibration"] = _calibrate(spec["backend"], reps=3)
-    from common.io import write_text
+    from common.runs.io import write_text
     write_text(spec["result"], json.dumps(res))  # atomic: a killed worker leaves no torn result
 
 
@@ -575,10 +575,10 @@ def _summ(results: list[dict], warmup: int, step_targets: list[int]) -> dict:
 
 
 def work_dir(out_dir: Path) -> Path:
-    """out_dir/work, with the marker that makes out_dir a bench directory (common.ownership), so a
+    """out_dir/work, with the marker that makes out_dir a bench directory (common.runs.ownership), so a
     rerun of an interrupted bench may write there again and nothing else of the user's is."""
-    from common.io import write_json
-    from common.ownership import BENCH_MARKER
+    from common.runs.io import write_json
+    from common.runs.ownership import BENCH_MARKER
     work = Path(out_dir) / "work"
     work.mkdir(parents=True, exist_ok=True)
     write_json(Path(out_dir) / BENCH_MARKER, {"kind": "twinlora bench", "format": 1})
@@ -596,9 +596,9 @@ def run_bench(model: str = DEFAULTS["model"], data: str | None = None, steps: in
     """Train ours and the plain library on each backend, on uniform data (or `data`) and, with
     `ragged`, on ragged data; write bench.md and bench.json into out_dir; return the results.
     objective "dpo": DPO on the preference pairs of `data` (ours vs TRL's DPOTrainer), no ragged set."""
-    from common.config import LoraConfig
-    from common.models import resolve_model
-    from common.tokenize import load_tokenizer
+    from common.config.schema import LoraConfig
+    from common.models.resolve import resolve_model
+    from common.training.tokenize import load_tokenizer
 
     _check_options(steps, warmup, repeats, batch_size, max_length, rank)
     _check_objective(objective, data)
@@ -746,7 +746,7 @@ def _calibrate_all(fams: list[str], work: Path, threads, timeout: int, echo) -> 
 def _specs(plan: list, datasets: dict, base: dict, work: Path) -> list[tuple[str, dict]]:
     """(name, worker spec) per run: the dataset written once to work/, the groups every run of
     that batching trains on, and each step's target count (for the pass loss)."""
-    from common.batching import epoch_order
+    from common.training.batching import epoch_order
     bs, seed = base["batch_size"], base["seed"]
     specs = []
     for dname, runner, backend, batching in plan:
@@ -822,7 +822,7 @@ def _result(base: dict, results: dict, repeats: int, fams: list, facts: dict, ca
 
 def _write_bench(result: dict, out_dir: Path, echo) -> None:
     """bench.json and bench.md (atomic writes), the table on the console, then where they are."""
-    from common.io import write_text
+    from common.runs.io import write_text
     md = render_markdown(result)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "bench.json", json.dumps(result, indent=2, default=str))

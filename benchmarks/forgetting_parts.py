@@ -5,7 +5,7 @@ between the two versions' scores. A subset of the shipped material (`--prompts`,
 
     python benchmarks/forgetting_parts.py --old /tmp/old-checkout --adapter runs/quality/legi-smollm2/torch/run/adapter
 
-The earlier checkout's `jobs/general_checks.py` and `common/forgetting.py` are loaded from its
+The earlier checkout's `jobs/general_checks.py` and `common/evaluation/forgetting.py` are loaded from its
 files under other module names; everything else (backend, tokenizer) is this checkout's.
 """
 from __future__ import annotations
@@ -24,11 +24,22 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+# What an earlier checkout's two files import by the flat names common/ had before issue 31, and
+# where this checkout holds it (set in this benchmark's process only, for such a checkout).
+FLAT_NAMES = {"io": "runs.io", "tokenize": "training.tokenize", "forgetting": "evaluation.forgetting"}
+
+
 def load_old(checkout: Path):
-    """The old checkout's general_checks, bound to the old checkout's forgetting arithmetic."""
+    """The old checkout's general_checks, bound to the old checkout's forgetting arithmetic (its
+    forgetting module where that checkout has it: common/ was flat before issue 31)."""
+    forgetting = next(p for p in (checkout / "common" / "evaluation" / "forgetting.py",
+                                  checkout / "common" / "forgetting.py") if p.exists())
+    if forgetting.parent.name == "common":
+        for flat, now in FLAT_NAMES.items():
+            sys.modules.setdefault(f"common.{flat}", importlib.import_module(f"common.{now}"))
     mods = {}
-    for name, rel in (("old_forgetting", "common/forgetting.py"), ("old_general_checks", "jobs/general_checks.py")):
-        spec = importlib.util.spec_from_file_location(name, checkout / rel)
+    for name, path in (("old_forgetting", forgetting), ("old_general_checks", checkout / "jobs" / "general_checks.py")):
+        spec = importlib.util.spec_from_file_location(name, path)
         mods[name] = sys.modules[name] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mods[name])
     mods["old_general_checks"].fg = mods["old_forgetting"]
@@ -43,7 +54,7 @@ def timed(fn):
 
 def subset(general, prompts: int, chunks_per_lang: int, items: int, tokenizer):
     """The first prompts and items, and each language's text cut to about `chunks_per_lang` chunks."""
-    from common import forgetting as fg
+    from common.evaluation import forgetting as fg
     prose = {lang: tokenizer.decode(tokenizer(text)["input_ids"][:fg.CHUNK * chunks_per_lang])
              for lang, text in general.prose.items()}
     return fg.General(prose, general.prompts[:prompts], general.mcq[:items])
@@ -60,7 +71,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=24)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
-    from common import forgetting as fg
+    from common.evaluation import forgetting as fg
     from jobs import general_checks as new
     from jobs.session import add_adapter, open_model
     old = load_old(args.old)

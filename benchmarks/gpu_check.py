@@ -45,7 +45,7 @@ LLAMA_3_2_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192,
 # The same shape scaled down for --dry-run.
 TINY_LLAMA = dict(LLAMA_3_2_1B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, max_position_embeddings=16384)
-# The embedded models (common/models.py): SmolLM2-135M-Instruct and Gemma 3 270M.
+# The embedded models (common/models/resolve.py): SmolLM2-135M-Instruct and Gemma 3 270M.
 EMBEDDED = ["embedded", "gemma3-270m"]
 
 COLUMNS = ["check", "backend", "device", "model", "dtype", "attention", "tokens/s", "MFU", "peak memory", "result"]
@@ -62,7 +62,7 @@ def random_llama(out: Path, shape: dict, tokenizer_dir: Path, dtype: str) -> Pat
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from common.models import normalize_config
+    from common.models.resolve import normalize_config
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     cfg = LlamaConfig(**{k: v for k, v in shape.items() if k != "rope_parameters"},
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -84,7 +84,7 @@ def write_text_data(path: Path, tokenizer_dir: Path, n: int, max_length: int) ->
     from transformers import AutoTokenizer
 
     from benchmarks.bench import _text_corpus
-    from common.io import write_jsonl
+    from common.runs.io import write_jsonl
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     ids = tok(_text_corpus(), add_special_tokens=False)["input_ids"]
     while len(ids) < (n + 1) * max_length:
@@ -116,7 +116,7 @@ def matmul_peak(device: str, dtype: str, n: int, reps: int) -> float:
 
 def steady_tokens_per_s(run_dir: Path) -> float | None:
     """Trained tokens per second over the steps after the first, from the run's log."""
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     recs = [r for r in RunDir(run_dir).read_log() if r.get("event") == "train"][1:]
     secs = sum(r["step_s"] for r in recs)
     return sum(r["tokens"] for r in recs) / secs if recs and secs > 0 else None
@@ -165,8 +165,8 @@ class Check(RowBook):
                   quantize: str | None = None, optimizer: str = "adamw", mlx_device: str = "cpu",
                   label: str | None = None) -> dict:
         from benchmarks.bench import model_facts
-        from common.config import load_config
-        from common.models import resolve_model
+        from common.config.schema import load_config
+        from common.models.resolve import resolve_model
         from jobs.trainer import train
         out = self.work / f"run-{len(self.rows):02d}"
         cfg = load_config(overrides={
@@ -195,7 +195,7 @@ class Check(RowBook):
 
     # -------------------------------------------------------------- the rows
     def run(self) -> list[dict]:
-        from common.models import resolve_model
+        from common.models.resolve import resolve_model
         import importlib.util
         dry = self.args.dry_run
         if dry:
@@ -258,8 +258,8 @@ class Check(RowBook):
 
 # ------------------------------------------------------------------ report
 def device_choices(args) -> str:
-    """What common/devices.py chose for the torch rows (the MLX rows: MLX's CPU or CUDA choices)."""
-    from common.devices import torch_choices
+    """What common/models/devices.py chose for the torch rows (the MLX rows: MLX's CPU or CUDA choices)."""
+    from common.models.devices import torch_choices
     return torch_choices("cpu" if args.dry_run else "cuda", 512, grad_checkpointing=False, long_rows=4096).describe()
 
 
@@ -283,7 +283,7 @@ def render(rows: list[dict], args, peak: float, peak_dtype: str, device_name: st
             + f"Device: {device_name}; torch {torch.__version__}, mlx {mlx_v}, bitsandbytes {bnb_v}, "
             f"Python {platform.python_version()}; {peak_dtype} matmul peak measured here: "
             f"{peak / 1e12:.3g} TFLOP/s; whole check {seconds:.0f} s.\n\n"
-            f"Device choices measured (`common/devices.py`): {device_choices(args)}.\n\n")
+            f"Device choices measured (`common/models/devices.py`): {device_choices(args)}.\n\n")
     notes = ("\n\ntokens/s: trained tokens per second after the first step. MFU = (4·N_frozen + 6·N_trainable) "
              "× tokens/s ÷ the measured matmul peak (attention-score FLOPs left out). Peak memory: "
              "`torch.cuda.max_memory_allocated` (GPU), MLX's peak (MLX), process peak RSS (RSS, CPU).\n")
@@ -298,7 +298,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from common.io import write_text
+    from common.runs.io import write_text
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="twinlora-gpu-check-") as work:
         check = Check(args, Path(work))

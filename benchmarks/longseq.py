@@ -149,10 +149,10 @@ def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), s
                      dtype: str = "float32", threads: int | None = None, mem_limit_gib: float = 10.0,
                      timeout: float = 1800.0, budget_s: float | None = None) -> dict:
     """Measure every (length, run, checkpointing) cell; write longseq.md/.json/.png into out_dir."""
-    from common.config import LoraConfig
+    from common.config.schema import LoraConfig
     from common.errors import ConfigError
-    from common.models import resolve_model
-    from common.tokenize import load_tokenizer
+    from common.models.resolve import resolve_model
+    from common.training.tokenize import load_tokenizer
 
     lengths = parse_lengths(",".join(str(x) for x in lengths))
     if steps < 1 or warmup < 0 or mem_limit_gib <= 0:
@@ -223,8 +223,8 @@ class _Limits:
 def _write_data(lengths: list[int], tok, warmup: int, steps: int, seed: int, work: Path) -> dict:
     """{L: (warm-up steps, measured steps, data file, groups)}: every example exactly L tokens,
     written once per length; long lengths get one measured step and no warm-up."""
-    from common.batching import epoch_order
-    from common.io import write_text
+    from common.training.batching import epoch_order
+    from common.runs.io import write_text
     data = {}
     for L in lengths:
         w, s = (0, 1) if L >= LONG else (warmup, steps)
@@ -262,7 +262,7 @@ def _measure(lengths: list[int], fams: list[str], data: dict, base: dict, work: 
 def _cell_result(work: Path, name: str, spec: dict, shorter_oom: int | None, limits: _Limits, echo) -> dict:
     """One cell's result: reused from an earlier sweep, skipped (over the limit at a shorter length
     already, or the budget spent), or measured now and its verdict kept."""
-    from common.io import write_text
+    from common.runs.io import write_text
     res = _cached(work, name, spec)
     if res is not None:
         echo(f"[bench] {name}: reused ({res['status']})")
@@ -279,7 +279,7 @@ def _cell_result(work: Path, name: str, spec: dict, shorter_oom: int | None, lim
 
 def _write_sweep(result: dict, out_dir: Path, echo) -> None:
     """longseq.json, .md and .png (atomic writes), the table on the console, then where they are."""
-    from common.io import write_bytes, write_text
+    from common.runs.io import write_bytes, write_text
     md = render_sweep(result)
     write_text(out_dir / "longseq.json", json.dumps(result, indent=2, default=str))
     write_text(out_dir / "longseq.md", md)
@@ -300,7 +300,7 @@ def _calibrate_in_process(fam: str, threads, work: Path) -> dict:
 
 
 def _cell_row(L: int, runner: str, fam: str, gc: bool, warmup: int, res: dict, facts: dict) -> dict:
-    from common.longseq import attention_flops_per_token
+    from common.training.longseq import attention_flops_per_token
     row = {"length": L, "run": runner, "backend": fam, "gc": gc, "status": res["status"],
            "note": res.get("skipped") or res.get("log_tail"), "watch_peak": res.get("watch_peak_bytes")}
     if res["status"] != "ok":
@@ -362,7 +362,7 @@ def _loss(r: dict) -> str:
 
 
 def render_sweep(res: dict) -> str:
-    from common.longseq import attention_flops_per_token
+    from common.training.longseq import attention_flops_per_token
     f, cal, lim = res["facts"], res["calibration"], res["mem_limit_gib"]
     attn8k = attention_flops_per_token(8192, f["num_hidden_layers"], f["num_attention_heads"], f["head_dim"])
     tg = res["targets"] if isinstance(res["targets"], str) else ",".join(res["targets"])
@@ -440,9 +440,8 @@ def done_lines(res: dict) -> list[str]:
 
 def plot_sweep(res: dict) -> bytes:
     """Peak RSS vs length for every run (solid: no checkpointing, dashed: checkpointing; × = killed
-    over the limit), and MFU vs length beside it; figure, style and PNG from common.plots."""
-    from common import plots
-
+    over the limit), and MFU vs length beside it; figure, style and PNG from common.evaluation.plots."""
+    from common.evaluation import plots
     fig, (ax_m, ax_f) = plots.figure(11, 4.5, 2)
     colors = {"ours-mlx": "tab:blue", "mlx-lm": "tab:cyan", "ours-torch": "tab:red", "trl": "tab:orange"}
     lim = res["mem_limit_gib"]

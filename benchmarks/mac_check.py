@@ -7,7 +7,7 @@ Rows, through the real training and parity code, one after another:
   forward + backward: time, MLX peak memory, max |Δ| of output and gradients;
 - ours against plain mlx-lm's trainer (`mlx_lm.tuner.trainer.train`, what `mlx_lm lora` runs) on the
   same data and LoRA init: tokens/s and peak memory (benchmarks/bench.py, one subprocess each).
-The device choices of common/devices.py that were measured are printed and written with the table.
+The device choices of common/models/devices.py that were measured are printed and written with the table.
 
 `--dry-run` runs the same code on the CPU with tiny random models (MPS row skipped, attention at
 64/128/256 tokens in chunks of 32), so CI keeps it from rotting; its figures are not Mac figures.
@@ -45,7 +45,7 @@ def attention_row(L: int, chunk: int, heads: int = 9, kv_heads: int = 3, head_di
 
     from backends.mlx.attention import flash_attention
     from backends.mlx.device import device_kind
-    from common.devices import mlx_choices
+    from common.models.devices import mlx_choices
     exp = mlx_choices(device_kind(), L, chunk=chunk, compiled_rows=10 ** 9).exp(False)
     from benchmarks.mlx_attention import attention_inputs
     q, k, v, w = attention_inputs(L, heads, kv_heads, head_dim)
@@ -82,7 +82,7 @@ class Check(RowBook):
 
 
     def train_row(self, backend: str, device: str) -> dict:
-        from common.config import load_config
+        from common.config.schema import load_config
         from jobs.trainer import train
         out = self.work / f"run-{backend}-{device}"
         cfg = load_config(overrides={
@@ -141,7 +141,7 @@ class Check(RowBook):
 
     def run(self) -> list[dict]:
         from backends.mlx.device import device_kind
-        from common.models import resolve_model
+        from common.models.resolve import resolve_model
         self.runs, self.attention = {}, []
         if self.args.dry_run:
             sys.path.insert(0, str(ROOT / "tests"))
@@ -166,9 +166,9 @@ class Check(RowBook):
 
 
 def choices_lines(lengths, chunk: int) -> list[str]:
-    """The device choices this run measured (common/devices.py), one line per attention length."""
+    """The device choices this run measured (common/models/devices.py), one line per attention length."""
     from backends.mlx.device import device_kind, memory_bytes
-    from common.devices import mlx_choices, sdpa_attention_bytes
+    from common.models.devices import mlx_choices, sdpa_attention_bytes
     kind = device_kind()
     return [f"- {L} tokens: " + mlx_choices(kind, L, chunk=chunk, compiled_rows=2048,
                                              attention_bytes=sdpa_attention_bytes(1, 9, L),
@@ -186,7 +186,7 @@ def render(rows: list[dict], check: Check, seconds: float) -> str:
                "these are not Apple-silicon figures.\n\n" if check.args.dry_run else "")
             + f"Machine: {platform.platform()} ({platform.machine()}); mlx {getattr(mx, '__version__', '?')}, "
             f"torch {torch.__version__}, Python {platform.python_version()}; {time.strftime('%Y-%m-%d')}; "
-            f"whole check {seconds:.0f} s.\n\nDevice choices measured (`common/devices.py`):\n"
+            f"whole check {seconds:.0f} s.\n\nDevice choices measured (`common/models/devices.py`):\n"
             + "\n".join(choices_lines(check.lengths, check.chunk)) + "\n\n")
     notes = ("\n\ntokens/s: trained tokens per second after the first step. Attention rows: one layer's causal "
              "attention (9 heads, 3 kv heads, head dim 64, batch 1), forward + backward, best of 3; peak memory "
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="Also write the rows as JSON here")
     args = ap.parse_args(argv)
     from backends import get_backend
-    from common.io import write_text
+    from common.runs.io import write_text
     get_backend("mlx")                       # OpenBLAS preloaded before mlx, as in training
     if args.dry_run:
         import mlx.core as mx

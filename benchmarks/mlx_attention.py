@@ -52,7 +52,7 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
     import numpy as np
 
     from backends.mlx.attention import flash_attention
-    from common.longseq import ATTENTION_CHUNK
+    from common.training.longseq import ATTENTION_CHUNK
     q, k, v, w = attention_inputs(L, heads, kv_heads, head_dim)
     scale = head_dim ** -0.5
     runs = {"ours": lambda q, k, v: flash_attention(q, k, v, scale, "causal", ATTENTION_CHUNK)[0],
@@ -63,7 +63,7 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
     out = {"L": L}
     for name, f in runs.items():
         grad = mx.value_and_grad(lambda q, k, v: (f(q, k, v) * w).sum(), argnums=(0, 1, 2))
-        if name == "ours, compiled":        # as the MLX backend runs a long step on a CPU (common/devices.py)
+        if name == "ours, compiled":        # as the MLX backend runs a long step on a CPU (common/models/devices.py)
             grad = mx.compile(grad)
         out[name] = {"fwd_s": _timed(lambda: f(q, k, v), repeats),
                      "fwd_bwd_s": _timed(lambda: grad(q, k, v), repeats),
@@ -115,8 +115,8 @@ def main() -> None:
     preload_fast_blas()
     import mlx.core as mx
 
-    from common.heap import reuse_freed_memory
-    reuse_freed_memory()                            # as the MLX backend does on a CPU (common/heap.py)
+    from common.models.heap import reuse_freed_memory
+    reuse_freed_memory()                            # as the MLX backend does on a CPU (common/models/heap.py)
     if args.exp:
         exponentials()
         return

@@ -28,7 +28,7 @@ def _timed(f, reps: int) -> float:
 
 
 def _batch(tokenizer_vocab: int, batch: int, length: int):
-    from common.batching import Batch
+    from common.training.batching import Batch
     rng = np.random.default_rng(0)
     ids = rng.integers(3, tokenizer_vocab - 1, size=(batch, length)).astype(np.int32)
     mask = np.zeros_like(ids, dtype=np.float32)
@@ -38,9 +38,9 @@ def _batch(tokenizer_vocab: int, batch: int, length: int):
 
 def _backend(name: str, model: str):
     from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.config import LoraConfig
-    from common.models import resolve_model
+    from common.adapters.format import init_lora_weights, spec_from_config
+    from common.config.schema import LoraConfig
+    from common.models.resolve import resolve_model
     be = get_backend(name)(resolve_model(model))
     spec, modules = spec_from_config(LoraConfig(),
                                      be.linear_modules(), be.num_hidden_layers(), model)
@@ -54,7 +54,7 @@ def mlx_ops(be, batch: int, length: int, reps: int) -> dict[str, float]:
     import mlx.core as mx
     import mlx.nn as nn
     from backends.mlx.attention import chunked
-    from common.longseq import ATTENTION_CHUNK
+    from common.training.longseq import ATTENTION_CHUNK
     m = be.model
     layer, n_layers = m.model.layers[0], len(m.model.layers)
     a = layer.self_attn

@@ -21,7 +21,7 @@ import numpy as np
 
 
 def _probes(tokenizer, model_dir: Path) -> list[np.ndarray]:
-    from common.families import parsed_config
+    from common.models.families import parsed_config
     from jobs.parity import PROMPTS, long_probe_ids, long_probe_length
     out = [np.array([tokenizer(p)["input_ids"]], dtype=np.int32) for p in PROMPTS]
     n, _ = long_probe_length(parsed_config(model_dir))
@@ -60,9 +60,9 @@ def main() -> None:
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--gguf", help="a GGUF exported from MERGED_DIR: also compare plain transformers reading it")
     args = ap.parse_args()
-    from common.models import resolve_model
+    from common.models.resolve import resolve_model
     from jobs.session import open_model
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     base, merged, adapter = resolve_model(args.model), Path(args.merged), Path(args.adapter)
     probes = _probes(load_tokenizer(base), base)
     be = open_model("torch", args.model, adapter=str(adapter)).backend

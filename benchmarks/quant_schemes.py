@@ -29,8 +29,8 @@ def legi_data(work: Path) -> Path:
 
 def damage_only(model: str, backend: str, scheme: str | None, data: Path, max_length: int) -> dict:
     from backends import get_backend
-    from common.config import load_config
-    from common.models import resolve_model
+    from common.config.schema import load_config
+    from common.models.resolve import resolve_model
     from jobs import damage
     from jobs.train_setup import prepare_data
     from jobs.session import open_model
@@ -48,7 +48,7 @@ def damage_only(model: str, backend: str, scheme: str | None, data: Path, max_le
 
 
 def trained(model: str, backend: str, scheme: str | None, data: Path, out: Path, steps: int, max_length: int) -> dict:
-    from common.config import load_config
+    from common.config.schema import load_config
     from jobs.trainer import train
     cfg = load_config(overrides={
         "model": {"path": model, "quantize": scheme},
@@ -60,7 +60,7 @@ def trained(model: str, backend: str, scheme: str | None, data: Path, out: Path,
 
 
 def main() -> None:
-    from common.quantize import SCHEMES
+    from common.models.quantize import SCHEMES
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="embedded")
     ap.add_argument("--steps", type=int, default=2)

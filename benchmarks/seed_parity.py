@@ -31,7 +31,7 @@ def main() -> None:
     from test_families import gap, hf_logits, plain_mlx_logits, seq
 
     from backends.capabilities import PARITY_PAIR
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.session import open_model
     from jobs.trainer import train
 

@@ -127,8 +127,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
-    from common.convert import convert_adapter
-    from common.models import resolve_model
+    from common.adapters.convert import convert_adapter
+    from common.models.resolve import resolve_model
     from jobs.session import base_for
     model = base_for(args.model, args.adapter, print)
     model_dir = str(resolve_model(model))

@@ -78,10 +78,10 @@ class Deltas:
 
 class Logprobs:
     """A sampler that also records each step's log-probabilities (of the model's distribution,
-    before temperature) and the `top` most likely tokens; picks as common.sampling does."""
+    before temperature) and the `top` most likely tokens; picks as common.training.sampling does."""
 
     def __init__(self, sampling, top: int):
-        from common.sampling import Sampler, Sampling
+        from common.training.sampling import Sampler, Sampling
         self.pick, self.top, self.steps = Sampler(sampling or Sampling()), top, []
 
     def __call__(self, logits) -> int:
@@ -99,7 +99,7 @@ def generate_ids(opened: Opened, target: Target, ids: list[int], max_new_tokens:
     """The target's continuation of prompt `ids`: greedy or sampled (a fresh seeded generator per
     answer), `on_text(piece)` streaming, cut at `stops`, with logprobs when `top_logprobs` is not
     None; `cancelled()` true ends it early (finish_reason "cancelled")."""
-    from common.sampling import Sampler
+    from common.training.sampling import Sampler
     record = Logprobs(sampling, top_logprobs) if top_logprobs is not None else None
     sampler = record or (Sampler(sampling) if sampling is not None and not sampling.greedy else None)
     deltas, taken = Deltas(opened.tokenizer, on_text, stops), []

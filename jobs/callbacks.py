@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from backends.base import Backend
-from common.adapter import AdapterSpec, non_finite, save_common
+from common.adapters.format import AdapterSpec, non_finite, save_common
 from common.errors import TrainingError
-from common.runs import RunDir
-from common.tracking import Trackers
+from common.runs.run_dir import RunDir
+from common.runs.tracking import Trackers
 from jobs.fit import StepReport
 from jobs.validation import BestTracker, validate
 

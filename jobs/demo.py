@@ -22,10 +22,10 @@ FORM = re.compile(r"^\W*Article\s+(?:LO|L|R|D|A)\s?\d+(?:-\d+)+\s+du\s+Code\b")
 
 def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
     """Starts over in `out` each time (the demo directory is removed first), holding the output's
-    lock (common.lock.OutputLock) so a second demo cannot remove the first's files under it."""
-    from common.io import real_path
-    from common.lock import OutputLock
-    from common.ownership import check_output_dir
+    lock (common.runs.lock.OutputLock) so a second demo cannot remove the first's files under it."""
+    from common.runs.io import real_path
+    from common.runs.lock import OutputLock
+    from common.runs.ownership import check_output_dir
 
     t_start = time.time()
     exists = check_output_dir(out, "demo", "--output")
@@ -38,7 +38,7 @@ def run_demo(out: Path, steps: int, echo=print, eval_items: int = 0) -> dict:
 
 def _run(out: Path, steps: int, echo, eval_items: int, t_start: float) -> dict:
     """The five stages, their summary.json and the closing lines."""
-    from common.io import write_json
+    from common.runs.io import write_json
     from jobs.session import open_model
 
     stages = _Stages(echo)
@@ -89,7 +89,7 @@ class _Stages:
 def _prepare(data_dir: Path, echo) -> None:
     """The embedded model in the cache and the legi recipe's splits from the bundled CRPA sample."""
     from common.data.recipes import run_recipe
-    from common.models import embedded_model_dir
+    from common.models.resolve import embedded_model_dir
     embedded_model_dir()
     manifest = run_recipe("legi", [str(CRPA)], data_dir, seed=0, options={})
     echo(manifest.get("summary", ""))
@@ -106,8 +106,8 @@ def _echo_val_losses(runs: dict, out: Path, echo) -> None:
 def _parity(out: Path, echo) -> tuple[dict, dict]:
     """The MLX-trained adapter opened on both backends (logits, KL, greedy text) and the two runs'
     loss curves compared; writes parity.json. Returns (the open sessions, the report)."""
-    from common.io import write_json
-    from common.runs import RunDir
+    from common.runs.io import write_json
+    from common.runs.run_dir import RunDir
     from jobs.parity import PROMPTS, loss_curve_gap, run_parity
     from jobs.session import open_model
     adapter = out / "mlx" / "adapter"
@@ -188,7 +188,7 @@ def _train_in_subprocess(backend: str, data_dir: Path, run_dir: Path, steps: int
 def _eval_side_by_side(out: Path, test_file: Path, n: int, echo) -> str:
     """`eval` three times (same test records, greedy) and `compare` the three reports."""
     from jobs.evaluation import run_eval
-    from common.reports import compare
+    from common.evaluation.reports import compare
     runs = [("baseline", "torch", None), ("mlx-tuned", "mlx", out / "mlx" / "adapter"),
             ("torch-tuned", "torch", out / "torch" / "adapter")]
     dirs = []

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data.formats import Example, load_examples
-from common.tokenize import Tokenizer
+from common.training.tokenize import Tokenizer
 
 
 def _item(ex: Example, prompt: str, prediction: str, i: int) -> dict:
@@ -101,7 +101,7 @@ def generate_samples(backend: str, model: str, adapter: Path | None, examples: l
                      seed: int = 0) -> list[list[str]]:
     """`n` sampled answers per example (seeds seed … seed+n−1, top-p 1), prompted as `run_eval`
     prompts: the adapter's recorded template and system prompt unless given."""
-    from common.sampling import Sampler, Sampling
+    from common.training.sampling import Sampler, Sampling
     from jobs.session import eos_ids, open_model
     opened = open_model(backend, model, adapter=adapter)
     template, system_prompt, _ = resolve_prompting(opened, template, system_prompt)
@@ -127,7 +127,7 @@ def test_loss(opened, examples: list[Example], template: str, system_prompt: str
               mask_prompt: bool = True, max_length: int = 2048, batch_size: int = 4) -> dict:
     """Token-weighted loss of the references under the model (the training loss, on the test
     split) and its perplexity exp(loss)."""
-    from common.batching import eval_batches
+    from common.training.batching import eval_batches
     tk = Tokenizer(opened.tokenizer, template, system_prompt, mask_prompt, max_length, "truncate")
     data = [t for t in (tk.encode(ex) for ex in examples) if t is not None]
     total, n = 0.0, 0
@@ -142,7 +142,7 @@ def test_loss(opened, examples: list[Example], template: str, system_prompt: str
 def resolve_prompting(opened, template: str | None, system_prompt: str | None) -> tuple[str, str | None, str]:
     """(template, system prompt, where they came from): the flags win, then what the adapter was
     trained with (twinlora.json), then the tokenizer's chat template and no system prompt."""
-    from common.adapter import recorded_prompting
+    from common.adapters.format import recorded_prompting
     rec_template, rec_system = recorded_prompting(getattr(opened, "adapter_dir", None), opened.meta)
     origin = "flags" if template is not None else ("adapter" if rec_template else "default")
     return (template or rec_template or "chat",
@@ -164,11 +164,11 @@ def check_eval_examples(examples: list[Example]) -> None:
 def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_dir: Path, metrics: list[str] | None,
              limit: int | None, max_new_tokens: int, template: str | None, system_prompt: str | None,
              metric_options: dict, label: str | None, batch_size: int = 8, echo=print, seed: int = 0) -> dict:
-    from common.metric_registry import check_metric_names, default_metrics, score_all
-    from common.reports import write_eval_report
+    from common.evaluation.registry import check_metric_names, default_metrics, score_all
+    from common.evaluation.reports import write_eval_report
     from jobs.session import open_model
 
-    from common.ownership import check_output_dir
+    from common.runs.ownership import check_output_dir
     if metrics:
         check_metric_names(metrics, metric_options)  # before the (slow) generation
     check_output_dir(out_dir, "eval", "--output", inputs=[data, adapter])
@@ -177,7 +177,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
     check_eval_examples(examples)
     metrics = metrics or default_metrics(examples)
     if "bertscore" in metrics:
-        from common.metrics import resolve_encoder
+        from common.evaluation.metrics import resolve_encoder
         resolve_encoder(metric_options.get("encoder"))  # its directory is checked before generating
     opened = open_model(backend, model, adapter=adapter)
     template, system_prompt, origin = resolve_prompting(opened, template, system_prompt)
@@ -195,7 +195,7 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
         echo(f"[eval] warning: {len(cut)} of {len(items)} answers reached --max-new-tokens={max_new_tokens} "
              f"without ending (cut; flagged in predictions.jsonl): raise --max-new-tokens to score whole answers")
     mask = (opened.meta or {}).get("mask_prompt", True)
-    from common.models import read_model_config
+    from common.models.resolve import read_model_config
     max_length = (((opened.meta or {}).get("config") or {}).get("data", {}).get("max_length")  # as trained
                   or min(2048, int(read_model_config(opened.model_dir).get("max_position_embeddings") or 2048)))
     scores.update(test_loss(opened, examples, template, system_prompt, mask, max_length))

@@ -3,7 +3,7 @@
 One optimizer step is `grad_accumulation` micro-batches (on several processes, micro-batch i goes
 to rank i % N), each seeded by (seed, step, micro-batch) only, so dropout does not depend on where
 a run was resumed; the token-weighted loss is summed over them and over the ranks; the learning
-rate is a pure function of the step (common.schedule); the backend then clips and takes the AdamW
+rate is a pure function of the step (common.training.schedule); the backend then clips and takes the AdamW
 step. What happens between steps (logging, validation, checkpoints, early stopping) belongs to the
 caller, as callbacks (mlx-lm's `training_callback`, litgpt's fit/validate split).
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 from backends.base import Backend
-from common.schedule import lr_at
+from common.training.schedule import lr_at
 from jobs.distributed import Dist
 
 

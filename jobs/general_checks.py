@@ -1,6 +1,6 @@
 """The forgetting checks of `study`, run on one backend: the base model and each tuned adapter over
 one loaded base (`add_adapter`, no reload), scored on the shipped general material
-(`common.forgetting` defines the measures and holds the arithmetic; this module only feeds the
+(`common.evaluation.forgetting` defines the measures and holds the arithmetic; this module only feeds the
 backend and writes one JSON per system, so an interrupted study keeps what it finished).
 
 The base model's greedy answers to the general prompts are generated once (on the study's first
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import forgetting as fg
-from common.io import read_json, write_json
+from common.evaluation import forgetting as fg
+from common.runs.io import read_json, write_json
 
 ANSWERS = "base-answers.json"
 PER_FORWARD = {"prose": 4, "mcq": 8, "drift": 4, "generate": 12}  # prose chunks / MC items / answers / prompts
@@ -91,7 +91,7 @@ def base_answers(be, tokenizer, general: fg.General, max_new_tokens: int) -> lis
     """The base model's greedy answers to the general prompts (chat template, no system prompt),
     several prompts at once where the backend generates in batches."""
     from common.data.formats import user_turn
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     from jobs.session import eos_ids
     tk, stops = Tokenizer(tokenizer, "chat"), eos_ids(tokenizer)
     prompts = [tk.encode_prompt(user_turn(p["prompt"], p["id"])) for p in general.prompts]
@@ -140,7 +140,7 @@ class BaseCache:
     other settings miss, and every entry is checked against its full key when read."""
 
     def __init__(self, model_dir: Path, backend: str, general: fg.General, root: Path | None = None):
-        from common.models import cache_root, weights_hash
+        from common.models.resolve import cache_root, weights_hash
         self.root = Path(root or os.environ.get("TWINLORA_FORGETTING_CACHE") or cache_root() / "forgetting")
         others = hashlib.sha256()
         for f in sorted(p for p in Path(model_dir).iterdir() if p.name in MODEL_FILES and p.is_file()):

@@ -93,7 +93,7 @@ class _Training:
 def worker(job_path: str) -> int:
     """One rank: rebuild the config, train, print a user error as one line."""
     from backends import process_group
-    from common.config import config_from_dict
+    from common.config.schema import config_from_dict
     from jobs.trainer import train
     job = json.loads(Path(job_path).read_text())
     rank = process_group(job["backend"]).env_rank() or "?"

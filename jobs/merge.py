@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from common.io import atomic_dir, write_json
+from common.runs.io import atomic_dir, write_json
 
 
 def probe_ids(tokenizer) -> list[list[int]]:
@@ -44,7 +44,7 @@ def precision_lost(backend: str, merged_dir: Path, model: str, adapter: str, tok
 
 def gemma_note(model_dir: Path) -> str | None:
     """What a merged Gemma 3 cannot carry: mlx-lm's bfloat16 embedding scale (docs/parity.md)."""
-    from common.families import family, read_raw
+    from common.models.families import family, read_raw
     if not family(read_raw(model_dir).get("model_type")).mlx_scale_bfloat16:
         return None
     return ("plain mlx-lm reads this Gemma 3 with its embedding scale sqrt(hidden_size) rounded to bfloat16, "
@@ -62,8 +62,8 @@ def for_plain_mlx_lm(model_dir: Path) -> str:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    from common.families import family
-    from common.io import atomic_path
+    from common.models.families import family
+    from common.runs.io import atomic_path
     cfg = json.loads((model_dir / "config.json").read_text())
     if not family(cfg.get("model_type")).mlx_reader_rewrite:
         return "the same directory serves every reader for this family"
@@ -96,14 +96,14 @@ def _bfloat16(x: float) -> float:
 def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_base_mismatch: bool = False,
                   quantize: str | None = None, reader: str = "any") -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
-    from common.models import resolve_model
-    from common.ownership import check_output_dir
+    from common.models.resolve import resolve_model
+    from common.runs.ownership import check_output_dir
     from jobs.session import open_model
     # before loading anything: never over the base or the adapter, never over what is not ours
     check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
     if reader == "mlx-lm":
-        from common.families import family
-        from common.models import read_model_config
+        from common.models.families import family
+        from common.models.resolve import read_model_config
         kind = read_model_config(resolve_model(model)).get("model_type")
         if family(kind).embedding_scale and not family(kind).mlx_reader_rewrite:
             from common.errors import ConfigError

@@ -185,7 +185,7 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         if target is None:
             return error(404, f"the model {req.model!r} does not exist; available: {', '.join(served.targets)}",
                          param="model", code="model_not_found")
-        from common.sampling import Sampling
+        from common.training.sampling import Sampling
         sampling = Sampling(req.temperature, req.top_p, secrets.randbelow(2 ** 32) if req.seed is None else req.seed)
         opened, stops = served.opened, req.stops()
 

@@ -38,8 +38,8 @@ def split_files(inputs: list[str]) -> dict[str, Path]:
 
 def run_pairs(inputs: list[str], out_dir: Path, seed: int = 0, options: dict | None = None, echo=print) -> dict:
     """Generate, pair and write train/valid/test.jsonl + manifest.json (atomically, as every recipe)."""
-    from common.io import atomic_dir
-    from common.ownership import check_output_dir
+    from common.runs.io import atomic_dir
+    from common.runs.ownership import check_output_dir
     from jobs.evaluation import generate_items, resolve_prompting
     from jobs.session import open_model
 
@@ -101,7 +101,7 @@ def _model(options: dict) -> str:
     if options.get("model"):
         return str(options["model"])
     if options.get("adapter"):
-        from common.adapter import load_adapter
+        from common.adapters.format import load_adapter
         _, _, meta = load_adapter(Path(options["adapter"]))
         name = ((meta or {}).get("base_model") or {}).get("path") or ((meta or {}).get("base_model") or {}).get("name")
         if name:

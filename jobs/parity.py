@@ -46,7 +46,7 @@ def compare_logits(a: np.ndarray, b: np.ndarray, chunk: int = 64) -> dict:
 def prompt_ids(tokenizer, prompts: list[str], template: str | None = None) -> list[list[int]]:
     """Prompts rendered as a user turn through the chat template, or as raw text (with the
     tokenizer's BOS) for a base model that has no chat template."""
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     if template is None:
         template = "chat" if getattr(tokenizer, "chat_template", None) else "raw"
     tk = Tokenizer(tokenizer, template)
@@ -80,8 +80,8 @@ def long_probe_ids(tokenizer, n: int) -> list[int]:
 
 
 def family_check(model_dir) -> dict:
-    """Is this architecture one whose parity the tests prove (common/families.py)?"""
-    from common.families import VERIFIED, family_report
+    """Is this architecture one whose parity the tests prove (common/models/families.py)?"""
+    from common.models.families import VERIFIED, family_report
     rep = family_report(model_dir)
     out = {"model_type": rep["model_type"], "verified": rep["verified"], "problems": rep["problems"]}
     if not rep["verified"]:
@@ -137,7 +137,7 @@ def loss_curve_gap(log_a: list[dict], log_b: list[dict]) -> dict:
     rel = [abs(la[s] - lb[s]) / max(abs(la[s]), 1e-12) for s in steps]
     out = {"steps": len(steps), "max_abs_loss_gap": max(diffs), "max_rel_loss_gap": max(rel),
            "first": [la[steps[0]], lb[steps[0]]], "last": [la[steps[-1]], lb[steps[-1]]]}
-    from common.objectives import DPO_METRICS   # DPO runs: the rewards too, under TRL's names
+    from common.training.objectives import DPO_METRICS   # DPO runs: the rewards too, under TRL's names
     ra = {r["step"]: r for r in log_a if r.get("event") == "train"}
     rb = {r["step"]: r for r in log_b if r.get("event") == "train"}
     for k in DPO_METRICS:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from backends.capabilities import PARITY_PAIR
-from common.io import atomic_dir
-from common.quantize import describe, schemes_of
+from common.runs.io import atomic_dir
+from common.models.quantize import describe, schemes_of
 from jobs.parity import compare_logits, prompt_ids, run_parity
 
 BACKENDS = PARITY_PAIR
@@ -67,10 +67,10 @@ def quantization_errors(model: str, adapter: str | None, prompts: list[str]) -> 
 
 
 def every_scheme(model: str, prompts: list[str]) -> dict:
-    """The damage of every scheme each backend runs (common/quantize.py): its quantized base against
+    """The damage of every scheme each backend runs (common/models/quantize.py): its quantized base against
     its float base on `prompts` (jobs/damage.py, no adapter), one model at a time."""
     from backends import get_backend
-    from common.models import resolve_model
+    from common.models.resolve import resolve_model
     from jobs import damage
     from jobs.session import open_model
     out = {}

@@ -1,4 +1,4 @@
-"""The training objective of a run (training.objective, common/objectives.py) set on its backend,
+"""The training objective of a run (training.objective, common/training/objectives.py) set on its backend,
 and what a DPO run's reference is: the base with the adapter disabled, or the --init-adapter
 kept frozen. Its checkpoints record which, so a resume cannot silently switch references.
 """
@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from backends.base import Backend
-from common.adapter import AdapterSpec
+from common.adapters.format import AdapterSpec
 from common.errors import TrainingError
-from common.objectives import objective_from_config
+from common.training.objectives import objective_from_config
 from jobs.train_setup import Job
 
 
@@ -33,7 +33,7 @@ def reference_of(job: Job) -> str | None:
         return None
     if not job.init_adapter:
         return "base"
-    from common.io import sha256_file
+    from common.runs.io import sha256_file
     files = [f for f in (Path(job.init_adapter) / n for n in ("adapter_model.safetensors", "adapters.safetensors"))
              if f.is_file()]
     return "adapter sha256 " + (sha256_file(files[0]) if files else str(Path(job.init_adapter).resolve()))

@@ -42,7 +42,7 @@ class Refused(Exception):
 
 def check_load(served: Served, roots: list[Path], name: str, path: str, loading: set[str]) -> Path:
     """The adapter directory to load as `name`, resolved (symlinks followed), or Refused."""
-    from common.adapter import detect_format
+    from common.adapters.format import detect_format
     from common.errors import AdapterError
     if not name or not path:
         raise Refused(400, "Both 'lora_name' and 'lora_path' must be provided.")

@@ -71,13 +71,13 @@ def load_served(backend: str, model: str | None, adapters: list[tuple[str, str]]
 
 def adapter_target(name: str, key: str, path: str | Path, meta: dict | None = None) -> Target:
     """How adapter `name` (backend key `key`) answers: the template and system prompt it records."""
-    from common.adapter import recorded_prompting
+    from common.adapters.format import recorded_prompting
     template, system = recorded_prompting(Path(path), meta if meta is not None else _meta(path))
     return Target(name, key, template or "chat", system)
 
 
 def _meta(adapter: str | Path) -> dict:
-    from common.adapter import META
+    from common.adapters.format import META
     f = Path(adapter) / META
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
 

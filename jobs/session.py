@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.adapter import AdapterSpec, load_adapter, modules_for_adapter
-from common.adapter_base import check_base
-from common.models import resolve_model
+from common.adapters.format import AdapterSpec, load_adapter, modules_for_adapter
+from common.adapters.base import check_base
+from common.models.resolve import resolve_model
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Opened:
 def open_model(backend: str, model: str, dtype: str = "float32", quantize: str | None = None,
                adapter: str | Path | None = None, allow_base_mismatch: bool = False) -> Opened:
     from backends import get_backend
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
 
     cls = get_backend(backend)
     model_dir = resolve_model(model)
@@ -43,7 +43,7 @@ def open_model(backend: str, model: str, dtype: str = "float32", quantize: str |
 def context_length(model_dir: Path) -> int | None:
     """The model's context window (max_position_embeddings, of its text model for a multimodal
     config); None when its config.json does not say."""
-    from common.families import read_raw
+    from common.models.families import read_raw
     cfg = read_raw(model_dir)
     n = (cfg.get("text_config") or cfg).get("max_position_embeddings")
     return int(n) if isinstance(n, int) and n > 0 else None
@@ -72,11 +72,11 @@ def _stderr(message: str) -> None:
 
 
 def recorded_base(adapter: str | Path) -> tuple[str | None, str | None]:
-    """(a base to load, the base as recorded) from an adapter's files (common.adapter_base.recorded,
+    """(a base to load, the base as recorded) from an adapter's files (common.adapters.base.recorded,
     every layout), without loading its weights. The base to load is None when nothing is recorded,
     or when what is recorded is neither here nor a hub id."""
-    from common.adapter_base import recorded
-    from common.models import EMBEDDED, is_hub_id
+    from common.adapters.base import recorded
+    from common.models.resolve import EMBEDDED, is_hub_id
     names = recorded(adapter)["names"]
     for n in names:
         if n in EMBEDDED or Path(n).expanduser().is_dir() or is_hub_id(n):
@@ -123,7 +123,7 @@ def reply(opened: Opened, prompt: str, max_new_tokens: int, template: str = "cha
 def prompt_ids(opened: Opened, messages: list[dict], template: str = "chat", system_prompt: str | None = None) -> list[int]:
     """Token ids of the prompt for the model's next turn after `messages`, as in training."""
     from common.data.formats import Example
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     ex = Example(messages=tuple(messages) + ({"role": "assistant", "content": ""},), source="prompt")
     return Tokenizer(opened.tokenizer, template, system_prompt).encode_prompt(ex)
 
@@ -135,10 +135,10 @@ def answer(opened: Opened, messages: list[dict], max_new_tokens: int, template: 
            system_prompt: str | None = None, sampling=None, on_token=None, where: str = "--prompt",
            fix: str = PROMPT_FIX, note=None) -> str:
     """The model's next turn after `messages` (a conversation ending with a user turn): greedy, or
-    sampled by `sampling` (common.sampling.Sampling; a fresh seeded generator per answer, so an
+    sampled by `sampling` (common.training.sampling.Sampling; a fresh seeded generator per answer, so an
     answer does not depend on what was generated before it); `on_token(id)` streams. The answer
     is cut where the context ends (`fit_context`)."""
-    from common.sampling import Sampler
+    from common.training.sampling import Sampler
     ids = prompt_ids(opened, messages, template, system_prompt)
     max_new_tokens = fit_context(opened, len(ids), max_new_tokens, where, fix, note)
     sampler = Sampler(sampling) if sampling is not None and not sampling.greedy else None

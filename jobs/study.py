@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common.io import read_json, write_json, write_jsonl
+from common.runs.io import read_json, write_json, write_jsonl
 from jobs.study_plan import BASELINE, SETTINGS, STAGE_TIMES, STUDY, Plan, plan_study, rank_system, shot_system
 
 # ------------------------------------------------------------------ stages
@@ -86,8 +86,8 @@ def _evaluate(plan: Plan, backend: str, adapter: Path | None, data: str, limit: 
 def _train(cfg, backend: str, run_dir: Path, name: str, echo) -> None:
     """As `sweep`: a finished run is kept, an unfinished one resumes from its last checkpoint."""
     from jobs import trainer
-    from common.adapter import META
-    from common.runs import RunDir
+    from common.adapters.format import META
+    from common.runs.run_dir import RunDir
     if (run_dir / "adapter" / META).is_file():
         echo(f"[study] {name}: trained earlier, kept")
         return
@@ -110,8 +110,8 @@ def rank_config(cfg, rank: int):
 def checkpoint_adapter(run_dir: Path, ckpt: Path, out_dir: Path) -> Path:
     """A checkpoint's LoRA weights as an adapter directory (the run's adapter config and metadata,
     these weights), so the eval job can load it like any adapter."""
-    from common.adapter import load_adapter, save_common
-    from common.runs import RunDir
+    from common.adapters.format import load_adapter, save_common
+    from common.runs.run_dir import RunDir
     if (out_dir / "adapter_model.safetensors").is_file():
         return out_dir
     spec, _, meta = load_adapter(run_dir / "adapter")
@@ -123,15 +123,15 @@ def checkpoint_adapter(run_dir: Path, ckpt: Path, out_dir: Path) -> Path:
 
 def curve_points(run_dir: Path, steps: int) -> list[tuple[int, Path | None]]:
     """(step, checkpoint dir) for every kept checkpoint before the end, then (steps, None) = the adapter."""
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     points = [(int(c.name.split("-")[-1]), c) for c in RunDir(run_dir).checkpoint_dirs()]
     return [(s, c) for s, c in points if s < steps] + [(steps, None)]
 
 
 def shot_prompts(plan: Plan, k: int) -> Path:
-    """The test split with k training examples before every question (common.fewshot), as JSONL."""
+    """The test split with k training examples before every question (common.evaluation.fewshot), as JSONL."""
     from common.data.formats import load_examples
-    from common.fewshot import as_record, pick_shots, with_shots
+    from common.evaluation.fewshot import as_record, pick_shots, with_shots
     path = plan.out / shot_system(k) / "test-prompts.jsonl"
     if not path.is_file():
         test = load_examples(plan.cfg.data.test)
@@ -143,7 +143,7 @@ def shot_prompts(plan: Plan, k: int) -> Path:
 def _variability(plan: Plan, system: str, backend: str, adapter: Path | None, echo) -> None:
     """N answers sampled at the plan's temperature for a seeded sample of test items."""
     from common.data.formats import load_examples
-    from common.variability import answer_spread
+    from common.evaluation.variability import answer_spread
     from jobs.evaluation import generate_samples, sample
     path = plan.out / "variability" / f"{system}.json"
     if path.is_file():
@@ -183,7 +183,7 @@ def _tuned_system(plan: Plan, backend: str, run_dir: Path, echo) -> None:
 
 def run_study(config_path, sets: Sequence[str], backends: Sequence[str], out_dir, *, echo=print, **options) -> dict:
     """Plan, run every stage not yet done, write the report; returns the study.json content."""
-    from common.lock import OutputLock
+    from common.runs.lock import OutputLock
     plan = plan_study(config_path, sets, backends, out_dir, **options)
     with OutputLock(plan.out):  # one study per directory: a second run would redo and overwrite the first's stages
         return _run_planned(plan, echo)

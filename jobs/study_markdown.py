@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.bootstrap import LEVEL
-from common.metric_registry import study_headlines
-from common.reports import _table
+from common.evaluation.bootstrap import LEVEL
+from common.evaluation.registry import study_headlines
+from common.evaluation.reports import _table
 from jobs.study_plan import BASELINE, Plan
 
 
@@ -167,7 +167,7 @@ def _failures(report: dict) -> list[str]:
         return []
     lines = [f"## Where {f['system']} still fails\n",
              f"{f['n_failed']} of {f['n_items']} test items score below {f['threshold']:g} ({f['metric']}), each in "
-             f"the first matching category (common/failures.py" +
+             f"the first matching category (common/evaluation/failures.py" +
              (f"; the answer template = opening with \"{f['opening_word']}\"" if f["opening_word"] else "") + "):\n"]
     rows = []
     for cat, c in f["categories"].items():

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from common.bootstrap import N_BOOT
+from common.evaluation.bootstrap import N_BOOT
 from common.errors import ConfigError
-from common.io import read_json
+from common.runs.io import read_json
 
 STUDY = "study.json"
 SETTINGS = "settings.json"
@@ -48,7 +48,7 @@ class Plan:
     failure_threshold: float = 50.0                       # points of the headline score
 
     def settings(self) -> dict:
-        from common.config import dump_yaml
+        from common.config.schema import dump_yaml
         import yaml
         return {"config": yaml.safe_load(dump_yaml(self.cfg)), "backends": self.backends, "metrics": self.metrics,
                 "curve_every": self.curve_every, "curve_items": self.curve_items, "test_items": self.test_items,
@@ -104,7 +104,7 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
     """Check everything a study needs before any model is loaded; refuse a directory made with
     other settings (a rerun must finish the same study, not mix two)."""
     from common.data.formats import load_examples
-    from common.metric_registry import METRICS, default_metrics, study_headlines, unknown_metrics
+    from common.evaluation.registry import METRICS, default_metrics, study_headlines, unknown_metrics
 
     out = Path(out_dir)
     cfg = _study_config(config_path, sets)
@@ -125,14 +125,14 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
                           where="--metrics", fix="include squad, rouge, classification or citations")
     shots = [k for k in _int_list(shots, "--shots", 0, 64) if k > 0]
     if shots:  # the shots are drawn now, so a split too small is refused before any work
-        from common.fewshot import pick_shots
+        from common.evaluation.fewshot import pick_shots
         pick_shots(load_examples(cfg.data.train), max(shots), seed, test)
     ranks = [r for r in _int_list(ranks, "--ranks", 1, 4096) if r != cfg.lora.rank]
     if variability_items and not 0 < temperature <= 2:
         raise ConfigError(f"--temperature {temperature} cannot sample varied answers", where="--temperature",
                           fix="use a temperature in (0, 2], e.g. 0.7")
     if forgetting:
-        from common.forgetting import load_general
+        from common.evaluation.forgetting import load_general
         load_general()  # the shipped material is checked before training
     # every checkpoint is kept: the learning curve scores each of them
     cfg.training.save_every, cfg.training.eval_every, cfg.training.keep_checkpoints = every, every, 0
@@ -145,7 +145,7 @@ def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_di
 
 def _study_config(config_path, sets: Sequence[str]):
     """The study's config with its data resolved; refuses what a study cannot run without."""
-    from common.config import load_config, parse_set
+    from common.config.schema import load_config, parse_set
     from common.data.manifest import resolve_data
     cfg = load_config(config_path, parse_set(list(sets)))
     cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
@@ -176,7 +176,7 @@ def _refuse_other_settings(plan: Plan, out: Path) -> None:
 
 def _default_config() -> dict:
     import yaml
-    from common.config import Config, dump_yaml
+    from common.config.schema import Config, dump_yaml
     return yaml.safe_load(dump_yaml(Config()))
 
 

@@ -1,10 +1,10 @@
-"""The study's figures (common.plots makes every PNG alike): study.png (validation loss, the
+"""The study's figures (common.evaluation.plots makes every PNG alike): study.png (validation loss, the
 headline along training, every system's headline with its interval), study-ranks.png (quality
 against training cost per rank), study-forgetting.png (perplexity change, multiple-choice change
 and drift per tuned system, with intervals)."""
 from __future__ import annotations
 
-from common.bootstrap import LEVEL
+from common.evaluation.bootstrap import LEVEL
 
 GREY, COLOURS = "#999999", ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"]
 
@@ -16,7 +16,7 @@ def _bars(ax, names, means, los, his, colours) -> None:
 
 
 def overview(report: dict):
-    from common import plots
+    from common.evaluation import plots
     fig, (ax1, ax2, ax3) = plots.figure(15, 4.4, 3)
     for b, c in report["curves"].items():
         if c["val_loss"]:
@@ -39,7 +39,7 @@ def overview(report: dict):
 
 def ranks(report: dict):
     """Headline (with interval) against training seconds, one point per tuned system, labelled by rank."""
-    from common import plots
+    from common.evaluation import plots
     head = report["results"][0]
     points = [(n, c) for n, c in report["costs"].items() if "train_seconds" in c and head.get("n_items")]
     if len(points) < 2:
@@ -56,7 +56,7 @@ def ranks(report: dict):
 
 
 def forgetting(report: dict):
-    from common import plots
+    from common.evaluation import plots
     rows = [(f"{n}\n({b})", s) for b, systems in report["forgetting"].items() for n, s in systems.items() if n != "base"]
     if not rows:
         return None

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from common.bootstrap import LEVEL, mean_ci, overlap, paired_bootstrap
+from common.evaluation.bootstrap import LEVEL, mean_ci, overlap, paired_bootstrap
 from common.errors import ConfigError
-from common.io import read_json, write_json, write_text
-from common.metric_registry import Headline, study_headlines
+from common.runs.io import read_json, write_json, write_text
+from common.evaluation.registry import Headline, study_headlines
 from jobs.study_plan import BASELINE, STAGE_TIMES, STUDY, Plan, shot_system
 
 PLOTS = ("study.png", "study-ranks.png", "study-forgetting.png")
@@ -22,7 +22,7 @@ PLOTS = ("study.png", "study-ranks.png", "study-forgetting.png")
 
 # ------------------------------------------------------------------ reading the stage outputs
 def _rows(eval_dir: Path) -> list[dict]:
-    from common.io import iter_jsonl
+    from common.runs.io import iter_jsonl
     return [row for _, row in iter_jsonl(eval_dir / "predictions.jsonl")]
 
 
@@ -48,7 +48,7 @@ def item_values(rows_by_system: dict[str, list[dict]], h: Headline) -> dict[str,
 
 
 def _loss_curve(run_dir: Path) -> list[tuple[int, float]]:
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     return [(r["step"], r["val_loss"]) for r in RunDir(run_dir).read_log() if r.get("event") == "eval"]
 
 
@@ -145,7 +145,7 @@ def _delta_block(base: list[float], tuned: list[float], plan: Plan) -> dict:
 def _forgetting(plan: Plan) -> dict:
     """Per backend and tuned system: perplexity change on general prose (per chunk, mean NLL per
     token; Δ % = exp(ΔNLL) − 1), multiple-choice acc / acc_norm change, drift KL."""
-    from common.forgetting import perplexity
+    from common.evaluation.forgetting import perplexity
     out: dict[str, dict] = {}
     for backend in plan.backends:
         d = plan.out / "forgetting" / backend
@@ -187,8 +187,8 @@ def _variability(plan: Plan) -> dict:
 
 
 def _failures(plan: Plan, systems: dict[str, list[dict]], results: list[dict]) -> dict | None:
-    """The best tuned system's answers below the threshold, by category (common.failures)."""
-    from common.failures import failure_table
+    """The best tuned system's answers below the threshold, by category (common.evaluation.failures)."""
+    from common.evaluation.failures import failure_table
     head = results[0] if results and results[0].get("n_items") else None
     tuned = [s for s in systems if s in plan.tuned()]
     if head is None or not tuned:
@@ -214,7 +214,7 @@ def majority_class(plan: Plan) -> dict | None:
     """The trivial classifier that always answers the test split's most frequent label: the floor
     a tuned classifier must clear (a model that learned only the label prior sits on it)."""
     from collections import Counter
-    from common.metrics import macro_f1
+    from common.evaluation.metrics import macro_f1
     if "classification" not in plan.metrics:
         return None
     gold = [r["scores"].get("class_gold") for r in _rows(plan.test_dir(BASELINE))]
@@ -307,7 +307,7 @@ def verdict(report: dict, plan: Plan) -> dict:
 
 # ------------------------------------------------------------------ files
 def write_report(out: Path, report: dict) -> None:
-    from common import plots
+    from common.evaluation import plots
     from jobs.study_plots import figures
     write_text(out / "study.md", report["markdown"])
     made = []

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import yaml
 
 from common.errors import ConfigError
-from common.io import read_json, write_bytes, write_json, write_text
+from common.runs.io import read_json, write_bytes, write_json, write_text
 
 SHORT = {"training.lr": "lr", "training.steps": "steps", "lora.rank": "rank", "lora.alpha": "alpha"}
 EVAL_DIR = "eval"
@@ -113,7 +113,7 @@ def _flat(d: dict) -> dict:
 
 
 def _check_same_config(run_dir: Path, cfg) -> None:
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     saved = _saved_config(run_dir)
     if saved is None:
         return
@@ -125,7 +125,7 @@ def _check_same_config(run_dir: Path, cfg) -> None:
 
 
 def _finished(run_dir: Path) -> bool:
-    from common.adapter import META
+    from common.adapters.format import META
     return (run_dir / "adapter" / META).is_file()
 
 
@@ -137,7 +137,7 @@ def _summary(run_dir: Path) -> dict:
 
 
 def _summary_meta(run_dir: Path) -> dict:
-    from common.adapter import META
+    from common.adapters.format import META
     return read_json(run_dir / "adapter" / META, "twinlora.json")
 
 
@@ -160,7 +160,7 @@ def _value(cfg, key: str) -> Any:
 
 
 def _metric_columns(scores: dict) -> dict[str, Any]:
-    from common.metric_registry import headline_keys
+    from common.evaluation.registry import headline_keys
     return {k: scores.get(k) for k in headline_keys(scores.get("metrics") or [])}
 
 
@@ -173,9 +173,9 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
               max_new_tokens: int = 128) -> list[dict]:
     """Train, evaluate and tabulate every grid point; return one row dict per run.
 
-    `metrics`: None = validation loss only; a list of metric names (common.metric_registry) = also
+    `metrics`: None = validation loss only; a list of metric names (common.evaluation.registry) = also
     generate on the first `limit_eval` validation records and score them; ["auto"] = the recipe's
-    default metrics (common.metric_registry.default_metrics).
+    default metrics (common.evaluation.registry.default_metrics).
     """
     out_dir = Path(out_dir)
     axes, fixed = parse_grid(sets)
@@ -211,7 +211,7 @@ def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str,
 
 def _check_metrics(metrics: list[str]) -> None:
     """Unknown metric names fail before anything is trained."""
-    from common.metric_registry import METRICS, unknown_metrics
+    from common.evaluation.registry import METRICS, unknown_metrics
     unknown = unknown_metrics(metrics)
     if unknown:
         raise ConfigError(f"unknown metric(s): {', '.join(unknown)}", where="--metrics",
@@ -221,7 +221,7 @@ def _check_metrics(metrics: list[str]) -> None:
 def _configs(config_path, points: list, fixed: list[str], out_dir: Path, metrics) -> list[tuple[str, dict, Any]]:
     """(name, swept values, resolved config) per grid point; every config is validated before
     anything is trained, so a bad grid point fails the sweep at once."""
-    from common.config import load_config, parse_set
+    from common.config.schema import load_config, parse_set
     from common.data.manifest import resolve_data
     configs = []
     for name, values in points:
@@ -240,7 +240,7 @@ def _configs(config_path, points: list, fixed: list[str], out_dir: Path, metrics
 def _train_point(run_dir: Path, cfg, backend: str, head: str, echo) -> None:
     """Skip a finished run (made with this backend), resume one with a checkpoint, else train from scratch."""
     from backends import canonical
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs import trainer
     _check_same_config(run_dir, cfg)
     if _finished(run_dir):
@@ -285,7 +285,7 @@ def _columns(rows: list[dict]) -> list[str]:
 
 def write_table(rows: list[dict], out_dir: Path, swept: list[str]) -> tuple[str, str]:
     """sweep.md (with the best run by validation loss) and sweep.csv; one row per run."""
-    from common.reports import _table
+    from common.evaluation.reports import _table
     cols = _columns(rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -309,7 +309,7 @@ def write_table(rows: list[dict], out_dir: Path, swept: list[str]) -> tuple[str,
 
 def plot(rows: list[dict], out_dir: Path) -> bytes:
     """sweep.png: `figure` rendered."""
-    from common import plots
+    from common.evaluation import plots
     return plots.png(figure(rows, out_dir))
 
 
@@ -317,8 +317,8 @@ def figure(rows: list[dict], out_dir: Path):
     """Left: the training-loss curves overlaid; right: final train and validation loss per run.
     Both y axes start at zero (a zoomed axis makes a 1% difference look like a factor of two);
     the bars carry their values so small differences stay readable."""
-    from common import plots
-    from common.runs import RunDir
+    from common.evaluation import plots
+    from common.runs.run_dir import RunDir
     fig, (left, right) = plots.figure(12, 4.5, 2)
     for r in rows:
         curve = [(x["step"], x["loss"]) for x in RunDir(out_dir / r["run"]).read_log() if x.get("event") == "train"]

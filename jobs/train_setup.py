@@ -11,19 +11,19 @@ from typing import Callable
 
 from backends import canonical, get_backend
 from backends.capabilities import Capabilities, capabilities
-from common.batching import batches_per_epoch
-from common.config import Config
+from common.training.batching import batches_per_epoch
+from common.config.schema import Config
 from common.data.formats import load_examples
 from common.data.pairs import load_pairs
 from common.errors import ConfigError, DataError
-from common.io import sha256_file
-from common.models import resolve_model
-from common.resume import check_backend_switch, check_resume
-from common.runs import RunDir
-from common.schedule import warmup_steps
-from common.pairs import PairTokenizer
-from common.tokenize import Tokenizer, load_tokenizer
-from common.tracking import check_installed
+from common.runs.io import sha256_file
+from common.models.resolve import resolve_model
+from common.runs.resume import check_backend_switch, check_resume
+from common.runs.run_dir import RunDir
+from common.training.schedule import warmup_steps
+from common.training.pairs import PairTokenizer
+from common.training.tokenize import Tokenizer, load_tokenizer
+from common.runs.tracking import check_installed
 from jobs.distributed import Dist, from_env
 
 
@@ -90,11 +90,11 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
 
 
 def check_init_base(init_adapter: str, model_dir: Path, model: str) -> None:
-    """--init-adapter goes through the base-weights check of every adapter (common.adapter_base),
+    """--init-adapter goes through the base-weights check of every adapter (common.adapters.base),
     before the model loads: LoRA weights trained on other base weights would start the run from
     a wrong point without any error."""
-    from common.adapter import load_adapter
-    from common.adapter_base import check_base
+    from common.adapters.format import load_adapter
+    from common.adapters.base import check_base
     load_adapter(Path(init_adapter))  # a missing or damaged adapter is reported as such first
     check_base(init_adapter, model_dir, model, where=f"--init-adapter {init_adapter}",
                fix="train on the base the adapter was trained on (--model / model.path), or without --init-adapter")

@@ -8,8 +8,8 @@
             progress, trackers, validation, checkpoints; Ctrl-C and SIGTERM save the progress
     finish  the final validation and checkpoint, the adapter, summary.json, the plot and README
 
-The loop owns everything that must be identical on MLX and PyTorch: the batches (common.batching),
-the token-weighted loss over micro-batches, the schedule (common.schedule), clipping, the LoRA
+The loop owns everything that must be identical on MLX and PyTorch: the batches (common.training.batching),
+the token-weighted loss over micro-batches, the schedule (common.training.schedule), clipping, the LoRA
 init (drawn in numpy), checkpoints with optimizer moments and data position (exact resume),
 NaN detection and Ctrl-C handling. A backend only runs forward/backward and the AdamW step.
 """
@@ -24,19 +24,19 @@ import numpy as np
 
 from backends import canonical, get_backend
 from backends.base import Backend
-from common.adapter import (AdapterSpec, block_relative, check_shapes, expected_shapes, init_lora_weights,
+from common.adapters.format import (AdapterSpec, block_relative, check_shapes, expected_shapes, init_lora_weights,
                             load_adapter, mlx_keys, modules_for_adapter, spec_from_config)
-from common.batching import iterate_batches
-from common.config import Config, dump_yaml
+from common.training.batching import iterate_batches
+from common.config.schema import Config, dump_yaml
 from common.errors import TrainingError
-from common.io import real_path, relative_to, replace_dir, write_json, write_text
-from common.lock import RunLock
-from common.models import peft_base_name, weights_hash
-from common.resume import check_init_adapter
-from common.runs import RunDir, plan_run
-from common.signals import interrupt_name, terminate_as_interrupt
-from common.tokenize import truncation_warning
-from common.tracking import Trackers
+from common.runs.io import real_path, relative_to, replace_dir, write_json, write_text
+from common.runs.lock import RunLock
+from common.models.resolve import peft_base_name, weights_hash
+from common.runs.resume import check_init_adapter
+from common.runs.run_dir import RunDir, plan_run
+from common.runs.signals import interrupt_name, terminate_as_interrupt
+from common.training.tokenize import truncation_warning
+from common.runs.tracking import Trackers
 from jobs import damage
 from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, step_delay
 from jobs.distributed import from_env
@@ -48,9 +48,9 @@ from jobs.validation import BestTracker
 
 def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = False,
           init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
-    """Train one run. The output is checked before any work (`common.runs.plan_run`: only our runs
+    """Train one run. The output is checked before any work (`common.runs.run_dir.plan_run`: only our runs
     are resumed or replaced; `--overwrite` builds the new run beside the old and swaps at the end),
-    held with a lock for the whole run (`common.lock`), and SIGTERM saves progress like Ctrl-C."""
+    held with a lock for the whole run (`common.runs.lock`), and SIGTERM saves progress like Ctrl-C."""
     get_backend(backend)
     dist = dist or from_env(canonical(backend), cfg.training)
     kw = dict(overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo, dist=dist)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from common.batching import eval_batches
+from common.training.batching import eval_batches
 
 
 def validate(be, data, batch_size: int, pad_id: int, echo=None, label: str = "", metrics: dict | None = None) -> float:

@@ -20,7 +20,7 @@ VLLM_TARGETS = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "
 def preflight(adapters: list[tuple[str, str]], model: str, model_dir: Path | None, max_lora_rank: int) -> list[str]:
     """Every reason vLLM would refuse these adapters (PEFTHelper.validate_legal and its LoRA
     layers), one short phrase each, all at once; [] when it can serve them."""
-    from common.adapter import CONFIG, detect_format
+    from common.adapters.format import CONFIG, detect_format
     problems = [] if max_lora_rank in VLLM_RANKS else [
         f"--max-lora-rank {max_lora_rank} is not one vLLM accepts ({', '.join(map(str, VLLM_RANKS))})"]
     for name, path in adapters:
@@ -47,7 +47,7 @@ def preflight(adapters: list[tuple[str, str]], model: str, model_dir: Path | Non
 
 def _other_base(adapter: str, model: str, model_dir: Path | None) -> str | None:
     """Why the adapter is not for this base (weights hash when the base is here, else names)."""
-    from common.adapter_base import check_base, recorded
+    from common.adapters.base import check_base, recorded
     if model_dir is not None:
         try:
             check_base(adapter, model_dir, model, warn=lambda m: None)
@@ -72,7 +72,7 @@ def hand_off(model: str | None, adapters: list[tuple[str, str]], host: str, port
              max_lora_rank: int, print_command: bool, echo) -> None:
     """Check, then exec vLLM (or print its command); the one line error lists every problem."""
     from common.errors import ModelError
-    from common.models import EMBEDDED, resolve_model
+    from common.models.resolve import EMBEDDED, resolve_model
     from jobs.serving import check_names
     from jobs.session import base_for
     model = base_for(model, adapters[0][1] if adapters else None, lambda m: echo(m, err=True))

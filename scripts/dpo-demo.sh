@@ -34,7 +34,7 @@ done
 import json, sys
 from pathlib import Path
 from jobs.parity import loss_curve_gap
-from common.metric_registry import score_all
+from common.evaluation.registry import score_all
 out = Path(sys.argv[1])
 read = lambda p: json.loads((out / p).read_text())
 print("| | torch | mlx |\n|---|---|---|")

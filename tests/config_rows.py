@@ -57,7 +57,7 @@ def yaml_section_given_twice(ctx):
     anchors = write(ctx.tmp / "e.yaml", "base: &b {lr: 0.01}\ntraining:\n  <<: *b\n  steps: 2\n")
     from common.errors import ConfigError
     try:  # YAML merge keys are not duplicates (the file is refused later for its unknown key 'base')
-        from common.config import load_config
+        from common.config.schema import load_config
         load_config(anchors)
     except ConfigError as exc:
         assert "given twice" not in str(exc) and "unknown key 'base'" in str(exc), exc

@@ -107,7 +107,7 @@ def prompt_past_the_context(ctx):
 # ---------------------------------------------------------------- study (E150-E159)
 
 def _study_config(ctx, **data) -> Path:
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), **data})
     return write(ctx.tmp / "study.yaml", dump_yaml(cfg))
 
@@ -122,7 +122,7 @@ def study_without_test_split(ctx):
 
 @row("E151")
 def study_with_other_settings(ctx):
-    from common.io import write_json
+    from common.runs.io import write_json
     from jobs.study_plan import SETTINGS, plan_study
     config = _study_config(ctx, test=str(ctx.data))
     earlier = plan_study(config, [], ["torch"], ctx.out)  # as a first `study` run records it
@@ -161,7 +161,7 @@ def study_rank_out_of_range(ctx):
 @row("E156")
 def study_general_material_damaged(ctx):
     import shutil
-    import common.forgetting as fg
+    import common.evaluation.forgetting as fg
     broken = ctx.tmp / "general"
     shutil.copytree(fg.GENERAL_DIR, broken)
     lines = (broken / "mcq.jsonl").read_text(encoding="utf-8").splitlines()

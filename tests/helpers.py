@@ -14,14 +14,14 @@ def chat_rows(n: int = 12) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    """common.io.write_jsonl, returning the path (handy in fixtures)."""
-    from common.io import write_jsonl as write_rows
+    """common.runs.io.write_jsonl, returning the path (handy in fixtures)."""
+    from common.runs.io import write_jsonl as write_rows
     write_rows(path, rows)
     return path
 
 
 def tiny_config(model: Path, train_file: Path, out: Path, **sections):
-    from common.config import load_config
+    from common.config.schema import load_config
     over = {"model": {"path": str(model)}, "data": {"train": str(train_file), "max_length": 128},
             "training": {"steps": 4, "batch_size": 2, "lr": 1e-2, "save_every": 2, "log_every": 1},
             "lora": {"target_modules": "all-linear"}, "output": str(out)}
@@ -68,8 +68,8 @@ def backend_with_lora(name: str, model, **backend_kwargs):
     import numpy as np
 
     from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.config import LoraConfig
+    from common.adapters.format import init_lora_weights, spec_from_config
+    from common.config.schema import LoraConfig
     be = get_backend(name)(model, **backend_kwargs)
     spec, mods = spec_from_config(LoraConfig(rank=4, alpha=8, target_modules="all-linear"), be.linear_modules(),
                                   be.num_hidden_layers(), str(model))
@@ -87,7 +87,7 @@ def loss_and_lora_grads(be, batch):
     if be.name == "mlx":
         from mlx.utils import tree_flatten
 
-        from common.adapter import mlx_to_peft
+        from common.adapters.format import mlx_to_peft
         grads = mlx_to_peft({k: np.array(v) for k, v in tree_flatten(be._grads)})
         be._grads = None
     else:

@@ -185,7 +185,7 @@ def adapter_rank_disagrees_with_tensors(ctx):
 def adapter_tensor_does_not_fit(ctx):
     from safetensors.numpy import load_file, save_file
 
-    from common.io import sha256_file
+    from common.runs.io import sha256_file
     adapter = ctx.adapter_copy()
     wfile = adapter / "adapter_model.safetensors"
     w = load_file(str(wfile))

@@ -130,8 +130,8 @@ def run_directory_locked(ctx):
 @row("E160")
 def output_locked_by_another_command(ctx):
     """`study` into a directory another live study is writing: refused after planning, nothing written."""
-    from common.config import dump_yaml
-    from common.lock import OutputLock
+    from common.config.schema import dump_yaml
+    from common.runs.lock import OutputLock
     from helpers import tiny_config
     cfg = tiny_config(ctx.model, ctx.data, ctx.tmp / "unused", data={"valid": str(ctx.data), "test": str(ctx.data)})
     config = write(ctx.tmp / "study.yaml", dump_yaml(cfg))
@@ -144,10 +144,10 @@ def output_locked_by_another_command(ctx):
 
 @row("E173")
 def bench_into_a_user_folder(ctx):
-    """bench claims its output as every command does (common.lock.claim_output): a folder of the
+    """bench claims its output as every command does (common.runs.lock.claim_output): a folder of the
     user's is refused before anything runs; a bench directory of ours (bench.json, longseq.json, or
     the marker an interrupted bench leaves in work/) is written again."""
-    from common.ownership import BENCH_MARKER, check_output_dir
+    from common.runs.ownership import BENCH_MARKER, check_output_dir
     home = user_dir(ctx.tmp / "home")
     before = snapshot(home)
     r = run_cli("bench", "--model", ctx.model, "--steps", "1", "--backend", "torch", "--output", home)
@@ -168,7 +168,7 @@ def resume_without_a_run(ctx):
 
 @row("E162")
 def study_interrupted_says_run_it_again(ctx):
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     from helpers import tiny_config
 
     def interrupt(orig, self, batch):
@@ -235,7 +235,7 @@ def init_adapter_spec_mismatch(ctx):
 @row("E66")
 def non_finite_weights_never_checkpointed(ctx):
     from backends.torch.backend import Backend
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     orig, calls = Backend.lora_weights, {"n": 0}
 
     def poisoned(self):
@@ -267,7 +267,7 @@ def adam_eps_not_positive(ctx):
 
 @row("E68")
 def sigterm_saves_and_resumes(ctx):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     cmd = [sys.executable, "cli.py", "train", "--backend", "torch", "--model", str(ctx.model), "--data", str(ctx.data),
            "--output", str(ctx.out), "--steps", "6", "--set", "training.save_every=0"]
     env = {**os.environ, "TWINLORA_TEST_STEP_DELAY": "0.5"}
@@ -348,7 +348,7 @@ def manifest_hash_mismatch(ctx):
 def nan_adapter_refused(ctx):
     from safetensors.numpy import load_file, save_file
 
-    from common.io import sha256_file
+    from common.runs.io import sha256_file
     adapter = ctx.adapter_copy()
     wfile = adapter / "adapter_model.safetensors"
     w = load_file(str(wfile))

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 
 class Seed(NamedTuple):
-    """One row: the family (common/families.py), the config values, and whether plain mlx-lm (no
+    """One row: the family (common/models/families.py), the config values, and whether plain mlx-lm (no
     twinlora keys) reads config.json as another model (what the tests check twinlora corrects)."""
     kind: str
     config: dict
@@ -50,12 +50,12 @@ SEEDS = {"qwen2.5-3b": Seed("qwen2", QWEN25_3B),
 def build_seed(name: str, out: Path, seed: int = 0) -> Path:
     """Write the tiny `name` model in transformers' own save format (rope settings only inside
     rope_parameters, as a hub checkpoint saved by transformers 5 has them) with a tokenizer:
-    Gemma-style SentencePiece + Gemma turns for a SentencePiece family (common/families.py),
+    Gemma-style SentencePiece + Gemma turns for a SentencePiece family (common/models/families.py),
     byte-level BPE + ChatML for the others."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GemmaTokenizer
 
-    from common.families import family
+    from common.models.families import family
     from tiny_model import build_tokenizer
 
     kind, values = SEEDS[name].kind, SEEDS[name].config

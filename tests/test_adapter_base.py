@@ -1,4 +1,4 @@
-"""Every adapter layout meets the same base-weights check (common.adapter_base.check_base): a run's
+"""Every adapter layout meets the same base-weights check (common.adapters.base.check_base): a run's
 adapter/, its mlx/ folder (inside the run or copied out, old ones without the recorded hash too), a
 plain `mlx_lm lora` adapter whose config names its base, a plain PEFT adapter. On another base each
 is refused with E26's line; on its own base each loads; nothing is written into a model folder."""
@@ -52,7 +52,7 @@ def _layouts(run, tiny_model, tmp_path):
 
 
 def test_every_layout_is_refused_on_another_base(mlx_run, tiny_model, other_tiny_model, tmp_path):
-    from common.adapter_base import check_base
+    from common.adapters.base import check_base
     for name, adapter in _layouts(mlx_run, tiny_model, tmp_path).items():
         line = expect_error(_generate(other_tiny_model, adapter), str(adapter), "adapter was trained on base",
                             f"not on {other_tiny_model}", "--allow-base-mismatch")
@@ -64,7 +64,7 @@ def test_every_layout_is_refused_on_another_base(mlx_run, tiny_model, other_tiny
 
 def test_an_mlx_folder_under_another_adapter_is_not_taken_for_it(mlx_run, tiny_model, other_tiny_model, tmp_path):
     """The run's twinlora.json vouches for its mlx/ folder only while it lists these very weights."""
-    from common.adapter_base import recorded
+    from common.adapters.base import recorded
     fake = shutil.copytree(mlx_run / "adapter", tmp_path / "adapter")
     _edit(fake / "mlx" / "adapter_config.json", lambda c: (c.pop("twinlora"), c.update(model=str(other_tiny_model))))
     with open(fake / "mlx" / "adapters.safetensors", "ab") as fh:

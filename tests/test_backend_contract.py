@@ -91,7 +91,7 @@ def test_every_protocol_method_is_called_by_a_job():
 
 
 def test_a_missing_capability_is_refused_in_one_line():
-    from common.config import Config
+    from common.config.schema import Config
     from common.errors import BackendError
     cfg = Config()
     cfg.training.parallel = "fsdp"

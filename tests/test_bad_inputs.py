@@ -68,7 +68,7 @@ def test_output_dir_exists_is_refused(tiny_model, chat_jsonl, tmp_path):
     r = _train_cli(tiny_model, chat_jsonl, out)
     _assert_user_error(r, str(out), "not a twinlora run", "choose another --output")  # not ours (E57)
     assert (out / "keep.txt").read_text() == "x"
-    from common.ownership import mark_run
+    from common.runs.ownership import mark_run
     mark_run(out)  # a run of ours: --resume or --overwrite would be accepted
     _assert_user_error(_train_cli(tiny_model, chat_jsonl, out), str(out), "--resume", "--overwrite")
     assert (out / "keep.txt").read_text() == "x"

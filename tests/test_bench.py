@@ -17,7 +17,7 @@ def test_bench_smoke(tiny_model, tmp_path):
     assert "vs plain" in table and "MFU" in table
     data = json.loads((out / "bench.json").read_text())
     assert data
-    from common.ownership import BENCH_MARKER, check_output_dir
+    from common.runs.ownership import BENCH_MARKER, check_output_dir
     assert (out / BENCH_MARKER).is_file() and check_output_dir(out, "bench", "--output") is True  # a rerun may write it
 
 

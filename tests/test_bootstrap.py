@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.bootstrap import mean_ci, overlap, paired_bootstrap, percentile_interval, resample_indices
+from common.evaluation.bootstrap import mean_ci, overlap, paired_bootstrap, percentile_interval, resample_indices
 
 
 def test_constant_values_give_a_point_interval():

@@ -7,7 +7,7 @@ import pytest
 from helpers import run_cli
 
 from conftest import ROOT
-from common.config import load_config
+from common.config.schema import load_config
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 

@@ -67,7 +67,7 @@ def test_eval_caps_the_answer_of_a_long_record_to_the_context(tiny_model, tmp_pa
     import json
 
     from common.data.formats import load_examples
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     from jobs.session import open_model
     opened = open_model("torch", str(tiny_model))
     long_prompt = "mot " * 110

@@ -90,7 +90,7 @@ def test_resume_on_the_other_backend(refs, tiny_model, tmp_path, monkeypatch, fi
           f"vs all-{first} {d_first:.2e} (all-mlx vs all-torch {d_refs:.2e})")
     assert d_then < ADAPTER_TOL and d_first < ADAPTER_TOL and d_refs < ADAPTER_TOL
     assert np.abs(final["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"]).max() > 1e-3  # trained
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     log = RunDir(out).read_log()
     assert [r["step"] for r in log if r.get("event") == "train"] == list(range(1, STEPS + 1))
     assert [(r["event"], r.get("backend")) for r in log if r.get("event") in ("start", "resume")] == \
@@ -101,7 +101,7 @@ def test_resume_on_the_other_backend(refs, tiny_model, tmp_path, monkeypatch, fi
 
 def test_written_by_reads_old_checkpoints_from_the_log(tmp_path):
     """Checkpoints written before the backend was recorded: the run's last start/resume event says it."""
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.train_setup import written_by
     run = RunDir(tmp_path)
     assert written_by(run, {}) is None
@@ -113,7 +113,7 @@ def test_written_by_reads_old_checkpoints_from_the_log(tmp_path):
 
 def test_quantized_base_is_refused_on_the_other_backend():
     from common.errors import TrainingError
-    from common.resume import check_backend_switch
+    from common.runs.resume import check_backend_switch
     check_backend_switch("ck", "mlx", "torch", None)          # float base: either backend
     check_backend_switch("ck", "mlx", "mlx", "4bit")          # same backend: its own quantizer
     with pytest.raises(TrainingError) as e:

@@ -15,7 +15,7 @@ import pytest
 
 from helpers import run_cli, tiny_config, write_jsonl
 
-from common import forgetting as fg
+from common.evaluation import forgetting as fg
 from common.errors import ConfigError
 from jobs import general_checks
 
@@ -129,7 +129,7 @@ def test_kl_known_values():
 def adapters(tiny_model, tmp_path_factory):
     """A 1-step torch adapter, the same with lora_B zeroed (identical to the base) and with lora_B
     replaced by noise (a perturbed model)."""
-    from common.adapter import load_adapter, save_common
+    from common.adapters.format import load_adapter, save_common
     from jobs.trainer import train
     root = tmp_path_factory.mktemp("kl")
     data = write_jsonl(root / "train.jsonl", [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(4)])
@@ -232,7 +232,7 @@ def _chat(q: str, a: str, system: str | None = None):
 
 
 def test_shots_come_from_train_never_hold_a_test_question_and_are_seeded():
-    from common.fewshot import pick_shots, with_shots
+    from common.evaluation.fewshot import pick_shots, with_shots
     test = [_chat(f"q{i}", f"a{i}", "sys") for i in range(5)]
     train = [_chat(f"q{i}", f"a{i}") for i in range(10)]  # q0..q4 are also test questions
     for seed in range(20):
@@ -250,7 +250,7 @@ def test_shots_come_from_train_never_hold_a_test_question_and_are_seeded():
 # ---------------------------------------------------------------- failure categories
 
 def test_every_failure_category_from_a_crafted_answer():
-    from common.failures import CATEGORIES, categorise, failure_table, language, opening_word
+    from common.evaluation.failures import CATEGORIES, categorise, failure_table, language, opening_word
     refs = ["Article L100-1 du code prévoit que le public est informé.",
             "Article L200-2 du code dispose que la décision est motivée.",
             "Article L300-3 du code prévoit que les délais sont fixés par décret."]
@@ -280,7 +280,7 @@ def test_every_failure_category_from_a_crafted_answer():
 # ---------------------------------------------------------------- classification
 
 def test_accuracy_and_macro_f1_on_a_crafted_confusion_matrix():
-    from common.metrics import classification_scores, macro_f1, parse_label
+    from common.evaluation.metrics import classification_scores, macro_f1, parse_label
     labels = ["Livre Ier : Les échanges", "Livre II : Les actes", "Livre III : L'accès"]
     a, b, c = labels
     # gold a a a b b c ; predicted a a b b (unparseable) a
@@ -301,7 +301,7 @@ def test_accuracy_and_macro_f1_on_a_crafted_confusion_matrix():
 def test_legi_classify_recipe(tmp_path):
     from conftest import ROOT
     from common.data.recipes import run_recipe
-    from common.io import iter_jsonl
+    from common.runs.io import iter_jsonl
     run_recipe("legi-classify", [str(ROOT / "data/legi/LEGITEXT000031366350_crpa_sample.json")], tmp_path / "d",
                seed=0, options={"ratios": "0.6,0.1,0.3"})
     splits = {s: [r for _, r in iter_jsonl(tmp_path / "d" / f"{s}.jsonl")] for s in ("train", "valid", "test")}
@@ -338,7 +338,7 @@ def _class_rows(n: int, start: int) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def study(tiny_model, tmp_path_factory):
-    from common.config import dump_yaml, load_config
+    from common.config.schema import dump_yaml, load_config
     from jobs.study import run_study
     root = tmp_path_factory.mktemp("decision")
     for name, (n, start) in {"train": (12, 0), "valid": (4, 100), "test": (6, 200)}.items():
@@ -361,7 +361,7 @@ def _read(path):
 
 
 def test_study_compares_prompted_tuned_and_ranked_systems(study):
-    from common.io import iter_jsonl
+    from common.runs.io import iter_jsonl
     root, _, out = study
     saved = _read(out / "study.json")
     head = saved["results"][0]
@@ -504,7 +504,7 @@ def test_cli_study_refuses_bad_option_lists(study, tmp_path, args, message):
 def test_a_study_recorded_before_new_config_keys_still_resumes(study):
     """A newer twinlora adds config keys with defaults: the study recorded before them is the same
     study (resumable); the same key with another value is other settings."""
-    from common.io import read_json, write_json
+    from common.runs.io import read_json, write_json
     from jobs.study_plan import SETTINGS, plan_study
     root, path, out = study
     old = root / "old-settings"

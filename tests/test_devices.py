@@ -1,4 +1,4 @@
-"""Every device branch runs here, on the CPU: the table (common/devices.py) forced to each device, and
+"""Every device branch runs here, on the CPU: the table (common/models/devices.py) forced to each device, and
 each non-CPU branch checked against the CPU path's numbers (float32 tolerance), so no branch is code
 that only a Mac or a GPU box would ever execute."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ RTOL = 2e-5        # float32: the chunked attention's polynomial exp is within 1
 # ---------------------------------------------------------------- the table itself
 
 def test_mlx_table_cpu_and_gpu():
-    from common.devices import mlx_choices, sdpa_attention_bytes
+    from common.models.devices import mlx_choices, sdpa_attention_bytes
     cpu = mlx_choices("cpu", 4096, chunk=256, compiled_rows=2048)
     assert (cpu.chunked_attention, cpu.exp(True), cpu.exp(False), cpu.compiled_step, cpu.heap, cpu.measured) == \
         (True, "poly", "power", True, "reuse", True)
@@ -35,7 +35,7 @@ def test_mlx_table_cpu_and_gpu():
 
 
 def test_torch_table_and_device_order():
-    from common.devices import bnb_compute_dtype, torch_choices, torch_device
+    from common.models.devices import bnb_compute_dtype, torch_choices, torch_device
     assert torch_choices("cpu", 8192, grad_checkpointing=True, long_rows=4096).heap == "release"
     assert torch_choices("cpu", 8192, grad_checkpointing=False, long_rows=4096).heap is None
     for dev in ("cuda", "mps"):
@@ -63,7 +63,7 @@ def test_pick_device_follows_the_torch_queries(monkeypatch):
 # ---------------------------------------------------------------- MLX: the GPU branches, run on the CPU
 
 def _batch(vocab: int, L: int = 48):
-    from common.batching import Batch
+    from common.training.batching import Batch
     rng = np.random.default_rng(3)
     ids = rng.integers(3, vocab, (2, L)).astype(np.int32)
     mask = np.zeros(ids.shape, np.float32)
@@ -82,7 +82,7 @@ def _gap(a, b) -> float:
 def mlx_long(monkeypatch):
     """Rows of 48 tokens stand in for long ones: chunks of 16, compiled from 32 on the CPU."""
     import backends.mlx.attention as att
-    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
+    monkeypatch.setattr("common.training.longseq.ATTENTION_CHUNK", 16)
     monkeypatch.setattr(att, "COMPILED_ROWS", 32)
 
 
@@ -95,7 +95,7 @@ def test_mlx_gpu_branch_matches_the_cpu_path(tiny_model, monkeypatch, mlx_long, 
 
     import backends.mlx.backend as mb
     import backends.mlx.device as dev
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
     heap, compiles, real = [], [], mx.compile
     monkeypatch.setattr(mb, "reuse_freed_memory", lambda: heap.append(1) or True)
@@ -151,8 +151,8 @@ def test_mlx_peak_memory_falls_back_to_metal(tiny_model, monkeypatch):
 def test_torch_gpu_choices_match_the_cpu_path(tiny_model, monkeypatch, device):
     """On CUDA/MPS the step has no heap policy of ours; forced here on the CPU tensors, the same numbers."""
     import backends.torch.backend as tb
-    from common.devices import torch_choices
-    from common.tokenize import load_tokenizer
+    from common.models.devices import torch_choices
+    from common.training.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)), L=64)
     released = []
     monkeypatch.setattr(tb, "release_freed_memory", lambda: released.append(1) or True)

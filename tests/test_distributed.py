@@ -22,9 +22,9 @@ import pytest
 
 from helpers import chat_rows, tiny_config, write_jsonl
 
-from common.config import dump_yaml
+from common.config.schema import dump_yaml
 from common.errors import ConfigError
-from common.runs import RunDir
+from common.runs.run_dir import RunDir
 from jobs.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

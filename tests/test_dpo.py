@@ -49,22 +49,22 @@ def implicit_pairs(n: int = 4) -> list[dict]:
 
 def random_lora(spec, modules, seed: int = 3) -> dict:
     """PEFT-named weights with B ≠ 0, so the adapted model differs from the base from the start."""
-    from common.adapter import init_lora_weights
+    from common.adapters.format import init_lora_weights
     w = init_lora_weights(spec, modules, seed)
     rng = np.random.default_rng(seed)
     return {k: (rng.normal(0, 0.05, v.shape).astype(np.float32) if "lora_B" in k else v) for k, v in w.items()}
 
 
 def _spec(be, tiny_model):
-    from common.adapter import spec_from_config
-    from common.config import LoraConfig
+    from common.adapters.format import spec_from_config
+    from common.config.schema import LoraConfig
     return spec_from_config(LoraConfig(target_modules="all-linear"), be.linear_modules(), be.num_hidden_layers(),
                             str(tiny_model))
 
 
 def _ours(tokenizer, rows, max_length=128):
     from common.data.pairs import to_pair
-    from common.pairs import PairTokenizer
+    from common.training.pairs import PairTokenizer
     return PairTokenizer(tokenizer, max_length=max_length).encode_all([to_pair(r, f"row {i}") for i, r in enumerate(rows)])
 
 
@@ -72,7 +72,7 @@ def _ours(tokenizer, rows, max_length=128):
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     return load_tokenizer(tiny_model)
 
 
@@ -86,7 +86,7 @@ def trl_trainer(tiny_model, out: Path, starting: dict, reference: str):
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     modules = sorted({k.split("base_model.model.")[1].rsplit(".lora_", 1)[0] for k in starting})
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=modules,
@@ -139,8 +139,8 @@ def test_torch_loss_and_rewards_equal_trl(tiny_model, tokenizer, tmp_path, kind,
     from peft import set_peft_model_state_dict
 
     from backends import get_backend
-    from common.batching import collate_pairs
-    from common.objectives import DPO, DPO_METRICS
+    from common.training.batching import collate_pairs
+    from common.training.objectives import DPO, DPO_METRICS
     be = get_backend("torch")(tiny_model)
     spec, modules = _spec(be, tiny_model)
     w0, w1 = random_lora(spec, modules, 3), random_lora(spec, modules, 4)
@@ -177,9 +177,9 @@ def test_reference_logps_are_the_base_models(tiny_model, backend):
     """Adapter disabled = the base alone (computed here from a backend without any adapter, through
     its logits); with a reference adapter set, the frozen adapter's own log-probs."""
     from backends import get_backend
-    from common.batching import collate_pairs
-    from common.objectives import DPO
-    from common.tokenize import load_tokenizer
+    from common.training.batching import collate_pairs
+    from common.training.objectives import DPO
+    from common.training.tokenize import load_tokenizer
     tok = load_tokenizer(tiny_model)
     batch = collate_pairs(_ours(tok, chat_pairs(3)), tok.pad_token_id)
 
@@ -234,7 +234,7 @@ def _train_log(run: Path) -> list[dict]:
 
 
 def test_mlx_equals_torch_over_10_steps(dpo_runs):
-    from common.objectives import DPO_METRICS
+    from common.training.objectives import DPO_METRICS
     _, runs = dpo_runs
     a, b = _train_log(runs["mlx"]), _train_log(runs["torch"])
     assert len(a) == len(b) == 10
@@ -284,7 +284,7 @@ def test_qlora_dpo_tracks_the_float_run(tiny_model, dpo_runs, backend, tmp_path)
     float run, as `parity --quantize` compares: the same curve within the quantization error."""
     from jobs.trainer import train
     data, runs = dpo_runs
-    from common.config import load_config
+    from common.config.schema import load_config
     cfg = tiny_config(tiny_model, data, tmp_path / "q", training={"steps": 10, "objective": "dpo", "lr": 5e-3,
                                                                    "save_every": 0})
     train(load_config(overrides={**cfg.to_dict(), "model": {**cfg.to_dict()["model"], "quantize": "4bit"}}), backend,
@@ -321,7 +321,7 @@ def test_prepare_pairs_from_an_sft_split(tiny_model, tmp_path):
 
 def test_parity_runs_compares_dpo_rewards(dpo_runs):
     """`parity --runs` (jobs.parity.loss_curve_gap) reports the reward gaps of two DPO runs too."""
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.parity import loss_curve_gap
     _, runs = dpo_runs
     gap = loss_curve_gap(RunDir(runs["mlx"]).read_log(), RunDir(runs["torch"]).read_log())
@@ -336,7 +336,7 @@ def test_two_processes_match_one_under_dpo(tiny_model, dpo_runs, tmp_path):
     import subprocess
     import sys
 
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     from conftest import ROOT
     from safetensors.numpy import load_file
     from jobs.trainer import train
@@ -364,8 +364,8 @@ def test_reference_equal_to_the_adapter_gives_zero_rewards_on_long_pairs(tiny_mo
     0 (accuracy 0), also for rows past the MLX chunked-attention threshold (256 tokens), where the
     reference pass must take the policy pass's attention path."""
     from backends import get_backend
-    from common.batching import collate_pairs
-    from common.objectives import DPO
+    from common.training.batching import collate_pairs
+    from common.training.objectives import DPO
     long = " ".join(["Le salarié a droit à un congé payé."] * 16)
     rows = [{"prompt": f"Question {i}: {long}", "chosen": " oui.", "rejected": " non."} for i in range(2)]
     batch = collate_pairs(_ours(tokenizer, rows, max_length=512), tokenizer.pad_token_id)

@@ -120,7 +120,7 @@ def test_manifest_loader_refuses_escapes(tmp_path):
 
 
 def test_torn_log_line_is_ignored(tmp_path):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     run = RunDir(tmp_path)
     run.log({"event": "train", "step": 1, "loss": 1.0})
     with open(run.log_file, "a") as fh:
@@ -132,7 +132,7 @@ def test_torn_log_line_is_ignored(tmp_path):
 
 
 def test_stale_checkpoint_temporaries_are_cleaned(tmp_path):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     run = RunDir(tmp_path)
     w = {"a": np.ones(3, np.float32)}
     run.save_checkpoint(1, w, {}, 0, {"total_steps": 3}, keep=2)

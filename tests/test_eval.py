@@ -95,7 +95,7 @@ def test_limit_draws_a_seeded_sample_not_the_first_records():
 
 
 def test_citation_echoed_from_the_question_does_not_count():
-    from common.metrics import citation_scores
+    from common.evaluation.metrics import citation_scores
     q = ["Que dit l'article L100-1 ?", "Que dit l'article L100-2 ?", "Quel article s'applique ?"]
     refs = ["L'article L100-1 prévoit X.", "L'article L100-2 renvoie à l'article L200-3.", "L'article L300-1."]
     preds = ["L'article L100-1 prévoit Y.",          # echo only: not scored (reference cites only the question's)
@@ -115,7 +115,7 @@ def test_eval_uses_the_adapters_prompting_flags_cut_answers_and_reports_perplexi
     import numpy as np
     from helpers import chat_rows, write_jsonl
     from jobs.session import open_model
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     from common.data.formats import load_examples
 
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(12))

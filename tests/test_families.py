@@ -60,7 +60,7 @@ def seeds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(seeds, tmp_path_factory):
     """4 steps per backend per family, same seed (same initial LoRA), chat data, all-linear."""
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.trainer import train
     root = tmp_path_factory.mktemp("seed-runs")
     data = write_jsonl(root / "train.jsonl", chat_rows(8))
@@ -93,8 +93,8 @@ def test_config_json_we_write_is_one_model(seeds, name, tmp_path):
     mlx-lm reads it as the same model (for Gemma up to the embedding scale, which no config key sets)."""
     from transformers import AutoConfig
 
-    from common.families import VERIFIED
-    from common.models import normalize_config
+    from common.models.families import VERIFIED
+    from common.models.resolve import normalize_config
     model = shutil.copytree(seeds[name], tmp_path / "m")
     before = AutoConfig.from_pretrained(str(model)).to_dict()
     normalize_config(model)
@@ -267,7 +267,7 @@ def test_family_records_refuse_what_mlx_lm_would_ignore():
     the seed shapes themselves pass (no problem), and an unknown family has no checks."""
     from transformers import AutoConfig
 
-    from common.families import family, problems
+    from common.models.families import family, problems
 
     def parsed(name, **over):
         kind, values = SEEDS[name].kind, SEEDS[name].config
@@ -305,8 +305,8 @@ def test_spm_model_rebuilt_from_gguf(seeds, tmp_path):
     import sentencepiece as spm
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    from common.gguf_export import export_gguf
-    from common.gguf_vocab import write_spm_model
+    from common.adapters.gguf_export import export_gguf
+    from common.models.gguf_vocab import write_spm_model
     from test_gguf_gemma3 import FRENCH
     model = seeds["gemma-3-4b"]
     with pytest.warns(UserWarning):
@@ -327,14 +327,14 @@ def test_spm_model_rebuilt_from_gguf(seeds, tmp_path):
 def test_embedded_gemma_converted_directory():
     """The converted Gemma 3 270M (when this machine has converted it): config.json carries mlx-lm's
     keys, the tokenizer has Gemma's turn format, tokenizer.model gives tokenizer.json's ids."""
-    from common.models import GEMMA_NAME, GEMMA_TEMPLATE, cache_root
+    from common.models.resolve import GEMMA_NAME, GEMMA_TEMPLATE, cache_root
     model = cache_root() / "models" / GEMMA_NAME
     if not (model / "config.json").is_file():
         pytest.skip("gemma3-270m not converted on this machine yet (cli.py parity --model gemma3-270m)")
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from common.gguf_export import PROBE
+    from common.adapters.gguf_export import PROBE
     cfg = json.loads((model / "config.json").read_text())
     assert (cfg["model_type"], cfg["hidden_size"], cfg["num_hidden_layers"], cfg["sliding_window"]) == ("gemma3_text", 640, 18, 512)
     assert (cfg["rope_theta"], cfg["rope_local_base_freq"], cfg["sliding_window_pattern"]) == (1e6, 1e4, 6)

@@ -7,7 +7,7 @@ import pytest
 
 from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
-from common.sampling import Sampler, Sampling
+from common.training.sampling import Sampler, Sampling
 
 
 def test_sampler_follows_temperature_and_top_p():

@@ -100,7 +100,7 @@ def gemma(tmp_path_factory) -> Path:
 def test_gguf_gemma3_round_trip(gemma, tmp_path, dtype, tol):
     from safetensors.numpy import load_file
 
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     out = export_gguf(gemma, tmp_path / f"gemma3-{dtype}.gguf", dtype)
     assert out.is_file() and not list(tmp_path.glob(".*.tmp"))
     diff = np.abs(logits(tmp_path, gguf_file=out.name) - logits(gemma)).max()
@@ -125,7 +125,7 @@ def test_gguf_gemma3_sentencepiece_vocab(gemma, tmp_path):
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     out = export_gguf(gemma, tmp_path / "gemma3.gguf")
     f = fields(out)
     assert f["tokenizer.ggml.model"] == "llama" and f["tokenizer.ggml.pre"] == "default"
@@ -165,7 +165,7 @@ def test_gguf_gemma3_linear_rope_written_and_noted(gemma, tmp_path):
     transformers' GGUF loader drops it, and the exporter says so."""
     from transformers import AutoConfig
 
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
     model = edited(gemma, tmp_path / "scaled", rope_parameters=rope)
@@ -179,7 +179,7 @@ def test_gguf_gemma3_linear_rope_written_and_noted(gemma, tmp_path):
 
 def test_gguf_gemma3_refuses(gemma, tmp_path):
     from common.errors import ModelError
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     # every 2nd layer full attention: llama.cpp and transformers' loader would both run every 6th
     odd = edited(gemma, tmp_path / "odd", layer_types=["sliding_attention", "full_attention"] * 3,
                  final_logit_softcapping=30.0)

@@ -16,7 +16,7 @@ def smol_tokenizer_model(tmp_path_factory):
     import torch
     from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-    from common.models import EMBEDDED_NAME, cache_root, embedded_gguf_path
+    from common.models.resolve import EMBEDDED_NAME, cache_root, embedded_gguf_path
 
     gguf_file = embedded_gguf_path()
     cached = cache_root() / "models" / EMBEDDED_NAME  # the same tokenizer, converted once by the demo
@@ -45,7 +45,7 @@ def _logits(model_dir, ids=((1, 250, 3000, 17, 42000, 9),), **kw):
 
 def test_metadata_like_llamacpp(smol_tokenizer_model, tmp_path):
     from gguf import GGMLQuantizationType as Q, GGUFReader, LlamaFileType
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
 
     model, reference = smol_tokenizer_model
     out = export_gguf(model, tmp_path / "m-q8_0.gguf", "q8_0")
@@ -67,7 +67,7 @@ def test_metadata_like_llamacpp(smol_tokenizer_model, tmp_path):
 def test_low_precision_round_trip(tiny_model, tmp_path, dtype):
     """transformers' GGUF loader reads the file back to the same model within the type's precision."""
     from gguf import GGMLQuantizationType as Q, GGUFReader, LlamaFileType
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     out = export_gguf(tiny_model, tmp_path / f"m-{dtype}.gguf", dtype)
     reader = GGUFReader(str(out))
     assert reader.fields["general.file_type"].contents() == {"bf16": LlamaFileType.MOSTLY_BF16,
@@ -82,7 +82,7 @@ def test_low_precision_round_trip(tiny_model, tmp_path, dtype):
 
 
 def test_q8_0_falls_back_to_f16_where_rows_do_not_split_into_blocks(tmp_path):
-    from common.gguf_export import _encode
+    from common.adapters.gguf_export import _encode
     from gguf import GGMLQuantizationType as Q
     rows = np.random.default_rng(0).normal(size=(8, 48)).astype(np.float32)
     data, qtype = _encode(rows, "model.layers.0.mlp.up_proj.weight", "q8_0")

@@ -1,4 +1,4 @@
-"""common/heap.py: with torch's policy freed activation-sized blocks go back to the OS, with MLX's
+"""common/models/heap.py: with torch's policy freed activation-sized blocks go back to the OS, with MLX's
 a freed scores-sized block is reused without page faults, and a MALLOC_* setting of the user's is
 left alone."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
 set_ = None
 if sys.argv[1] == "on":
-    from common.heap import release_freed_memory
+    from common.models.heap import release_freed_memory
     set_ = release_freed_memory()
 import torch
 a = torch.empty(8_000_000); del a        # a freed 32 MB mmapped block raises glibc's mmap threshold
@@ -52,7 +52,7 @@ import ctypes, sys
 sys.path.insert(0, {root!r})
 set_ = None
 if sys.argv[1] == "on":
-    from common.heap import reuse_freed_memory
+    from common.models.heap import reuse_freed_memory
     set_ = reuse_freed_memory()
 import numpy as np
 class Info(ctypes.Structure):
@@ -91,9 +91,9 @@ def test_torch_backend_releases_only_for_long_checkpointed_rows(tiny_model, monk
 
     import backends.torch.backend as tb
     from backends import get_backend
-    from common.adapter import init_lora_weights, spec_from_config
-    from common.batching import Batch
-    from common.config import LoraConfig
+    from common.adapters.format import init_lora_weights, spec_from_config
+    from common.training.batching import Batch
+    from common.config.schema import LoraConfig
     calls = []
     monkeypatch.setattr(tb, "release_freed_memory", lambda: calls.append(1) or True)
     monkeypatch.setattr(tb, "LONG_ROWS", 64)                       # tiny rows stand in for long ones

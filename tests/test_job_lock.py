@@ -1,4 +1,4 @@
-"""One twinlora process per output (common.lock.OutputLock): study, sweep, eval, prepare, merge,
+"""One twinlora process per output (common.runs.lock.OutputLock): study, sweep, eval, prepare, merge,
 export-gguf, demo and bench refuse an output another live process is writing, with one line naming the output
 (never the lock file), before writing anything; a lock left by a dead process is taken over."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from common.lock import OutputLock
+from common.runs.lock import OutputLock
 from error_rows import expect_error
 from helpers import run_cli, tiny_config, write_jsonl
 
 
 def _study_config(model, data, tmp):
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     cfg = tiny_config(model, data, tmp / "unused", data={"valid": str(data), "test": str(data)})
     path = tmp / "study.yaml"
     path.write_text(dump_yaml(cfg), encoding="utf-8")
@@ -26,7 +26,7 @@ def _study_config(model, data, tmp):
 def _commands(model, data, tmp, out):
     """Each writing command pointed at `out`, with inputs that pass every check before the lock."""
     config = tmp / "sweep.yaml"
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     config.write_text(dump_yaml(tiny_config(model, data, tmp / "unused")), encoding="utf-8")
     return {
         "study": ["study", "--config", _study_config(model, data, tmp), "--backend", "torch", "--no-forgetting",

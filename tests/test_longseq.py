@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from helpers import backend_with_lora, loss_and_lora_grads
-from common.longseq import attention_flops_per_token, loss_chunk_rows
+from common.training.longseq import attention_flops_per_token, loss_chunk_rows
 
 
 def _batch(vocab: int):
-    from common.batching import Batch
+    from common.training.batching import Batch
     rng = np.random.default_rng(3)
     ids = rng.integers(3, vocab, (2, 48)).astype(np.int32)
     ids[1, 40:] = 0                                   # padding on the second row
@@ -38,7 +38,7 @@ def _close(a, b, rtol=2e-5):
 
 @pytest.mark.parametrize("backend", ["mlx", "torch"])
 def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model, monkeypatch):
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
     plain = loss_and_lora_grads(backend_with_lora(backend, tiny_model, grad_checkpointing=False), batch)
     assert any(np.abs(g).max() > 0 for k, g in plain[1].items() if "lora_A" in k)
@@ -49,8 +49,8 @@ def test_checkpointing_and_chunked_loss_keep_loss_and_grads(backend, tiny_model,
         from backends.mlx.checkpoint import is_checkpointed
         assert all(is_checkpointed(layer) for layer in ckpt.model.layers)
     _close(plain, loss_and_lora_grads(ckpt, batch))
-    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
-    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16
+    monkeypatch.setattr("common.training.longseq.LOSS_CHUNK_ELEMENTS", 7 * 400)   # chunks of 7 target rows
+    monkeypatch.setattr("common.training.longseq.ATTENTION_CHUNK", 16)             # MLX: 3 query chunks of 16
     assert loss_chunk_rows(batch.n_targets, 400) == 7
     import backends.mlx.attention as att
     made, real = [], att.chunked
@@ -109,10 +109,10 @@ def test_mlx_fused_exponential_against_float64():
 def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatch):
     """With checkpointed layers, each layer's recompute takes the forward's attention output and
     log-sum-exp (no third attention forward), and the loss and gradients stay those of no reuse."""
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     import backends.mlx.attention as att
     batch = _batch(len(load_tokenizer(tiny_model)))
-    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
+    monkeypatch.setattr("common.training.longseq.ATTENTION_CHUNK", 16)
     plain = loss_and_lora_grads(backend_with_lora("mlx", tiny_model, grad_checkpointing=False), batch)
     calls, real = [], att.flash_attention
     monkeypatch.setattr(att, "flash_attention",
@@ -125,14 +125,14 @@ def test_mlx_layer_recompute_reuses_the_forward_attention(tiny_model, monkeypatc
 
 
 def test_mlx_compiled_long_step_is_the_uncompiled_step(tiny_model, monkeypatch):
-    """A step of long rows on a CPU is compiled (common/devices.py): the same loss and gradients as
+    """A step of long rows on a CPU is compiled (common/models/devices.py): the same loss and gradients as
     uncompiled, and after an optimizer update the next compiled step still sees the updated LoRA."""
     import mlx.core as mx
 
     import backends.mlx.attention as att
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
-    monkeypatch.setattr("common.longseq.ATTENTION_CHUNK", 16)
+    monkeypatch.setattr("common.training.longseq.ATTENTION_CHUNK", 16)
     compiles, real = [], mx.compile
     monkeypatch.setattr(mx, "compile", lambda *a, **k: compiles.append(1) or real(*a, **k))
 
@@ -172,9 +172,9 @@ def test_mlx_flash_attention_runs_one_chunk_at_a_time():
 
 
 def test_backends_agree_with_checkpointing_and_chunks(tiny_model, monkeypatch):
-    from common.tokenize import load_tokenizer
+    from common.training.tokenize import load_tokenizer
     batch = _batch(len(load_tokenizer(tiny_model)))
-    monkeypatch.setattr("common.longseq.LOSS_CHUNK_ELEMENTS", 5 * 400)
+    monkeypatch.setattr("common.training.longseq.LOSS_CHUNK_ELEMENTS", 5 * 400)
     mlx = loss_and_lora_grads(backend_with_lora("mlx", tiny_model, grad_checkpointing=True), batch)
     torch_ = loss_and_lora_grads(backend_with_lora("torch", tiny_model, grad_checkpointing=True), batch)
     _close(mlx, torch_, rtol=1e-4)

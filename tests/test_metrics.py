@@ -11,10 +11,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 
-from common.citations import canonical_article, extract_citations
+from common.evaluation.citations import canonical_article, extract_citations
 from common.errors import DataError, UserError
-from common.metric_registry import score_all
-from common.metrics import (bertscore, bleu, citation_scores, default_encoder_path, length_stats,
+from common.evaluation.registry import score_all
+from common.evaluation.metrics import (bertscore, bleu, citation_scores, default_encoder_path, length_stats,
                             normalize_answer, resolve_encoder, rouge, squad_exact, squad_f1, squad_gold,
                             squad_scores)
 
@@ -199,7 +199,7 @@ def test_registry_gives_the_tables_it_replaced():
     these are the values the separate tables held (metrics, reports, sweep, study, evaluation)."""
     from types import SimpleNamespace as NS
 
-    from common.metric_registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
+    from common.evaluation.registry import (METRICS, chart_points, default_metrics, headline_keys, metric_info,
                                         study_headlines)
     assert METRICS == ("rouge", "bertscore", "citations", "squad", "bleu", "classification", "answer_form", "length")
     assert {k: chart_points(k) for k in ("rouge1_f", "rouge2_f", "rougeL_f", "bertscore_f1", "citation_accuracy",
@@ -225,7 +225,7 @@ def test_registry_gives_the_tables_it_replaced():
 
 
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, common.metrics, common.metric_registry, common.reports; assert 'torch' not in sys.modules"
+    code = "import sys, common.evaluation.metrics, common.evaluation.registry, common.evaluation.reports; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
@@ -268,7 +268,7 @@ def test_bertscore_encoder_resolution(tmp_path, monkeypatch):
 
 def test_opening_article_reads_the_reference_heading_only():
     """The legi references' heading form, in canonical form; a citation elsewhere is not the form."""
-    from common.citations import opening_article
+    from common.evaluation.citations import opening_article
     assert opening_article("Article R112-4 du Code des relations entre le public et l'administration. Il …") == "R112-4"
     assert opening_article("  Article L. 100-1 du Code du travail : « … »") == "L100-1"
     assert opening_article("Article 1er du Code civil") == "1"
@@ -279,7 +279,7 @@ def test_opening_article_reads_the_reference_heading_only():
 
 
 def test_reference_opening_is_the_heading_and_its_connector():
-    from common.citations import opens_like, reference_opening, repeats_heading
+    from common.evaluation.citations import opens_like, reference_opening, repeats_heading
     title = "Article R112-4 du Code des relations entre le public et l'administration"
     assert [reference_opening(title + tail) for tail in (". Il figure dans …", ", en substance : …",
                                                          " :\n« L'accusé …", " — emplacement : …")] == \
@@ -294,7 +294,7 @@ def test_reference_opening_is_the_heading_and_its_connector():
 def test_answer_form_scores_count_the_form_and_the_heading():
     """form_rate: openings as the reference's (heading and connector); form_heading_rate: the heading
     alone; an item whose reference lacks the heading is left out."""
-    from common.metric_registry import score_all
+    from common.evaluation.registry import score_all
     head = "Article L100-1 du Code des relations entre le public et l'administration"
     ref = head + ". Il figure dans la division « Dispositions préliminaires »."
     items = [{"prediction": head + ". Il figure dans …", "reference": ref},

@@ -29,11 +29,11 @@ HUGE = {("bench", "--steps"), ("bench", "--warmup"), ("bench", "--repeats"), ("b
         ("study", "--max-new-tokens"), ("study", "--variability-items"), ("study", "--curve-every"),
         ("train", "--steps"), ("train", "--epochs"),
         ("serve", "--max-tokens"),  # capped by the context
-        ("train", "--batch-size")}  # a micro-batch holds at most the whole data set (common.batching.epoch_order)
+        ("train", "--batch-size")}  # a micro-batch holds at most the whole data set (common.training.batching.epoch_order)
 
 
 def _sampling(option, value):
-    from common.sampling import Sampling
+    from common.training.sampling import Sampling
     kw = {"temperature": 0.0, "top_p": 1.0, "seed": 0, option.lstrip("-").replace("-", "_"): value}
     Sampling(**kw).check()
 
@@ -117,7 +117,7 @@ HUGE_KEYS = {"training.steps", "training.epochs", "training.batch_size", "traini
 
 
 def numeric_keys():
-    from common.config import SECTIONS, schema_field
+    from common.config.schema import SECTIONS, schema_field
     from dataclasses import fields
     for sec, cls in SECTIONS.items():
         for f in fields(cls):
@@ -131,7 +131,7 @@ KEY_CASES = [(k, v) for k in numeric_keys() for v in VALUES]
 
 @pytest.mark.parametrize("key,value", KEY_CASES, ids=[f"{k} {v}" for k, v in KEY_CASES])
 def test_config_key_boundary_value(key, value):
-    from common.config import load_config, parse_set, schema_field
+    from common.config.schema import load_config, parse_set, schema_field
     from common.errors import ConfigError
     try:
         cfg = load_config(overrides=parse_set([f"{key}={value}"]))
@@ -141,7 +141,7 @@ def test_config_key_boundary_value(key, value):
     sec, name = key.split(".")
     parsed = getattr(getattr(cfg, sec), name)
     if value in ("-1", "nan", "inf", "abc"):
-        pytest.fail(f"{key}={value} is accepted as {parsed!r}: add its range to common/config.py _validate")
+        pytest.fail(f"{key}={value} is accepted as {parsed!r}: add its range to common/config/schema.py _validate")
     if value == "0":
         assert key in ZERO_KEYS, f"{key}=0 is accepted: refuse it, or say in its help what 0 means"
         words = ZERO_KEYS[key]
@@ -162,7 +162,7 @@ CHOICE_KEYS = {"training.objective": ("sft", "dpo"), "training.loss_type": ("sig
 @pytest.mark.parametrize("key,value", [(k, v) for k in CHOICE_KEYS for v in (*VALUES, "", "DPO", "null")])
 def test_choice_key_boundary_value(key, value):
     """A value outside the key's choices is one ConfigError naming the key and the choices."""
-    from common.config import load_config, parse_set
+    from common.config.schema import load_config, parse_set
     from common.errors import ConfigError
     with pytest.raises(ConfigError) as exc:
         load_config(overrides=parse_set([f"{key}={value}"]))
@@ -178,7 +178,7 @@ PAIR_OPTIONS = ("limit", "max_new_tokens")
 def test_pair_option_boundary_value(option, value, chat_jsonl, tmp_path):
     """Refused in one line before any model loads (jobs.pairs.pair_options), or accepted with the
     meaning the recipe states: a huge limit takes every item, a huge budget is capped by the context."""
-    from common.config import parse_set
+    from common.config.schema import parse_set
     from common.errors import ConfigError
     from error_rows import expect_error
     from jobs.pairs import pair_options
@@ -201,7 +201,7 @@ LIST_MEANING = {("--shots", "0"): [], ("--shots", ""): [], ("--shots", "0,0"): [
 
 @pytest.fixture
 def study_config(tiny_model, tmp_path):
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     from helpers import chat_rows, tiny_config, write_jsonl
     train = write_jsonl(tmp_path / "train.jsonl", chat_rows(12))
     test = write_jsonl(tmp_path / "test.jsonl", chat_rows(16)[12:])

@@ -2,7 +2,7 @@
 symlink loop, a dangling link, a read-only directory, an input file, a user folder with a file in
 it. Each is refused in one line (exit 2, no traceback) before anything loads, every byte is
 unchanged and nothing is left beside it. A link to an output of ours stands for its target
-(common.io.real_path): `--overwrite`, `--resume` and a rerun replace the target and keep the link."""
+(common.runs.io.real_path): `--overwrite`, `--resume` and a rerun replace the target and keep the link."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ from ownership_helpers import snapshot, user_dir
 @pytest.fixture(scope="module")
 def made(tiny_model, tmp_path_factory):
     """A finished 1-step run, an eval directory and configs, outside the tests' folders."""
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     root = tmp_path_factory.mktemp("made")
     data = write_jsonl(root / "train.jsonl", chat_rows(6))
     r = run_cli("train", "--backend", "torch", "--model", tiny_model, "--data", data, "--output", root / "run",
@@ -149,7 +149,7 @@ def test_a_link_to_our_run_is_replaced_at_its_target(tiny_model, made, tmp_path)
 
 
 def test_two_names_of_one_run_share_one_lock(tiny_model, made, tmp_path):
-    from common.lock import RunLock
+    from common.runs.lock import RunLock
     os.symlink(made["run"], tmp_path / "link")
     with RunLock(made["run"]):
         r = run_cli("train", "--backend", "torch", "--model", tiny_model, "--data", made["data"], "--output",

@@ -57,14 +57,14 @@ def test_model_card_and_relative_paths(torch_run, tiny_model):
     assert (torch_run / train_rel).resolve() == Path(meta["data"]["train"]["path"]).resolve()
     assert meta["system_prompt"] == "Tu es juriste."
     # the Jinja template travels with the adapter, and is what eval/generate use by default
-    from common.adapter import recorded_prompting
+    from common.adapters.format import recorded_prompting
     template, system = recorded_prompting(torch_run, meta)
     assert Path(template) == torch_run / "twinlora_template.jinja" and system == "Tu es juriste."
     assert Path(template).read_text() == Path(meta["config"]["data"]["template"]).read_text()
 
 
 def test_peft_base_name_keeps_hub_ids(tmp_path):
-    from common.models import peft_base_name
+    from common.models.resolve import peft_base_name
     assert peft_base_name("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path / "snap") == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert peft_base_name("embedded", tmp_path / "m") == str((tmp_path / "m").resolve())
     (tmp_path / "org").mkdir()
@@ -91,7 +91,7 @@ def mlx_lm_adapter(tiny_model, tmp_path_factory):
     from mlx.utils import tree_flatten, tree_map
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load, save_config
-    from common.models import normalize_config
+    from common.models.resolve import normalize_config
 
     root = tmp_path_factory.mktemp("mlxlm")
     base = root / "base"

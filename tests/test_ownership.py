@@ -272,7 +272,7 @@ def test_stale_lock_is_taken_over(tmp_path):
     import socket
 
     from common.errors import TrainingError
-    from common.lock import RunLock
+    from common.runs.lock import RunLock
     run = tmp_path / "run"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -349,8 +349,8 @@ def test_write_refused_by_the_system_is_one_line(made, tmp_path, monkeypatch):
 
 def test_resume_config_changes_listed():
     """Which differences --resume refuses (model, data, LoRA, optimizer) and which it allows."""
-    from common.config import Config
-    from common.resume import config_changes
+    from common.config.schema import Config
+    from common.runs.resume import config_changes
     saved = Config().to_dict()
     new = Config().to_dict()
     new["training"].update(steps=500, save_every=7, eval_every=3, log_every=2, keep_checkpoints=5)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.batching import collate, epoch_order, iterate_batches, pack
-from common.tokenize import Tokenized
+from common.training.batching import collate, epoch_order, iterate_batches, pack
+from common.training.tokenize import Tokenized
 
 LENGTHS = [9, 23, 5, 16]
 
@@ -52,8 +52,8 @@ def _torch_backend(model_dir, attn):
 def _with_lora(backend: str, model_dir, **kw):
     """`backend` on the tiny model with an all-linear rank-4 LoRA whose B is non-zero."""
     from backends import get_backend
-    from common.adapter import PEFT_PREFIX, init_lora_weights, spec_from_config
-    from common.config import LoraConfig
+    from common.adapters.format import PEFT_PREFIX, init_lora_weights, spec_from_config
+    from common.config.schema import LoraConfig
 
     be = get_backend(backend)(model_dir, **kw)
     lora = LoraConfig(rank=4, alpha=8.0, target_modules="all-linear")
@@ -176,7 +176,7 @@ def test_mlx_train_packed_follows_the_padded_run(tiny_model, tmp_path):
     pytest.importorskip("mlx.core")
     from helpers import chat_rows, tiny_config, write_jsonl
 
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     from jobs.trainer import train
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(12))
     losses = {}

@@ -13,8 +13,8 @@ import pytest
 
 from helpers import chat_rows, merge_quantized, run_cli, tiny_config, write_jsonl
 
-from common.adapter import load_adapter
-from common.runs import RunDir
+from common.adapters.format import load_adapter
+from common.runs.run_dir import RunDir
 from jobs.trainer import train
 
 pytest.importorskip("bitsandbytes")
@@ -187,7 +187,7 @@ def test_parity_on_qlora_reports_quantization_error_and_checks_same_weights(nf4_
         assert same["max_abs_logit_diff"] < 1e-4 and same["same_greedy_text"], src
     assert rep["loss_curves"]["steps"] == STEPS and rep["loss_curves"]["max_abs_loss_gap"] == 0.0  # a run vs itself
     # ... and every model.quantize scheme's base damage, each on its backend (issue 33)
-    from common.quantize import SCHEMES
+    from common.models.quantize import SCHEMES
     sch = rep["schemes"]
     assert list(sch) == list(SCHEMES) and all(sch[n]["backend"] == SCHEMES[n].backend for n in sch)
     for n, d in sch.items():

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 
-from common.quantize import NAMES, RECOMMENDED, SCHEMES, resolve, schemes_of, table_markdown
+from common.models.quantize import NAMES, RECOMMENDED, SCHEMES, resolve, schemes_of, table_markdown
 
 
 def test_docs_show_the_scheme_table():
@@ -71,7 +71,7 @@ def test_train_measures_the_quantized_base_and_records_it(tiny_model, data, tmp_
     assert d["quantizer"] == SCHEMES["mlx-affine-4-g64"].label
     assert 0 < d["mean_kl"] < 1 and 0 <= d["argmax_agree"] <= 1 and d["max_abs_logit_diff"] > 1e-3
     # recomputed from the validation records as the run tokenized them
-    from common.tokenize import Tokenizer
+    from common.training.tokenize import Tokenizer
     from common.data.formats import load_examples
     tok = Tokenizer(open_model("mlx", str(tiny_model)).tokenizer, "chat", max_length=128)
     ids = [list(r.ids[:MAX_TOKENS]) for r in tok.encode_all(load_examples(str(data["valid"])), "v")[:RECORDS]]

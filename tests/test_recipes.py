@@ -51,7 +51,7 @@ def test_crpa_counts_and_split(tmp_path):
     assert m["counts"] == {"train": 170, "valid": 20, "test": 20}
     assert m["groups"] == {"train": 34, "valid": 4, "test": 4}
     assert m["duplicates_dropped"] == 0
-    from common.io import relative_to  # None here: the sample and tmp_path share only "/"
+    from common.runs.io import relative_to  # None here: the sample and tmp_path share only "/"
     assert m["sources"] == [{"path": str(CRPA), "path_relative": relative_to(CRPA, tmp_path),
                              "sha256": m["sources"][0]["sha256"]}]
     assert "pairs_per_template: explain 42" in m["summary"]

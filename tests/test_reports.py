@@ -11,8 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 
 from common.errors import UserError
-from common.metric_registry import score_all
-from common.reports import compare, compare_rows, write_eval_report
+from common.evaluation.registry import score_all
+from common.evaluation.reports import compare, compare_rows, write_eval_report
 
 ITEMS = [
     {"id": f"q{i}", "prompt": f"Question {i}?", "reference": ref, "prediction": pred}
@@ -95,7 +95,7 @@ def test_compare_deltas_and_files(tmp_path):
 
 def test_signed_points_make_right_better():
     """compare.png's delta panel: points, positive = better, whatever the metric's direction."""
-    from common.reports import signed_points
+    from common.evaluation.reports import signed_points
     assert signed_points("rougeL_f", 0.012) == pytest.approx(1.2)
     assert signed_points("citation_hallucination_rate", 0.01) == pytest.approx(-1.0)
     assert signed_points("test_perplexity", -2.5) == pytest.approx(2.5)

@@ -38,7 +38,7 @@ def _bit_equal(a: dict, b: dict) -> bool:
 def _reference_runs(root: Path, model, rows: list[dict], **training) -> tuple[Path, dict]:
     """A config file (8 steps, a checkpoint every step, 6 batches per epoch) and, per backend, an
     uninterrupted reference run trained in-process from that same file."""
-    from common.config import dump_yaml, load_config
+    from common.config.schema import dump_yaml, load_config
     from jobs.trainer import train
     data = root / "train.jsonl"
     write_jsonl(data, rows)
@@ -109,11 +109,11 @@ def test_sigkill_then_resume_is_bit_exact(request, objective, backend, tmp_path)
     assert _bit_equal(a, b), f"max |Δ| = {diff:.3e}"
     final = f"checkpoints/step-{STEPS:06d}/optimizer.safetensors"
     assert _bit_equal(tensors(out / final), tensors(refs[backend] / final))
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     steps = [x["step"] for x in RunDir(out).read_log() if x.get("event") == "train"]
     assert steps == list(range(1, STEPS + 1))
     if objective == "dpo":  # the losses and rewards logged by the resumed steps are the uninterrupted run's
-        from common.objectives import DPO_METRICS
+        from common.training.objectives import DPO_METRICS
         keys = ("step", "loss", "grad_norm", *DPO_METRICS)
         got, want = ([{k: x[k] for k in keys} for x in RunDir(d).read_log() if x.get("event") == "train"]
                      for d in (out, refs[backend]))
@@ -125,7 +125,7 @@ def test_sigkill_then_resume_is_bit_exact(request, objective, backend, tmp_path)
 def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
     """Ctrl-C (KeyboardInterrupt) in step 5 saves step 4; --resume ends where the uninterrupted run does."""
     from backends import get_backend
-    from common.config import load_config
+    from common.config.schema import load_config
     from common.errors import TrainingError
     from jobs.trainer import train
     cfg_file, refs = setup
@@ -151,7 +151,7 @@ def test_ctrl_c_then_resume_is_bit_exact(setup, backend, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_same_seed_same_data_same_adapter(setup, backend, tmp_path):
-    from common.config import load_config
+    from common.config.schema import load_config
     from jobs.trainer import train
     cfg_file, refs = setup
     train(load_config(cfg_file, {"output": str(tmp_path / "again")}), backend, echo=quiet)

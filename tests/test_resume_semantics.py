@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from common.runs import RunDir
+from common.runs.run_dir import RunDir
 from error_rows import expect_error
 from helpers import run_cli, tiny_config, write_jsonl
 
@@ -81,7 +81,7 @@ def _interrupt_second_step(monkeypatch):
 
 
 def test_interrupted_study_says_run_it_again(tiny_model, chat_jsonl, tmp_path, monkeypatch):
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     cfg = tiny_config(tiny_model, chat_jsonl, tmp_path / "unused", data={"valid": str(chat_jsonl), "test": str(chat_jsonl)},
                       training={"save_every": 1})
     config = tmp_path / "study.yaml"
@@ -98,7 +98,7 @@ def test_interrupted_study_says_run_it_again(tiny_model, chat_jsonl, tmp_path, m
 
 
 def test_interrupted_sweep_says_run_it_again(tiny_model, chat_jsonl, tmp_path, monkeypatch):
-    from common.config import dump_yaml
+    from common.config.schema import dump_yaml
     config = tmp_path / "sweep.yaml"
     config.write_text(dump_yaml(tiny_config(tiny_model, chat_jsonl, tmp_path / "unused", training={"save_every": 1})),
                       encoding="utf-8")

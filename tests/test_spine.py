@@ -9,10 +9,10 @@ import pytest
 
 from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
-from common.adapter import (MLX_WEIGHTS, load_adapter, mlx_to_peft, peft_to_mlx, scale_of)
+from common.adapters.format import (MLX_WEIGHTS, load_adapter, mlx_to_peft, peft_to_mlx, scale_of)
 from common.data.formats import load_examples
-from common.runs import RunDir
-from common.tokenize import Tokenizer, load_tokenizer
+from common.runs.run_dir import RunDir
+from common.training.tokenize import Tokenizer, load_tokenizer
 from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
@@ -210,7 +210,7 @@ def test_config_json_read_the_same_by_transformers_and_mlx(tiny_model):
 
 def test_embedded_model_config_is_consistent():
     """The converted SmolLM2 config: rope_theta at the top level too, tied embeddings."""
-    from common.models import EMBEDDED_NAME, cache_root
+    from common.models.resolve import EMBEDDED_NAME, cache_root
     cfg_path = cache_root() / "models" / EMBEDDED_NAME / "config.json"
     if not cfg_path.is_file():
         pytest.skip("embedded model not converted on this machine yet (run the demo)")

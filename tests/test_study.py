@@ -12,7 +12,7 @@ from helpers import run_cli, write_jsonl
 
 import jobs.evaluation
 import jobs.trainer
-from common.config import dump_yaml, load_config
+from common.config.schema import dump_yaml, load_config
 from common.errors import ConfigError
 from jobs.study import run_study
 

@@ -11,7 +11,7 @@ from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 import jobs.evaluation
 import jobs.fit
 import jobs.trainer
-from common.config import dump_yaml
+from common.config.schema import dump_yaml
 from common.errors import TrainingError
 from jobs.sweep import grid_points, parse_grid, run_sweep
 

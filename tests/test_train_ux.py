@@ -13,11 +13,11 @@ import pytest
 
 from helpers import chat_rows, run_cli, tiny_config, write_jsonl
 
-from common.config import load_config
+from common.config.schema import load_config
 from common.data.formats import load_examples
 from common.errors import ConfigError
-from common.runs import RunDir
-from common.tokenize import Tokenizer, load_tokenizer
+from common.runs.run_dir import RunDir
+from common.training.tokenize import Tokenizer, load_tokenizer
 from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
@@ -177,7 +177,7 @@ def test_best_adapter_and_early_stopping_resume_exactly(tiny_model, tmp_path, mo
     """Validation on other text than the training set: its loss drops, then rises as the model
     overfits; early stopping ends the run, adapter-best/ holds the best step's weights; a run
     interrupted mid-way and resumed stops at the same step with the same adapters."""
-    from common.adapter import load_adapter
+    from common.adapters.format import load_adapter
     train_file, valid_file = overfit_split(tmp_path)
 
     def cfg(out, **extra):
@@ -320,7 +320,7 @@ def test_csv_and_tensorboard_match_the_log(tiny_model, split, tmp_path):
 
 def test_tensorboard_after_resume_has_no_duplicate_steps(tmp_path):
     """A killed run logged steps 1-5 but its checkpoint is step 3: the resumed writer purges 4-5."""
-    from common.tracking import Trackers
+    from common.runs.tracking import Trackers
     run = RunDir(tmp_path)
     first = Trackers(["tensorboard"], run, {}, None, "r")
     for step in range(1, 6):
@@ -428,7 +428,7 @@ def test_typos_and_wrong_sections_get_did_you_mean():
 
 
 def test_mlx_lm_scale_becomes_alpha(tiny_model, chat_jsonl, tmp_path):
-    from common.adapter import load_adapter, scale_of
+    from common.adapters.format import load_adapter, scale_of
     cfg = load_config(overrides={"lora": {"rank": 8, "scale": 20.0}})
     assert (cfg.lora.alpha, cfg.lora.scale) == (160.0, None)
     rs = load_config(overrides={"lora": {"rank": 16, "scale": 2.0, "use_rslora": True}})

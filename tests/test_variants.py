@@ -11,8 +11,8 @@ import pytest
 
 from helpers import chat_rows, merge_quantized, run_cli, tiny_config, write_jsonl
 
-from common.adapter import COMMON_WEIGHTS, load_adapter
-from common.runs import RunDir
+from common.adapters.format import COMMON_WEIGHTS, load_adapter
+from common.runs.run_dir import RunDir
 from jobs.trainer import train
 
 BACKENDS = ("mlx", "torch")
@@ -154,7 +154,7 @@ def test_dora_magnitude_defaults_to_peft_init(runs, tiny_model, backend):
     from dataclasses import replace
 
     from backends import get_backend
-    from common.adapter import modules_for_adapter
+    from common.adapters.format import modules_for_adapter
     spec, w, _ = load_adapter(runs["rslora", "torch"][0] / "adapter")  # B != 0, no magnitude
     be = get_backend(backend)(tiny_model)
     modules = modules_for_adapter(spec, w, be.linear_modules(), "test")
@@ -322,7 +322,7 @@ def test_gguf_round_trip_llama(merged_dora, tmp_path, dtype, tol):
     from gguf import GGUFReader
     from transformers import AutoTokenizer
 
-    from common.gguf_export import export_gguf, permute
+    from common.adapters.gguf_export import export_gguf, permute
     out = export_gguf(merged_dora, tmp_path / f"model-{dtype}.gguf", dtype)
     assert out.is_file() and not list(tmp_path.glob(".*.tmp"))
     # logits: f32 is exact here (measured 0.0), f16 within 2e-3 on this model
@@ -355,7 +355,7 @@ def test_gguf_round_trip_llama(merged_dora, tmp_path, dtype, tol):
 def test_gguf_round_trip_qwen2_tied(tmp_path):
     from tiny_model import build_tiny_model
 
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     model = build_tiny_model(tmp_path / "qwen", arch="qwen2", tie=True)
     out = export_gguf(model, tmp_path / "g" / "qwen.gguf")
     assert np.abs(hf_logits(out.parent, gguf_file=out.name) - hf_logits(model)).max() < 1e-5
@@ -365,7 +365,7 @@ def test_gguf_refuses_unsupported(tmp_path, merged_dora):
     import shutil
 
     from common.errors import UserError
-    from common.gguf_export import export_gguf
+    from common.adapters.gguf_export import export_gguf
     with pytest.raises(UserError, match="f32, f16, bf16 or q8_0"):
         export_gguf(merged_dora, tmp_path / "x.gguf", "q4_0")
     other = tmp_path / "other"

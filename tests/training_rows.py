@@ -14,7 +14,7 @@ from helpers import run_cli
 
 @row("E36")
 def output_dir_exists(ctx):
-    from common.ownership import RUN_MARKER, mark_run
+    from common.runs.ownership import RUN_MARKER, mark_run
     mark_run(ctx.out)  # a run of ours (a directory that is not ours: E57)
     write(ctx.out / "keep.txt", "x")
     line = expect_error(train_cli(ctx), str(ctx.out), "--resume", "--overwrite")
@@ -25,7 +25,7 @@ def output_dir_exists(ctx):
 
 @row("E37")
 def nan_loss(ctx):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
 
     def nan_at_step_3(orig, self, batch):
         _, n = orig(self, batch)
@@ -48,7 +48,7 @@ def absurd_lr(ctx):
 
 @row("E39")
 def ctrl_c_saves_and_resumes(ctx):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
 
     def interrupt(orig, self, batch):
         raise KeyboardInterrupt
@@ -69,7 +69,7 @@ def ctrl_c_saves_and_resumes(ctx):
 
 @row("E40")
 def disk_full_while_checkpointing(ctx):
-    from common.runs import RunDir
+    from common.runs.run_dir import RunDir
     _fail_replace_for(ctx, "step-000002")
     args = ("--set", "training.save_every=1")
     line = expect_error(train_cli(ctx, *args, steps="3"), str(ctx.out / "checkpoints" / "step-000002"),

@@ -2,7 +2,7 @@
 
 On a CPU, mx.fast.scaled_dot_product_attention materialises the L×L scores of every head, and its
 backward holds about 3.5 such tensors: at 8192 tokens on SmolLM2 (9 heads) 2.3 GiB each. Here the
-queries run in chunks of common.longseq.ATTENTION_CHUNK rows (Dao 2023, "FlashAttention-2", §3.1,
+queries run in chunks of common.training.longseq.ATTENTION_CHUNK rows (Dao 2023, "FlashAttention-2", §3.1,
 written with MLX ops rather than as a kernel):
 - the forward keeps only each row's log-sum-exp besides the output; the backward recomputes one
   chunk's probabilities from it, exp(s − lse), so only one chunk's scores exist at a time;
@@ -23,7 +23,7 @@ written with MLX ops rather than as a kernel):
   compiled: inside an uncompiled `mx.grad` MLX runs a compiled function's ops one by one (its
   inputs are tracers), so the backend compiles its gradient step for long rows and an uncompiled
   gradient uses `power`. Off the CPU, `mx.exp`. Which exponential (`exp`: "poly", "power", "exp"),
-  whether to chunk and whether to compile are decided per device in common/devices.py.
+  whether to chunk and whether to compile are decided per device in common/models/devices.py.
   `python -m benchmarks.mlx_attention --exp` times the three.
 
 With per-layer gradient checkpointing the layer recompute would run the attention forward a third
@@ -91,7 +91,7 @@ EXPS = {"exp": _exp_shifted, "poly": _exp_fused_cpu, "power": _exp_power_cpu}
 def _exp(s, m, exp: str):
     """e^(s − m). "poly" where the caller's graph is compiled (or not differentiated), so the
     polynomial's ops fuse; inside an uncompiled `mx.grad` they would run one by one and "power" is
-    faster (both for a CPU); "exp" on devices whose `exp` is fast (common/devices.py)."""
+    faster (both for a CPU); "exp" on devices whose `exp` is fast (common/models/devices.py)."""
     return EXPS[exp](s, m)
 
 
@@ -240,7 +240,7 @@ def chunked(inner, chunk: int, exp: str = "poly"):
     return sdpa
 
 
-# tokens per row from which a CPU gradient step is compiled (common/devices.py): inside `mx.grad` MLX
+# tokens per row from which a CPU gradient step is compiled (common/models/devices.py): inside `mx.grad` MLX
 # runs a compiled function's ops one by one (its inputs are tracers), so the exponentials above would
 # be ~20 separate passes; compiling the whole step fuses them (one layer's attention at 8192 tokens,
 # forward+backward: 8.9 s with `power`, 6.1 s compiled). Only long rows, where attention is most of
@@ -251,10 +251,10 @@ COMPILED_ROWS = 2048
 @contextmanager
 def long_attention(model, seq_len: int, reuse_forward: bool = False, exp: str = "poly", use: bool | None = None):
     """Chunked attention in `model`'s module while the block runs, when `use` (the device's choice,
-    common/devices.py; None: seq_len above the chunk); `reuse_forward` (a gradient step of a model with
+    common/models/devices.py; None: seq_len above the chunk); `reuse_forward` (a gradient step of a model with
     checkpointed layers) hands each layer's attention results from the forward pass to its recompute
     in the backward pass; `exp` the exponential (see _exp)."""
-    from common.longseq import ATTENTION_CHUNK
+    from common.training.longseq import ATTENTION_CHUNK
 
     global _saved
     mod = sys.modules.get(type(model).__module__)

@@ -23,13 +23,13 @@ from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
 from backends.mlx.packing import packed_rows
-from common.adapter import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
-from common.batching import Batch
-from common.heap import reuse_freed_memory
-from common.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
+from common.adapters.format import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
+from common.training.batching import Batch
+from common.models.heap import reuse_freed_memory
+from common.training.longseq import COMPILED_LOSS_CHUNK_ELEMENTS
 from common.errors import BackendError
-from common.families import family
-from common.objectives import SFT
+from common.models.families import family
+from common.training.objectives import SFT
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
@@ -49,7 +49,7 @@ def _disk_dtype(model_dir: Path):
 
 def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None) -> mx.array:
     """Summed cross-entropy of the head's logits for hidden rows `h` against targets `y`; above
-    common.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
+    common.training.longseq's threshold over chunks of rows, each recomputed in the backward pass."""
     tied = "lm_head" not in model
     mod = model.model.embed_tokens if tied else model.lm_head
 
@@ -60,7 +60,7 @@ def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None) 
             return nn.losses.cross_entropy(logits, y, reduction="sum")
         return f
 
-    from common.longseq import loss_chunk_rows
+    from common.training.longseq import loss_chunk_rows
     rows = loss_chunk_rows(h.shape[0], mod.weight.shape[0] if "weight" in mod else model.args.vocab_size, chunk_limit)
     if rows is None:
         return piece(y)(mod.trainable_parameters(), h)
@@ -114,7 +114,7 @@ class Backend:
         self.quantize = quantize
         # the base in `dtype` (what an unquantized run holds), before 4-bit packing; shapes only
         self._full_bytes = sum(v.size * DTYPES[dtype].size for _, v in tree_flatten(self.model.parameters()))
-        self.scheme = self.capabilities.check_quantize(quantize)  # common/quantize.py
+        self.scheme = self.capabilities.check_quantize(quantize)  # common/models/quantize.py
         if self.scheme:
             # the base's Linears are quantized (not the embedding), LoRA stays float; a layer whose input
             # size is not a multiple of the scheme's group stays float
@@ -218,7 +218,7 @@ class Backend:
         self._prefixes = Prefixes(self.model, entries) if entries else None
 
     def lora_weights(self) -> dict[str, np.ndarray]:
-        from common.adapter import mlx_to_peft
+        from common.adapters.format import mlx_to_peft
         flat = dict(tree_flatten(self.model.trainable_parameters()))
         return mlx_to_peft({k: np.array(v.astype(mx.float32)) for k, v in flat.items()})
 
@@ -258,7 +258,7 @@ class Backend:
         """Summed token loss. `keep` = flat indices of the target positions (from the batch mask):
         only those go through the vocab-sized head, forward and backward (prompt and padding
         positions are never scored), on the families whose logits are exactly head(model.model(x)),
-        the head being `lm_head` or the tied embedding (`plain_head` in common/families.py)."""
+        the head being `lm_head` or the tied embedding (`plain_head` in common/models/families.py)."""
         if keep is not None and keep.size and family(getattr(model, "model_type", None)).plain_head:
             h = model.model(ids[:, :-1])
             h = h.reshape(-1, h.shape[-1])[keep]
@@ -329,13 +329,13 @@ class Backend:
             return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/devices.py
+        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/models/devices.py
         ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
         value_and_grad = partial(self._value_and_grad, batch, ref=ref, plan=plan)
         if plan.heap == "reuse":
-            reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/heap.py)
+            reuse_freed_memory()         # a chunk's scores are fresh mmaps otherwise (common/models/heap.py)
         if plan.compiled_step:
             # one compile per step, not cached: the targets' count changes the shapes every batch
             state = [self.model.state, mx.random.state]
@@ -426,7 +426,7 @@ class Backend:
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
                  sampler=None, on_token=None) -> list[int]:
-        """Greedy, or each token picked by `sampler` (common.sampling: numpy logits → id, the same
+        """Greedy, or each token picked by `sampler` (common.training.sampling: numpy logits → id, the same
         draws as on torch); `on_token(id)` is called as each token is produced (streaming)."""
         from mlx_lm.generate import generate_step
         self.model.eval()
@@ -504,7 +504,7 @@ class Backend:
         cfg.pop("quantization", None)
         cfg.pop("quantization_config", None)
         (out_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-        from common.models import normalize_config
+        from common.models.resolve import normalize_config
         normalize_config(out_dir)
 
     def peak_memory_bytes(self) -> int:
@@ -515,7 +515,7 @@ class Backend:
 
 
 class _Scores:
-    """common.objectives.Scores for one batch on MLX, inside the traced loss: `model` and the
+    """common.training.objectives.Scores for one batch on MLX, inside the traced loss: `model` and the
     arrays are the ones value_and_grad passes; `ref` the reference log-probs (numpy)."""
 
     def __init__(self, be: Backend, batch: Batch, model, ids, mask, keep, ref, compiled: bool = False):

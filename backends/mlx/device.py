@@ -1,10 +1,10 @@
-"""MLX's answers to common/devices.py: which device runs, how much memory it has. The one place the
+"""MLX's answers to common/models/devices.py: which device runs, how much memory it has. The one place the
 MLX backend asks; tests replace `device_kind` to run the GPU branch on a CPU."""
 from __future__ import annotations
 
 import mlx.core as mx
 
-from common.devices import Choices, mlx_choices, sdpa_attention_bytes
+from common.models.devices import Choices, mlx_choices, sdpa_attention_bytes
 
 
 def device_kind() -> str:
@@ -32,7 +32,7 @@ def heads_of(model) -> int:
 def choices(model, batch: int, seq_len: int) -> Choices:
     """This device's choices for a step of `batch` rows of `seq_len` tokens on `model`."""
     from backends.mlx import attention
-    from common import longseq
+    from common.training import longseq
     kind = device_kind()
     need = sdpa_attention_bytes(batch, heads_of(model), seq_len)
     return mlx_choices(kind, seq_len, chunk=longseq.ATTENTION_CHUNK, compiled_rows=attention.COMPILED_ROWS,

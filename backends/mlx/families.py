@@ -1,6 +1,6 @@
 """mlx-lm models made to compute what transformers computes from the same config.json.
 
-- config: transformers' parsed config (`common.families.mlx_keys`) is passed to mlx-lm's loader as
+- config: transformers' parsed config (`common.models.families.mlx_keys`) is passed to mlx-lm's loader as
   overrides, so nested `rope_parameters`, `layer_types` and transformers' defaults reach mlx-lm;
   settings mlx-lm would ignore are refused before loading.
 - Gemma 3's embedding scale (`mlx_scale_bfloat16` in the family's record): mlx-lm multiplies the embeddings by sqrt(hidden_size) rounded to
@@ -17,7 +17,7 @@ from mlx_lm.models import gemma3_text
 from mlx_lm.models.base import create_attention_mask
 
 from common.errors import ModelError
-from common.families import family, family_report
+from common.models.families import family, family_report
 
 
 def config_overrides(model_dir: Path) -> dict:

@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 
 from backends.capabilities import DECLARED
-from common.adapter import AdapterSpec, peft_config_dict
-from common.batching import Batch
-from common.devices import PAGED_OPTIMIZER_DEVICES, bnb_compute_dtype, check_four_bit, torch_choices, torch_device
+from common.adapters.format import AdapterSpec, peft_config_dict
+from common.training.batching import Batch
+from common.models.devices import PAGED_OPTIMIZER_DEVICES, bnb_compute_dtype, check_four_bit, torch_choices, torch_device
 from common.errors import BackendError
-from common.families import family
-from common.heap import release_freed_memory
-from common.models import normalize_config
-from common.objectives import SFT
+from common.models.families import family
+from common.models.heap import release_freed_memory
+from common.models.resolve import normalize_config
+from common.training.objectives import SFT
 
 # PEFT 0.21 reads a transformers attribute that transformers 5 deprecated: harmless, but noisy.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -34,14 +34,14 @@ warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", categ
 # from the hub; that kernel is not used here (see _exact_cpu_4bit) and nothing is fetched at run time.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
-# tokens per row from which a CPU run with checkpointing gives freed memory back (common/heap.py:
+# tokens per row from which a CPU run with checkpointing gives freed memory back (common/models/heap.py:
 # the page faults cost +55 % step time at 2048 tokens, ~0 at 8192)
 LONG_ROWS = 4096
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def pick_device() -> str:
-    """cuda, then mps, then cpu (TWINLORA_DEVICE overrides; common/devices.torch_device)."""
+    """cuda, then mps, then cpu (TWINLORA_DEVICE overrides; common/models/devices.torch_device)."""
     mps = getattr(torch.backends, "mps", None)
     return torch_device(os.environ.get("TWINLORA_DEVICE"), torch.cuda.is_available(), bool(mps and mps.is_available()))
 
@@ -100,12 +100,12 @@ class Backend:
         # distribute() sets one of these; `sharded`: FSDP holds the weights, so forward passes and
         # weight reads are collectives that every rank must run
         self.fsdp, self.ddp, self.sharded = fsdp, None, False
-        kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}  # never a pickle (common.models)
+        kwargs: dict = {"dtype": self.dtype, "use_safetensors": True}  # never a pickle (common.models.resolve)
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         self.dtype_name = dtype
         self.notes: list[str] = []  # printed by the trainer (e.g. "4-bit on CPU is slow")
-        self.scheme = self.capabilities.check_quantize(quantize)  # common/quantize.py
+        self.scheme = self.capabilities.check_quantize(quantize)  # common/models/quantize.py
         if self.scheme:
             kwargs["quantization_config"] = self._bnb_config()
             # this rank's GPU under --nproc/torchrun; bitsandbytes' CPU path otherwise
@@ -150,7 +150,7 @@ class Backend:
     def _bnb_config(self):
         """The scheme's BitsAndBytesConfig (nf4-dq for 4bit). 4-bit compute dtype: bf16 on CUDA (fp16 below compute capability 8),
         the model dtype elsewhere (bitsandbytes >= 0.49 runs NF4 on CPU; float32 keeps parity exact)."""
-        check_four_bit(self.device)            # not MPS (common/devices.py)
+        check_four_bit(self.device)            # not MPS (common/models/devices.py)
         try:
             import bitsandbytes  # noqa: F401
         except ImportError as exc:
@@ -370,11 +370,11 @@ class Backend:
         return (ce * mask[:, 1:].reshape(-1)).sum(), batch.n_targets
 
     def _chunked_loss(self, ids, targets, n_targets: int, kw: dict):
-        """The summed loss with the head over chunks of target rows (common/longseq.py), each chunk
+        """The summed loss with the head over chunks of target rows (common/training/longseq.py), each chunk
         recomputed in the backward pass; None when the logits fit under the threshold, or the model
         is not a plain decoder + head (whose logits the CausalLM forward computes as head(h), with
         Gemma's final softcapping), or it is wrapped by DDP/FSDP (their hooks run in the forward)."""
-        from common.longseq import loss_chunk_rows
+        from common.training.longseq import loss_chunk_rows
 
         base = self.peft.get_base_model()
         head = base.get_output_embeddings()
@@ -440,7 +440,7 @@ class Backend:
         self.peft.train()
         plan = torch_choices(self.device, batch.ids.shape[1], grad_checkpointing=self._checkpointing, long_rows=LONG_ROWS)
         if plan.heap == "release":
-            release_freed_memory()     # else glibc keeps the freed activations (common/heap.py)
+            release_freed_memory()     # else glibc keeps the freed activations (common/models/heap.py)
         if self.sharded:
             self.peft.set_requires_gradient_sync(sync)
         with self.ddp.no_sync() if self.ddp is not None and not sync else nullcontext():
@@ -517,7 +517,7 @@ class Backend:
     @torch.no_grad()
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
                  sampler=None, on_token=None) -> list[int]:
-        """Greedy, or each token picked by `sampler` (common.sampling: numpy logits → id, the same
+        """Greedy, or each token picked by `sampler` (common.training.sampling: numpy logits → id, the same
         draws as on MLX; transformers' own sampling is not used); `on_token(id)` streams."""
         model = self.peft if self.peft is not None else self.model
         model.eval()
@@ -602,7 +602,7 @@ class Backend:
 
 
 class _Scores:
-    """common.objectives.Scores for one batch on torch: `model` is the forward to use (the DDP
+    """common.training.objectives.Scores for one batch on torch: `model` is the forward to use (the DDP
     wrapper in training, None for the PEFT model); `ref` the reference log-probs (numpy)."""
 
     def __init__(self, be: Backend, batch: Batch, model, ref: np.ndarray | None):
@@ -625,7 +625,7 @@ class _Scores:
 
 
 class _ForceSampled:
-    """A logits processor that lets common.sampling pick the token: every other token gets -inf,
+    """A logits processor that lets common.training.sampling pick the token: every other token gets -inf,
     so transformers' greedy step takes exactly the sampled one."""
 
     def __init__(self, sampler):

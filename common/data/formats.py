@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from common.errors import DataError
-from common.io import iter_jsonl, read_json
+from common.runs.io import iter_jsonl, read_json
 
 ROLES = ("system", "user", "assistant")
 SHAPES = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from common.errors import DataError
-from common.io import read_json, sha256_file
+from common.runs.io import read_json, sha256_file
 
 MANIFEST = "manifest.json"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from common.errors import ConfigError, DataError
-from common.io import relative_to, sha256_file, write_json, write_jsonl
+from common.runs.io import relative_to, sha256_file, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Mapping
 from common.data.formats import SHAPE_HELP, detect_shape, to_example
 from common.data.splits import DEFAULT_RATIOS, finish, pair_key
 from common.errors import ConfigError, DataError, UserError
-from common.io import iter_jsonl, read_json
+from common.runs.io import iter_jsonl, read_json
 
 COMMON_OPTIONS = {"ratios": "train,valid,test fractions (default 0.8,0.1,0.1); groups are never split"}
 
@@ -107,8 +107,8 @@ def run_recipe(name: str, inputs: list[str], out_dir: str | Path, seed: int = 0,
     if not inputs:
         raise UserError(f"recipe {name} needs at least one input", where="prepare",
                         fix="give input files (or, for legi, code ids such as LEGITEXT000031366350)")
-    from common.io import atomic_dir
-    from common.ownership import check_output_dir
+    from common.runs.io import atomic_dir
+    from common.runs.ownership import check_output_dir
     check_output_dir(out_dir, "prepared", "--out", inputs=[i for i in inputs if Path(i).exists()])
     # every file goes into a temporary directory renamed once: a failure leaves the old set whole
     with atomic_dir(out_dir) as tmp:

@@ -24,7 +24,7 @@ from typing import Any
 
 from common.data.splits import DEFAULT_RATIOS, dedup, finish
 from common.errors import ConfigError, DataError
-from common.io import read_json
+from common.runs.io import read_json
 
 NAME = "legi"
 HELP = ("French law from Légifrance codes in the legi-data JSON format (current or 2019 layout). "

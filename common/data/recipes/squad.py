@@ -12,7 +12,7 @@ from typing import Any
 
 from common.data.splits import DEFAULT_RATIOS, finish, pair_key
 from common.errors import DataError
-from common.io import read_json
+from common.runs.io import read_json
 
 NAME = "squad"
 HELP = ("SQuAD v2.0 JSON (data → paragraphs → qas) → prompt/completion records "
