@@ -18,7 +18,7 @@ from common.data.pairs import load_pairs
 from common.errors import ConfigError, DataError
 from common.runs.io import sha256_file
 from common.models.resolve import resolve_model
-from common.runs.resume import check_backend_switch, check_resume
+from common.config.resume import check_backend_switch, check_resume
 from common.runs.run_dir import RunDir
 from common.training.schedule import warmup_steps
 from common.training.pairs import PairTokenizer

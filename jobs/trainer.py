@@ -32,7 +32,7 @@ from common.errors import TrainingError
 from common.runs.io import real_path, relative_to, replace_dir, write_json, write_text
 from common.runs.lock import RunLock
 from common.models.resolve import peft_base_name, weights_hash
-from common.runs.resume import check_init_adapter
+from common.config.resume import check_init_adapter
 from common.runs.run_dir import RunDir, plan_run
 from common.runs.signals import interrupt_name, terminate_as_interrupt
 from common.training.tokenize import truncation_warning

@@ -14,10 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 COMMON = ROOT / "common"
 
 
-def part_of(module: str) -> str | None:
-    """The part of common/ a dotted module name falls in: a sub-package, or a top-level module."""
+def part_of(module: str) -> tuple[str, str] | None:
+    """(part, module within it) for a dotted name in common/: `common.runs.io` → ("runs", "io")."""
     bits = module.split(".")
-    return bits[1] if bits[0] == "common" and len(bits) > 1 else None
+    if bits[0] != "common" or len(bits) < 2:
+        return None
+    return bits[1], (bits[2] if len(bits) > 2 and (COMMON / bits[1] / f"{bits[2]}.py").exists() else "")
 
 
 def parts() -> list[str]:
@@ -26,10 +28,10 @@ def parts() -> list[str]:
                   if (p.is_dir() and (p / "__init__.py").exists()) or (p.suffix == ".py" and p.stem != "__init__"))
 
 
-def imports_of_part(part: str) -> set[str]:
-    """The other parts of common/ that `part` imports."""
+def imports_of_part(part: str) -> dict[str, set[str]]:
+    """The other parts of common/ that `part` imports, each with the modules of it imported."""
     files = (COMMON / part).rglob("*.py") if (COMMON / part).is_dir() else [COMMON / f"{part}.py"]
-    found = set()
+    found: dict[str, set[str]] = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
@@ -38,18 +40,21 @@ def imports_of_part(part: str) -> set[str]:
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             else:
                 continue
-            found |= {p for p in map(part_of, names) if p}
-    return found - {part}
+            for other, module in filter(None, map(part_of, names)):
+                found.setdefault(other, set()).update({module} - {""})
+    found.pop(part, None)
+    return found
 
 
 def picture() -> str:
-    """One line per part: `name/ → what it imports` (a module shows as name.py)."""
+    """One line per part: `name/ → other (its modules imported), …` (a module shows as name.py)."""
     names = parts()
     lines = ["common/"]
     for i, part in enumerate(names):
         label = f"{part}/" if (COMMON / part).is_dir() else f"{part}.py"
-        deps = sorted(imports_of_part(part) & set(names))
-        arrow = ("→ " + ", ".join(deps)) if deps else "(imports nothing else of common/)"
+        deps = imports_of_part(part)
+        shown = [f"{d} ({', '.join(sorted(deps[d]))})" if deps[d] else d for d in sorted(deps) if d in names]
+        arrow = ("→ " + ", ".join(shown)) if shown else "(imports nothing else of common/)"
         lines.append(f"{'└──' if i == len(names) - 1 else '├──'} {label:<12} {arrow}")
     return "\n".join(lines)
 

@@ -113,7 +113,7 @@ def test_written_by_reads_old_checkpoints_from_the_log(tmp_path):
 
 def test_quantized_base_is_refused_on_the_other_backend():
     from common.errors import TrainingError
-    from common.runs.resume import check_backend_switch
+    from common.config.resume import check_backend_switch
     check_backend_switch("ck", "mlx", "torch", None)          # float base: either backend
     check_backend_switch("ck", "mlx", "mlx", "4bit")          # same backend: its own quantizer
     with pytest.raises(TrainingError) as e:

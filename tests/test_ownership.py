@@ -350,7 +350,7 @@ def test_write_refused_by_the_system_is_one_line(made, tmp_path, monkeypatch):
 def test_resume_config_changes_listed():
     """Which differences --resume refuses (model, data, LoRA, optimizer) and which it allows."""
     from common.config.schema import Config
-    from common.runs.resume import config_changes
+    from common.config.resume import config_changes
     saved = Config().to_dict()
     new = Config().to_dict()
     new["training"].update(steps=500, save_every=7, eval_every=3, log_every=2, keep_checkpoints=5)

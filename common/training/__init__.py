@@ -3,6 +3,7 @@ Jinja environment; `chat_templates/` holds the chat formats shipped for models w
 one), tokenization with the loss mask, batching, preference pairs, training objectives, the
 learning-rate schedule, sampling settings and long-sequence chunking.
 
-Imports from common/: `errors` and `data` (the example and pair records); never a backend, a job or
-the CLI, and no mlx or torch at module level.
+Imports from common/: `errors` and `data` (the example and pair records; the one way back is the
+slds recipe, which renders its prompts with `templates.py`); never a backend, a job or the CLI, and
+no mlx or torch at module level.
 """
