@@ -136,3 +136,39 @@ def test_every_scheme_trains_a_step_and_merges(scheme, tiny_model, data, tmp_pat
     plain = open_model(backend, str(merged)).backend.logits(IDS)
     assert np.abs(plain - q).max() < (0.5 if scheme == "int8" else 1e-4)
     assert np.abs(plain - open_model(backend, str(tiny_model)).backend.logits(IDS)).max() > 1e-3  # not the float base
+
+
+# ------------------------------------------------------------------ the resolved scheme, recorded
+
+def test_an_old_checkpoint_resumes_on_the_scheme_4bit_meant_then(tiny_model, data, tmp_path, monkeypatch):
+    """Checkpoints, twinlora.json and summary.json record the scheme `4bit` resolved to. A checkpoint
+    written before they did (no `quantize_scheme`) resumes on what `4bit` meant then on MLX,
+    mlx-affine-4-g64, after the default moved, and ends bit-identical to the uninterrupted run."""
+    from common import quantize
+    from helpers import max_abs_diff, tensors
+    from jobs.trainer import train
+    lines: list[str] = []
+
+    def run(out: Path, steps: int, **kw) -> dict:
+        cfg = tiny_config(tiny_model, data["train"], out, training={"steps": steps, "save_every": 1})
+        cfg.model.quantize = "4bit"
+        return train(cfg, "mlx", echo=lines.append, **kw)
+
+    monkeypatch.setitem(quantize.RECOMMENDED, "mlx", "mlx-affine-4-g64")   # 4bit as before the scheme table
+    whole = run(tmp_path / "whole", 2)
+    assert whole["quantize_scheme"] == "mlx-affine-4-g64"
+    assert json.loads((tmp_path / "whole" / "adapter" / "twinlora.json").read_text())["quantize_scheme"] == "mlx-affine-4-g64"
+    run(tmp_path / "part", 1)
+    for state in (tmp_path / "part" / "checkpoints").glob("*/trainer_state.json"):   # as an old run wrote it
+        old = json.loads(state.read_text())
+        assert old.pop("quantize_scheme") == "mlx-affine-4-g64" and old["config"]["model"]["quantize"] == "4bit"
+        state.write_text(json.dumps(old))
+    monkeypatch.setitem(quantize.RECOMMENDED, "mlx", "mlx-affine-4-g32")   # the default moved
+    resumed = run(tmp_path / "part", 2, resume=True)
+    assert ("[twinlora] note: resuming on mlx-affine-4-g64, the base this run was trained on "
+            "(4bit now means mlx-affine-4-g32 on mlx)") in lines
+    assert resumed["quantize_scheme"] == resumed["quantization_damage"]["scheme"] == "mlx-affine-4-g64"
+    weights = "adapter/adapter_model.safetensors"
+    assert max_abs_diff(tensors(tmp_path / "part" / weights), tensors(tmp_path / "whole" / weights)) == 0.0
+    last = sorted((tmp_path / "part" / "checkpoints").glob("*/trainer_state.json"))[-1]
+    assert json.loads(last.read_text())["quantize_scheme"] == "mlx-affine-4-g64"
