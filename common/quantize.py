@@ -2,9 +2,9 @@
 
 QLoRA trains an adapter against the quantized base, so the scheme decides how far from the float
 model the adapter starts. Each name is one backend's quantizer with its settings spelled out;
-`4bit` is each backend's default 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
-still mlx-lm's affine group 64, while docs/variants.md measures mlx-nvfp4 as the one matching
-NF4's damage). A scheme the backend cannot run is refused with the ones it can (E220).
+`4bit` is each backend's recommended 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
+mlx-nvfp4, the MLX 4-bit scheme whose damage matches NF4's on both embedded models, measured in
+docs/variants.md; it was mlx-lm's affine group 64 before, LEGACY_4BIT). A scheme the backend cannot run is refused with the ones it can (E220).
 Importing this needs neither mlx nor torch.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ SCHEMES = {s.name: s for s in [
 ]}
 
 # `4bit` on each backend. MLX: the 4-bit scheme whose damage is closest to NF4's (docs/variants.md)
-RECOMMENDED = {"mlx": "mlx-affine-4-g64", "torch": "nf4-dq"}  # mlx: mlx-lm's default, kept (docs/variants.md)
+RECOMMENDED = {"mlx": "mlx-nvfp4", "torch": "nf4-dq"}
 NAMES = ("4bit", *SCHEMES)
 # What `4bit` meant before checkpoints and adapters recorded the resolved scheme (96fe92e and before:
 # mlx-lm's affine 4-bit group 64 on MLX, bitsandbytes NF4 + double quant on torch): an old run resumes

@@ -15,6 +15,8 @@ A checkpoint is framework-neutral (PEFT-named weights, AdamW moments in PEFT's l
 a run started on one backend resumes on the other (start on the Mac, finish on the GPU box):
 `check_backend_switch` refuses only what cannot carry over, a 4-bit base (mlx-lm's affine 4-bit and
 bitsandbytes' NF4 are other weights, so the adapter would continue against another model).
+On one backend, `resumed_quantize` keeps a quantized run on the scheme it was trained on (each
+checkpoint records it; older ones count as what `4bit` meant then), whatever `4bit` means now.
 """
 from __future__ import annotations
 
