@@ -99,7 +99,7 @@ def main() -> None:
                  trained(a.model, b, scheme, data, work / f"{b}-{scheme}", a.steps, a.max_length, a.lr))
             f = lambda k, fmt: format(r[k], fmt) if r.get(k) is not None else "—"  # noqa: E731
             print(f"| {scheme or 'float32'} | {b} | {f('mean_kl', '.4f')} | {f('argmax_agree', '.1%')} | "
-                  f"{r['base_weight_bytes'] / 2**20:.1f} | {f('tokens_per_s', '.0f')} | {f('val_loss_before', '.4f')} | "
+                  f"{r['base_weight_bytes'] / 2**20:.1f} | {f('tokens_per_s', '.2g')} | {f('val_loss_before', '.4f')} | "
                   f"{f('val_loss', '.4f')} |", flush=True)
 
 
