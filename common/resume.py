@@ -58,12 +58,14 @@ def config_changes(saved: dict, new: dict) -> list[str]:
 
 
 
-def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None) -> None:
-    """A checkpoint written by one backend resumes on the other, except on a quantized base."""
+def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None,
+                         trained: str | None = None) -> None:
+    """A checkpoint written by one backend resumes on the other, except on a quantized base
+    (`trained`: the scheme the checkpoint records, else what `quantize` means on its backend)."""
     if not written_by or written_by == backend or not quantize:
         return
     raise TrainingError(f"this run was trained on {written_by} against a {quantize} base quantized by "
-                        f"{describe(quantize, written_by)}; {backend} quantizes with "
+                        f"{describe(trained or quantize, written_by)}; {backend} quantizes with "
                         f"{describe(quantize, backend)}, so the adapter would continue against other "
                         "base weights", where=str(ckpt), fix=f"resume with --backend {written_by}, the backend "
                         "that wrote the checkpoint (an unquantized run resumes on either backend)")

@@ -19,7 +19,7 @@ from common.data.pairs import load_pairs
 from common.errors import ConfigError, DataError
 from common.io import sha256_file
 from common.models import resolve_model
-from common.quantize import resolved_name
+from common.quantize import recorded_scheme, resolved_name
 from common.resume import check_backend_switch, check_resume, resumed_quantize
 from common.runs import RunDir
 from common.schedule import warmup_steps
@@ -172,8 +172,8 @@ def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: i
                 saved["data"][split] = b
     check_resume(ckpt, state, saved if isinstance(saved, dict) else None, new, data_sha, steps)
     wrote, q = written_by(run, state), cfg.model.quantize
-    check_backend_switch(ckpt, wrote, backend, q)
     record = {**state, "config": saved if isinstance(saved, dict) else state.get("config")}
+    check_backend_switch(ckpt, wrote, backend, q, recorded_scheme(record, wrote) if wrote else None)
     return resumed_quantize(ckpt, record, wrote, backend, q)
 
 
