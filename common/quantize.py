@@ -4,7 +4,8 @@ QLoRA trains an adapter against the quantized base, so the scheme decides how fa
 model the adapter starts. Each name is one backend's quantizer with its settings spelled out;
 `4bit` is each backend's recommended 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
 mlx-nvfp4, the MLX 4-bit scheme whose damage matches NF4's on both embedded models, measured in
-docs/variants.md; it was mlx-lm's affine group 64 before, LEGACY_4BIT). A scheme the backend cannot run is refused with the ones it can (E220).
+docs/variants.md; it was mlx-lm's affine group 64 before, LEGACY_4BIT). A scheme the backend
+cannot run is refused with the ones it can (E220).
 Importing this needs neither mlx nor torch.
 """
 from __future__ import annotations
@@ -50,7 +51,8 @@ SCHEMES = {s.name: s for s in [
     _bnb("int8", 8, "bitsandbytes LLM.int8 (8-bit, fp16 outlier columns)", load_in_8bit=True),
 ]}
 
-# `4bit` on each backend. MLX: the 4-bit scheme whose damage is closest to NF4's (docs/variants.md)
+# `4bit` on each backend. MLX: the 4-bit scheme no more damaged than NF4 on either embedded model,
+# and of those the nearest to it (docs/variants.md)
 RECOMMENDED = {"mlx": "mlx-nvfp4", "torch": "nf4-dq"}
 NAMES = ("4bit", *SCHEMES)
 # What `4bit` meant before checkpoints and adapters recorded the resolved scheme (96fe92e and before:

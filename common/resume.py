@@ -13,8 +13,8 @@ at the wrong scale or write an adapter whose config disagrees with its tensors.
 
 A checkpoint is framework-neutral (PEFT-named weights, AdamW moments in PEFT's layout, the step), so
 a run started on one backend resumes on the other (start on the Mac, finish on the GPU box):
-`check_backend_switch` refuses only what cannot carry over, a 4-bit base (mlx-lm's affine 4-bit and
-bitsandbytes' NF4 are other weights, so the adapter would continue against another model).
+`check_backend_switch` refuses only what cannot carry over, a quantized base (MLX's schemes and
+bitsandbytes' are other weights, so the adapter would continue against another model).
 On one backend, `resumed_quantize` keeps a quantized run on the scheme it was trained on (each
 checkpoint records it; older ones count as what `4bit` meant then), whatever `4bit` means now.
 """
@@ -31,7 +31,7 @@ RESUME_MAY_CHANGE = {
     # which adapter is kept, when to stop, where metrics go: the weights of each step do not change
     "training.keep_best", "training.early_stopping_patience", "training.early_stopping_min_delta",
     "training.report_to",
-    # compared as the scheme it resolves to (check_scheme): `4bit` and the scheme it names are one base
+    # compared as the scheme it resolves to (resumed_quantize): `4bit` and the scheme it names are one base
     "model.quantize",
 }
 
