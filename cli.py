@@ -421,9 +421,10 @@ def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader
     with OutputLock(output):
         info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
     if info.get("adapter_trained_on_quantized_base") and not quantize:
-        echo(f"[twinlora] note: the adapter was trained on a {info['adapter_trained_on_quantized_base']} base; "
-             "merged into the unquantized base (the usual QLoRA merge). --quantize "
-             f"{info['adapter_trained_on_quantized_base']} merges into the de-quantized base it was trained against instead.")
+        trained = info.get("adapter_trained_on_scheme") or info["adapter_trained_on_quantized_base"]
+        echo(f"[twinlora] note: the adapter was trained on a {trained} base; merged into the unquantized base "
+             f"(the usual QLoRA merge). --quantize {trained} merges into the de-quantized base it was trained "
+             "against instead.")
     if quantize:
         lost = info["precision_lost"]
         echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "

@@ -97,7 +97,10 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
                   quantize: str | None = None, reader: str = "any") -> dict:
     """Merge and save; returns what twinlora_merge.json records."""
     from common.models.resolve import resolve_model
+    from backends import canonical
+    from common.adapters.base import check_adapter_scheme, trained_scheme
     from common.runs.ownership import check_output_dir
+    from common.models.quantize import resolved_name
     from jobs.session import open_model
     # before loading anything: never over the base or the adapter, never over what is not ours
     check_output_dir(output, "merged", "--output", inputs=[adapter, model, resolve_model(model)])
@@ -110,10 +113,13 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
             raise ConfigError(f"--reader mlx-lm is implemented for Gemma 3 text models (gemma3_text), not {kind}",
                               where="--reader", fix="merge with --reader any and load the result with twinlora "
                                                     "or transformers")
+    scheme = resolved_name(quantize, canonical(backend))
+    check_adapter_scheme(adapter, scheme, f"--quantize {quantize} on {canonical(backend)}", True)
     opened = open_model(backend, model, quantize=quantize, adapter=adapter, allow_base_mismatch=allow_base_mismatch)
     trained_on = (((opened.meta or {}).get("config") or {}).get("model") or {}).get("quantize")
     info = {"base_model": model, "adapter": str(adapter), "backend": backend, "quantized_base": quantize,
-            "adapter_trained_on_quantized_base": trained_on,
+            "quantized_base_scheme": scheme, "adapter_trained_on_quantized_base": trained_on,
+            "adapter_trained_on_scheme": trained_scheme(adapter),
             "adapter_meta": {k: opened.meta.get(k) for k in ("base_model", "template")} if opened.meta else None}
     with atomic_dir(output) as tmp:
         opened.backend.merge_and_save(tmp)

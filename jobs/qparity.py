@@ -1,6 +1,6 @@
-"""Parity for QLoRA, stated honestly. MLX's 4-bit (affine, group 64) and bitsandbytes' NF4 (+ double
-quantization) are different quantizers, so the two 4-bit models are not the same model and their
-logits cannot meet the fp32 parity tolerance. What can be checked:
+"""Parity for QLoRA, stated honestly. MLX's `4bit` (mlx-nvfp4; affine group 64 before issue 33) and
+bitsandbytes' NF4 (+ double quantization) are different quantizers, so the two 4-bit models are not
+the same model and their logits cannot meet the fp32 parity tolerance. What can be checked:
 
 - each backend's quantization error: its 4-bit base + adapter against its unquantized base + the
   same adapter (what 4 bits cost on that backend), and the two 4-bit models against each other;

@@ -11,6 +11,7 @@ from typing import Callable
 
 from backends import canonical, get_backend
 from backends.capabilities import Capabilities, capabilities
+from common.adapters.base import check_adapter_scheme
 from common.training.batching import batches_per_epoch
 from common.config.schema import Config
 from common.data.formats import load_examples
@@ -18,7 +19,8 @@ from common.data.pairs import load_pairs
 from common.errors import ConfigError, DataError
 from common.runs.io import sha256_file
 from common.models.resolve import resolve_model
-from common.config.resume import check_backend_switch, check_resume
+from common.models.quantize import recorded_scheme, resolved_name
+from common.config.resume import check_backend_switch, check_resume, resumed_quantize
 from common.runs.run_dir import RunDir
 from common.training.schedule import warmup_steps
 from common.training.pairs import PairTokenizer
@@ -60,7 +62,9 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     backend = canonical(backend)
     caps = capabilities(backend)
     caps.check_training(cfg.training)
-    caps.check_quantize(cfg.model.quantize)
+    scheme = caps.check_quantize(cfg.model.quantize)
+    if init_adapter:  # before the data is read: an adapter continues on the base it was trained on
+        check_adapter_scheme(init_adapter, scheme and scheme.name, f"model.quantize={cfg.model.quantize}", False)
     # Data parallel when launched by `train --nproc N`, torchrun or mlx.launch (1 process otherwise):
     # rank r runs micro-batches i with i % N == r, gradients and token counts are summed before the step.
     dist = dist or from_env(backend, cfg.training)
@@ -83,7 +87,11 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
     dist.barrier()  # other ranks read the checkpoints only after rank 0 has cleaned them
     data_sha = {"train": sha256_file(cfg.data.train), **({"valid": sha256_file(cfg.data.valid)} if cfg.data.valid else {})}
     if resume and run.checkpoint_dirs():  # before the model loads: what may change on --resume
-        _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps, backend)
+        q = _check_resume(run, run.checkpoint_dirs()[-1], cfg, data_sha, steps, backend)
+        if q != cfg.model.quantize:
+            echo(f"[twinlora] note: resuming on {q}, the base this run was trained on ({cfg.model.quantize} "
+                 f"now means {resolved_name(cfg.model.quantize, backend)} on {backend})")
+            cfg.model.quantize = q
     return Job(cfg, backend, caps, backend_cls, dist, run, echo, writes, dry_run, resume, overwrite, init_adapter,
                model_dir, tokenizer, tk, train_data, valid_data, steps, warmup_steps(steps, t.warmup_steps, t.warmup_ratio),
                data_sha)
@@ -151,16 +159,17 @@ def written_by(run: RunDir, state: dict) -> str | None:
     return events[-1] if events else None
 
 
-def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int, backend: str) -> None:
+def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: int, backend: str) -> str | None:
     """The checkpoint's config (or the run's config.yaml for checkpoints that lack it) against this
-    one, and the backend that wrote it against this one (`check_backend_switch`)."""
+    one, and the backend that wrote it against this one (`check_backend_switch`); returns the
+    model.quantize the run resumes with (`resumed_quantize`)."""
     import json
 
     import yaml
     try:
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return  # load_checkpoint reports the damaged checkpoint
+        return cfg.model.quantize  # load_checkpoint reports the damaged checkpoint
     saved = state.get("config")
     if saved is None and (run.path / "config.yaml").is_file():
         try:
@@ -175,7 +184,10 @@ def _check_resume(run: RunDir, ckpt: Path, cfg: Config, data_sha: dict, steps: i
             if a and b and Path(a).absolute() == Path(b).absolute():
                 saved["data"][split] = b
     check_resume(ckpt, state, saved if isinstance(saved, dict) else None, new, data_sha, steps)
-    check_backend_switch(ckpt, written_by(run, state), backend, cfg.model.quantize)
+    wrote, q = written_by(run, state), cfg.model.quantize
+    record = {**state, "config": saved if isinstance(saved, dict) else state.get("config")}
+    check_backend_switch(ckpt, wrote, backend, q, recorded_scheme(record, wrote) if wrote else None)
+    return resumed_quantize(ckpt, record, wrote, backend, q)
 
 
 def _check_validation_settings(cfg: Config, valid_data: list) -> None:

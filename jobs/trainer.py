@@ -32,6 +32,7 @@ from common.errors import TrainingError
 from common.runs.io import real_path, relative_to, replace_dir, write_json, write_text
 from common.runs.lock import RunLock
 from common.models.resolve import peft_base_name, weights_hash
+from common.models.quantize import resolved_name
 from common.config.resume import check_init_adapter
 from common.runs.run_dir import RunDir, plan_run
 from common.runs.signals import interrupt_name, terminate_as_interrupt
@@ -203,6 +204,7 @@ def start_reporting(job: Job, model: Model) -> Reporting:
     validation = Validation(out, be, job.valid_data, t, job.tokenizer.pad_token_id, job.steps, model.tracker,
                             validating, job.dry_run, model.state.get("val_loss"))
     extra = {"data_sha256": job.data_sha, "config": cfg.to_dict(), "backend": job.backend,
+             "quantize_scheme": resolved_name(cfg.model.quantize, job.backend),
              **({"reference": ref} if (ref := reference_of(job)) else {})}
     checkpoints = Checkpoints(out, be, t, job.steps, extra, meter,
                               validation, job.writes or model.collective and not job.dry_run)
@@ -343,7 +345,8 @@ def _summary(job: Job, model: Model, report: Reporting) -> dict:
                "median_step_s": float(np.median(meter.step_times)) if meter.step_times else None,
                "peak_memory_bytes": be.peak_memory_bytes(),
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
-               "base_weight_bytes": be.base_weight_bytes(), "quantize": q}
+               "base_weight_bytes": be.base_weight_bytes(), "quantize": q,
+               "quantize_scheme": be.scheme.name if be.scheme else None}
     if job.cfg.training.objective != "sft":
         summary["objective"] = job.cfg.training.objective
     if report.validation.metrics:   # DPO: the held-out reward accuracy and margins before/after
@@ -382,6 +385,7 @@ def adapter_meta(job: Job) -> dict:
         "template": cfg.data.template, "system_prompt": cfg.data.system_prompt, "mask_prompt": cfg.data.mask_prompt,
         "train_on": cfg.data.train_on,
         "config": cfg.to_dict(), "backend": job.backend, "versions": library_versions(job.caps.packages),
+        "quantize_scheme": resolved_name(cfg.model.quantize, job.backend),  # what `4bit` meant for this run
     }
 
 

@@ -347,7 +347,7 @@ def quantize_scheme_of_the_other_backend(ctx):
     this backend runs instead."""
     other = expect_error(train_cli(ctx, "--set", "model.quantize=nf4", backend="mlx"), "model.quantize",
                          "runs on the torch backend only", "mlx runs mlx-affine-4-g32")
-    assert "4bit = mlx-affine-4-g64" in other and not ctx.out.exists()
+    assert "4bit = mlx-nvfp4" in other and not ctx.out.exists()
     return refused(ctx, train_cli(ctx, "--set", "model.quantize=mlx-nvfp4"), "model.quantize",
                    "runs on the mlx backend only", "torch runs nf4, nf4-dq, fp4, int8")
 
@@ -356,3 +356,52 @@ def quantize_scheme_of_the_other_backend(ctx):
 def quantize_unknown_scheme(ctx):
     return refused(ctx, train_cli(ctx, "--set", "model.quantize=q4_k_m"), "model.quantize",
                    "'q4_k_m' is not one of", "'mlx-nvfp4'", "'nf4-dq'")
+
+
+def mlx_4bit_run(ctx, *extra, steps="1") -> None:
+    """A QLoRA run on MLX over mlx-affine-4-g64 (recorded in its checkpoint and twinlora.json)."""
+    r = train_cli(ctx, "--set", "model.quantize=mlx-affine-4-g64", "--set", "training.save_every=1", *extra, steps=steps,
+                  backend="mlx")
+    assert r.exit_code == 0, r.output
+
+
+@row("E222")
+def resume_on_another_quantization_scheme(ctx):
+    """A resumed run continues on the base it was trained on: another scheme is refused, the run untouched."""
+    from ownership_helpers import snapshot
+    mlx_4bit_run(ctx)
+    before = snapshot(ctx.out)
+    line = expect_error(train_cli(ctx, "--set", "model.quantize=mlx-affine-8-g64", "--set", "training.save_every=1",
+                                  "--resume", steps="2", backend="mlx"), str(ctx.out / "checkpoints" / "step-000001"),
+                        "trained on a base quantized with mlx-affine-4-g64", "model.quantize=mlx-affine-8-g64 means "
+                        "mlx-affine-8-g64 on mlx", "set model.quantize: mlx-affine-4-g64")
+    float_line = expect_error(train_cli(ctx, "--set", "training.save_every=1", "--resume", steps="2", backend="mlx"),
+                              "model.quantize is unset", "set model.quantize: mlx-affine-4-g64")
+    assert snapshot(ctx.out) == before and "trained on a base quantized with" in float_line
+    return line
+
+
+@row("E223")
+def init_adapter_from_another_quantization_scheme(ctx):
+    """--init-adapter continues an adapter on the quantized base it was trained on (or on the float base)."""
+    mlx_4bit_run(ctx)
+    out = ctx.tmp / "second"
+    line = expect_error(train_cli(ctx, "--set", "model.quantize=mlx-nvfp4", "--init-adapter", ctx.out / "adapter",
+                                  out=out, backend="mlx"), str(ctx.out / "adapter"),
+                        "trained on a base quantized with mlx-affine-4-g64, and model.quantize=mlx-nvfp4 means mlx-nvfp4",
+                        "set model.quantize: mlx-affine-4-g64 with --backend mlx")
+    assert not out.exists()
+    return line
+
+
+@row("E224")
+def merge_into_another_quantization_scheme(ctx):
+    """merge --quantize folds a QLoRA adapter into the de-quantized base it was trained on only."""
+    mlx_4bit_run(ctx)
+    out = ctx.tmp / "merged"
+    line = expect_error(run_cli("merge", "--backend", "torch", "--model", ctx.model, "--adapter", ctx.out / "adapter",
+                                "--output", out, "--quantize", "4bit"), str(ctx.out / "adapter"),
+                        "trained on a base quantized with mlx-affine-4-g64, and --quantize 4bit on torch means nf4-dq",
+                        "merge with --backend mlx --quantize mlx-affine-4-g64")
+    assert not out.exists()
+    return line

@@ -119,3 +119,6 @@ def test_quantized_base_is_refused_on_the_other_backend():
     with pytest.raises(TrainingError) as e:
         check_backend_switch("ck", "torch", "mlx", "4bit")
     assert "bitsandbytes NF4" in str(e.value) and "--backend torch" in e.value.fix
+    with pytest.raises(TrainingError) as e:   # a run from before the default changed: the scheme it recorded
+        check_backend_switch("ck", "mlx", "torch", "4bit", "mlx-affine-4-g64")
+    assert "a 4bit base quantized by mlx-affine-4-g64 (mlx affine 4-bit, group 64" in str(e.value)

@@ -280,7 +280,7 @@ def test_resume_mid_dpo_is_bit_exact(tiny_model, dpo_runs, backend, tmp_path, mo
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_qlora_dpo_tracks_the_float_run(tiny_model, dpo_runs, backend, tmp_path):
-    """QLoRA DPO (each backend's own 4-bit base: bitsandbytes NF4, mlx affine) against that backend's
+    """QLoRA DPO (each backend's own `4bit` base: bitsandbytes NF4, mlx-nvfp4) against that backend's
     float run, as `parity --quantize` compares: the same curve within the quantization error."""
     from jobs.trainer import train
     data, runs = dpo_runs

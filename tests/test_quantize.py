@@ -16,7 +16,7 @@ def test_docs_show_the_scheme_table():
 def test_every_scheme_runs_on_one_backend_and_4bit_is_the_recommended_one():
     assert set(schemes_of("mlx")) | set(schemes_of("torch")) == set(SCHEMES) and NAMES[0] == "4bit"
     assert not set(schemes_of("mlx")) & set(schemes_of("torch"))
-    assert resolve("4bit", "mlx").name == RECOMMENDED["mlx"] == "mlx-affine-4-g64"
+    assert resolve("4bit", "mlx").name == RECOMMENDED["mlx"] == "mlx-nvfp4"   # measured: docs/variants.md
     assert resolve("4bit", "torch").settings == {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                                                  "bnb_4bit_use_double_quant": True}
     assert resolve("mlx-affine-4-g64", "mlx").settings == {"mode": "affine", "bits": 4, "group_size": 64}
@@ -66,9 +66,9 @@ def test_train_measures_the_quantized_base_and_records_it(tiny_model, data, tmp_
     summary = train(cfg, "mlx", echo=lines.append)
     d = summary["quantization_damage"]
     assert sorted(d) == DAMAGE_KEYS
-    assert (d["scheme"], d["source"], d["records"], d["against"]) == ("mlx-affine-4-g64", "validation", RECORDS,
+    assert (d["scheme"], d["source"], d["records"], d["against"]) == ("mlx-nvfp4", "validation", RECORDS,
                                                                        "float base in float32")
-    assert d["quantizer"] == SCHEMES["mlx-affine-4-g64"].label
+    assert d["quantizer"] == SCHEMES["mlx-nvfp4"].label
     assert 0 < d["mean_kl"] < 1 and 0 <= d["argmax_agree"] <= 1 and d["max_abs_logit_diff"] > 1e-3
     # recomputed from the validation records as the run tokenized them
     from common.training.tokenize import Tokenizer
@@ -78,7 +78,7 @@ def test_train_measures_the_quantized_base_and_records_it(tiny_model, data, tmp_
     again = damage_of("mlx", tiny_model, "4bit", ids)
     assert d["positions"] == sum(map(len, ids)) == again["positions"]
     assert abs(d["mean_kl"] - again["mean_kl"]) < 1e-9 and d["argmax_agree"] == again["argmax_agree"]
-    line = (f"[twinlora] quantized base mlx-affine-4-g64 vs the float base in float32, on {RECORDS} validation records "
+    line = (f"[twinlora] quantized base mlx-nvfp4 vs the float base in float32, on {RECORDS} validation records "
             f"({d['positions']} positions): mean KL {d['mean_kl']:.4g}, same argmax {d['argmax_agree']:.1%}")
     assert line in lines and line[len("[twinlora] "):] in (out / "README.md").read_text()
     meta = json.loads((out / "adapter" / "twinlora.json").read_text())
@@ -132,7 +132,45 @@ def test_every_scheme_trains_a_step_and_merges(scheme, tiny_model, data, tmp_pat
     assert r.exit_code == 0, r.output
     info = json.loads((merged / "twinlora_merge.json").read_text())
     assert info["quantized_base"] == info["adapter_trained_on_quantized_base"] == scheme
+    assert info["quantized_base_scheme"] == info["adapter_trained_on_scheme"] == s["quantize_scheme"] == scheme
+    assert json.loads((out / "adapter" / "twinlora.json").read_text())["quantize_scheme"] == scheme
     q = open_model(backend, str(tiny_model), quantize=scheme, adapter=out / "adapter").backend.logits(IDS)
     plain = open_model(backend, str(merged)).backend.logits(IDS)
     assert np.abs(plain - q).max() < (0.5 if scheme == "int8" else 1e-4)
     assert np.abs(plain - open_model(backend, str(tiny_model)).backend.logits(IDS)).max() > 1e-3  # not the float base
+
+
+# ------------------------------------------------------------------ the resolved scheme, recorded
+
+def test_an_old_checkpoint_resumes_on_the_scheme_4bit_meant_then(tiny_model, data, tmp_path, monkeypatch):
+    """Checkpoints, twinlora.json and summary.json record the scheme `4bit` resolved to. A checkpoint
+    written before they did (no `quantize_scheme`) resumes on what `4bit` meant then on MLX,
+    mlx-affine-4-g64, after the default moved, and ends bit-identical to the uninterrupted run."""
+    from common.models import quantize
+    from helpers import max_abs_diff, tensors
+    from jobs.trainer import train
+    lines: list[str] = []
+
+    def run(out: Path, steps: int, **kw) -> dict:
+        cfg = tiny_config(tiny_model, data["train"], out, training={"steps": steps, "save_every": 1})
+        cfg.model.quantize = "4bit"
+        return train(cfg, "mlx", echo=lines.append, **kw)
+
+    monkeypatch.setitem(quantize.RECOMMENDED, "mlx", "mlx-affine-4-g64")   # 4bit as before the scheme table
+    whole = run(tmp_path / "whole", 2)
+    assert whole["quantize_scheme"] == "mlx-affine-4-g64"
+    assert json.loads((tmp_path / "whole" / "adapter" / "twinlora.json").read_text())["quantize_scheme"] == "mlx-affine-4-g64"
+    run(tmp_path / "part", 1)
+    for state in (tmp_path / "part" / "checkpoints").glob("*/trainer_state.json"):   # as an old run wrote it
+        old = json.loads(state.read_text())
+        assert old.pop("quantize_scheme") == "mlx-affine-4-g64" and old["config"]["model"]["quantize"] == "4bit"
+        state.write_text(json.dumps(old))
+    monkeypatch.undo()                                                    # the default as it is now
+    resumed = run(tmp_path / "part", 2, resume=True)
+    assert ("[twinlora] note: resuming on mlx-affine-4-g64, the base this run was trained on "
+            "(4bit now means mlx-nvfp4 on mlx)") in lines
+    assert resumed["quantize_scheme"] == resumed["quantization_damage"]["scheme"] == "mlx-affine-4-g64"
+    weights = "adapter/adapter_model.safetensors"
+    assert max_abs_diff(tensors(tmp_path / "part" / weights), tensors(tmp_path / "whole" / weights)) == 0.0
+    last = sorted((tmp_path / "part" / "checkpoints").glob("*/trainer_state.json"))[-1]
+    assert json.loads(last.read_text())["quantize_scheme"] == "mlx-affine-4-g64"

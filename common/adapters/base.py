@@ -11,6 +11,7 @@ from pathlib import Path
 from common.adapters.format import CONFIG, META, MLX_WEIGHTS
 from common.errors import AdapterError, UserError
 from common.runs.io import sha256_file
+from common.models.quantize import SCHEMES, recorded_scheme
 
 
 def _read(path: Path) -> dict:
@@ -48,6 +49,31 @@ def recorded(adapter: str | Path) -> dict:
     sha = base.get("sha256") or ours.get("base_sha256")
     return {"names": list(dict.fromkeys(n for n in names if isinstance(n, str) and n)),
             "sha256": sha if isinstance(sha, str) and sha else None}
+
+
+def trained_scheme(adapter: str | Path) -> str | None:
+    """The quantization scheme the adapter was trained on (twinlora.json's `quantize_scheme`; older
+    adapters: what their model.quantize meant then); None: a float base, or nothing recorded."""
+    meta = _run_meta(Path(adapter))
+    return recorded_scheme(meta, meta.get("backend")) if meta else None
+
+
+def check_adapter_scheme(adapter: str | Path, scheme: str | None, asked: str, merging: bool) -> None:
+    """An adapter trained on one quantized base continues (`--init-adapter`, E223) or merges
+    (`merge --quantize`, E224) on that base only; to or from a float base stays allowed (the usual
+    QLoRA merge)."""
+    trained = trained_scheme(adapter)
+    if not trained or not scheme or trained == scheme or trained not in SCHEMES:
+        return
+    other = SCHEMES[trained].backend
+    if merging:
+        what, fix = "the merge would fold it into", (f"merge with --backend {other} --quantize {trained} (its base), "
+                                                     "or without --quantize into the float base")
+    else:
+        what, fix = "training would continue it on", (f"set model.quantize: {trained} with --backend {other} (its "
+                                                      "base), or unset model.quantize to continue on the float base")
+    raise AdapterError(f"the adapter was trained on a base quantized with {trained}, and {asked} means {scheme}: "
+                       f"{what} other base weights", where=str(adapter), fix=fix)
 
 
 def local_dir(name: str) -> Path | None:

@@ -13,12 +13,14 @@ at the wrong scale or write an adapter whose config disagrees with its tensors.
 
 A checkpoint is framework-neutral (PEFT-named weights, AdamW moments in PEFT's layout, the step), so
 a run started on one backend resumes on the other (start on the Mac, finish on the GPU box):
-`check_backend_switch` refuses only what cannot carry over, a 4-bit base (mlx-lm's affine 4-bit and
-bitsandbytes' NF4 are other weights, so the adapter would continue against another model).
+`check_backend_switch` refuses only what cannot carry over, a quantized base (MLX's schemes and
+bitsandbytes' are other weights, so the adapter would continue against another model).
+On one backend, `resumed_quantize` keeps a quantized run on the scheme it was trained on (each
+checkpoint records it; older ones count as what `4bit` meant then), whatever `4bit` means now.
 """
 from __future__ import annotations
 
-from common.models.quantize import describe
+from common.models.quantize import SCHEMES, describe, recorded_scheme, resolved_name, schemes_of
 from common.errors import AdapterError, TrainingError
 
 # keys (section.key) that may differ between the checkpoint's config and the resumed one
@@ -29,6 +31,8 @@ RESUME_MAY_CHANGE = {
     # which adapter is kept, when to stop, where metrics go: the weights of each step do not change
     "training.keep_best", "training.early_stopping_patience", "training.early_stopping_min_delta",
     "training.report_to",
+    # compared as the scheme it resolves to (resumed_quantize): `4bit` and the scheme it names are one base
+    "model.quantize",
 }
 
 
@@ -54,15 +58,40 @@ def config_changes(saved: dict, new: dict) -> list[str]:
 
 
 
-def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None) -> None:
-    """A checkpoint written by one backend resumes on the other, except on a quantized base."""
+def check_backend_switch(ckpt, written_by: str | None, backend: str, quantize: str | None,
+                         trained: str | None = None) -> None:
+    """A checkpoint written by one backend resumes on the other, except on a quantized base
+    (`trained`: the scheme the checkpoint records, else what `quantize` means on its backend)."""
     if not written_by or written_by == backend or not quantize:
         return
     raise TrainingError(f"this run was trained on {written_by} against a {quantize} base quantized by "
-                        f"{describe(quantize, written_by)}; {backend} quantizes with "
+                        f"{describe(trained or quantize, written_by)}; {backend} quantizes with "
                         f"{describe(quantize, backend)}, so the adapter would continue against other "
                         "base weights", where=str(ckpt), fix=f"resume with --backend {written_by}, the backend "
                         "that wrote the checkpoint (an unquantized run resumes on either backend)")
+
+
+def scheme_words(scheme: str | None) -> str:
+    return f"a base quantized with {scheme}" if scheme else "the float base"
+
+
+def resumed_quantize(ckpt, record: dict, written_by: str | None, backend: str, quantize: str | None) -> str | None:
+    """`model.quantize` for a resumed run: the base it continues on is the one it was trained on, the
+    scheme the checkpoint records (older ones: what their model.quantize meant then). `4bit` keeps
+    meaning the run's own 4-bit scheme even after the default changed; another scheme, a float base
+    for a quantized run or the reverse, is refused (E222)."""
+    if "quantize_scheme" not in record and not record.get("config"):
+        return quantize  # nothing says what the checkpoint was trained on
+    saved, scheme = recorded_scheme(record, written_by or backend), resolved_name(quantize, backend)
+    if saved == scheme:
+        return quantize
+    if quantize == "4bit" and saved in schemes_of(backend) and SCHEMES[saved].bits == 4:
+        return saved
+    now = f"model.quantize={quantize} means {scheme} on {backend}" if quantize else "model.quantize is unset"
+    keep = f"set model.quantize: {saved}" if saved else "unset model.quantize"
+    raise TrainingError(f"this run was trained on {scheme_words(saved)}, and {now}: the adapter would continue "
+                        "against other base weights", where=str(ckpt),
+                        fix=f"{keep} (the checkpoint's base) to resume, or start a new run with another --output")
 
 
 def check_resume(ckpt, state: dict, saved_config: dict | None, new_config: dict, data_sha: dict, steps: int) -> None:

@@ -37,7 +37,8 @@ class ModelConfig:
     quantize: Optional[Literal[QUANT_NAMES]] = opt(
         None, "Quantize the frozen base (QLoRA) with the named scheme (common/models/quantize.py, docs/variants.md): "
         "4bit = the backend's default 4-bit (torch: nf4-dq, bitsandbytes NF4 + double quant; mlx: "
-        "mlx-affine-4-g64, mlx-lm's default; mlx-nvfp4 matches NF4's damage); mlx-* schemes run on MLX, nf4/nf4-dq/fp4/int8 on torch. `train` measures the "
+        "mlx-nvfp4, whose damage matches NF4's; runs trained before kept mlx-affine-4-g64); mlx-* schemes run on "
+        "MLX, nf4/nf4-dq/fp4/int8 on torch. `train` measures the "
         "quantized base against the float base before training (KL, argmax agreement).")
     attn_implementation: Optional[str] = opt(
         None, 'torch only: "sdpa", "eager" or "flash_attention_2"; None lets transformers choose.')

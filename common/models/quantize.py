@@ -2,9 +2,10 @@
 
 QLoRA trains an adapter against the quantized base, so the scheme decides how far from the float
 model the adapter starts. Each name is one backend's quantizer with its settings spelled out;
-`4bit` is each backend's default 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
-still mlx-lm's affine group 64, while docs/variants.md measures mlx-nvfp4 as the one matching
-NF4's damage). A scheme the backend cannot run is refused with the ones it can (E220).
+`4bit` is each backend's recommended 4-bit scheme (RECOMMENDED: NF4 + double quant on torch; on MLX
+mlx-nvfp4, the MLX 4-bit scheme whose damage matches NF4's on both embedded models, measured in
+docs/variants.md; it was mlx-lm's affine group 64 before, LEGACY_4BIT). A scheme the backend
+cannot run is refused with the ones it can (E220).
 Importing this needs neither mlx nor torch.
 """
 from __future__ import annotations
@@ -50,9 +51,14 @@ SCHEMES = {s.name: s for s in [
     _bnb("int8", 8, "bitsandbytes LLM.int8 (8-bit, fp16 outlier columns)", load_in_8bit=True),
 ]}
 
-# `4bit` on each backend. MLX: the 4-bit scheme whose damage is closest to NF4's (docs/variants.md)
-RECOMMENDED = {"mlx": "mlx-affine-4-g64", "torch": "nf4-dq"}  # mlx: mlx-lm's default, kept (docs/variants.md)
+# `4bit` on each backend. MLX: the 4-bit scheme no more damaged than NF4 on either embedded model,
+# and of those the nearest to it (docs/variants.md)
+RECOMMENDED = {"mlx": "mlx-nvfp4", "torch": "nf4-dq"}
 NAMES = ("4bit", *SCHEMES)
+# What `4bit` meant before checkpoints and adapters recorded the resolved scheme (96fe92e and before:
+# mlx-lm's affine 4-bit group 64 on MLX, bitsandbytes NF4 + double quant on torch): an old run resumes
+# against the base it was trained on, whatever `4bit` means now.
+LEGACY_4BIT = {"mlx": "mlx-affine-4-g64", "torch": "nf4-dq"}
 
 
 def schemes_of(backend: str) -> list[str]:
@@ -67,6 +73,22 @@ def resolve(name: str, backend: str) -> Scheme:
                            f"{backend} runs {', '.join(schemes_of(backend))}", where="model.quantize",
                            fix=f"use one of those (4bit = {RECOMMENDED[backend]}), or --backend {s.backend}")
     return s
+
+
+def resolved_name(name: str | None, backend: str) -> str | None:
+    """The scheme `model.quantize` resolves to on `backend` (None: a float base); what runs record."""
+    return resolve(name, backend).name if name else None
+
+
+def recorded_scheme(record: dict, backend: str | None) -> str | None:
+    """The scheme a checkpoint (trainer_state.json) or an adapter (twinlora.json) was trained on:
+    its `quantize_scheme`, or for one written before that was kept, what its model.quantize meant
+    then on the backend that wrote it (`backend` when the record names none)."""
+    if "quantize_scheme" in record:
+        return record["quantize_scheme"]
+    name = ((record.get("config") or {}).get("model") or {}).get("quantize")
+    wrote = record.get("backend") or backend
+    return LEGACY_4BIT.get("mlx" if wrote == "mlx" else "torch") if name == "4bit" else name
 
 
 def describe(name: str | None, backend: str) -> str | None:
