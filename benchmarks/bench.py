@@ -297,16 +297,9 @@ def _run_ours(spec: dict) -> dict:
             "framework_peak_bytes": fw_peak, "blas": blas}
 
 
-def _run_mlx_lm(spec: dict) -> dict:
-    from backends.mlx.blas import preload_fast_blas
-    blas = preload_fast_blas()      # the same BLAS as our MLX backend: a like-for-like comparison
-    import tempfile
-
+def _mlx_lm_model(spec: dict):
+    """(model with mlx-lm's LoRA layers holding our initial weights, its trainable parameter count)."""
     import mlx.core as mx
-    import mlx.optimizers as optim
-    from mlx_lm.tuner.callbacks import TrainingCallback
-    from mlx_lm.tuner.trainer import TrainingArgs, train
-    from mlx_lm.tuner.trainer import iterate_batches as mlx_iterate_batches
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx.utils import tree_flatten
     from mlx_lm.utils import load_model
@@ -314,7 +307,6 @@ def _run_mlx_lm(spec: dict) -> dict:
     from backends.mlx.families import config_overrides   # what transformers 5 nests, read by mlx-lm
     from common.adapters.format import block_relative, init_lora_weights, mlx_keys, peft_to_mlx, spec_from_config
 
-    warm, main = _load_rows(spec)
     model_dir = Path(spec["model_dir"])
     model, _ = load_model(model_dir, model_config=config_overrides(model_dir))
     if spec["dtype"] != "float32":
@@ -328,6 +320,22 @@ def _run_mlx_lm(spec: dict) -> dict:
     init = peft_to_mlx(init_lora_weights(lspec, modules, spec["seed"]))
     model.load_weights([(k, mx.array(v)) for k, v in init.items()], strict=False)
     n_trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
+    return model, n_trainable
+
+
+def _run_mlx_lm(spec: dict) -> dict:
+    from backends.mlx.blas import preload_fast_blas
+    blas = preload_fast_blas()      # the same BLAS as our MLX backend: a like-for-like comparison
+    import tempfile
+
+    import mlx.core as mx
+    import mlx.optimizers as optim
+    from mlx_lm.tuner.callbacks import TrainingCallback
+    from mlx_lm.tuner.trainer import TrainingArgs, train
+    from mlx_lm.tuner.trainer import iterate_batches as mlx_iterate_batches
+
+    warm, main = _load_rows(spec)
+    model, n_trainable = _mlx_lm_model(spec)
     total = spec["warmup"] + spec["steps"]
     # AdamW with bias correction (mlx's default is off) so both MLX runs do the same math; speed is
     # unaffected. mlx-lm has no clipping. Cosine decay over the run, as ours.

@@ -116,12 +116,19 @@ class BodyLimit:
 
 def create_app(served: Served, engine: Engine, api_key: str | None = None, default_max_tokens: int = 256,
                adapter_roots: list | None = None) -> FastAPI:
+    """The app: adapter routes, the body limit, OpenAI-style errors, the key check, then the routes."""
     from jobs.serve_adapters import add_adapter_routes
     app = FastAPI(title="twinlora", docs_url=None, redoc_url=None, openapi_url=None)
     add_adapter_routes(app, served, engine, adapter_roots or [])
     app.add_middleware(BodyLimit)
-    created = int(time.time())
+    add_error_handlers(app)
+    add_key_check(app, api_key)
+    add_routes(app, served, engine, Answers(served, engine), default_max_tokens)
+    return app
 
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every failure as one OpenAI-style JSON error with the right status."""
     @app.exception_handler(RequestValidationError)
     async def bad_fields(request, exc):
         first = exc.errors()[0]
@@ -139,6 +146,9 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         traceback.print_exception(exc, file=sys.stderr)
         return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
+
+def add_key_check(app: FastAPI, api_key: str | None) -> None:
+    """With a key, every /v1/ request must send it as a bearer token (compared in constant time)."""
     @app.middleware("http")
     async def key_check(request: Request, call_next):
         if api_key and request.url.path.startswith("/v1/"):
@@ -147,6 +157,11 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
                 return error(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                              code="invalid_api_key")
         return await call_next(request)
+
+
+def add_routes(app: FastAPI, served: Served, engine: Engine, answers: "Answers", default_max_tokens: int) -> None:
+    """/health, /v1/models, the page, and the two answering endpoints."""
+    created = int(time.time())
 
     @app.get("/health")
     async def health():
@@ -168,8 +183,8 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         max_tokens = req.max_completion_tokens or req.max_tokens or default_max_tokens
         top = (req.top_logprobs or 0) if req.logprobs else None
-        return await run(req, request, lambda t: prompt_ids(served.opened, messages, t.template, t.system),
-                         max_tokens, top, "chat.completion", chat_choice, "messages")
+        return await answers.run(req, request, lambda t: prompt_ids(served.opened, messages, t.template, t.system),
+                                 max_tokens, top, "chat.completion", answers.chat_choice, "messages")
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -177,10 +192,21 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         if len(prompts) != 1 or not prompts[0]:
             return error(400, "prompt: give one non-empty prompt per request", param="prompt")
         msg = [{"role": "user", "content": prompts[0]}]
-        return await run(req, request, lambda t: prompt_ids(served.opened, msg, "raw"),
-                         req.max_tokens or default_max_tokens, req.logprobs, "text_completion", text_choice, "prompt")
+        return await answers.run(req, request, lambda t: prompt_ids(served.opened, msg, "raw"),
+                                 req.max_tokens or default_max_tokens, req.logprobs, "text_completion",
+                                 answers.text_choice, "prompt")
 
-    async def run(req, request, encode, max_tokens: int, top: int | None, kind: str, choice, field: str):
+
+class Answers:
+    """How one request is answered: queued on the engine, then whole or streamed, in OpenAI's shapes
+    (the tokenizer that spells logprob tokens is the one opened when the app was made)."""
+
+    def __init__(self, served: Served, engine: Engine):
+        self.served, self.engine = served, engine
+        self.tok = served.opened.tokenizer
+
+    async def run(self, req, request, encode, max_tokens: int, top: int | None, kind: str, choice, field: str):
+        served, engine = self.served, self.engine
         target = served.target(req.model)
         if target is None:
             return error(404, f"the model {req.model!r} does not exist; available: {', '.join(served.targets)}",
@@ -209,15 +235,16 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
         head = {"id": rid, "created": int(time.time()), "model": req.model}
         if req.stream:
             from sse_starlette.sse import EventSourceResponse
-            return EventSourceResponse(events(queue, ticket, head, kind, choice, top is not None))
-        last = await unless_left(request, engine, ticket, final(queue))
+            return EventSourceResponse(self.events(queue, ticket, head, kind, choice, top is not None))
+        last = await unless_left(request, engine, ticket, self.final(queue))
         if last is None:
             return error(499, "the client closed the connection", code="client_closed")
         kind_, value = last
         if kind_ == "error":
             return failure(value)
-        return {**head, "object": kind, "choices": [choice(value, True, top is not None)], "usage": usage(value)}
+        return {**head, "object": kind, "choices": [choice(value, True, top is not None)], "usage": self.usage(value)}
 
+    @staticmethod
     async def final(queue):
         """The job's last message: ("done", answer) or ("error", exc)."""
         while True:
@@ -225,7 +252,7 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
             if kind_ in ("done", "error"):
                 return kind_, value
 
-    async def events(queue, ticket, head, kind, choice, with_logprobs):
+    async def events(self, queue, ticket, head, kind, choice, with_logprobs):
         done = False
         chunk = {**head, "object": kind + ".chunk" if kind == "chat.completion" else kind}
         try:
@@ -243,49 +270,49 @@ def create_app(served: Served, engine: Engine, api_key: str | None = None, defau
                 elif kind_ == "done":
                     done = True
                     last = choice(value, False, with_logprobs, final=True)
-                    yield json.dumps({**chunk, "choices": [last], "usage": usage(value)})
+                    yield json.dumps({**chunk, "choices": [last], "usage": self.usage(value)})
                     break
             yield "[DONE]"
         finally:
             if not done:
-                engine.stop(ticket)  # the client left: the worker stops at its next token and frees the slot
+                self.engine.stop(ticket)  # the client left: the worker stops at its next token and frees the slot
 
+    @staticmethod
     def usage(a) -> dict:
         return {"prompt_tokens": a.prompt_tokens, "completion_tokens": len(a.tokens),
                 "total_tokens": a.prompt_tokens + len(a.tokens)}
 
-    tok = served.opened.tokenizer
+    def piece(self, token_id: int) -> str:
+        return self.tok.decode([token_id])
 
-    def piece(token_id: int) -> str:
-        return tok.decode([token_id])
-
-    def chat_choice(a, whole: bool, with_logprobs: bool, final: bool = False) -> dict:
+    def chat_choice(self, a, whole: bool, with_logprobs: bool, final: bool = False) -> dict:
         """A chat choice: the whole message, a streamed delta (a is text), or the last chunk."""
         if not whole and not final:
             return {"index": 0, "delta": {"content": a}, "logprobs": None, "finish_reason": None}
         lp = None
         if with_logprobs:
+            piece = self.piece
             lp = {"content": [{"token": piece(s["id"]), "logprob": s["logprob"], "bytes": list(piece(s["id"]).encode()),
                                "top_logprobs": [{"token": piece(i), "logprob": v, "bytes": list(piece(i).encode())}
                                                 for i, v in s["top"]]} for s in a.logprobs]}
         body = {"message": {"role": "assistant", "content": a.text}} if whole else {"delta": {}}
-        return {"index": 0, **body, "logprobs": lp, "finish_reason": finish(a)}
+        return {"index": 0, **body, "logprobs": lp, "finish_reason": self.finish(a)}
 
-    def text_choice(a, whole: bool, with_logprobs: bool, final: bool = False) -> dict:
+    def text_choice(self, a, whole: bool, with_logprobs: bool, final: bool = False) -> dict:
         if not whole and not final:
             return {"index": 0, "text": a, "logprobs": None, "finish_reason": None}
         lp = None
         if with_logprobs:
-            tokens = [piece(s["id"]) for s in a.logprobs]
+            tokens = [self.piece(s["id"]) for s in a.logprobs]
             offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
             lp = {"tokens": tokens, "token_logprobs": [s["logprob"] for s in a.logprobs],
-                  "top_logprobs": [{piece(i): v for i, v in s["top"]} for s in a.logprobs], "text_offset": offsets}
-        return {"index": 0, "text": a.text if whole else "", "logprobs": lp, "finish_reason": finish(a)}
+                  "top_logprobs": [{self.piece(i): v for i, v in s["top"]} for s in a.logprobs],
+                  "text_offset": offsets}
+        return {"index": 0, "text": a.text if whole else "", "logprobs": lp, "finish_reason": self.finish(a)}
 
+    @staticmethod
     def finish(a) -> str:
         return "length" if a.finish_reason == "length" else "stop"
-
-    return app
 
 
 def serve(served: Served, sock, api_key: str | None, queue_size: int, default_max_tokens: int, echo,
