@@ -120,6 +120,24 @@ def summary(rows: list[tuple[float, float, int]]) -> tuple[float, float, float]:
             statistics.median(r[2] for r in rows))
 
 
+def report(res: dict, model: str, adapter: str, n: int, mt: int) -> None:
+    """The table of medians and the ratios, ours against mlx_lm.server and against in-process."""
+    print(f"model {model}, adapter {adapter}, {n} requests of up to {mt} tokens each, greedy, streamed, medians\n")
+    print("| setup | time to first token (s) | decode tokens/s | tokens |\n|---|---:|---:|---:|")
+    med = {k: summary(v) for k, v in res.items()}
+    for k, (ttft, tps, tok) in med.items():
+        print(f"| {k} | {ttft:.3f} | {tps:.1f} | {tok:.0f} |")
+    o, p = med["ours, one adapter"], med["mlx_lm.server, one adapter"]
+    oa, pa = med["ours, alternating a/b/c/base"], med["mlx_lm.server, alternating 3 adapters/base"]
+    g = med["our answering loop in-process (generate)"]
+    of, pf = med["ours, one adapter, a new prompt each request"], med["mlx_lm.server, one adapter, a new prompt each request"]
+    print(f"\nours / mlx_lm.server, one adapter: decode {o[1] / p[1]:.2f}x, time to first token {o[0] / p[0]:.2f}x")
+    print(f"ours / mlx_lm.server, a new prompt each request: decode {of[1] / pf[1]:.2f}x, "
+          f"time to first token {of[0] / pf[0]:.2f}x")
+    print(f"ours / mlx_lm.server, alternating: decode {oa[1] / pa[1]:.2f}x, time to first token {oa[0] / pa[0]:.2f}x")
+    print(f"ours over HTTP / in-process: decode {o[1] / g[1]:.2f}x, time to first token {o[0] / g[0]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="Base (default: the one the adapter records).")
@@ -172,20 +190,7 @@ def main() -> None:
         ours.terminate()
         plain.terminate()
     res["our answering loop in-process (generate)"] = in_process(model, args.adapter, n, mt)
-    print(f"model {model}, adapter {args.adapter}, {n} requests of up to {mt} tokens each, greedy, streamed, medians\n")
-    print("| setup | time to first token (s) | decode tokens/s | tokens |\n|---|---:|---:|---:|")
-    med = {k: summary(v) for k, v in res.items()}
-    for k, (ttft, tps, tok) in med.items():
-        print(f"| {k} | {ttft:.3f} | {tps:.1f} | {tok:.0f} |")
-    o, p = med["ours, one adapter"], med["mlx_lm.server, one adapter"]
-    oa, pa = med["ours, alternating a/b/c/base"], med["mlx_lm.server, alternating 3 adapters/base"]
-    g = med["our answering loop in-process (generate)"]
-    of, pf = med["ours, one adapter, a new prompt each request"], med["mlx_lm.server, one adapter, a new prompt each request"]
-    print(f"\nours / mlx_lm.server, one adapter: decode {o[1] / p[1]:.2f}x, time to first token {o[0] / p[0]:.2f}x")
-    print(f"ours / mlx_lm.server, a new prompt each request: decode {of[1] / pf[1]:.2f}x, "
-          f"time to first token {of[0] / pf[0]:.2f}x")
-    print(f"ours / mlx_lm.server, alternating: decode {oa[1] / pa[1]:.2f}x, time to first token {oa[0] / pa[0]:.2f}x")
-    print(f"ours over HTTP / in-process: decode {o[1] / g[1]:.2f}x, time to first token {o[0] / g[0]:.2f}x")
+    report(res, model, args.adapter, n, mt)
 
 
 if __name__ == "__main__":
