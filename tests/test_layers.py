@@ -129,11 +129,6 @@ def test_no_import_cycle():
 # The shared bottom of common/: every part writes through these, and they import nothing of common/
 # but errors, so an edge into them is no cycle.
 COMMON_BOTTOM = {"common.errors", "common.runs.io", "common.runs.ownership"}
-# The one two-way pair between common/'s parts: the slds recipe (data/) renders its prompts with
-# training/templates.py, which renders data's Example. Named here so that no other cycle creeps in.
-KNOWN_TWO_WAY = {frozenset({"data", "training"})}
-
-
 def _common_part(module: str) -> str | None:
     bits = module.split(".")
     return bits[1] if bits[0] == "common" and len(bits) > 2 else None   # common.<part>.<module>
@@ -168,7 +163,7 @@ def test_no_import_cycle_between_common_parts():
     graph = _part_graph()
     assert {"adapters", "config", "data", "evaluation", "models", "runs", "training"} <= set(graph)
     cycles = {frozenset({a, b}) for a in graph for b in _reachable(graph, a) if a != b and a in _reachable(graph, b)}
-    assert cycles == KNOWN_TWO_WAY
+    assert cycles == set(), cycles
 
 
 def test_readme_shows_the_current_import_picture():

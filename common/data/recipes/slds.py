@@ -29,7 +29,7 @@ from typing import Any
 from common.data.splits import DEFAULT_RATIOS, finish
 from common.errors import ConfigError, DataError
 from common.runs.io import iter_jsonl
-from common.training.templates import load_template
+from common.data.jinja_files import load_template
 
 log = logging.getLogger(__name__)
 
