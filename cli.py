@@ -2,8 +2,11 @@
 """twinlora: LoRA fine-tuning on MLX or PyTorch with one config, one adapter format, and proof
 that both backends give the same model.
 
-Each command parses its flags, loads the config, and calls one job in `jobs/`. Mistakes in the
-input print one line (where, what, how to fix) and exit 2; `--debug` shows the traceback.
+Each command only parses its flags and calls the function that does the work: a job in `jobs/`
+(train, sweep, study, eval, generate, serve, merge, parity, demo, prepare pairs), a function of the
+shared layer where no model is involved (config-help, prepare's data recipes, compare, convert,
+export-gguf), or the benchmark runner in `benchmarks/` (bench). Mistakes in the input print one line
+(where, what, how to fix) and exit 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
