@@ -27,10 +27,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from backends.capabilities import PARITY_PAIR  # noqa: E402  (the declared backends; no framework)
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
-from common.evaluation.registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
+from common.evaluation.registry import EVAL_DEFAULTS, STUDY_DEFAULTS  # noqa: E402  (stdlib imports only)
 from common.models.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
 from cli_options import (BACKENDS, COUNT, POSITIVE, SEED, Finite, adapter_option, backend_option,  # noqa: E402
-                         base_model_option, max_new_tokens_option, output_option)
+                         base_model_option, max_new_tokens_option, metrics_help, output_option)
 
 
 def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
@@ -271,8 +271,8 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
               "is their product). A single value is a fixed override for every run.")
 @backend_option()
 @output_option("Sweep directory: one run directory per grid point + sweep.md/.csv/.png.", required=True, directory=True)
-@click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
-              f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
+@click.option("--metrics", help=metrics_help(lead="Also generate on the validation split and score: a comma list of")
+              + ', or "auto" (the recipe\'s). Default: validation loss only.')
 @click.option("--limit", type=COUNT, default=20, show_default=True, help="Validation records used for --metrics.")
 @max_new_tokens_option("sweep", "Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
@@ -298,7 +298,7 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS,
               help="Backends to train and evaluate (repeatable; default: mlx and torch).")
 @output_option("Study directory.", required=True, directory=True)
-@click.option("--metrics", help="Comma list (default by recipe: squad for SQuAD v2, rouge,citations for legal articles).")
+@click.option("--metrics", help=metrics_help(STUDY_DEFAULTS))
 @click.option("--curve-every", type=click.IntRange(min=1), help="Checkpoint and score every N steps (default: training.save_every, or steps / 3).")
 @click.option("--curve-items", default=20, show_default=True, type=click.IntRange(min=1),
               help="Validation records scored at each checkpoint.")
@@ -556,7 +556,7 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
 @base_model_option()
 @backend_option()
 @output_option("Directory for metrics.json, predictions.jsonl, report.md.", required=True)
-@click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
+@click.option("--metrics", help=metrics_help(EVAL_DEFAULTS))
 @click.option("--limit", type=COUNT, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, "
               "same records; omit for all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the --limit sample.")

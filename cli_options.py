@@ -62,6 +62,16 @@ def adapter_option(help: str, *, required: bool = False):
     return click.option("--adapter", required=required, type=click.Path(), help=help)
 
 
+def metrics_help(defaults: dict[str, tuple[str, ...]] | None = None, lead: str = "Comma list of") -> str:
+    """--metrics help read from the metric registry: the names, and each kind of records' defaults."""
+    from common.evaluation.registry import METRICS, RECORD_KINDS
+    text = f"{lead} {','.join(METRICS)}"
+    if defaults is None:
+        return text
+    by_kind = "; ".join(f"{RECORD_KINDS[kind]}: {','.join(names)}" for kind, names in defaults.items())
+    return f"{text} (default, by what the records carry: {by_kind})."
+
+
 def max_new_tokens_option(command: str, help: str | None = None):
     """`--max-new-tokens` with `command`'s default from jobs.defaults.MAX_NEW_TOKENS."""
     return click.option("--max-new-tokens", default=MAX_NEW_TOKENS[command], show_default=True, type=COUNT,
