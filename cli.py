@@ -451,55 +451,11 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
              template, system):
     """Answer prompts with a base model and optional adapter(s): greedy by default, or sampled
     (--temperature/--top-p/--seed); --chat for a conversation, --base to see the base answer too."""
-    from jobs.evaluation import resolve_prompting
-    from common.training.sampling import Sampling
-    from jobs.session import add_adapter, open_model
-    sampling = Sampling(temperature, top_p, seed).check()
-    if not prompt and not chat:
-        raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
-    if template == "raw" and not all(p.strip() for p in prompt):
-        raise UserError("an empty --prompt with --template raw gives the model nothing to continue", where="--prompt",
-                        fix="give a non-empty prompt")
-    named = [_named_adapter(a) for a in adapters]
-    if len({label for label, _ in named}) < len(named):
-        raise UserError("two --adapter values have the same name", where="--adapter",
-                        fix="name them: --adapter a=DIR1 --adapter b=DIR2")
-    if chat and (len(named) > 1 or (with_base and named)):
-        raise UserError("--chat talks with one model", where="--chat",
-                        fix="pass at most one --adapter and no --base with --chat (or use --prompt to compare)")
-    from jobs.session import base_for
-    model = base_for(model, named[0][1] if named else None, lambda m: echo(m, err=True))
-    opened = open_model(backend, model, adapter=named[0][1] if named else None)
-    template, system, origin = resolve_prompting(opened, template, system)
-    if origin == "adapter" and (template != "chat" or system):
-        echo(f"[twinlora] template {template!r}" + (f", system prompt {system!r}" if system else "")
-             + " as recorded with the adapter (--template / --system override)", err=True)
-    keys = ["default"] + [f"adapter_{i}" for i in range(1, len(named))]  # backend names; labels are for display
-    for key, (_, path) in zip(keys[1:], named[1:]):
-        add_adapter(opened, key, path)
-    stream = (chat or sys.stdout.isatty()) if stream is None else stream
-    from jobs.answering import Target, answer_prompts, chat as chat_loop
-    targets = ([Target("base", None, template, system)] if with_base and named else []) + \
-        [Target(label, key, template, system) for (label, _), key in zip(named, keys)]
-    targets = targets or [Target("base", None, template, system)]
-    if chat:
-        stdin = click.get_text_stream("stdin")
-        return chat_loop(opened, targets[0], max_new_tokens, sampling, stdin.readline, echo,
-                         lambda msg: click.secho(f"error: {msg}", fg="red", err=True))
-    answer_prompts(opened, targets, list(prompt), max_new_tokens, sampling, stream, echo)
-
-
-def _named_adapter(value: str) -> tuple[str, str]:
-    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/); an
-    empty one, or a NAME= without its directory, is refused here (it would read as the current folder)."""
-    name, sep, path = value.partition("=")
-    if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
-        raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
-                        fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
-    if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
-        return name, path
-    p = Path(value)
-    return (p.parent.name if p.name == "adapter" else p.name) or value, value
+    from jobs.generating import run_generate
+    run_generate(list(prompt), list(adapters), with_base, model, backend, max_new_tokens, (temperature, top_p, seed),
+                 stream=(chat or sys.stdout.isatty()) if stream is None else stream, chat=chat, template=template,
+                 system=system, echo=echo, readline=click.get_text_stream("stdin").readline,
+                 error=lambda msg: click.secho(f"error: {msg}", fg="red", err=True))
 
 
 # ------------------------------------------------------------------ serve
@@ -529,24 +485,10 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/models, /health; a comparison page at /). The base loads once; a
     request's `model` picks an adapter or the base. See docs/serve.md."""
-    named = [_named_adapter(a) for a in adapters]
-    if engine == "vllm":
-        from jobs.vllm_handoff import hand_off
-        if adapter_roots:
-            raise UserError("vLLM's runtime loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING) takes adapters from any "
-                            "path, so the roots could not be enforced", where="--allow-adapter-root",
-                            fix="drop --allow-adapter-root with --engine vllm, or serve with --engine twinlora")
-        return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
-    from jobs.openai_api import serve as run_server
-    from jobs.serving import adapter_roots as allowed_roots
-    from jobs.serving import host_warning, listen, load_served
-    roots = allowed_roots(list(adapter_roots))
-    warning = host_warning(host, api_key)
-    if warning:
-        click.secho(warning, fg="yellow", err=True)
-    sock = listen(host, port)
-    served = load_served(backend, model, named, lambda m: echo(m, err=True))
-    run_server(served, sock, api_key, queue_size, default_max_tokens, echo, roots)
+    from jobs.serve_start import start_serving
+    start_serving(model, list(adapters), backend, host, port, api_key, queue_size, default_max_tokens, engine,
+                  max_lora_rank, print_command, list(adapter_roots), echo,
+                  warn=lambda msg: click.secho(msg, fg="yellow", err=True))
 
 
 # ------------------------------------------------------------------ eval / compare
