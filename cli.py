@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -200,12 +199,9 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
     cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, epochs=epochs, lr=lr,
                        batch_size=batch_size, rank=rank, seed=seed, output=output)
     if nproc > 1:
-        from jobs.launch import launch
-        job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
-               "init_adapter": init_adapter, "dry_run": dry_run}
-        from common.runs.signals import terminate_as_interrupt
-        with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
-            code = launch(nproc, backend, job, echo=echo)
+        from jobs.launch import launch_training
+        code = launch_training(cfg, nproc, backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
+                               dry_run=dry_run, echo=echo)
         if code:
             click.secho(f"error: a training process exited with code {code} (its message is above)", fg="red", err=True)
             sys.exit(code)
@@ -388,25 +384,8 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
-    from common.runs.lock import OutputLock
-    from jobs.merge import merge_adapter
-    from jobs.session import base_for
-    model = base_for(model, adapter, lambda m: echo(m, err=True))
-    with OutputLock(output):
-        info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
-    if info.get("adapter_trained_on_quantized_base") and not quantize:
-        trained = info.get("adapter_trained_on_scheme") or info["adapter_trained_on_quantized_base"]
-        echo(f"[twinlora] note: the adapter was trained on a {trained} base; merged into the unquantized base "
-             f"(the usual QLoRA merge). --quantize {trained} merges into the de-quantized base it was trained "
-             "against instead.")
-    if quantize:
-        lost = info["precision_lost"]
-        echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
-             f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
-             f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
-    if info.get("note"):
-        echo(f"[twinlora] note: {info['note']}")
-    echo(f"[twinlora] merged model: {output}")
+    from jobs.merge import run_merge
+    run_merge(backend, model, adapter, output, allow_base_mismatch, quantize, reader, echo)
 
 
 @cli.command("export-gguf")
@@ -514,19 +493,12 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
-    from jobs.evaluation import run_eval
-    from common.runs.lock import OutputLock
-    from jobs.session import base_for
-    model = base_for(model, adapter, lambda m: echo(m, err=True))
+    from jobs.evaluation import eval_to_dir
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
-    with OutputLock(output):
-        scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
-                          metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
-                          template=template, system_prompt=system, metric_options=opts, label=label,
-                          batch_size=batch_size, echo=echo, seed=seed)
-    shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
-    echo(json.dumps(shown, indent=2))
-    echo(f"[twinlora] report: {Path(output) / 'report.md'}")
+    eval_to_dir(output, backend=backend, model=model, adapter=adapter, data=data,
+                metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
+                template=template, system_prompt=system, metric_options=opts, label=label, batch_size=batch_size,
+                echo=echo, seed=seed)
 
 
 @cli.command()
