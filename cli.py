@@ -2,10 +2,11 @@
 """twinlora: LoRA fine-tuning on MLX or PyTorch with one config, one adapter format, and proof
 that both backends give the same model.
 
-Each command only parses its flags and calls the function that does the work: a job in `jobs/`
-(train, sweep, study, eval, generate, serve, merge, parity, demo, prepare pairs), a function of the
-shared layer where no model is involved (config-help, prepare's data recipes, compare, convert,
-export-gguf), or the benchmark runner in `benchmarks/` (bench). Mistakes in the input print one line
+Each command only parses and checks its flags and calls the function that does the work: a job in
+`jobs/` (train, sweep, study, eval, generate, serve, merge, parity, demo, prepare pairs), a function
+of the shared layer where no model is involved (config-help, prepare's data recipes, compare,
+convert, export-gguf), or the benchmark runner in `benchmarks/` (bench). The options several
+commands share, each with its one default, are declared in cli_options.py. Mistakes in the input print one line
 (where, what, how to fix) and exit 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
