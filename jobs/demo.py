@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from backends.capabilities import PARITY_PAIR
+from jobs.defaults import MAX_NEW_TOKENS
 
 ROOT = Path(__file__).resolve().parents[1]
 CRPA = ROOT / "data" / "legi" / "LEGITEXT000031366350_crpa_sample.json"
@@ -112,7 +113,7 @@ def _parity(out: Path, echo) -> tuple[dict, dict]:
     from jobs.session import open_model
     adapter = out / "mlx" / "adapter"
     sessions = {b: open_model(b, "embedded", adapter=adapter) for b in PARITY_PAIR}
-    rep = run_parity(sessions, PROMPTS[:3], max_new_tokens=24)
+    rep = run_parity(sessions, PROMPTS[:3], max_new_tokens=MAX_NEW_TOKENS["parity"])
     rep["loss_curves"] = loss_curve_gap(*(RunDir(out / b).read_log() for b in PARITY_PAIR))
     write_json(out / "parity.json", rep)
     echo(f"max |Δlogit| {rep['max_abs_logit_diff']:.3e} (tol {rep['tolerance']['max_abs_logit_diff']:.0e}), "

@@ -207,3 +207,18 @@ def run_eval(*, backend: str, model: str, adapter: str | None, data: str, out_di
                 "template": template, "system_prompt": system_prompt, "prompting_from": origin, "label": label}
     write_eval_report(out_dir, scores, items, settings, title=label or f"{backend} eval of {adapter or model}")
     return scores
+
+
+def eval_to_dir(output: str, *, model, adapter: str | None, echo=print, **request) -> dict:
+    """`cli.py eval`: the base the adapter records unless --model, the evaluation under the output's
+    lock, then the headline numbers and where the report is."""
+    import json
+    from common.runs.lock import OutputLock
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
+    with OutputLock(output):
+        scores = run_eval(model=model, adapter=adapter, out_dir=Path(output), echo=echo, **request)
+    shown = {k: v for k, v in scores.items() if k != "per_item" and isinstance(v, (int, float))}
+    echo(json.dumps(shown, indent=2))
+    echo(f"[twinlora] report: {Path(output) / 'report.md'}")
+    return scores

@@ -48,6 +48,16 @@ def rank_envs(nproc: int, backend: str, tmp: Path) -> list[dict]:
     return envs
 
 
+def launch_training(cfg, nproc: int, backend: str, *, overwrite: bool, resume: bool, init_adapter: str | None,
+                    dry_run: bool, echo=print) -> int:
+    """`train --nproc N`: the training job in N local processes; returns the exit code."""
+    from common.runs.signals import terminate_as_interrupt
+    job = {"config": cfg.to_dict(), "overwrite": overwrite, "resume": resume,
+           "init_adapter": init_adapter, "dry_run": dry_run}
+    with terminate_as_interrupt():  # SIGTERM to the launcher stops the ranks like Ctrl-C (rank 0 saves)
+        return launch(nproc, backend, job, echo=echo)
+
+
 def launch(nproc: int, backend: str, job: dict, echo=print, poll_s: float = 0.2) -> int:
     """Run `job` (train's arguments, config as a dict) in `nproc` local processes; return the
     exit code (the first non-zero one; the other ranks are then stopped)."""

@@ -140,3 +140,26 @@ def merge_adapter(backend: str, model: str, adapter: str, output: Path, allow_ba
         write_json(tmp / "twinlora_merge.json", info)
     return info
 
+
+def run_merge(backend: str, model, adapter: str, output: str, allow_base_mismatch: bool, quantize, reader: str,
+              echo) -> None:
+    """`cli.py merge`: the base the adapter records unless --model, the merge under the output's
+    lock, then what the user should know about it."""
+    from common.runs.lock import OutputLock
+    from jobs.session import base_for
+    model = base_for(model, adapter, lambda m: echo(m, err=True))
+    with OutputLock(output):
+        info = merge_adapter(backend, model, adapter, Path(output), allow_base_mismatch, quantize, reader=reader)
+    if info.get("adapter_trained_on_quantized_base") and not quantize:
+        trained = info.get("adapter_trained_on_scheme") or info["adapter_trained_on_quantized_base"]
+        echo(f"[twinlora] note: the adapter was trained on a {trained} base; merged into the unquantized base "
+             f"(the usual QLoRA merge). --quantize {trained} merges into the de-quantized base it was trained "
+             "against instead.")
+    if quantize:
+        lost = info["precision_lost"]
+        echo(f"[twinlora] precision lost by the {quantize} base, against the unquantized merge "
+             f"({lost['probe_prompts']} probe prompts): max |Δlogit| {lost['max_abs_logit_diff']:.4g}, "
+             f"mean KL {lost['mean_kl']:.3g}, same argmax {lost['argmax_agree']:.1%}")
+    if info.get("note"):
+        echo(f"[twinlora] note: {info['note']}")
+    echo(f"[twinlora] merged model: {output}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.data.formats import user_turn
+from jobs.defaults import MAX_NEW_TOKENS
 
 # Stated tolerances for float32 on CPU: the two libraries use different matmul/accumulation
 # orders, so logits agree to ~1e-4 on the 135M model; these bounds leave a margin of ~10x.
@@ -91,7 +92,7 @@ def family_check(model_dir) -> dict:
     return out
 
 
-def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = 24,
+def run_parity(sessions: dict, prompts: list[str], max_new_tokens: int = MAX_NEW_TOKENS["parity"],
                tol_logit: float = MAX_ABS_LOGIT_TOL, tol_kl: float = MEAN_KL_TOL) -> dict:
     """`sessions`: {"mlx": Opened, "torch": Opened} with the same base and adapter."""
     from jobs.session import PROMPT_FIX, eos_ids, fit_context

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from common.evaluation.bootstrap import N_BOOT
 from common.errors import ConfigError
 from common.runs.io import read_json
+from jobs.defaults import MAX_NEW_TOKENS
 
 STUDY = "study.json"
 SETTINGS = "settings.json"
@@ -98,8 +99,8 @@ def _int_list(values: Sequence[int] | None, where: str, lo: int, hi: int | None 
 
 def plan_study(config_path, sets: Sequence[str], backends: Sequence[str], out_dir, *, metrics=None,
                curve_every: int | None = None, curve_items: int = 20, test_items: int | None = None,
-               max_new_tokens: int = 32, n_boot: int = N_BOOT, seed: int = 0, shots: Sequence[int] = (),
-               ranks: Sequence[int] = (), forgetting: bool = True, variability_items: int = 8,
+               max_new_tokens: int = MAX_NEW_TOKENS["study"], n_boot: int = N_BOOT, seed: int = 0,
+               shots: Sequence[int] = (), ranks: Sequence[int] = (), forgetting: bool = True, variability_items: int = 8,
                variability_samples: int = 4, temperature: float = 0.7, failure_threshold: float = 50.0) -> Plan:
     """Check everything a study needs before any model is loaded; refuse a directory made with
     other settings (a rerun must finish the same study, not mix two)."""

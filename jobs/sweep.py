@@ -28,6 +28,7 @@ import yaml
 
 from common.errors import ConfigError
 from common.runs.io import read_json, write_bytes, write_json, write_text
+from jobs.defaults import MAX_NEW_TOKENS
 
 SHORT = {"training.lr": "lr", "training.steps": "steps", "lora.rank": "rank", "lora.alpha": "alpha"}
 EVAL_DIR = "eval"
@@ -170,7 +171,7 @@ def _print(msg: str = "", nl: bool = True) -> None:
 
 def run_sweep(config_path: str | Path | None, sets: Sequence[str], backend: str, out_dir: str | Path,
               metrics: list[str] | None = None, limit_eval: int | None = None, echo=_print,
-              max_new_tokens: int = 128) -> list[dict]:
+              max_new_tokens: int = MAX_NEW_TOKENS["sweep"]) -> list[dict]:
     """Train, evaluate and tabulate every grid point; return one row dict per run.
 
     `metrics`: None = validation loss only; a list of metric names (common.evaluation.registry) = also

@@ -29,13 +29,13 @@ from common.runs.tracking import check_installed
 from jobs.distributed import Dist, from_env
 
 
-@dataclass
-class Job:
-    """What setup decided, read by the later stages."""
+@dataclass(kw_only=True)
+class TrainingPlan:
+    """What `train` was asked to do and what setup decided, read by the later stages."""
     cfg: Config
-    backend: str                 # canonical name: mlx, torch
+    backend_name: str            # canonical name: mlx, torch
     caps: Capabilities
-    backend_cls: type
+    backend_class: type          # the backend to instantiate (build loads the base with it)
     dist: Dist
     run: RunDir
     echo: Callable
@@ -46,16 +46,16 @@ class Job:
     init_adapter: str | None
     model_dir: Path
     tokenizer: object
-    tk: Tokenizer
+    encoder: Tokenizer           # renders and tokenizes the examples; holds the truncation counts
     train_data: list
     valid_data: list
     steps: int
-    warm: int                    # warm-up steps of the schedule
+    warmup_steps: int            # warm-up steps of the schedule
     data_sha: dict
 
 
 def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: bool, init_adapter: str | None,
-          dry_run: bool, echo, dist) -> Job:
+          dry_run: bool, echo, dist) -> TrainingPlan:
     """Stage 1, before the model loads: what the backend cannot do is refused, the data is read
     and tokenized, the run length fixed, the run directory and a resume checked."""
     backend_cls = get_backend(backend)
@@ -92,9 +92,11 @@ def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: 
             echo(f"[twinlora] note: resuming on {q}, the base this run was trained on ({cfg.model.quantize} "
                  f"now means {resolved_name(cfg.model.quantize, backend)} on {backend})")
             cfg.model.quantize = q
-    return Job(cfg, backend, caps, backend_cls, dist, run, echo, writes, dry_run, resume, overwrite, init_adapter,
-               model_dir, tokenizer, tk, train_data, valid_data, steps, warmup_steps(steps, t.warmup_steps, t.warmup_ratio),
-               data_sha)
+    return TrainingPlan(cfg=cfg, backend_name=backend, caps=caps, backend_class=backend_cls, dist=dist, run=run,
+                        echo=echo, writes=writes, dry_run=dry_run, resume=resume, overwrite=overwrite,
+                        init_adapter=init_adapter, model_dir=model_dir, tokenizer=tokenizer, encoder=tk,
+                        train_data=train_data, valid_data=valid_data, steps=steps,
+                        warmup_steps=warmup_steps(steps, t.warmup_steps, t.warmup_ratio), data_sha=data_sha)
 
 
 def check_init_base(init_adapter: str, model_dir: Path, model: str) -> None:

@@ -43,7 +43,7 @@ from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, st
 from jobs.distributed import from_env
 from jobs.fit import Diverged, FitState, StepRule, fit
 from jobs.reference import check_reference, reference_of, set_objective
-from jobs.train_setup import Job, length_note, setup, written_by
+from jobs.train_setup import TrainingPlan, length_note, setup, written_by
 from jobs.validation import BestTracker
 
 
@@ -85,22 +85,23 @@ def train_in_job(cfg: Config, backend: str, *, resume: bool, again: str, echo=pr
 def run_stages(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False, resume: bool = False,
                init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
     """setup → build → fit → finish, in `run_dir` (the run's directory, or its staging twin)."""
-    job = setup(cfg, backend, run_dir, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
+    plan = setup(cfg, backend, run_dir, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
                 dry_run=dry_run, echo=echo, dist=dist)
-    model = build(job)
-    report = start_reporting(job, model)
-    fit_run(job, model, report)
-    return finish(job, model, report)
+    loaded = build(plan)
+    report = start_reporting(plan, loaded)
+    fit_run(plan, loaded, report)
+    return finish(plan, loaded, report)
 
 
 # ------------------------------------------------------------------ build
-@dataclass
-class Model:
-    """What build made: the backend holding the base and the adapter, and where the run starts."""
-    be: Backend
+@dataclass(kw_only=True)
+class LoadedRun:
+    """What build made: the backend holding the base and the adapter, and where the run starts
+    and ends (not a model: the loaded backend plus the run's step range and resumed state)."""
+    backend: Backend
     spec: AdapterSpec
     modules: dict                # adapted module path → (out, in)
-    n_params: int
+    trainable_params: int
     start: int                   # the first step to run (> 0 when resumed)
     end: int                     # the last step: the run's steps, or where early stopping ended it
     state: dict                  # the resumed checkpoint's trainer state ({} for a new run)
@@ -110,67 +111,68 @@ class Model:
     @property
     def collective(self) -> bool:
         """FSDP: the weights live in shards, forward passes and weight reads involve every rank."""
-        return self.be.sharded
+        return self.backend.sharded
 
 
-def build(job: Job) -> Model:
+def build(plan: TrainingPlan) -> LoadedRun:
     """Stage 2: the base model on the backend, the adapter spec, the LoRA weights (drawn in numpy,
     from --init-adapter or from the last checkpoint), data parallelism and the optimizer."""
-    cfg, t, run = job.cfg, job.cfg.training, job.run
-    measuring = bool(cfg.model.quantize) and not job.dry_run and job.dist.is_main
-    source, ids = damage.damage_ids(job.valid_data, job.train_data) if measuring else ("", [])
-    be = job.backend_cls(job.model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
+    cfg, t, run = plan.cfg, plan.cfg.training, plan.run
+    measuring = bool(cfg.model.quantize) and not plan.dry_run and plan.dist.is_main
+    source, ids = damage.damage_ids(plan.valid_data, plan.train_data) if measuring else ("", [])
+    be = plan.backend_class(plan.model_dir, dtype=cfg.model.dtype, quantize=cfg.model.quantize,
                          grad_checkpointing=t.grad_checkpointing, attn_implementation=cfg.model.attn_implementation,
-                         fsdp=t.parallel == "fsdp" and job.dist.world_size > 1)
-    reference = damage.float_logits(job.backend_cls, job.model_dir, cfg.model.dtype, ids) if ids else None
+                         fsdp=t.parallel == "fsdp" and plan.dist.world_size > 1)
+    reference = damage.float_logits(plan.backend_class, plan.model_dir, cfg.model.dtype, ids) if ids else None
     lost = damage.measure(be, reference, ids, be.scheme, cfg.model.dtype, source) if ids else None
     spec, modules = spec_from_config(cfg.lora, be.linear_modules(), be.num_hidden_layers(),
-                                     peft_base_name(cfg.model.path, job.model_dir))
+                                     peft_base_name(cfg.model.path, plan.model_dir))
     weights = init_lora_weights(spec, modules, t.seed)
-    if job.init_adapter:
-        spec_i, weights, _ = load_adapter(Path(job.init_adapter))
-        check_init_adapter(spec_i, spec, job.init_adapter)
-        modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, job.init_adapter)
+    if plan.init_adapter:
+        spec_i, weights, _ = load_adapter(Path(plan.init_adapter))
+        check_init_adapter(spec_i, spec, plan.init_adapter)
+        modules_for_adapter(spec_i, weights, {p: modules[p] for p in modules}, plan.init_adapter)
     starting = weights   # the reference of an objective that has one, when --init-adapter gives it
     start, opt_state, opt_step, state = 0, {}, 0, {}
-    ckpts = run.checkpoint_dirs() if job.resume else []
+    ckpts = run.checkpoint_dirs() if plan.resume else []
     if ckpts:
         weights, opt_state, state = run.load_checkpoint(ckpts[-1])
-        check_reference(job, state, ckpts[-1])
+        check_reference(plan, state, ckpts[-1])
         start, opt_step = state["step"], state["optimizer_step"]
         check_shapes(weights, expected_shapes(spec, modules), str(ckpts[-1]))  # checkpoints without a config too
     tracker = BestTracker.from_state(state, t.early_stopping_patience, t.early_stopping_min_delta)
     be.attach_lora(spec, modules, weights)
-    set_objective(job, be, spec, modules, starting)
-    if job.dist.world_size > 1:
-        be.distribute(job.dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
+    set_objective(plan, be, spec, modules, starting)
+    if plan.dist.world_size > 1:
+        be.distribute(plan.dist.world_size)  # DDP or FSDP (torch); MLX sums gradients in all_reduce
     be.make_optimizer(t.adam_betas, t.adam_eps, t.weight_decay, t.optimizer)
     be.load_optimizer_state(opt_state, opt_step)
     n_params = sum(int(np.prod(w.shape)) for w in weights.values())
-    return Model(be, spec, modules, n_params, start, _resumed_end(job, tracker, state, start), state, tracker, lost)
+    return LoadedRun(backend=be, spec=spec, modules=modules, trainable_params=n_params, start=start,
+                     end=_resumed_end(plan, tracker, state, start), state=state, tracker=tracker, damage=lost)
 
 
-def _resumed_end(job: Job, tracker: BestTracker, state: dict, start: int) -> int:
+def _resumed_end(plan: TrainingPlan, tracker: BestTracker, state: dict, start: int) -> int:
     """Where a resumed run ends, said in one line when nothing is left to train. A run that stopped
     early ends there again, unless more steps are asked than it was given (or early stopping is now
     off): then it trains on, as transformers' Trainer resumed with a larger max_steps, early
     stopping keeping its count (the next validation that does not improve stops it again)."""
-    planned, stopped = int(state.get("total_steps", job.steps)), tracker.stopped_at
-    if stopped is not None and (job.steps > planned or not tracker.patience):
-        job.echo(f"[twinlora] note: this run had stopped early at step {stopped}; training on to step {job.steps} "
+    planned, stopped = int(state.get("total_steps", plan.steps)), tracker.stopped_at
+    if stopped is not None and (plan.steps > planned or not tracker.patience):
+        plan.echo(f"[twinlora] note: this run had stopped early at step {stopped}; training on to step {plan.steps} "
                  + ("(early stopping is off now)" if not tracker.patience else
                     "as asked (the next validation that does not improve stops it again; "
                     "--set training.early_stopping_patience=null trains every step)"))
         tracker.stopped_at = None
     elif stopped is not None:
-        job.echo(f"[twinlora] note: this run stopped early at step {stopped} (no validation improvement for "
+        plan.echo(f"[twinlora] note: this run stopped early at step {stopped} (no validation improvement for "
                  f"{tracker.bad} validations); nothing to train, only its outputs are written again — ask for "
                  f"more than {planned} steps to train on")
         return stopped
-    elif state and start >= job.steps:
-        job.echo(f"[twinlora] note: this run has already done its {job.steps} steps; nothing to train, only its "
+    elif state and start >= plan.steps:
+        plan.echo(f"[twinlora] note: this run has already done its {plan.steps} steps; nothing to train, only its "
                  "outputs are written again — ask for more steps to train on")
-    return job.steps
+    return plan.steps
 
 
 # ------------------------------------------------------------------ fit
@@ -186,105 +188,106 @@ class Reporting:
         return [self.meter, self.validation, self.checkpoints, *step_delay()]
 
 
-def start_reporting(job: Job, model: Model) -> Reporting:
+def start_reporting(plan: TrainingPlan, loaded: LoadedRun) -> Reporting:
     """Say what runs, open the run directory (rank 0), and set up the callbacks."""
-    cfg, t, run, be = job.cfg, job.cfg.training, job.run, model.be
-    _announce(job, model)
-    if job.writes:
-        _open_run_dir(job, model.start)
+    cfg, t, run, be = plan.cfg, plan.cfg.training, plan.run, loaded.backend
+    _announce(plan, loaded)
+    if plan.writes:
+        _open_run_dir(plan, loaded.start)
     # TensorBoard drops the events a killed attempt wrote past the checkpoint (all of them without one)
-    purge = model.start + 1 if model.start else (0 if job.resume else None)
-    trackers = Trackers(t.report_to, run, cfg.to_dict(), purge, cfg.name or run.path.name) if job.writes else None
-    keys = mlx_keys(model.spec, [block_relative(p) for p in model.modules]) if job.caps.mlx_adapter else None
-    out = Outputs(run, job.writes, job.echo, trackers, model.spec, adapter_meta(job), keys)
-    meter = Meter(out, job.steps, model.start, t.log_every, model.state.get("last_loss"))
+    purge = loaded.start + 1 if loaded.start else (0 if plan.resume else None)
+    trackers = Trackers(t.report_to, run, cfg.to_dict(), purge, cfg.name or run.path.name) if plan.writes else None
+    keys = mlx_keys(loaded.spec, [block_relative(p) for p in loaded.modules]) if plan.caps.mlx_adapter else None
+    out = Outputs(run, plan.writes, plan.echo, trackers, loaded.spec, adapter_meta(plan), keys)
+    meter = Meter(out, plan.steps, loaded.start, t.log_every, loaded.state.get("last_loss"))
     # Validations run on rank 0 (and on every rank under FSDP, where the forward is a collective,
     # or with early stopping, so that every rank takes the same decision without a message).
-    validating = bool(job.valid_data) and (job.dist.is_main or model.collective or bool(t.early_stopping_patience))
-    validation = Validation(out, be, job.valid_data, t, job.tokenizer.pad_token_id, job.steps, model.tracker,
-                            validating, job.dry_run, model.state.get("val_loss"))
-    extra = {"data_sha256": job.data_sha, "config": cfg.to_dict(), "backend": job.backend,
-             "quantize_scheme": resolved_name(cfg.model.quantize, job.backend),
-             **({"reference": ref} if (ref := reference_of(job)) else {})}
-    checkpoints = Checkpoints(out, be, t, job.steps, extra, meter,
-                              validation, job.writes or model.collective and not job.dry_run)
+    validating = bool(plan.valid_data) and (plan.dist.is_main or loaded.collective or bool(t.early_stopping_patience))
+    validation = Validation(out, be, plan.valid_data, t, plan.tokenizer.pad_token_id, plan.steps, loaded.tracker,
+                            validating, plan.dry_run, loaded.state.get("val_loss"))
+    extra = {"data_sha256": plan.data_sha, "config": cfg.to_dict(), "backend": plan.backend_name,
+             "quantize_scheme": resolved_name(cfg.model.quantize, plan.backend_name),
+             **({"reference": ref} if (ref := reference_of(plan)) else {})}
+    checkpoints = Checkpoints(out, be, t, plan.steps, extra, meter,
+                              validation, plan.writes or loaded.collective and not plan.dry_run)
     return Reporting(out, meter, validation, checkpoints)
 
 
-def _announce(job: Job, model: Model) -> None:
-    cfg, t, spec, echo = job.cfg, job.cfg.training, model.spec, job.echo
-    echo(f"[twinlora] backend={job.backend} ({model.be.device}) model={cfg.model.path} LoRA r={spec.rank} "
-         f"alpha={spec.alpha} scale={spec.scale:.4g} modules={len(model.modules)} trainable={model.n_params:,} "
-         f"train={len(job.train_data)} valid={len(job.valid_data)} steps={job.steps}"
-         + (f" (resuming at step {model.start})" if model.start else ""))
-    echo(f"[twinlora] {length_note(cfg, len(job.train_data), job.steps)}")
-    before = written_by(job.run, model.state) if model.start else None
-    if before and before != job.backend:
-        echo(f"[twinlora] note: resuming a {before} checkpoint on {job.backend}: weights, AdamW moments and step "
-             f"carry over exactly; the steps from here are {job.backend}'s arithmetic (within the parity tolerance "
-             f"of an all-{job.backend} run; with lora.dropout > 0 they draw {job.backend}'s dropout masks)")
-    if model.damage:
-        echo(f"[twinlora] {damage.describe(model.damage)}")
-    for note in getattr(cfg, "notes", []) + model.be.notes:  # config notes, backend notes
+def _announce(plan: TrainingPlan, loaded: LoadedRun) -> None:
+    cfg, t, spec, echo, name = plan.cfg, plan.cfg.training, loaded.spec, plan.echo, plan.backend_name
+    echo(f"[twinlora] backend={name} ({loaded.backend.device}) model={cfg.model.path} LoRA r={spec.rank} "
+         f"alpha={spec.alpha} scale={spec.scale:.4g} modules={len(loaded.modules)} "
+         f"trainable={loaded.trainable_params:,} "
+         f"train={len(plan.train_data)} valid={len(plan.valid_data)} steps={plan.steps}"
+         + (f" (resuming at step {loaded.start})" if loaded.start else ""))
+    echo(f"[twinlora] {length_note(cfg, len(plan.train_data), plan.steps)}")
+    before = written_by(plan.run, loaded.state) if loaded.start else None
+    if before and before != name:
+        echo(f"[twinlora] note: resuming a {before} checkpoint on {name}: weights, AdamW moments and step "
+             f"carry over exactly; the steps from here are {name}'s arithmetic (within the parity tolerance "
+             f"of an all-{name} run; with lora.dropout > 0 they draw {name}'s dropout masks)")
+    if loaded.damage:
+        echo(f"[twinlora] {damage.describe(loaded.damage)}")
+    for note in getattr(cfg, "notes", []) + loaded.backend.notes:  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
-    for stats, what in ((job.tk.stats, "training"), (job.tk.valid_stats, "validation")):
+    for stats, what in ((plan.encoder.stats, "training"), (plan.encoder.valid_stats, "validation")):
         warning = truncation_warning(stats, cfg.data.max_length, what)
         if warning:
             echo(warning)
-    if job.dist.world_size > 1:
-        echo(f"[twinlora] data parallel: {job.dist.world_size} processes ({job.dist.kind}, "
-             f"{'FSDP2: weights sharded' if model.collective else 'replicated'}), "
-             f"{t.grad_accumulation // job.dist.world_size} micro-batches each per step")
+    if plan.dist.world_size > 1:
+        echo(f"[twinlora] data parallel: {plan.dist.world_size} processes ({plan.dist.kind}, "
+             f"{'FSDP2: weights sharded' if loaded.collective else 'replicated'}), "
+             f"{t.grad_accumulation // plan.dist.world_size} micro-batches each per step")
     elif t.parallel == "fsdp":
         echo("[twinlora] note: training.parallel: fsdp shards over several processes; this is one (no sharding)")
 
 
-def _open_run_dir(job: Job, start: int) -> None:
-    run = job.run
-    run.prepare(job.overwrite, job.resume)
-    write_text(run.path / "config.yaml", dump_yaml(job.cfg))
+def _open_run_dir(plan: TrainingPlan, start: int) -> None:
+    run = plan.run
+    run.prepare(plan.overwrite, plan.resume)
+    write_text(run.path / "config.yaml", dump_yaml(plan.cfg))
     if start:
         run.truncate_log(start)
-        run.log({"event": "resume", "step": start, "backend": job.backend})
+        run.log({"event": "resume", "step": start, "backend": plan.backend_name})
     else:
-        if job.resume:  # --resume before any checkpoint: drop what the killed attempt logged
+        if plan.resume:  # --resume before any checkpoint: drop what the killed attempt logged
             run.truncate_log(0)
-        run.log({"event": "start", "step": 0, "backend": job.backend, "steps": job.steps})
+        run.log({"event": "start", "step": 0, "backend": plan.backend_name, "steps": plan.steps})
 
 
-def fit_run(job: Job, model: Model, report: Reporting) -> FitState:
+def fit_run(plan: TrainingPlan, loaded: LoadedRun, report: Reporting) -> FitState:
     """Stage 3: the validation before training, then the step loop with the callbacks. Ctrl-C (and
     SIGTERM) saves the last applied step and says how to resume."""
-    t = job.cfg.training
-    if report.validation.active and model.start == 0 and not job.dry_run:
+    t = plan.cfg.training
+    if report.validation.active and loaded.start == 0 and not plan.dry_run:
         report.validation.before_training()
-    batches = iterate_batches(job.train_data, t.batch_size, job.tokenizer.pad_token_id, t.seed, t.batching,
-                              start=model.start * t.grad_accumulation)
-    state = FitState(model.start)
+    batches = iterate_batches(plan.train_data, t.batch_size, plan.tokenizer.pad_token_id, t.seed, t.batching,
+                              start=loaded.start * t.grad_accumulation)
+    state = FitState(loaded.start)
     report.meter.restart_clock()
     try:
-        fit(model.be, batches, StepRule.from_config(t, job.steps, job.warm), model.start, model.end,
-            dist=job.dist, callbacks=report.callbacks(), state=state)
+        fit(loaded.backend, batches, StepRule.from_config(t, plan.steps, plan.warmup_steps), loaded.start, loaded.end,
+            dist=plan.dist, callbacks=report.callbacks(), state=state)
     except Diverged as d:
-        raise diverged(job.run, d.what, d.value, d.step) from None
+        raise diverged(plan.run, d.what, d.value, d.step) from None
     except KeyboardInterrupt:
-        _interrupted(job, model, report, state)
+        _interrupted(plan, loaded, report, state)
     return state
 
 
-def _interrupted(job: Job, model: Model, report: Reporting, state: FitState):
+def _interrupted(plan: TrainingPlan, loaded: LoadedRun, report: Reporting, state: FitState):
     """Save the state after the last applied update (not if the interrupt hit inside one: the
     weights may be half-updated, so the last checkpoint on disk is the one to resume from; not
     under FSDP: saving gathers over ranks that the interrupt may have stopped)."""
     if report.out.trackers is not None:
         report.out.trackers.flush()
     done = state.completed
-    if job.writes and done > model.start and not state.updating and not model.collective:
-        saved = job.run.path / "checkpoints" / f"step-{done:06d}"
+    if plan.writes and done > loaded.start and not state.updating and not loaded.collective:
+        saved = plan.run.path / "checkpoints" / f"step-{done:06d}"
         path = saved if saved.is_dir() else report.checkpoints.save(done)
         raise Interrupted(f"{interrupt_name()}; progress saved at step {done}", where=str(path),
                           fix="run the same command with --resume to continue") from None
-    good = [] if job.dry_run else job.run.checkpoint_dirs()
+    good = [] if plan.dry_run else plan.run.checkpoint_dirs()
     if good:
         raise Interrupted(f"{interrupt_name()}; the last checkpoint is {good[-1].name}", where=str(good[-1]),
                           fix="run the same command with --resume to continue from it") from None
@@ -293,36 +296,36 @@ def _interrupted(job: Job, model: Model, report: Reporting, state: FitState):
 
 
 # ------------------------------------------------------------------ finish
-def finish(job: Job, model: Model, report: Reporting) -> dict:
+def finish(plan: TrainingPlan, loaded: LoadedRun, report: Reporting) -> dict:
     """Stage 4: the validation after training, the last checkpoint, adapter/, summary.json, the
     loss plot and the run's README (rank 0; under FSDP every rank joins the collectives)."""
-    dist, val, last_loss = job.dist, report.validation, report.meter.last_loss
-    if job.dry_run:
-        job.echo("[twinlora] dry run: 2 steps ran, config and data are usable; nothing written")
+    dist, val, last_loss = plan.dist, report.validation, report.meter.last_loss
+    if plan.dry_run:
+        plan.echo("[twinlora] dry run: 2 steps ran, config and data are usable; nothing written")
         return {"dry_run": True, "loss": last_loss}
-    rank_result = {"rank": dist.rank, "final_loss": last_loss, "steps": job.steps}
-    if not dist.is_main and not model.collective:
+    rank_result = {"rank": dist.rank, "final_loss": last_loss, "steps": plan.steps}
+    if not dist.is_main and not loaded.collective:
         dist.close()
         return rank_result
-    end = model.tracker.stopped_at if model.tracker.stopped_at is not None else model.end
+    end = loaded.tracker.stopped_at if loaded.tracker.stopped_at is not None else loaded.end
     # (a resumed run whose final checkpoint exists already holds the final validation)
-    final_val = bool(job.valid_data) and end == job.steps and not (model.start == end and val.last is not None)
+    final_val = bool(plan.valid_data) and end == plan.steps and not (loaded.start == end and val.last is not None)
     if final_val:
         val.last = val.run("after training")
         val.keep_best(end, val.last)
-    final_weights = model.be.lora_weights()  # gathered once for the last checkpoint and the adapter
+    final_weights = loaded.backend.lora_weights()  # gathered once for the last checkpoint and the adapter
     report.checkpoints.save(end, final_weights)
     if not dist.is_main:
         dist.close()
         return rank_result
     if final_val:
         report.out.log({"event": "eval", "step": end, "val_loss": val.last, **val.record()})
-    if job.valid_data:
-        job.echo(f"step {end}/{job.steps}  validation loss {model.tracker.describe(val.last)}"
-                 + _reward_accuracy(model.tracker.baseline_metrics, val.metrics))
+    if plan.valid_data:
+        plan.echo(f"step {end}/{plan.steps}  validation loss {loaded.tracker.describe(val.last)}"
+                 + _reward_accuracy(loaded.tracker.baseline_metrics, val.metrics))
     report.out.trackers.close()
-    summary = _summary(job, model, report)
-    _write_outputs(job, model, report, final_weights, summary, end)
+    summary = _summary(plan, loaded, report)
+    _write_outputs(plan, loaded, report, final_weights, summary, end)
     dist.close()
     return summary
 
@@ -335,10 +338,10 @@ def _reward_accuracy(before: dict | None, after: dict) -> str:
     return f"; reward accuracy {after[key]:.3f}" + (f" (before training {before[key]:.3f})" if before else "")
 
 
-def _summary(job: Job, model: Model, report: Reporting) -> dict:
-    be, meter, tracker, q = model.be, report.meter, model.tracker, job.cfg.model.quantize
+def _summary(plan: TrainingPlan, loaded: LoadedRun, report: Reporting) -> dict:
+    be, meter, tracker, q = loaded.backend, report.meter, loaded.tracker, plan.cfg.model.quantize
     elapsed = meter.elapsed()
-    summary = {"final_loss": meter.last_loss, "val_loss": report.validation.last, "steps": job.steps,
+    summary = {"final_loss": meter.last_loss, "val_loss": report.validation.last, "steps": plan.steps,
                "seconds": round(elapsed, 2), "val_loss_before": tracker.baseline, "best_val_loss": tracker.best,
                "best_step": tracker.best_step, "stopped_early_at": tracker.stopped_at,
                "tokens_per_s": meter.tokens / max(elapsed, 1e-9) if meter.tokens else None, "tokens_seen": meter.tokens,
@@ -347,45 +350,47 @@ def _summary(job: Job, model: Model, report: Reporting) -> dict:
                # frozen base as held in memory: 4-bit packed + scales when model.quantize is set
                "base_weight_bytes": be.base_weight_bytes(), "quantize": q,
                "quantize_scheme": be.scheme.name if be.scheme else None}
-    if job.cfg.training.objective != "sft":
-        summary["objective"] = job.cfg.training.objective
+    if plan.cfg.training.objective != "sft":
+        summary["objective"] = plan.cfg.training.objective
     if report.validation.metrics:   # DPO: the held-out reward accuracy and margins before/after
         summary["val_metrics"] = dict(report.validation.metrics)
         summary["val_metrics_before"] = tracker.baseline_metrics
     if q:  # what the 4-bit base saves against the same run in model.dtype
         full = be.base_weight_bytes(unquantized=True)
         summary.update(base_weight_bytes_unquantized=full, base_memory_saved_bytes=full - summary["base_weight_bytes"])
-    if model.damage:
-        summary["quantization_damage"] = model.damage
+    if loaded.damage:
+        summary["quantization_damage"] = loaded.damage
     return summary
 
 
-def _write_outputs(job: Job, model: Model, report: Reporting, weights: dict, summary: dict, end: int) -> None:
-    cfg, run = job.cfg, job.run
+def _write_outputs(plan: TrainingPlan, loaded: LoadedRun, report: Reporting, weights: dict, summary: dict,
+                   end: int) -> None:
+    cfg, run = plan.cfg, plan.run
     report.out.save_adapter("adapter", weights, summary)
     write_json(run.path / "summary.json", summary)
     run.log({"event": "end", "step": end, **summary})
-    run.plot_loss(title=f"{cfg.name or run.path.name}: {job.backend}, {cfg.model.path}, LoRA r={model.spec.rank}",
-                  best_step=model.tracker.best_step)
-    write_text(run.path / "README.md", _run_readme(cfg, job.backend, summary, run))
+    run.plot_loss(title=f"{cfg.name or run.path.name}: {plan.backend_name}, {cfg.model.path}, "
+                        f"LoRA r={loaded.spec.rank}",
+                  best_step=loaded.tracker.best_step)
+    write_text(run.path / "README.md", _run_readme(cfg, plan.backend_name, summary, run))
     shown = Path(cfg.output)  # where the run is once a staged --overwrite has been swapped in
-    job.echo(f"[twinlora] adapter: {shown / 'adapter'}  log: {shown / 'log.jsonl'}  plot: {shown / 'loss.png'}")
+    plan.echo(f"[twinlora] adapter: {shown / 'adapter'}  log: {shown / 'log.jsonl'}  plot: {shown / 'loss.png'}")
 
 
-def adapter_meta(job: Job) -> dict:
+def adapter_meta(plan: TrainingPlan) -> dict:
     """twinlora.json of the run's adapters, without the metrics: base, data, prompting, config, versions."""
-    cfg, run, sha = job.cfg, job.run, job.data_sha
+    cfg, run, sha = plan.cfg, plan.run, plan.data_sha
     return {
-        "base_model": {"name": cfg.model.path, "path": str(job.model_dir), "sha256": weights_hash(job.model_dir),
-                       "path_relative": relative_to(job.model_dir, run.adapter)},
-        "data": {"train": {"path": cfg.data.train, "sha256": sha["train"], "examples": len(job.train_data),
+        "base_model": {"name": cfg.model.path, "path": str(plan.model_dir), "sha256": weights_hash(plan.model_dir),
+                       "path_relative": relative_to(plan.model_dir, run.adapter)},
+        "data": {"train": {"path": cfg.data.train, "sha256": sha["train"], "examples": len(plan.train_data),
                            "path_relative": relative_to(cfg.data.train, run.adapter)},
                  **({"valid": {"path": cfg.data.valid, "sha256": sha["valid"],
                                "path_relative": relative_to(cfg.data.valid, run.adapter)}} if cfg.data.valid else {})},
         "template": cfg.data.template, "system_prompt": cfg.data.system_prompt, "mask_prompt": cfg.data.mask_prompt,
         "train_on": cfg.data.train_on,
-        "config": cfg.to_dict(), "backend": job.backend, "versions": library_versions(job.caps.packages),
-        "quantize_scheme": resolved_name(cfg.model.quantize, job.backend),  # what `4bit` meant for this run
+        "config": cfg.to_dict(), "backend": plan.backend_name, "versions": library_versions(plan.caps.packages),
+        "quantize_scheme": resolved_name(cfg.model.quantize, plan.backend_name),  # what `4bit` meant for this run
     }
 
 
@@ -403,7 +408,7 @@ def library_versions(packages) -> dict:
 def _run_readme(cfg: Config, backend: str, s: dict, run: RunDir) -> str:
     val = f"{s['val_loss']:.4f}" if s.get("val_loss") is not None else "n/a"
     return (f"# Run `{cfg.name or Path(cfg.output).name}`\n\n"
-            f"- backend: {backend}\n- base model: {cfg.model.path}\n- data: {cfg.data.train}\n"
+            f"- backend: {backend}\n- base loaded: {cfg.model.path}\n- data: {cfg.data.train}\n"
             f"- LoRA: r={cfg.lora.rank} alpha={cfg.lora.alpha} targets={cfg.lora.target_modules} "
             f"rsLoRA={cfg.lora.use_rslora} DoRA={cfg.lora.use_dora}\n"
             f"- steps: {s['steps']} in {s['seconds']} s, median step "

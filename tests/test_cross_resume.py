@@ -67,11 +67,11 @@ def test_resume_on_the_other_backend(refs, tiny_model, tmp_path, monkeypatch, fi
 
     held, orig_build = {}, trainer.build
 
-    def build_and_read(job):    # what the resuming backend holds before its first step
-        model = orig_build(job)
-        held["opt"], held["opt_step"] = model.be.optimizer_state()
-        held["weights"] = model.be.lora_weights()
-        return model
+    def build_and_read(plan):    # what the resuming backend holds before its first step
+        loaded = orig_build(plan)
+        held["opt"], held["opt_step"] = loaded.backend.optimizer_state()
+        held["weights"] = loaded.backend.lora_weights()
+        return loaded
     monkeypatch.setattr(trainer, "build", build_and_read)
     lines = []
     trainer.train(_cfg(tiny_model, data, out), then, resume=True, echo=lambda *a, **k: lines.append(" ".join(map(str, a))))

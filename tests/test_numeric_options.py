@@ -94,7 +94,7 @@ def test_boundary_value(command, option, value):
             return
     if value in ("-1", "nan", "inf", "abc"):
         pytest.fail(f"{command} {option} {value} is accepted as {parsed!r}: declare a range with a minimum "
-                    "(cli.Finite for floats)")
+                    "(cli_options.Finite for floats)")
     if value == "0":
         assert (command, option) in ZERO, f"{command} {option} 0 is accepted: give it a minimum of 1, or say in its help what 0 means"
         words = ZERO[(command, option)]

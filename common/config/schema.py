@@ -49,7 +49,7 @@ class DataConfig:
     train: Optional[str] = opt(None, "Training JSONL (text / Alpaca / prompt-completion / messages), a prepare "
                                "manifest.json, or a folder with train.jsonl (+ valid.jsonl), as mlx-lm's --data.")
     valid: Optional[str] = opt(None, "Validation JSONL (optional): its loss is logged every eval_every steps.")
-    test: Optional[str] = opt(None, "Test JSONL used by `eval` when no --data is given.")
+    test: Optional[str] = opt(None, "Test JSONL that `study` scores every system on (`eval` reads its own --data).")
     template: str = opt("chat", '"chat" = the tokenizer\'s chat template; "raw" = prompt + '
                         "completion + EOS, no template; or a path to a Jinja chat-template file.")
     system_prompt: Optional[str] = opt(None, "System message added to chat examples that have none.")

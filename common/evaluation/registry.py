@@ -116,6 +116,9 @@ EVAL_DEFAULTS = {"squad": ("squad", "bleu", "bertscore", "length"),
                  "classification": ("classification", "length"), "text": ("rouge", "bleu", "bertscore", "length")}
 STUDY_DEFAULTS = {"squad": ("squad", "length"), "legal": ("rouge", "citations", "length"),
                   "classification": ("classification", "length"), "text": ("rouge", "length")}
+# What each `record_kind` is, in words (the commands' --metrics help lists the defaults by it).
+RECORD_KINDS = {"squad": "SQuAD v2", "legal": "legal articles", "classification": "labelled classes",
+                "text": "other text"}
 
 
 def record_kind(examples) -> str:
