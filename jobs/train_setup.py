@@ -30,6 +30,20 @@ from jobs.distributed import Dist, from_env
 
 
 @dataclass(kw_only=True)
+class TrainRequest:
+    """What `train` is asked to do: the config, the backend and the command's flags. Built once by
+    `train` and handed to the stages whole, so no list of keywords is repeated through them."""
+    cfg: Config
+    backend: str                 # as the user named it (mlx, cuda, torch)
+    overwrite: bool = False
+    resume: bool = False
+    init_adapter: str | None = None
+    dry_run: bool = False        # check everything, train 2 steps, write nothing
+    echo: Callable = print
+    dist: Dist | None = None     # the process group; None: from the launcher's environment
+
+
+@dataclass(kw_only=True)
 class TrainingPlan:
     """What `train` was asked to do and what setup decided, read by the later stages."""
     cfg: Config
@@ -54,10 +68,11 @@ class TrainingPlan:
     data_sha: dict
 
 
-def setup(cfg: Config, backend: str, run_dir: Path, *, overwrite: bool, resume: bool, init_adapter: str | None,
-          dry_run: bool, echo, dist) -> TrainingPlan:
+def setup(request: TrainRequest, run_dir: Path) -> TrainingPlan:
     """Stage 1, before the model loads: what the backend cannot do is refused, the data is read
     and tokenized, the run length fixed, the run directory and a resume checked."""
+    cfg, backend, resume, init_adapter = request.cfg, request.backend, request.resume, request.init_adapter
+    dry_run, overwrite, echo, dist = request.dry_run, request.overwrite, request.echo, request.dist
     backend_cls = get_backend(backend)
     backend = canonical(backend)
     caps = capabilities(backend)

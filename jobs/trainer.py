@@ -43,7 +43,7 @@ from jobs.callbacks import Checkpoints, Meter, Outputs, Validation, diverged, st
 from jobs.distributed import from_env
 from jobs.fit import Diverged, FitState, StepRule, fit
 from jobs.reference import check_reference, reference_of, set_objective
-from jobs.train_setup import TrainingPlan, length_note, setup, written_by
+from jobs.train_setup import TrainingPlan, TrainRequest, length_note, setup, written_by
 from jobs.validation import BestTracker
 
 
@@ -53,16 +53,16 @@ def train(cfg: Config, backend: str, *, overwrite: bool = False, resume: bool = 
     are resumed or replaced; `--overwrite` builds the new run beside the old and swaps at the end),
     held with a lock for the whole run (`common.runs.lock`), and SIGTERM saves progress like Ctrl-C."""
     get_backend(backend)
-    dist = dist or from_env(canonical(backend), cfg.training)
-    kw = dict(overwrite=overwrite, resume=resume, init_adapter=init_adapter, dry_run=dry_run, echo=echo, dist=dist)
+    request = TrainRequest(cfg=cfg, backend=backend, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
+                           dry_run=dry_run, echo=echo, dist=dist or from_env(canonical(backend), cfg.training))
     if dry_run:
-        return run_stages(cfg, backend, run_dir=Path(cfg.output), **kw)
+        return run_stages(request, run_dir=Path(cfg.output))
     work, staged = plan_run(cfg.output, overwrite, resume)
     final = Path(os.path.normpath(real_path(cfg.output).absolute()))  # "." or "a/.." can be swapped too; a link's target
-    if not dist.is_main:
-        return run_stages(cfg, backend, run_dir=work, **kw)
+    if not request.dist.is_main:
+        return run_stages(request, run_dir=work)
     with RunLock(final), terminate_as_interrupt():
-        summary = run_stages(cfg, backend, run_dir=work, **kw)
+        summary = run_stages(request, run_dir=work)
         if staged:
             replace_dir(work, final)  # the previous run (ours) goes only now that the new one is complete
             echo(f"[twinlora] the new run replaced the previous one in {final}")
@@ -82,11 +82,9 @@ def train_in_job(cfg: Config, backend: str, *, resume: bool, again: str, echo=pr
         raise Interrupted(exc.what, where=exc.where, fix=again) from None
 
 
-def run_stages(cfg: Config, backend: str, *, run_dir: Path, overwrite: bool = False, resume: bool = False,
-               init_adapter: str | None = None, dry_run: bool = False, echo=print, dist=None) -> dict:
+def run_stages(request: TrainRequest, run_dir: Path) -> dict:
     """setup → build → fit → finish, in `run_dir` (the run's directory, or its staging twin)."""
-    plan = setup(cfg, backend, run_dir, overwrite=overwrite, resume=resume, init_adapter=init_adapter,
-                dry_run=dry_run, echo=echo, dist=dist)
+    plan = setup(request, run_dir)
     loaded = build(plan)
     report = start_reporting(plan, loaded)
     fit_run(plan, loaded, report)
