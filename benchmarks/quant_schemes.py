@@ -49,7 +49,7 @@ def damage_only(model: str, backend: str, scheme: str | None, data: Path, max_le
     from jobs.session import open_model
     cfg = load_config(overrides={"model": {"path": model}, "data": {"train": str(data / "train.jsonl"),
                                  "valid": str(data / "valid.jsonl"), "max_length": max_length}})
-    _, train, valid = prepare_data(cfg, open_model(backend, model).tokenizer)
+    _, train, valid, _ = prepare_data(cfg, open_model(backend, model).tokenizer)
     source, ids = damage.damage_ids(valid, train)
     cls, model_dir = get_backend(backend), resolve_model(model)
     if scheme is None:

@@ -60,7 +60,8 @@ class TrainingPlan:
     init_adapter: str | None
     model_dir: Path
     tokenizer: object
-    encoder: Tokenizer           # renders and tokenizes the examples; holds the truncation counts
+    encoder: Tokenizer           # renders and tokenizes the examples
+    truncations: dict            # per file ("training", "validation"): what max_length cut or dropped
     train_data: list
     valid_data: list
     steps: int
@@ -90,7 +91,7 @@ def setup(request: TrainRequest, run_dir: Path) -> TrainingPlan:
     if init_adapter:
         check_init_base(init_adapter, model_dir, cfg.model.path)
     tokenizer = load_tokenizer(model_dir)
-    tk, train_data, valid_data = prepare_data(cfg, tokenizer)
+    tk, train_data, valid_data, truncations = prepare_data(cfg, tokenizer)
     t = cfg.training
     steps = 2 if dry_run else total_steps(cfg, len(train_data))
     _check_validation_settings(cfg, valid_data)
@@ -110,6 +111,7 @@ def setup(request: TrainRequest, run_dir: Path) -> TrainingPlan:
     return TrainingPlan(cfg=cfg, backend_name=backend, caps=caps, backend_class=backend_cls, dist=dist, run=run,
                         echo=echo, writes=writes, dry_run=dry_run, resume=resume, overwrite=overwrite,
                         init_adapter=init_adapter, model_dir=model_dir, tokenizer=tokenizer, encoder=tk,
+                        truncations=truncations,
                         train_data=train_data, valid_data=valid_data, steps=steps,
                         warmup_steps=warmup_steps(steps, t.warmup_steps, t.warmup_ratio), data_sha=data_sha)
 
@@ -145,7 +147,9 @@ def length_note(cfg: Config, n_train: int, steps: int) -> str:
     return f"steps={steps} ({t.epochs or 1:g} epoch{'s' if (t.epochs or 1) != 1 else ''} of {n_train} examples, {per_step})"
 
 
-def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
+def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list, dict]:
+    """The training encoder, the encoded training and validation records, and each file's
+    truncation counts (`{"training": ..., "validation": ...}`, for the one warning line per file)."""
     from common.data.manifest import resolve_data
     # data.train may be a `prepare` manifest.json: use its train/valid files (paths checked there)
     cfg.data.train, cfg.data.valid = resolve_data(cfg.data.train, cfg.data.valid)
@@ -163,8 +167,7 @@ def prepare_data(cfg: Config, tokenizer) -> tuple[Tokenizer, list, list]:
 
     tk, train = encode(d.train)
     tk_valid, valid = encode(d.valid) if d.valid else (None, [])
-    tk.valid_stats = tk_valid.stats if tk_valid else {}  # for the one truncation line per file
-    return tk, train, valid
+    return tk, train, valid, {"training": tk.stats, "validation": tk_valid.stats if tk_valid else {}}
 
 
 def written_by(run: RunDir, state: dict) -> str | None:

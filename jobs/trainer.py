@@ -228,7 +228,7 @@ def _announce(plan: TrainingPlan, loaded: LoadedRun) -> None:
         echo(f"[twinlora] {damage.describe(loaded.damage)}")
     for note in getattr(cfg, "notes", []) + loaded.backend.notes:  # config notes, backend notes
         echo(f"[twinlora] note: {note}")
-    for stats, what in ((plan.encoder.stats, "training"), (plan.encoder.valid_stats, "validation")):
+    for what, stats in plan.truncations.items():
         warning = truncation_warning(stats, cfg.data.max_length, what)
         if warning:
             echo(warning)
