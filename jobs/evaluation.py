@@ -54,7 +54,7 @@ def generate_items(opened, examples: list[Example], template: str, system_prompt
         chunk, prompts = examples[start: start + step], all_prompts[start: start + step]
         budgets = all_budgets[start: start + step]
         t_chunk = time.perf_counter()
-        outs = _generate_chunk(be, prompts, budgets, stops, step > 1)
+        outs = generate_chunk(be, prompts, budgets, stops, step > 1)
         per_answer = (time.perf_counter() - t_chunk) / len(chunk)  # a batch's time, shared by its answers
         for j, (ex, ids, out, budget) in enumerate(zip(chunk, prompts, outs, budgets)):
             items.append(_item(ex, opened.tokenizer.decode(ids),
@@ -88,7 +88,7 @@ def answer_budgets(opened, examples: list[Example], prompts: list[list[int]], ma
     return budgets
 
 
-def _generate_chunk(be, prompts: list[list[int]], budgets: list[int], stops: list[int], batched: bool) -> list:
+def generate_chunk(be, prompts: list[list[int]], budgets: list[int], stops: list[int], batched: bool) -> list:
     """One batched call when the chunk's answers share one budget; one prompt at a time when the
     context cut some budgets (a batch has one length, and past the context a row is not defined)."""
     if batched and len(set(budgets)) == 1:

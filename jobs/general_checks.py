@@ -95,13 +95,13 @@ def base_answers(be, tokenizer, general: fg.General, max_new_tokens: int) -> lis
     from jobs.session import eos_ids
     tk, stops = Tokenizer(tokenizer, "chat"), eos_ids(tokenizer)
     prompts = [tk.encode_prompt(user_turn(p["prompt"], p["id"])) for p in general.prompts]
+    from jobs.evaluation import generate_chunk
     step = PER_FORWARD["generate"] if be.capabilities.batched_generation else 1
     outs = []
     with be.base_only():
         for i in range(0, len(prompts), step):
             part = prompts[i:i + step]
-            outs += be.generate_batch(part, max_new_tokens, stops) if step > 1 else \
-                [be.generate(part[0], max_new_tokens, stops)]
+            outs += generate_chunk(be, part, [max_new_tokens] * len(part), stops, step > 1)
     rows = []
     for p, ids, out in zip(general.prompts, prompts, outs):
         answer = [t for t in out if t not in stops]
