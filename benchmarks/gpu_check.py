@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backends.capabilities import PARITY_PAIR  # noqa: E402
 from benchmarks.check_rows import RowBook  # noqa: E402
 
 # Llama-3.2-1B's config.json (the architecture only; the weights here are random).
@@ -224,7 +225,7 @@ class Check(RowBook):
         self.guarded("parity torch-" + self.device + " vs mlx-cpu", lambda: self.parity_row(model, label),
                      model=label)
         if mlx_cuda_available():
-            for backend in ("mlx", "torch"):
+            for backend in PARITY_PAIR:
                 self.guarded(f"{backend} on CUDA", lambda b=backend: self.train_row(
                     f"{b} on CUDA", model, b, "bfloat16", None if b == "mlx" else "sdpa", mlx_device="cuda",
                     label=label), backend=backend, model=label)

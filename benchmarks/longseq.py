@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from backends.capabilities import PARITY_PAIR
 from benchmarks.bench import (PLAIN, ROOT, _env, _mib, _worker_cmd, _x, families, model_facts, synth_examples, work_dir,
                               target_list)
 
@@ -144,7 +145,7 @@ def _cached(work: Path, name: str, spec: dict) -> dict | None:
 
 
 def run_length_sweep(model: str = "embedded", lengths=(512, 2048, 4096, 8192), steps: int = 2, warmup: int = 1,
-                     rank: int = 8, backends=("mlx", "torch"), out_dir: Path = Path("runs/bench-long"),
+                     rank: int = 8, backends=PARITY_PAIR, out_dir: Path = Path("runs/bench-long"),
                      echo=print, *, targets="q_proj,v_proj", lr: float = 1e-4, seed: int = 0,
                      dtype: str = "float32", threads: int | None = None, mem_limit_gib: float = 10.0,
                      timeout: float = 1800.0, budget_s: float | None = None) -> dict:

@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from backends.capabilities import PARITY_PAIR
+
 ROOT = Path(__file__).resolve().parents[1]
 LEGI = ROOT / "data" / "legi" / "LEGITEXT000031366350_crpa_sample.json"
 
@@ -83,7 +85,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--valid-records", type=int, default=4)
     ap.add_argument("--no-train", action="store_true")
-    ap.add_argument("--backend", choices=["mlx", "torch"], help="only this backend's schemes (and float32 on it)")
+    ap.add_argument("--backend", choices=list(PARITY_PAIR), help="only this backend's schemes (and float32 on it)")
     ap.add_argument("--schemes", nargs="*", default=["float", *SCHEMES])
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="twinlora-qschemes-"))
@@ -93,7 +95,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for scheme in a.schemes:
         scheme = None if scheme in (None, "float") else scheme
-        backends = [SCHEMES[scheme].backend] if scheme else ["mlx", "torch"]
+        backends = [SCHEMES[scheme].backend] if scheme else list(PARITY_PAIR)
         for b in [b for b in backends if b == (a.backend or b)]:
             r = (damage_only(a.model, b, scheme, data, a.max_length) if a.no_train else
                  trained(a.model, b, scheme, data, work / f"{b}-{scheme}", a.steps, a.max_length, a.lr))

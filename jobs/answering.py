@@ -137,18 +137,44 @@ def answer_messages(opened: Opened, target: Target, messages: list[dict], max_ne
 def answer_prompts(opened: Opened, targets: list[Target], prompts: list[str], max_new_tokens: int, sampling,
                    stream: bool, echo) -> None:
     """`generate --prompt`: every prompt checked against the context first, then each prompt
-    answered by each target in turn (labelled when there are several)."""
-    for p in prompts:
-        for t in targets:
-            fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], t.template, t.system)),
-                        max_new_tokens, "--prompt", PROMPT_FIX, note=lambda m: None)
+    answered by each target in turn (labelled when there are several). Several greedy prompts,
+    not streamed, go through the backend's batched generation (`batched_answers`): the same text."""
+    batched = (not stream and len(prompts) > 1 and (sampling is None or sampling.greedy)
+               and opened.backend.capabilities.batched_generation)
+    said = (lambda m: echo(m, err=True)) if batched else (lambda m: None)   # else said when answered
+    budgets = {(p, t): fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], t.template,
+                                                             t.system)), max_new_tokens, "--prompt", PROMPT_FIX,
+                                   note=said)
+               for p in prompts for t in targets}
+    texts = {(p, t): a for t in targets for p, a in zip(prompts, batched_answers(opened, t, prompts, budgets))} \
+        if batched else {}
     for p in prompts:
         for t in targets:
             echo(f">>> [{t.label}] {p}" if len(targets) > 1 else f">>> {p}")
+            if (p, t) in texts:
+                echo(texts[p, t] + "\n")
+                continue
             write = (lambda piece: echo(piece, nl=False)) if stream else None
             a = answer_messages(opened, t, [{"role": "user", "content": p}], max_new_tokens, sampling, write,
                                 note=lambda m: echo(m, err=True))
             echo(("" if stream else a.text) + "\n")
+
+
+BATCH = 8   # prompts per batched call, as eval's default --batch-size
+
+
+def batched_answers(opened: Opened, target: Target, prompts: list[str], budgets: dict) -> list[str]:
+    """The target's greedy answers to `prompts`, BATCH at a time through evaluation's one chunk
+    generator (a chunk whose budgets the context cut differently goes one prompt at a time)."""
+    from jobs.evaluation import generate_chunk
+    ids = [prompt_ids(opened, [{"role": "user", "content": p}], target.template, target.system) for p in prompts]
+    stops, out = eos_ids(opened.tokenizer), []
+    with selected(opened, target):
+        for start in range(0, len(prompts), BATCH):
+            chunk = prompts[start:start + BATCH]
+            out += generate_chunk(opened.backend, ids[start:start + BATCH], [budgets[p, target] for p in chunk],
+                                  stops, True)
+    return [opened.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
 
 def chat(opened: Opened, target: Target, max_new_tokens: int, sampling, read_line, echo, error) -> None:
@@ -194,7 +220,11 @@ def named_adapter(value: str) -> tuple[str, str]:
     if not value.strip() or (sep and not path.strip() and not Path(value).exists()):
         raise UserError(f"{value!r} gives no adapter directory", where="--adapter",
                         fix="write --adapter NAME=DIR or --adapter DIR, e.g. --adapter legal=runs/legal/adapter")
-    if sep and re.fullmatch(r"[\w.-]+", name) and not Path(value).exists():
+    if sep and not Path(value).exists():
+        if not re.fullmatch(r"[\w.-]+", name):
+            raise UserError(f"adapter name {name!r} (before '=' in {value!r}) holds characters a name cannot",
+                            where="--adapter", fix="name it with letters, digits, '.', '_' or '-', e.g. "
+                            "--adapter legal=runs/legal/adapter (or give an existing directory alone)")
         return name, path
     p = Path(value)
     return (p.parent.name if p.name == "adapter" else p.name) or value, value

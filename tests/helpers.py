@@ -13,6 +13,19 @@ def chat_rows(n: int = 12) -> list[dict]:
             for i in range(n)]
 
 
+def chat_pairs(n: int = 8) -> list[dict]:
+    """Chat pairs; every third one has a multi-turn prompt (an earlier assistant turn)."""
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"}]
+        if i % 3 == 0:
+            prompt = [{"role": "user", "content": "Bonjour."}, {"role": "assistant", "content": "Bonjour !"}, *prompt]
+        rows.append({"prompt": prompt,
+                     "chosen": [{"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}],
+                     "rejected": [{"role": "assistant", "content": f"Je ne sais pas, désolé {i}."}]})
+    return rows
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     """common.runs.io.write_jsonl, returning the path (handy in fixtures)."""
     from common.runs.io import write_jsonl as write_rows

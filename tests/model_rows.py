@@ -169,6 +169,9 @@ def adapter_spec_without_a_directory(ctx):
     line = expect_error(r, "--adapter: 'legal=' gives no adapter directory")
     assert "serving" not in r.output
     expect_error(run_cli("generate", "--model", ctx.model, "-p", "hi", "--adapter", ""), "'' gives no adapter directory")
+    # a name with a space (no such path either): refused as a name, not read as the path "a b=DIR"
+    expect_error(run_cli("serve", "--model", ctx.model, "--port", "0", "--adapter", "a b=runs/x/adapter"),
+                 "--adapter: adapter name 'a b' (before '=' in 'a b=runs/x/adapter') holds characters a name cannot")
     return line
 
 

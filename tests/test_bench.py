@@ -26,7 +26,7 @@ def test_bench_dpo_times_ours_on_both_backends_beside_trl(tiny_model, tmp_path):
     the torch pair compared (vs plain), no mlx-lm row (it has no DPO), no ragged set. From the same
     LoRA init on the same pairs in the same order, ours and TRL train to the same losses."""
     from helpers import write_jsonl
-    from test_dpo import chat_pairs
+    from helpers import chat_pairs
     data = write_jsonl(tmp_path / "pairs.jsonl", chat_pairs(8))
     out = tmp_path / "bench"
     r = run_cli("bench", "--model", tiny_model, "--objective", "dpo", "--data", data, "--steps", "2", "--warmup", "1",

@@ -16,26 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import tiny_config, write_jsonl
+from helpers import chat_pairs, tiny_config, write_jsonl
 
 BACKENDS = ("mlx", "torch")
 
 
 def quiet(*a, **k):
     pass
-
-
-def chat_pairs(n: int = 8) -> list[dict]:
-    """Chat pairs; every third one has a multi-turn prompt (an earlier assistant turn)."""
-    rows = []
-    for i in range(n):
-        prompt = [{"role": "user", "content": f"Que dit l'article L{100 + i}-1 ?"}]
-        if i % 3 == 0:
-            prompt = [{"role": "user", "content": "Bonjour."}, {"role": "assistant", "content": "Bonjour !"}, *prompt]
-        rows.append({"prompt": prompt,
-                     "chosen": [{"role": "assistant", "content": f"L'article L{100 + i}-1 prévoit le droit {i}."}],
-                     "rejected": [{"role": "assistant", "content": f"Je ne sais pas, désolé {i}."}]})
-    return rows
 
 
 def text_pairs(n: int = 6) -> list[dict]:

@@ -104,3 +104,23 @@ def test_mlx_batched_greedy_equals_one_at_a_time(tiny_model, adapter):
     one = [be.generate(p, 12, [stop]) for p in prompts]
     assert len(one[3]) == next(i for i, t in enumerate(free[3]) if t == stop) < 12
     assert be.generate_batch(prompts, 12, [stop]) == one
+
+
+@pytest.mark.parametrize("backend", ["mlx", "torch"])
+def test_several_greedy_prompts_batched_give_the_one_at_a_time_text(tiny_model, adapter, backend, monkeypatch):
+    """`generate -p A -p B ...` without streaming answers every prompt in batches (the backend's
+    generate_batch is called, 9 prompts → batches of 8 and 1); the text equals the streamed,
+    one-prompt-at-a-time output, for the adapter and the base beside it."""
+    from backends import get_backend
+    prompts = [f"Que dit l'article L{100 + i}-{i % 3 + 1} ?" + " Précisez." * (i % 4) for i in range(9)]
+    args = ["generate", "--backend", backend, "--model", tiny_model, "--adapter", f"tuned={adapter}", "--base",
+            "--max-new-tokens", "10"] + [a for p in prompts for a in ("-p", p)]
+    one = run_cli(*args, "--stream")
+    cls = get_backend(backend)
+    calls = []
+    real = cls.generate_batch
+    monkeypatch.setattr(cls, "generate_batch", lambda self, ps, *a: calls.append(len(ps)) or real(self, ps, *a))
+    batched = run_cli(*args, "--no-stream")
+    assert one.exit_code == batched.exit_code == 0, (one.output, batched.output)
+    assert calls == [8, 1, 8, 1]          # base, then the adapter
+    assert batched.output == one.output and one.output.count(">>> [tuned]") == 9

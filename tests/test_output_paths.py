@@ -30,7 +30,7 @@ def made(tiny_model, tmp_path_factory):
     (root / "sweep.yaml").write_text(dump_yaml(tiny_config(tiny_model, data, root / "unused")), encoding="utf-8")
     study = tiny_config(tiny_model, data, root / "unused", data={"valid": str(data), "test": str(data)})
     (root / "study.yaml").write_text(dump_yaml(study), encoding="utf-8")
-    from test_dpo import chat_pairs
+    from helpers import chat_pairs
     pairs = write_jsonl(root / "pairs.jsonl", chat_pairs(4))
     return {"root": root, "data": data, "run": root / "run", "adapter": root / "run" / "adapter", "pairs": pairs}
 

@@ -64,7 +64,7 @@ def setup(tiny_model, tmp_path_factory):
 def dpo_setup(tiny_model, tmp_path_factory):
     """Preference tuning (training.objective: dpo) on 12 chat pairs: its reference log-probs and
     its logged reward metrics must come back exactly too."""
-    from test_dpo import chat_pairs
+    from helpers import chat_pairs
     return _reference_runs(tmp_path_factory.mktemp("resume-dpo"), tiny_model, chat_pairs(12), objective="dpo")
 
 
