@@ -142,12 +142,14 @@ def answer_prompts(opened: Opened, targets: list[Target], prompts: list[str], ma
     batched = (not stream and len(prompts) > 1 and (sampling is None or sampling.greedy)
                and opened.backend.capabilities.batched_generation)
     said = (lambda m: echo(m, err=True)) if batched else (lambda m: None)   # else said when answered
-    budgets = {(p, t): fit_context(opened, len(prompt_ids(opened, [{"role": "user", "content": p}], t.template,
-                                                             t.system)), max_new_tokens, "--prompt", PROMPT_FIX,
-                                   note=said)
-               for p in prompts for t in targets}
-    texts = {(p, t): a for t in targets for p, a in zip(prompts, batched_answers(opened, t, prompts, budgets))} \
-        if batched else {}
+    ids = {(p, t): prompt_ids(opened, [{"role": "user", "content": p}], t.template, t.system)
+           for p in prompts for t in targets}
+    budgets = {key: fit_context(opened, len(v), max_new_tokens, "--prompt", PROMPT_FIX, note=said)
+               for key, v in ids.items()}
+    texts = {}
+    for t in targets if batched else []:
+        keys = [(p, t) for p in prompts]
+        texts.update(zip(keys, batched_answers(opened, t, [ids[k] for k in keys], [budgets[k] for k in keys])))
     for p in prompts:
         for t in targets:
             echo(f">>> [{t.label}] {p}" if len(targets) > 1 else f">>> {p}")
@@ -163,17 +165,14 @@ def answer_prompts(opened: Opened, targets: list[Target], prompts: list[str], ma
 BATCH = 8   # prompts per batched call, as eval's default --batch-size
 
 
-def batched_answers(opened: Opened, target: Target, prompts: list[str], budgets: dict) -> list[str]:
-    """The target's greedy answers to `prompts`, BATCH at a time through evaluation's one chunk
-    generator (a chunk whose budgets the context cut differently goes one prompt at a time)."""
+def batched_answers(opened: Opened, target: Target, ids: list[list[int]], budgets: list[int]) -> list[str]:
+    """The target's greedy answers to the prompts `ids`, BATCH at a time through evaluation's one
+    chunk generator (a chunk whose budgets the context cut differently goes one prompt at a time)."""
     from jobs.evaluation import generate_chunk
-    ids = [prompt_ids(opened, [{"role": "user", "content": p}], target.template, target.system) for p in prompts]
     stops, out = eos_ids(opened.tokenizer), []
     with selected(opened, target):
-        for start in range(0, len(prompts), BATCH):
-            chunk = prompts[start:start + BATCH]
-            out += generate_chunk(opened.backend, ids[start:start + BATCH], [budgets[p, target] for p in chunk],
-                                  stops, True)
+        for start in range(0, len(ids), BATCH):
+            out += generate_chunk(opened.backend, ids[start:start + BATCH], budgets[start:start + BATCH], stops, True)
     return [opened.tokenizer.decode(o, skip_special_tokens=True).strip() for o in out]
 
 
