@@ -13,21 +13,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 import numpy as np
+
+from benchmarks.mlx_step_profile import median_seconds
 
 VOCAB, HIDDEN, MLP = 49152, 576, 1536       # SmolLM2-135M
 
 
 def _median_ms(run, reps: int) -> float:
-    run()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
+    return median_seconds(run, reps) * 1e3
 
 
 def arrays(n: int) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 
-def _timed(f, reps: int) -> float:
+def median_seconds(f, reps: int) -> float:
     """Median seconds of `f()` (which evaluates its result), after one warm-up call."""
     f()
     out = []
@@ -84,11 +84,11 @@ def mlx_ops(be, batch: int, length: int, reps: int) -> dict[str, float]:
         "attention chunked (ours, >256 tokens)": grad_of(lambda q, k, v: sdpa(q, k, v, scale=hd ** -0.5, mask="causal"),
                                                           q, k, k),
     }
-    out = {name: _timed(f, reps) * n_layers for name, f in ops.items()}
+    out = {name: median_seconds(f, reps) * n_layers for name, f in ops.items()}
     from backends.mlx.backend import _head_loss
     h = mx.random.normal((batch * length // 2, d))
     y = mx.array(np.random.default_rng(0).integers(0, m.args.vocab_size, batch * length // 2).astype(np.int32))
-    out["LM head + cross-entropy (targets only)"] = _timed(grad_of(lambda h: _head_loss(m, h, y), h), reps)
+    out["LM head + cross-entropy (targets only)"] = median_seconds(grad_of(lambda h: _head_loss(m, h, y), h), reps)
     return out
 
 
@@ -126,8 +126,8 @@ def main() -> None:
     vocab = mlx_be.model.args.vocab_size
     for L in map(int, a.lengths.split(",")):
         b = _batch(vocab, a.batch, L)
-        steps = {"mlx": _timed(lambda: _mlx_step(mlx_be, b), a.reps),
-                 "torch": _timed(lambda: _torch_step(torch_be, b), a.reps)}
+        steps = {"mlx": median_seconds(lambda: _mlx_step(mlx_be, b), a.reps),
+                 "torch": median_seconds(lambda: _torch_step(torch_be, b), a.reps)}
         print(f"\n### batch {a.batch} × {L} tokens: whole step (forward + backward) mlx {steps['mlx']:.3f} s, "
               f"torch {steps['torch']:.3f} s (median of {a.reps})\n")
         print("| MLX op (alone, × layers) | s per step | share of MLX step |\n|---|---:|---:|")
