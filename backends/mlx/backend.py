@@ -18,7 +18,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from backends.mlx import device
+from backends.mlx import cpu_kernels, device
 from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
@@ -57,7 +57,7 @@ def _head_loss(model, h: mx.array, y: mx.array, chunk_limit: int | None = None) 
         def f(params, h):
             mod.update(params)     # trainable head weights (if any) as inputs, as mlx-lm's grad_checkpoint
             logits = (mod.as_linear(h) if tied else mod(h)).astype(mx.float32)
-            return nn.losses.cross_entropy(logits, y, reduction="sum")
+            return cpu_kernels.cross_entropy(logits, y, reduction="sum")
         return f
 
     from common.training.longseq import loss_chunk_rows
@@ -264,7 +264,7 @@ class Backend:
             h = h.reshape(-1, h.shape[-1])[keep]
             return _head_loss(model, h, ids[:, 1:].reshape(-1)[keep], COMPILED_LOSS_CHUNK_ELEMENTS if compiled else None)
         logits = model(ids[:, :-1]).astype(mx.float32)
-        ce = nn.losses.cross_entropy(logits, ids[:, 1:], reduction="none")
+        ce = cpu_kernels.cross_entropy(logits, ids[:, 1:], reduction="none")
         return (ce * mask[:, 1:]).sum()
 
     def _row_logps(self, model, ids, batch: Batch, keep):
@@ -279,7 +279,7 @@ class Backend:
         else:
             logits = model(ids[:, :-1]).astype(mx.float32)
             logits = logits.reshape(-1, logits.shape[-1])[keep]
-        logp = -nn.losses.cross_entropy(logits, y, reduction="none")
+        logp = -cpu_kernels.cross_entropy(logits, y, reduction="none")
         target_rows = np.nonzero(batch.mask[:, 1:] > 0)[0]      # the row of each target, in `keep`'s order
         rows = mx.array((np.arange(ids.shape[0])[:, None] == target_rows[None, :]).astype(np.float32))
         return (rows * logp[None, :]).sum(axis=1)
@@ -296,7 +296,8 @@ class Backend:
         ids, L = mx.array(batch.ids), batch.ids.shape[1] - 1
         plan = device.choices(self.model, batch.ids.shape[0], L)
         swap = self.base_only() if self.reference_adapter is None else self._adapter_held(self.reference_adapter)
-        with swap, long_attention(self.model, L, exp=plan.exp(compiled), use=plan.chunked_attention):
+        with swap, long_attention(self.model, L, exp=plan.exp(compiled), use=plan.chunked_attention), \
+                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
             out = self._row_logps(self.model, ids, batch, _targets(batch))
             mx.eval(out)
         return np.array(out)
@@ -320,7 +321,7 @@ class Backend:
         L = ids.shape[1] - 1
         plan = plan or device.choices(self.model, ids.shape[0], L)
         with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
-                            use=plan.chunked_attention) as saved:
+                            use=plan.chunked_attention) as saved, cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
             def forward(model, ids, mask, targets):
                 out = self.objective.loss(_Scores(self, batch, model, ids, mask, targets, ref, compiled))
                 if saved is not None:
@@ -411,7 +412,8 @@ class Backend:
         self.model.eval()
         plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
         with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention), \
-                packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
+                packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1), \
+                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
             loss, sums = self.objective.loss(_Scores(self, batch, self.model, mx.array(batch.ids), mx.array(batch.mask),
                                                      _targets(batch), ref))
             mx.eval(loss, sums)
@@ -421,8 +423,15 @@ class Backend:
     # ------------------------------------------------------------ inference
     def logits(self, ids: np.ndarray) -> np.ndarray:
         self.model.eval()
-        out = self.model(mx.array(np.asarray(ids))).astype(mx.float32)
-        return np.array(out)
+        ids = np.asarray(ids)
+        with self._inference_kernels(ids.shape[0], ids.shape[-1]):
+            out = self.model(mx.array(ids)).astype(mx.float32)
+            return np.array(out)
+
+    def _inference_kernels(self, rows: int, length: int):
+        """The device's CPU kernels (common/models/devices.py) around a forward pass or a generation
+        loop: every token's graph is built inside the block."""
+        return cpu_kernels.in_model(self.model, device.choices(self.model, rows, length).cpu_kernels)
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, eos_ids: list[int],
                  sampler=None, on_token=None) -> list[int]:
@@ -437,15 +446,16 @@ class Backend:
         weights = "base" if self._base_only or self.active_adapter is None else f"adapter:{self.active_adapter}"
         cache, rest = self._prefixes.start(weights, prompt_ids) if self._prefixes else (None, prompt_ids)
         out, seen = [], []
-        for tok, _ in generate_step(mx.array(rest), self.model, max_tokens=max_new_tokens, sampler=pick,
-                                    prompt_cache=cache):
-            t = int(tok)
-            seen.append(t)  # its keys and values are in the cache (generate_step computes one ahead)
-            if t in eos_ids:
-                break
-            out.append(t)
-            if on_token is not None:
-                on_token(t)
+        with self._inference_kernels(1, len(prompt_ids) + max_new_tokens):
+            for tok, _ in generate_step(mx.array(rest), self.model, max_tokens=max_new_tokens, sampler=pick,
+                                        prompt_cache=cache):
+                t = int(tok)
+                seen.append(t)  # its keys and values are in the cache (generate_step computes one ahead)
+                if t in eos_ids:
+                    break
+                out.append(t)
+                if on_token is not None:
+                    on_token(t)
         if self._prefixes:  # only an answer that ran to its end: an interrupted one leaves the cache unknown
             self._prefixes.keep(weights, list(prompt_ids) + seen, cache)
         return out
@@ -462,10 +472,11 @@ class Backend:
         uids = gen.insert([list(p) for p in prompts], [max_new_tokens] * n)
         out = {uid: [] for uid in uids}
         try:
-            while responses := gen.next_generated():
-                for r in responses:
-                    if r.finish_reason != "stop":     # "stop": the end-of-turn token, not part of the answer
-                        out[r.uid].append(int(r.token))
+            with self._inference_kernels(n, max(map(len, prompts)) + max_new_tokens):
+                while responses := gen.next_generated():
+                    for r in responses:
+                        if r.finish_reason != "stop":     # "stop": the end-of-turn token, not part of the answer
+                            out[r.uid].append(int(r.token))
         finally:
             gen.close()
         return [out[uid] for uid in uids]

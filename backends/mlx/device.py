@@ -31,9 +31,10 @@ def heads_of(model) -> int:
 
 def choices(model, batch: int, seq_len: int) -> Choices:
     """This device's choices for a step of `batch` rows of `seq_len` tokens on `model`."""
-    from backends.mlx import attention
+    from backends.mlx import attention, cpu_kernels
     from common.training import longseq
     kind = device_kind()
     need = sdpa_attention_bytes(batch, heads_of(model), seq_len)
     return mlx_choices(kind, seq_len, chunk=longseq.ATTENTION_CHUNK, compiled_rows=attention.COMPILED_ROWS,
-                       attention_bytes=need, memory_bytes=memory_bytes() if kind != "cpu" else None)
+                       attention_bytes=need, memory_bytes=memory_bytes() if kind != "cpu" else None,
+                       kernels_built=kind == "cpu" and cpu_kernels.available())

@@ -35,6 +35,7 @@ class Choices:
     heap: str | None             # glibc policy (common/models/heap.py): "reuse" (MLX), "release" (torch)
     measured: bool               # these choices were timed on this kind of device
     why: str = ""
+    cpu_kernels: bool = False    # MLX: twinlora's vectorised CPU kernels for SwiGLU and the loss (when built)
 
     def exp(self, compiled: bool) -> str:
         """The chunked attention's exponential: 'poly' (fuses when compiled), 'power', or 'exp'."""
@@ -46,6 +47,8 @@ class Choices:
         attn = "chunked attention" if self.chunked_attention else "mx.fast SDPA"
         parts = [attn, f"exp={self.exp(self.compiled_step)}", "compiled step" if self.compiled_step else "eager step",
                  f"heap={self.heap or 'glibc default'}", "measured" if self.measured else "never measured here"]
+        if self.device == "cpu" and self.cpu_exponentials:        # MLX on a CPU
+            parts.insert(3, "twinlora CPU kernels" if self.cpu_kernels else "MLX's own CPU ops")
         return f"{self.device}: " + ", ".join(parts) + (f" ({self.why})" if self.why else "")
 
 
@@ -55,12 +58,13 @@ def sdpa_attention_bytes(batch: int, heads: int, seq_len: int) -> int:
 
 
 def mlx_choices(device: str, seq_len: int, *, chunk: int, compiled_rows: int, attention_bytes: int = 0,
-                memory_bytes: int | None = None) -> Choices:
-    """MLX on `device` ('cpu' or 'gpu') for rows of `seq_len` tokens."""
+                memory_bytes: int | None = None, kernels_built: bool = False) -> Choices:
+    """MLX on `device` ('cpu' or 'gpu') for rows of `seq_len` tokens; `kernels_built`: twinlora's CPU
+    kernels (backends/mlx/cpu_kernels) are built for this MLX, used on the CPU only."""
     long = seq_len > chunk
     if device == "cpu":
         return Choices("cpu", long, True, seq_len >= compiled_rows, "reuse" if seq_len >= chunk else None, True,
-                       "measured on the Linux CPU, docs/benchmark-cpu.md")
+                       "measured on the Linux CPU, docs/benchmark-cpu.md", cpu_kernels=kernels_built)
     too_big = long and memory_bytes is not None and attention_bytes > FIT_FRACTION * memory_bytes
     why = (f"plain SDPA would need ~{attention_bytes / 2**30:.1f} GiB for one layer, over "
            f"{FIT_FRACTION:g} of {memory_bytes / 2**30:.1f} GiB" if too_big else "what plain mlx-lm does")

@@ -1,0 +1,457 @@
+// twinlora's CPU kernels for MLX: the element-wise ops where MLX's CPU backend is slowest.
+//
+// On an x86 CPU MLX runs its element-wise ops one float at a time on one thread (its SIMD types
+// have width 1 off Apple silicon, and only BLAS uses more than one thread): `exp` costs ~15 ns per
+// float against ~3 for torch (docs/benchmark-cpu.md). The ops below are MLX primitives (they sit in
+// MLX's graph, with their own vector-Jacobian products) whose loops g++ vectorises for this machine
+// (-march=native) and split over the cores (MLX's ThreadPool):
+//   silu_mul(g, u)     = silu(g)·u, mlx-lm's `swiglu` (llama, qwen2, qwen3 MLPs); its backward
+//                        (dg, du) in one pass;
+//   gelu_approx(x)     mlx's nn.gelu_approx (Gemma 3's MLP), as x·σ(2z); its backward;
+//   logsumexp(x)       over the last axis (the loss's log-softmax normaliser); its backward
+//                        exp(x − lse)·c;
+//   softmax(x, causal) over the last axis, the attention's (a causal mask applied inside, so no
+//                        L×L mask is built or added); its backward p·(g − Σ g·p).
+// Inputs are float32 and row-contiguous (the Python side falls back to MLX's own ops otherwise).
+// The exponential is Cephes' expf (range reduction to [−ln2/2, ln2/2], degree-5 polynomial),
+// ~1e-7 relative error, written without libm calls so it vectorises.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <cstdlib>
+#include <future>
+#include <thread>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/ops.h"
+#include "mlx/primitives.h"
+#include "mlx/threadpool.h"
+#include "mlx/version.h"
+
+namespace nb = nanobind;
+using namespace mlx::core;
+
+namespace {
+
+inline float fast_exp(float x) {
+  float keep = x < -87.0f ? 0.0f : 1.0f;               // e^x below 2^-126 is zero (a masked key: exactly)
+  x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);   // a NaN passes through (both compares false)
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;   // round to nearest (1.5·2^23)
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;                // x − n·ln2, in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;              // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale * keep;
+}
+
+// Each loop below takes __restrict pointers: without them g++ reloads every pointer per element.
+void silu_mul_rows(const float* __restrict g, const float* __restrict u, float* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float x = g[i];
+    out[i] = x / (1.0f + fast_exp(-x)) * u[i];
+  }
+}
+
+void silu_mul_grad_rows(const float* __restrict g, const float* __restrict u, const float* __restrict c,
+                        float* __restrict dg, float* __restrict du, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float x = g[i];
+    float sig = 1.0f / (1.0f + fast_exp(-x));
+    float silu = x * sig;
+    du[i] = c[i] * silu;
+    dg[i] = c[i] * u[i] * (sig + silu * (1.0f - sig));
+  }
+}
+
+// mlx's nn.gelu_approx, 0.5·x·(1 + tanh(z)) with z = √(2/π)·(x + 0.044715·x³), written as x·σ(2z)
+constexpr float GELU_2K = 2.0f * 0.7978845608028654f, GELU_C = 0.044715f;
+
+void gelu_approx_rows(const float* __restrict x, float* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i];
+    out[i] = v / (1.0f + fast_exp(-GELU_2K * (v + GELU_C * v * v * v)));
+  }
+}
+
+void gelu_approx_grad_rows(const float* __restrict x, const float* __restrict c, float* __restrict dx, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i];
+    float sig = 1.0f / (1.0f + fast_exp(-GELU_2K * (v + GELU_C * v * v * v)));
+    dx[i] = c[i] * (sig + v * sig * (1.0f - sig) * GELU_2K * (1.0f + 3.0f * GELU_C * v * v));
+  }
+}
+
+float logsumexp_row(const float* __restrict x, int64_t n) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  if (m == -INFINITY || m == INFINITY) return m;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += fast_exp(x[i] - m);
+  return m + std::log(sum);
+}
+
+void exp_shift_scale_row(const float* __restrict x, float* __restrict out, int64_t n, float shift, float scale) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = fast_exp(x[i] - shift) * scale;
+}
+
+// softmax of the first `n` entries of a row (the rest, a causal mask's future keys, are zero)
+void softmax_row(const float* __restrict x, float* __restrict out, int64_t n, int64_t width) {
+  float m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) m = x[i] > m ? x[i] : m;
+  float sum = 0.0f;
+  if (m == -INFINITY) m = 0.0f;            // every key masked: exp(-inf) = 0 below, the row stays zero
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = fast_exp(x[i] - m);
+    sum += out[i];
+  }
+  float inv = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] *= inv;
+  for (int64_t i = n; i < width; ++i) out[i] = 0.0f;
+}
+
+// the softmax's backward: p·(g − Σ g·p) over the first `n` entries (zero beyond)
+void softmax_grad_row(const float* __restrict p, const float* __restrict g, float* __restrict out, int64_t n,
+                      int64_t width) {
+  float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < n; ++i) dot += p[i] * g[i];
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = p[i] * (g[i] - dot);
+  for (int64_t i = n; i < width; ++i) out[i] = 0.0f;
+}
+
+// Threads: OMP_NUM_THREADS when set (what twinlora's --threads and the benchmarks set for torch and
+// OpenBLAS), else the machine's cores. The helpers are MLX's own ThreadPool, whose idle threads
+// sleep on a condition variable: OpenMP's spin between kernels on the cores OpenBLAS's matmuls
+// need (a 4 × 256-token step on 2 cores: 5.2 s spinning, 3.9 s with OMP_WAIT_POLICY=PASSIVE), and
+// its policy cannot be set once torch has loaded its libgomp.
+int& thread_count() {
+  static int n = [] {
+    const char* env = std::getenv("OMP_NUM_THREADS");
+    int from_env = env ? std::atoi(env) : 0;
+    return from_env > 0 ? from_env : std::max(1, int(std::thread::hardware_concurrency()));
+  }();
+  return n;
+}
+
+ThreadPool& helpers() {
+  static ThreadPool* pool = new ThreadPool(std::max(1, thread_count() - 1));   // never destroyed: no join at exit
+  return *pool;
+}
+
+// body(a, b) over [0, n) in at most one piece per thread, none smaller than `grain` elements; the
+// calling thread (MLX's stream worker) runs the first piece.
+template <class F>
+void in_parallel(int64_t n, int64_t grain, F body) {
+  int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(thread_count(), n / std::max<int64_t>(grain, 1)));
+  if (pieces == 1) {
+    body(0, n);
+    return;
+  }
+  std::vector<std::future<void>> rest;
+  for (int64_t p = 1; p < pieces; ++p)
+    rest.push_back(helpers().enqueue([=] { body(n * p / pieces, n * (p + 1) / pieces); }));
+  body(0, n / pieces);
+  for (auto& f : rest) f.get();
+}
+
+constexpr int64_t ELEMENT_GRAIN = 1 << 15;
+
+void allocate(array& a) {
+  a.set_data(allocator::malloc(a.nbytes()));
+}
+
+[[noreturn]] void cpu_only(const char* name) {
+  throw std::runtime_error(std::string(name) + ": twinlora's kernels run on the CPU only");
+}
+
+std::vector<array> silu_mul_grad(const array& g, const array& u, const array& c, Stream s);
+array exp_shift_scale(const array& x, const array& lse, const array& c, Stream s);
+
+class SiluMul : public UnaryPrimitive {
+ public:
+  explicit SiluMul(Stream s) : UnaryPrimitive(s) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    auto& enc = cpu::get_command_encoder(stream());
+    enc.set_input_array(in[0]);
+    enc.set_input_array(in[1]);
+    enc.set_output_array(out);
+    enc.dispatch([g = in[0].data<float>(), u = in[1].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
+      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { silu_mul_rows(g + a, u + a, o + a, b - a); });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
+                         const std::vector<int>& argnums, const std::vector<array>&) override {
+    auto grads = silu_mul_grad(primals[0], primals[1], cotangents[0], stream());
+    std::vector<array> out;
+    for (int a : argnums) out.push_back(grads[a]);
+    return out;
+  }
+  const char* name() const override { return "TwinloraSiluMul"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+class SiluMulGrad : public Primitive {
+ public:
+  explicit SiluMulGrad(Stream s) : Primitive(s) {}
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
+    allocate(out[0]);
+    allocate(out[1]);
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out[0]);
+    enc.set_output_array(out[1]);
+    enc.dispatch([g = in[0].data<float>(), u = in[1].data<float>(), c = in[2].data<float>(),
+                  dg = out[0].data<float>(), du = out[1].data<float>(), n = int64_t(in[0].size())]() {
+      in_parallel(n, ELEMENT_GRAIN,
+                  [=](int64_t a, int64_t b) { silu_mul_grad_rows(g + a, u + a, c + a, dg + a, du + a, b - a); });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, std::vector<array>&) override { cpu_only(name()); }
+  const char* name() const override { return "TwinloraSiluMulGrad"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+array gelu_approx_grad(const array& x, const array& c, Stream s);
+
+class GeluApprox : public UnaryPrimitive {
+ public:
+  explicit GeluApprox(Stream s) : UnaryPrimitive(s) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    auto& enc = cpu::get_command_encoder(stream());
+    enc.set_input_array(in[0]);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
+      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { gelu_approx_rows(x + a, o + a, b - a); });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
+                         const std::vector<int>&, const std::vector<array>&) override {
+    return {gelu_approx_grad(primals[0], cotangents[0], stream())};
+  }
+  const char* name() const override { return "TwinloraGeluApprox"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+class GeluApproxGrad : public UnaryPrimitive {
+ public:
+  explicit GeluApproxGrad(Stream s) : UnaryPrimitive(s) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), c = in[1].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
+      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { gelu_approx_grad_rows(x + a, c + a, o + a, b - a); });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  const char* name() const override { return "TwinloraGeluApproxGrad"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+class LogSumExp : public UnaryPrimitive {
+ public:
+  explicit LogSumExp(Stream s) : UnaryPrimitive(s) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), rows = out.size();
+    auto& enc = cpu::get_command_encoder(stream());
+    enc.set_input_array(in[0]);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), rows, width]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) o[r] = logsumexp_row(x + r * width, width);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
+                         const std::vector<int>&, const std::vector<array>& outputs) override {
+    return {exp_shift_scale(primals[0], outputs[0], cotangents[0], stream())};
+  }
+  const char* name() const override { return "TwinloraLogSumExp"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+// exp(x − lse[row])·c[row]: logsumexp's backward (the softmax times the cotangent)
+class ExpShiftScale : public UnaryPrimitive {
+ public:
+  explicit ExpShiftScale(Stream s) : UnaryPrimitive(s) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), rows = in[1].size();
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), l = in[1].data<float>(), c = in[2].data<float>(), o = out.data<float>(),
+                  rows, width]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) exp_shift_scale_row(x + r * width, o + r * width, width, l[r], c[r]);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  const char* name() const override { return "TwinloraExpShiftScale"; }
+  bool is_equivalent(const Primitive&) const override { return true; }
+};
+
+array softmax_grad(const array& p, const array& g, bool causal, Stream s);
+
+// the rows' lengths under a causal mask: query i of Lq (the last Lq of Lk keys) sees keys 0..i+Lk−Lq
+inline int64_t visible(bool causal, int64_t row, int64_t rows_per_matrix, int64_t width) {
+  return causal ? std::min<int64_t>(width, row % rows_per_matrix + 1 + width - rows_per_matrix) : width;
+}
+
+// softmax over the last axis; `causal`: each [.., Lq, Lk] matrix's future keys are masked out
+class Softmax : public UnaryPrimitive {
+ public:
+  Softmax(Stream s, bool causal) : UnaryPrimitive(s), causal_(causal) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1, rows = in[0].size() / width;
+    auto& enc = cpu::get_command_encoder(stream());
+    enc.set_input_array(in[0]);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), rows, width, per, causal = causal_]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r)
+          softmax_row(x + r * width, o + r * width, visible(causal, r, per, width), width);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  std::vector<array> vjp(const std::vector<array>&, const std::vector<array>& cotangents, const std::vector<int>&,
+                         const std::vector<array>& outputs) override {
+    return {softmax_grad(outputs[0], cotangents[0], causal_, stream())};
+  }
+  const char* name() const override { return "TwinloraSoftmax"; }
+  bool is_equivalent(const Primitive& other) const override {
+    return causal_ == static_cast<const Softmax&>(other).causal_;
+  }
+
+ private:
+  bool causal_;
+};
+
+class SoftmaxGrad : public UnaryPrimitive {
+ public:
+  SoftmaxGrad(Stream s, bool causal) : UnaryPrimitive(s), causal_(causal) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1, rows = in[0].size() / width;
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([p = in[0].data<float>(), g = in[1].data<float>(), o = out.data<float>(), rows, width, per,
+                  causal = causal_]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r)
+          softmax_grad_row(p + r * width, g + r * width, o + r * width, visible(causal, r, per, width), width);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  const char* name() const override { return "TwinloraSoftmaxGrad"; }
+  bool is_equivalent(const Primitive& other) const override {
+    return causal_ == static_cast<const SoftmaxGrad&>(other).causal_;
+  }
+
+ private:
+  bool causal_;
+};
+
+array float32_rows(const array& a, Stream s) {
+  return contiguous(astype(a, float32, s), false, s);
+}
+
+std::vector<array> silu_mul_grad(const array& g, const array& u, const array& c, Stream s) {
+  return array::make_arrays({g.shape(), g.shape()}, {float32, float32}, std::make_shared<SiluMulGrad>(s),
+                            {g, u, float32_rows(c, s)});
+}
+
+array exp_shift_scale(const array& x, const array& lse, const array& c, Stream s) {
+  return array(x.shape(), float32, std::make_shared<ExpShiftScale>(s), {x, lse, float32_rows(c, s)});
+}
+
+array silu_mul(const array& g, const array& u) {
+  if (g.shape() != u.shape()) throw std::invalid_argument("silu_mul: gate and up differ in shape");
+  auto s = to_stream(Device::cpu);
+  return array(g.shape(), float32, std::make_shared<SiluMul>(s), {float32_rows(g, s), float32_rows(u, s)});
+}
+
+array logsumexp_last(const array& x) {
+  if (x.ndim() < 1 || x.shape(-1) == 0) throw std::invalid_argument("logsumexp: needs a non-empty last axis");
+  auto s = to_stream(Device::cpu);
+  auto shape = x.shape();
+  shape.pop_back();
+  return array(shape, float32, std::make_shared<LogSumExp>(s), {float32_rows(x, s)});
+}
+
+array gelu_approx_grad(const array& x, const array& c, Stream s) {
+  return array(x.shape(), float32, std::make_shared<GeluApproxGrad>(s), {x, float32_rows(c, s)});
+}
+
+array gelu_approx(const array& x) {
+  auto s = to_stream(Device::cpu);
+  return array(x.shape(), float32, std::make_shared<GeluApprox>(s), {float32_rows(x, s)});
+}
+
+array softmax_grad(const array& p, const array& g, bool causal, Stream s) {
+  return array(p.shape(), float32, std::make_shared<SoftmaxGrad>(s, causal), {p, float32_rows(g, s)});
+}
+
+array softmax_last(const array& x, bool causal) {
+  if (x.ndim() < 1 || x.shape(-1) == 0) throw std::invalid_argument("softmax: needs a non-empty last axis");
+  if (causal && (x.ndim() < 2 || x.shape(-2) > x.shape(-1)))
+    throw std::invalid_argument("softmax: a causal mask needs [..., queries, keys] with queries <= keys");
+  auto s = to_stream(Device::cpu);
+  return array(x.shape(), float32, std::make_shared<Softmax>(s, causal), {float32_rows(x, s)});
+}
+
+}  // namespace
+
+NB_MODULE(_cpu_kernels, m) {
+  m.doc() = "twinlora's vectorised, multi-threaded CPU kernels for MLX (backends/mlx/cpu_kernels)";
+  m.def("silu_mul", &silu_mul, nb::arg("gate"), nb::arg("up"), "silu(gate)·up, float32, on the CPU");
+  m.def("gelu_approx", &gelu_approx, nb::arg("x"), "mlx's nn.gelu_approx (tanh form), float32, on the CPU");
+  m.def("logsumexp", &logsumexp_last, nb::arg("x"), "log-sum-exp over the last axis, float32, on the CPU");
+  m.def("softmax", &softmax_last, nb::arg("x"), nb::arg("causal") = false,
+        "softmax over the last axis, float32, on the CPU; causal: [..., Lq, Lk] with each query's future keys masked");
+  m.def("threads", []() { return thread_count(); }, "threads the kernels split over");
+  m.def(
+      "set_threads",
+      [](int n) {
+        if (n < 1) throw std::invalid_argument("set_threads: n must be at least 1");
+        thread_count() = n;
+        helpers().resize(std::max(1, n - 1));
+      },
+      nb::arg("n"));
+  m.attr("BUILT_FOR_MLX") = std::to_string(MLX_VERSION_MAJOR) + "." + std::to_string(MLX_VERSION_MINOR) + "." +
+                             std::to_string(MLX_VERSION_PATCH);
+}
