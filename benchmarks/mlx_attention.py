@@ -5,8 +5,9 @@ backend's chunked FlashAttention-2 (backends/mlx/attention.py), same inputs, sam
 
 Per length: forward and forward+backward seconds (best of --repeats), MLX's peak memory above the
 inputs, the ratios ours/plain, and the largest difference of the output and of dq, dk, dv; ours
-as an uncompiled gradient runs it and compiled, as the backend runs long rows on a CPU.
-`--exp` times the CPU exponentials alone (MLX's exp and power, ours, numpy). The
+as an uncompiled gradient runs it and compiled, as the backend runs long rows on a CPU; and, when
+they are built, the whole-row attention on twinlora's CPU kernels (backends/mlx/cpu_kernels), which
+holds the scores as mx.fast does. `--exp` times the CPU exponentials alone (MLX's exp and power, ours, numpy). The
 shapes default to SmolLM2-135M's (the embedded model). Lengths whose plain scores would not fit in
 --plain-max-gib are run on ours only.
 """
@@ -47,6 +48,15 @@ def attention_inputs(L: int, heads: int, kv_heads: int, head_dim: int):
     return q, k, v, w
 
 
+def _with_kernels(sdpa, q, k, v, scale):
+    from backends.mlx import cpu_kernels
+    cpu_kernels._active = True              # as inside cpu_kernels.in_model
+    try:
+        return sdpa(q, k, v, scale=scale, mask="causal")
+    finally:
+        cpu_kernels._active = False
+
+
 def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plain_max_gib: float) -> dict:
     import mlx.core as mx
     import numpy as np
@@ -60,6 +70,10 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
                                                               exp="poly")[0]}
     if 3.5 * heads * L * L * 4 / 2 ** 30 <= plain_max_gib:
         runs["mx.fast"] = lambda q, k, v: mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask="causal")
+        from backends.mlx import cpu_kernels
+        if cpu_kernels.available():        # the whole-row attention on the kernels' softmax (backends/mlx/cpu_kernels)
+            kernel_sdpa = cpu_kernels.attention(None)
+            runs["CPU kernels"] = lambda q, k, v: _with_kernels(kernel_sdpa, q, k, v, scale)
     out = {"L": L}
     for name, f in runs.items():
         grad = mx.value_and_grad(lambda q, k, v: (f(q, k, v) * w).sum(), argnums=(0, 1, 2))
@@ -70,7 +84,7 @@ def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plai
                      "peak_mib": _peak(lambda: grad(q, k, v)),
                      "values": [np.array(f(q, k, v))] + [np.array(g) for g in grad(q, k, v)[1]]}
     if "mx.fast" in out:
-        for name in ("ours", "ours, compiled"):
+        for name in [n for n in ("ours", "ours, compiled", "CPU kernels") if n in out]:
             out[name]["max_diff"] = max(float(np.abs(a - b).max())
                                         for a, b in zip(out[name]["values"], out["mx.fast"]["values"]))
     return out
@@ -126,7 +140,9 @@ def main() -> None:
     for L in sorted(int(x) for x in args.lengths.split(",")):
         r = measure(L, args.heads, args.kv_heads, args.head_dim, args.repeats, args.plain_max_gib)
         plain = r.get("mx.fast")
-        for name in ("mx.fast", "ours", "ours, compiled"):
+        for name in ("mx.fast", "ours", "ours, compiled", "CPU kernels"):
+            if name == "CPU kernels" and name not in r and "mx.fast" in r:
+                continue                    # not built here
             if name not in r:
                 print(f"| {L} | {name} | not run (scores over --plain-max-gib) | | | | | |")
                 continue

@@ -5,15 +5,31 @@ scripts/setup.sh builds them; on a developer's machine without the build these t
 CI=true a missing build fails them (CI must test the path users train on)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
 import numpy as np
 import pytest
 
-mx = pytest.importorskip("mlx.core")
-nn = pytest.importorskip("mlx.nn")
-from backends.mlx import cpu_kernels  # noqa: E402
+if importlib.util.find_spec("mlx") is None:
+    pytest.skip("mlx is not installed", allow_module_level=True)
+mx = nn = cpu_kernels = None     # imported by the fixture below, not while pytest collects
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mlx_modules(tiny_model):
+    """mlx imported as the rest of the suite imports it: after torch (tiny_model is built with it),
+    OpenBLAS loaded before mlx.core (get_backend). In one process this order decides which BLAS each
+    library binds to, and later tests (test_resume) compare in-process runs with fresh processes
+    bit for bit; importing mlx.core while pytest collects changed them."""
+    global mx, nn, cpu_kernels
+    from backends import get_backend
+    get_backend("mlx")
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    from backends.mlx import cpu_kernels
 
 
 @pytest.fixture(scope="module")

@@ -126,10 +126,12 @@ def _mlx_grads(be) -> dict:
     return out
 
 
-@pytest.mark.parametrize("lengths", [LENGTHS, [120, 200, 7]], ids=["short", "over-attention-chunk"])
+@pytest.mark.parametrize("lengths", [LENGTHS, [120, 200, 7], [300, 250, 20]],
+                         ids=["short", "over-attention-chunk", "over-whole-row"])
 def test_mlx_packed_loss_and_gradients_equal_padded(tiny_model, lengths):
     """A packed MLX row: the same summed loss and LoRA gradients as the padded batch of its samples
-    (and as each sample alone); 327 tokens runs the chunked attention with the block mask."""
+    (and as each sample alone); 327 tokens runs the chunked attention with the block mask (with the
+    CPU kernels: their whole-row attention, up to 512), 570 tokens the chunked one either way."""
     be = _mlx_backend(tiny_model)
     rng = np.random.default_rng(4)
     rows = [Tokenized(tuple(rng.integers(3, 300, n).tolist()), tuple([0] * (n // 3) + [1] * (n - n // 3)))

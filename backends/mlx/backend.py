@@ -321,7 +321,8 @@ class Backend:
         L = ids.shape[1] - 1
         plan = plan or device.choices(self.model, ids.shape[0], L)
         with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
-                            use=plan.chunked_attention) as saved, cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
+                            use=plan.chunked_attention) as saved, \
+                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
             def forward(model, ids, mask, targets):
                 out = self.objective.loss(_Scores(self, batch, model, ids, mask, targets, ref, compiled))
                 if saved is not None:

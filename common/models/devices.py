@@ -20,6 +20,12 @@ from common.errors import BackendError
 # CPU: 3.5 × 2.3 GiB at 8192 tokens on SmolLM2, backends/mlx/attention.py)
 SDPA_SCORE_COPIES = 3.5
 FIT_FRACTION = 0.5              # of the device's recommended working set, for one layer's attention
+# With twinlora's CPU kernels MLX attends over whole rows up to this many attention chunks (512 tokens;
+# the chunked attention above): one layer's forward+backward at 512 tokens, SmolLM2's heads, 2 threads:
+# 0.028 s whole-row on the kernels' softmax against 0.045 s chunked (0.060 mx.fast), for 1.2× mx.fast's
+# memory instead of 0.6× (`python -m benchmarks.mlx_attention --lengths 256,512,1024,2048`,
+# docs/benchmark-cpu.md).
+KERNEL_WHOLE_ROW_CHUNKS = 2
 FOUR_BIT_DEVICES = ("cuda", "cpu")          # bitsandbytes NF4 on torch (not MPS)
 PAGED_OPTIMIZER_DEVICES = ("cuda",)         # bitsandbytes paged optimizers page through CUDA memory
 TORCH_DEVICES = ("cuda", "mps", "cpu")
@@ -44,7 +50,8 @@ class Choices:
         return "poly" if compiled else "power"
 
     def describe(self) -> str:
-        attn = "chunked attention" if self.chunked_attention else "mx.fast SDPA"
+        attn = "chunked attention" if self.chunked_attention else \
+            "whole-row attention on the CPU kernels" if self.cpu_kernels else "mx.fast SDPA"
         parts = [attn, f"exp={self.exp(self.compiled_step)}", "compiled step" if self.compiled_step else "eager step",
                  f"heap={self.heap or 'glibc default'}", "measured" if self.measured else "never measured here"]
         if self.device == "cpu" and self.cpu_exponentials:        # MLX on a CPU
@@ -63,7 +70,8 @@ def mlx_choices(device: str, seq_len: int, *, chunk: int, compiled_rows: int, at
     kernels (backends/mlx/cpu_kernels) are built for this MLX, used on the CPU only."""
     long = seq_len > chunk
     if device == "cpu":
-        return Choices("cpu", long, True, seq_len >= compiled_rows, "reuse" if seq_len >= chunk else None, True,
+        chunked = seq_len > (KERNEL_WHOLE_ROW_CHUNKS * chunk if kernels_built else chunk)
+        return Choices("cpu", chunked, True, seq_len >= compiled_rows, "reuse" if seq_len >= chunk else None, True,
                        "measured on the Linux CPU, docs/benchmark-cpu.md", cpu_kernels=kernels_built)
     too_big = long and memory_bytes is not None and attention_bytes > FIT_FRACTION * memory_bytes
     why = (f"plain SDPA would need ~{attention_bytes / 2**30:.1f} GiB for one layer, over "
