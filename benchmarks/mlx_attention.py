@@ -50,11 +50,8 @@ def attention_inputs(L: int, heads: int, kv_heads: int, head_dim: int):
 
 def _with_kernels(sdpa, q, k, v, scale):
     from backends.mlx import cpu_kernels
-    cpu_kernels._active = True              # as inside cpu_kernels.in_model
-    try:
+    with cpu_kernels.switched_on():         # as inside cpu_kernels.in_model
         return sdpa(q, k, v, scale=scale, mask="causal")
-    finally:
-        cpu_kernels._active = False
 
 
 def measure(L: int, heads: int, kv_heads: int, head_dim: int, repeats: int, plain_max_gib: float) -> dict:

@@ -44,9 +44,8 @@ def kernels():
 @pytest.fixture
 def active(kernels):
     """The kernels switched on as inside `in_model`."""
-    cpu_kernels._active = True
-    yield kernels
-    cpu_kernels._active = False
+    with cpu_kernels.switched_on():
+        yield kernels
 
 
 def _rel(a, b) -> float:

@@ -150,11 +150,25 @@ def attention(inner):
 
 
 @contextmanager
+def switched_on():
+    """While the block runs, this module's functions (swiglu, gelu_approx, cross_entropy, the
+    attention) use the kernels, when they are built; nothing in any model is swapped."""
+    global _active
+    if _active or load() is None:
+        yield
+        return
+    _active = True
+    try:
+        yield
+    finally:
+        _active = False
+
+
+@contextmanager
 def in_model(model, use: bool, attention_too: bool = True):
     """While the block runs: the kernels for `model`'s SwiGLU (llama, qwen2, qwen3) or GELU
-    (gemma3_text), for `cross_entropy`, and (`attention_too`: the chunked attention is not in use) for the attention's
-    softmax, when `use` (the device's choice) and they are built."""
-    global _active
+    (gemma3_text), for `cross_entropy`, and (`attention_too`: the chunked attention is not in use)
+    for the attention's softmax, when `use` (the device's choice) and they are built."""
     if not use or _active or load() is None:
         yield
         return
@@ -166,12 +180,11 @@ def in_model(model, use: bool, attention_too: bool = True):
     before = {name: getattr(mod, name) for name in swaps if hasattr(mod, name)}
     if before.get("nn") is not nn:           # a module with some other `nn` keeps it
         before.pop("nn", None)
-    _active = True
     for name in before:
         setattr(mod, name, swaps[name])
     try:
-        yield
+        with switched_on():
+            yield
     finally:
-        _active = False
         for name, value in before.items():
             setattr(mod, name, value)
