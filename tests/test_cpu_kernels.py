@@ -70,6 +70,19 @@ def test_gelu_approx_equals_mlx_forward_and_backward(kernels):
     assert _rel(_grads(kernels.gelu_approx, x)[0], _grads(nn.gelu_approx, x)[0]) < 2e-6
 
 
+@pytest.mark.parametrize("trainable_weight", [False, True])
+def test_rms_norm_equals_mx_fast_forward_and_backward(active, trainable_weight):
+    x = mx.random.normal((2, 7, 96), key=mx.random.key(9)) * 3
+    w = 1.0 + mx.random.normal((96,), key=mx.random.key(10)) * 0.2
+    assert _rel(cpu_kernels.rms_norm(x, w, 1e-6), mx.fast.rms_norm(x, w, 1e-6)) < 2e-6
+    args = (x, w) if trainable_weight else (x,)
+    ours = _grads(lambda *a: cpu_kernels.rms_norm(a[0], a[1] if trainable_weight else w, 1e-6), *args)
+    theirs = _grads(lambda *a: mx.fast.rms_norm(a[0], a[1] if trainable_weight else w, 1e-6), *args)
+    for a, b in zip(ours, theirs):
+        assert _rel(a, b) < 1e-5
+    assert _rel(cpu_kernels.rms_norm(x, None, 1e-6), mx.fast.rms_norm(x, None, 1e-6)) == 0   # MLX's own
+
+
 def test_silu_mul_equals_mlx_forward_and_backward(kernels):
     g = mx.random.normal((3, 37, 129), key=mx.random.key(0)) * 4
     u = mx.random.normal((3, 37, 129), key=mx.random.key(1))
@@ -191,8 +204,8 @@ def gemma_seed(tmp_path_factory):
     return build_seed("gemma-3-4b", tmp_path_factory.mktemp("gemma") / "gemma-3-4b")
 
 
-@pytest.mark.parametrize("family, expected", [("llama", {"silu_mul", "logsumexp", "softmax"}),
-                                              ("gemma3_text", {"gelu_approx", "logsumexp", "softmax"})])
+@pytest.mark.parametrize("family, expected", [("llama", {"silu_mul", "rms_norm", "logsumexp", "softmax"}),
+                                              ("gemma3_text", {"gelu_approx", "rms_norm", "logsumexp", "softmax"})])
 def test_training_step_with_kernels_equals_without(request, kernels, family, expected):
     """A step's loss and every LoRA gradient are MLX's own to 1e-5, padded and packed rows, on the
     tiny llama (SwiGLU, grouped-query attention) and the Gemma-3-4B seed (GELU, sliding-window
@@ -222,6 +235,7 @@ def test_training_step_with_kernels_equals_without(request, kernels, family, exp
         with_kernels = _step(be, batch)
         assert spy.calls == expected
         assert (getattr(mod, "swiglu", None), mod.nn, mod.scaled_dot_product_attention) == mlx_lm_functions
+        assert mx.fast.rms_norm is cpu_kernels._MLX_RMS_NORM
         os.environ["TWINLORA_MLX_CPU_KERNELS"] = "0"
         cpu_kernels.forget()
         try:

@@ -1,5 +1,5 @@
-"""twinlora's CPU kernels for MLX (kernels.cpp): SwiGLU, GELU (tanh form), the loss's log-sum-exp
-and the attention's softmax, vectorised and spread over the cores, where MLX's CPU backend computes them one float at a
+"""twinlora's CPU kernels for MLX (kernels.cpp): SwiGLU, GELU (tanh form), RMSNorm, the loss's
+log-sum-exp and the attention's softmax, vectorised and spread over the cores, where MLX's CPU backend computes them one float at a
 time on one thread.
 
 Built on the user's machine by scripts/setup.sh (`python -m backends.mlx.cpu_kernels.build`); when
@@ -11,8 +11,9 @@ off (the before/after benchmarks).
 `in_model(model, use)` swaps, in the model's module, mlx-lm's `swiglu` (llama, qwen2, qwen3), the
 `nn` it calls `nn.gelu_approx` on (gemma3_text) and, unless the chunked attention runs, its
 `scaled_dot_product_attention` for the kernels' versions while a block runs (as
-backends/mlx/attention.long_attention swaps the attention), and routes `cross_entropy` through the
-kernel's log-sum-exp; outside such a block all are mlx-lm's.
+backends/mlx/attention.long_attention swaps the attention), and `mx.fast.rms_norm` (every family's
+norms call it), and routes `cross_entropy` through the kernel's log-sum-exp; outside such a block
+all are MLX's and mlx-lm's own.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 import mlx.core as mx
 import mlx.nn as nn
 
+_MLX_RMS_NORM = mx.fast.rms_norm      # MLX's own, kept before any block swaps it
 _module = None
 _why: str | None = None
 _checked = False
@@ -92,6 +94,13 @@ def gelu_approx(x: mx.array) -> mx.array:
     return nn.gelu_approx(x)
 
 
+def rms_norm(x: mx.array, weight: mx.array | None, eps: float) -> mx.array:
+    """mx.fast.rms_norm; the kernel inside an `in_model` block on float32 inputs with a weight."""
+    if weight is not None and _fits(x, weight) and weight.ndim == 1 and x.ndim >= 1 and weight.shape[0] == x.shape[-1]:
+        return _module.rms_norm(x, weight, eps)
+    return _MLX_RMS_NORM(x, weight, eps)
+
+
 class _NNWithKernels:
     """mlx.nn as a model's module sees it inside an `in_model` block: gelu_approx is the kernel's."""
     gelu_approx = staticmethod(gelu_approx)
@@ -151,8 +160,8 @@ def attention(inner):
 
 @contextmanager
 def switched_on():
-    """While the block runs, this module's functions (swiglu, gelu_approx, cross_entropy, the
-    attention) use the kernels, when they are built; nothing in any model is swapped."""
+    """While the block runs, this module's functions (swiglu, gelu_approx, rms_norm, cross_entropy,
+    the attention) use the kernels, when they are built; nothing in any model is swapped."""
     global _active
     if _active or load() is None:
         yield
@@ -182,9 +191,11 @@ def in_model(model, use: bool, attention_too: bool = True):
         before.pop("nn", None)
     for name in before:
         setattr(mod, name, swaps[name])
+    mx.fast.rms_norm = rms_norm              # nn.RMSNorm and gemma3_text's RMSNorm call it through mx.fast
     try:
         with switched_on():
             yield
     finally:
+        mx.fast.rms_norm = _MLX_RMS_NORM
         for name, value in before.items():
             setattr(mod, name, value)

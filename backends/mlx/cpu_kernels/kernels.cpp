@@ -8,6 +8,8 @@
 //   silu_mul(g, u)     = silu(g)·u, mlx-lm's `swiglu` (llama, qwen2, qwen3 MLPs); its backward
 //                        (dg, du) in one pass;
 //   gelu_approx(x)     mlx's nn.gelu_approx (Gemma 3's MLP), as x·σ(2z); its backward;
+//   rms_norm(x, w, e)  mx.fast.rms_norm (its CPU backward is a chain of scalar MLX ops); the
+//                        backward w.r.t. x in one pass per row;
 //   logsumexp(x)       over the last axis (the loss's log-softmax normaliser); its backward
 //                        exp(x − lse)·c;
 //   softmax(x, causal) over the last axis, the attention's (a causal mask applied inside, so no
@@ -94,6 +96,32 @@ void gelu_approx_grad_rows(const float* __restrict x, const float* __restrict c,
     float sig = 1.0f / (1.0f + fast_exp(-GELU_2K * (v + GELU_C * v * v * v)));
     dx[i] = c[i] * (sig + v * sig * (1.0f - sig) * GELU_2K * (1.0f + 3.0f * GELU_C * v * v));
   }
+}
+
+// mx.fast.rms_norm of one row: x·w / sqrt(mean(x²) + eps); its backward w.r.t. x,
+// r·(g − x̂·mean(g·x̂)) with g = c·w, x̂ = x·r, r = 1/sqrt(mean(x²) + eps)
+inline float rms_of(const float* __restrict x, int64_t n, float eps) {
+  float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+  for (int64_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  return 1.0f / std::sqrt(ss / float(n) + eps);
+}
+
+void rms_norm_row(const float* __restrict x, const float* __restrict w, float* __restrict out, int64_t n, float eps) {
+  float r = rms_of(x, n, eps);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] * r * w[i];
+}
+
+void rms_norm_grad_row(const float* __restrict x, const float* __restrict w, const float* __restrict c,
+                       float* __restrict dx, int64_t n, float eps) {
+  float r = rms_of(x, n, eps);
+  float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t i = 0; i < n; ++i) dot += c[i] * w[i] * x[i] * r;
+  dot /= float(n);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dx[i] = r * (c[i] * w[i] - x[i] * r * dot);
 }
 
 float logsumexp_row(const float* __restrict x, int64_t n) {
@@ -275,6 +303,77 @@ class GeluApproxGrad : public UnaryPrimitive {
   bool is_equivalent(const Primitive&) const override { return true; }
 };
 
+array rms_norm_grad(const array& x, const array& w, const array& c, float eps, Stream s);
+
+class RmsNorm : public UnaryPrimitive {
+ public:
+  RmsNorm(Stream s, float eps) : UnaryPrimitive(s), eps_(eps) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), rows = in[0].size() / width;
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), w = in[1].data<float>(), o = out.data<float>(), rows, width, eps = eps_]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / width), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) rms_norm_row(x + r * width, w, o + r * width, width, eps);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
+                         const std::vector<int>& argnums, const std::vector<array>&) override {
+    auto& x = primals[0];
+    auto& c = cotangents[0];
+    std::vector<array> out;
+    for (int a : argnums) {
+      if (a == 0) {
+        out.push_back(rms_norm_grad(x, primals[1], c, eps_, stream()));
+      } else {                             // the weight (a trainable norm): Σ over rows of c·x̂, in MLX ops
+        auto s = stream();
+        auto r = rsqrt(add(mean(square(x, s), -1, true, s), array(eps_, float32), s), s);
+        auto rows = std::vector<int>();
+        for (int i = 0; i < x.ndim() - 1; ++i) rows.push_back(i);
+        out.push_back(sum(multiply(c, multiply(x, r, s), s), rows, false, s));
+      }
+    }
+    return out;
+  }
+  const char* name() const override { return "TwinloraRmsNorm"; }
+  bool is_equivalent(const Primitive& other) const override {
+    return eps_ == static_cast<const RmsNorm&>(other).eps_;
+  }
+
+ private:
+  float eps_;
+};
+
+class RmsNormGrad : public UnaryPrimitive {
+ public:
+  RmsNormGrad(Stream s, float eps) : UnaryPrimitive(s), eps_(eps) {}
+  void eval_cpu(const std::vector<array>& in, array& out) override {
+    allocate(out);
+    int64_t width = in[0].shape(-1), rows = in[0].size() / width;
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    enc.dispatch([x = in[0].data<float>(), w = in[1].data<float>(), c = in[2].data<float>(), o = out.data<float>(),
+                  rows, width, eps = eps_]() {
+      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / width), [=](int64_t a, int64_t b) {
+        for (int64_t r = a; r < b; ++r) rms_norm_grad_row(x + r * width, w, c + r * width, o + r * width, width, eps);
+      });
+    });
+  }
+  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+  const char* name() const override { return "TwinloraRmsNormGrad"; }
+  bool is_equivalent(const Primitive& other) const override {
+    return eps_ == static_cast<const RmsNormGrad&>(other).eps_;
+  }
+
+ private:
+  float eps_;
+};
+
 class LogSumExp : public UnaryPrimitive {
  public:
   explicit LogSumExp(Stream s) : UnaryPrimitive(s) {}
@@ -422,6 +521,17 @@ array gelu_approx(const array& x) {
   return array(x.shape(), float32, std::make_shared<GeluApprox>(s), {float32_rows(x, s)});
 }
 
+array rms_norm_grad(const array& x, const array& w, const array& c, float eps, Stream s) {
+  return array(x.shape(), float32, std::make_shared<RmsNormGrad>(s, eps), {x, w, float32_rows(c, s)});
+}
+
+array rms_norm(const array& x, const array& w, float eps) {
+  if (x.ndim() < 1 || w.ndim() != 1 || w.shape(0) != x.shape(-1) || x.shape(-1) == 0)
+    throw std::invalid_argument("rms_norm: needs x [..., D] and a weight [D]");
+  auto s = to_stream(Device::cpu);
+  return array(x.shape(), float32, std::make_shared<RmsNorm>(s, eps), {float32_rows(x, s), float32_rows(w, s)});
+}
+
 array softmax_grad(const array& p, const array& g, bool causal, Stream s) {
   return array(p.shape(), float32, std::make_shared<SoftmaxGrad>(s, causal), {p, float32_rows(g, s)});
 }
@@ -440,6 +550,8 @@ NB_MODULE(_cpu_kernels, m) {
   m.doc() = "twinlora's vectorised, multi-threaded CPU kernels for MLX (backends/mlx/cpu_kernels)";
   m.def("silu_mul", &silu_mul, nb::arg("gate"), nb::arg("up"), "silu(gate)·up, float32, on the CPU");
   m.def("gelu_approx", &gelu_approx, nb::arg("x"), "mlx's nn.gelu_approx (tanh form), float32, on the CPU");
+  m.def("rms_norm", &rms_norm, nb::arg("x"), nb::arg("weight"), nb::arg("eps"),
+        "mx.fast.rms_norm (a weight [D]), float32, on the CPU");
   m.def("logsumexp", &logsumexp_last, nb::arg("x"), "log-sum-exp over the last axis, float32, on the CPU");
   m.def("softmax", &softmax_last, nb::arg("x"), nb::arg("causal") = false,
         "softmax over the last axis, float32, on the CPU; causal: [..., Lq, Lk] with each query's future keys masked");
