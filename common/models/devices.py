@@ -22,9 +22,9 @@ SDPA_SCORE_COPIES = 3.5
 FIT_FRACTION = 0.5              # of the device's recommended working set, for one layer's attention
 # With twinlora's CPU kernels MLX attends over whole rows up to this many attention chunks (512 tokens;
 # the chunked attention above): one layer's forward+backward at 512 tokens, SmolLM2's heads, 2 threads:
-# 0.028 s whole-row on the kernels' softmax against 0.045 s chunked (0.060 mx.fast), for 1.2× mx.fast's
-# memory instead of 0.6× (`python -m benchmarks.mlx_attention --lengths 256,512,1024,2048`,
-# docs/benchmark-cpu.md).
+# 0.034 s whole-row on the kernels' softmax against 0.047 s chunked (0.061 mx.fast), for 1.2× mx.fast's
+# memory instead of 0.6×; at 1024 tokens 1.24× against 0.38× (`python -m benchmarks.mlx_attention
+# --lengths 256,512,1024`, docs/benchmark-cpu.md).
 KERNEL_WHOLE_ROW_CHUNKS = 2
 FOUR_BIT_DEVICES = ("cuda", "cpu")          # bitsandbytes NF4 on torch (not MPS)
 PAGED_OPTIMIZER_DEVICES = ("cuda",)         # bitsandbytes paged optimizers page through CUDA memory
