@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <future>
 #include <thread>
+#include <typeinfo>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
@@ -206,31 +207,56 @@ void in_parallel(int64_t n, int64_t grain, F body) {
 
 constexpr int64_t ELEMENT_GRAIN = 1 << 15;
 
-void allocate(array& a) {
-  a.set_data(allocator::malloc(a.nbytes()));
+// rows per piece for row-wise kernels: about ELEMENT_GRAIN elements
+int64_t row_grain(int64_t width) {
+  return std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1));
 }
 
 [[noreturn]] void cpu_only(const char* name) {
   throw std::runtime_error(std::string(name) + ": twinlora's kernels run on the CPU only");
 }
 
-std::vector<array> silu_mul_grad(const array& g, const array& u, const array& c, Stream s);
-array exp_shift_scale(const array& x, const array& lse, const array& c, Stream s);
-
-class SiluMul : public UnaryPrimitive {
+// What every kernel below shares: CPU only; equal to another of its kind when their one parameter
+// (eps, causal, or none) is; `launch` allocates the outputs, hands the arrays to MLX's CPU encoder and
+// runs body(a, b) over [0, n) in parallel on the stream's worker.
+class CpuKernel : public Primitive {
  public:
-  explicit SiluMul(Stream s) : UnaryPrimitive(s) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
-    allocate(out);
-    auto& enc = cpu::get_command_encoder(stream());
-    enc.set_input_array(in[0]);
-    enc.set_input_array(in[1]);
-    enc.set_output_array(out);
-    enc.dispatch([g = in[0].data<float>(), u = in[1].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
-      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { silu_mul_rows(g + a, u + a, o + a, b - a); });
-    });
+  CpuKernel(Stream s, float param = 0.0f) : Primitive(s), param_(param) {}
+  void eval_gpu(const std::vector<array>&, std::vector<array>&) override { cpu_only(name()); }
+  bool is_equivalent(const Primitive& other) const override {
+    return typeid(*this) == typeid(other) && param_ == static_cast<const CpuKernel&>(other).param_;
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
+
+ protected:
+  float param_;
+
+  static void allocate(std::vector<array>& out) {
+    for (auto& o : out) o.set_data(allocator::malloc(o.nbytes()));
+  }
+  template <class F>
+  void launch(const std::vector<array>& in, std::vector<array>& out, int64_t n, int64_t grain, F body) {
+    auto& enc = cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    for (auto& o : out) enc.set_output_array(o);
+    enc.dispatch([=] { in_parallel(n, grain, body); });
+  }
+};
+
+std::vector<array> silu_mul_grad(const array& g, const array& u, const array& c, Stream s);
+array gelu_approx_grad(const array& x, const array& c, Stream s);
+array rms_norm_grad(const array& x, const array& w, const array& c, float eps, Stream s);
+array exp_shift_scale(const array& x, const array& lse, const array& c, Stream s);
+array softmax_grad(const array& p, const array& g, bool causal, Stream s);
+
+class SiluMul : public CpuKernel {
+ public:
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
+    allocate(out);
+    auto g = in[0].data<float>(), u = in[1].data<float>();
+    auto o = out[0].data<float>();
+    launch(in, out, out[0].size(), ELEMENT_GRAIN, [=](int64_t a, int64_t b) { silu_mul_rows(g + a, u + a, o + a, b - a); });
+  }
   std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
                          const std::vector<int>& argnums, const std::vector<array>&) override {
     auto grads = silu_mul_grad(primals[0], primals[1], cotangents[0], stream());
@@ -239,88 +265,64 @@ class SiluMul : public UnaryPrimitive {
     return out;
   }
   const char* name() const override { return "TwinloraSiluMul"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
 
-class SiluMulGrad : public Primitive {
+class SiluMulGrad : public CpuKernel {
  public:
-  explicit SiluMulGrad(Stream s) : Primitive(s) {}
+  using CpuKernel::CpuKernel;
   void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
-    allocate(out[0]);
-    allocate(out[1]);
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out[0]);
-    enc.set_output_array(out[1]);
-    enc.dispatch([g = in[0].data<float>(), u = in[1].data<float>(), c = in[2].data<float>(),
-                  dg = out[0].data<float>(), du = out[1].data<float>(), n = int64_t(in[0].size())]() {
-      in_parallel(n, ELEMENT_GRAIN,
-                  [=](int64_t a, int64_t b) { silu_mul_grad_rows(g + a, u + a, c + a, dg + a, du + a, b - a); });
-    });
+    allocate(out);
+    auto g = in[0].data<float>(), u = in[1].data<float>(), c = in[2].data<float>();
+    auto dg = out[0].data<float>(), du = out[1].data<float>();
+    launch(in, out, in[0].size(), ELEMENT_GRAIN,
+           [=](int64_t a, int64_t b) { silu_mul_grad_rows(g + a, u + a, c + a, dg + a, du + a, b - a); });
   }
-  void eval_gpu(const std::vector<array>&, std::vector<array>&) override { cpu_only(name()); }
   const char* name() const override { return "TwinloraSiluMulGrad"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
 
-array gelu_approx_grad(const array& x, const array& c, Stream s);
-
-class GeluApprox : public UnaryPrimitive {
+class GeluApprox : public CpuKernel {
  public:
-  explicit GeluApprox(Stream s) : UnaryPrimitive(s) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    auto& enc = cpu::get_command_encoder(stream());
-    enc.set_input_array(in[0]);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
-      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { gelu_approx_rows(x + a, o + a, b - a); });
-    });
+    auto x = in[0].data<float>();
+    auto o = out[0].data<float>();
+    launch(in, out, out[0].size(), ELEMENT_GRAIN, [=](int64_t a, int64_t b) { gelu_approx_rows(x + a, o + a, b - a); });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
                          const std::vector<int>&, const std::vector<array>&) override {
     return {gelu_approx_grad(primals[0], cotangents[0], stream())};
   }
   const char* name() const override { return "TwinloraGeluApprox"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
 
-class GeluApproxGrad : public UnaryPrimitive {
+class GeluApproxGrad : public CpuKernel {
  public:
-  explicit GeluApproxGrad(Stream s) : UnaryPrimitive(s) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), c = in[1].data<float>(), o = out.data<float>(), n = int64_t(out.size())]() {
-      in_parallel(n, ELEMENT_GRAIN, [=](int64_t a, int64_t b) { gelu_approx_grad_rows(x + a, c + a, o + a, b - a); });
-    });
+    auto x = in[0].data<float>(), c = in[1].data<float>();
+    auto o = out[0].data<float>();
+    launch(in, out, out[0].size(), ELEMENT_GRAIN,
+           [=](int64_t a, int64_t b) { gelu_approx_grad_rows(x + a, c + a, o + a, b - a); });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   const char* name() const override { return "TwinloraGeluApproxGrad"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
 
-array rms_norm_grad(const array& x, const array& w, const array& c, float eps, Stream s);
-
-class RmsNorm : public UnaryPrimitive {
+// param_: eps
+class RmsNorm : public CpuKernel {
  public:
-  RmsNorm(Stream s, float eps) : UnaryPrimitive(s), eps_(eps) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), rows = in[0].size() / width;
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), w = in[1].data<float>(), o = out.data<float>(), rows, width, eps = eps_]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / width), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) rms_norm_row(x + r * width, w, o + r * width, width, eps);
-      });
+    int64_t width = in[0].shape(-1);
+    auto x = in[0].data<float>(), w = in[1].data<float>();
+    auto o = out[0].data<float>();
+    float eps = param_;
+    launch(in, out, in[0].size() / width, row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) rms_norm_row(x + r * width, w, o + r * width, width, eps);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
                          const std::vector<int>& argnums, const std::vector<array>&) override {
     auto& x = primals[0];
@@ -328,10 +330,10 @@ class RmsNorm : public UnaryPrimitive {
     std::vector<array> out;
     for (int a : argnums) {
       if (a == 0) {
-        out.push_back(rms_norm_grad(x, primals[1], c, eps_, stream()));
+        out.push_back(rms_norm_grad(x, primals[1], c, param_, stream()));
       } else {                             // the weight (a trainable norm): Σ over rows of c·x̂, in MLX ops
         auto s = stream();
-        auto r = rsqrt(add(mean(square(x, s), -1, true, s), array(eps_, float32), s), s);
+        auto r = rsqrt(add(mean(square(x, s), -1, true, s), array(param_, float32), s), s);
         auto rows = std::vector<int>();
         for (int i = 0; i < x.ndim() - 1; ++i) rows.push_back(i);
         out.push_back(sum(multiply(c, multiply(x, r, s), s), rows, false, s));
@@ -340,149 +342,100 @@ class RmsNorm : public UnaryPrimitive {
     return out;
   }
   const char* name() const override { return "TwinloraRmsNorm"; }
-  bool is_equivalent(const Primitive& other) const override {
-    return eps_ == static_cast<const RmsNorm&>(other).eps_;
-  }
-
- private:
-  float eps_;
 };
 
-class RmsNormGrad : public UnaryPrimitive {
+class RmsNormGrad : public CpuKernel {
  public:
-  RmsNormGrad(Stream s, float eps) : UnaryPrimitive(s), eps_(eps) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), rows = in[0].size() / width;
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), w = in[1].data<float>(), c = in[2].data<float>(), o = out.data<float>(),
-                  rows, width, eps = eps_]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / width), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) rms_norm_grad_row(x + r * width, w, c + r * width, o + r * width, width, eps);
-      });
+    int64_t width = in[0].shape(-1);
+    auto x = in[0].data<float>(), w = in[1].data<float>(), c = in[2].data<float>();
+    auto o = out[0].data<float>();
+    float eps = param_;
+    launch(in, out, in[0].size() / width, row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) rms_norm_grad_row(x + r * width, w, c + r * width, o + r * width, width, eps);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   const char* name() const override { return "TwinloraRmsNormGrad"; }
-  bool is_equivalent(const Primitive& other) const override {
-    return eps_ == static_cast<const RmsNormGrad&>(other).eps_;
-  }
-
- private:
-  float eps_;
 };
 
-class LogSumExp : public UnaryPrimitive {
+class LogSumExp : public CpuKernel {
  public:
-  explicit LogSumExp(Stream s) : UnaryPrimitive(s) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), rows = out.size();
-    auto& enc = cpu::get_command_encoder(stream());
-    enc.set_input_array(in[0]);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), rows, width]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) o[r] = logsumexp_row(x + r * width, width);
-      });
+    int64_t width = in[0].shape(-1);
+    auto x = in[0].data<float>();
+    auto o = out[0].data<float>();
+    launch(in, out, out[0].size(), row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) o[r] = logsumexp_row(x + r * width, width);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   std::vector<array> vjp(const std::vector<array>& primals, const std::vector<array>& cotangents,
                          const std::vector<int>&, const std::vector<array>& outputs) override {
     return {exp_shift_scale(primals[0], outputs[0], cotangents[0], stream())};
   }
   const char* name() const override { return "TwinloraLogSumExp"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
 
 // exp(x − lse[row])·c[row]: logsumexp's backward (the softmax times the cotangent)
-class ExpShiftScale : public UnaryPrimitive {
+class ExpShiftScale : public CpuKernel {
  public:
-  explicit ExpShiftScale(Stream s) : UnaryPrimitive(s) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), rows = in[1].size();
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), l = in[1].data<float>(), c = in[2].data<float>(), o = out.data<float>(),
-                  rows, width]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r) exp_shift_scale_row(x + r * width, o + r * width, width, l[r], c[r]);
-      });
+    int64_t width = in[0].shape(-1);
+    auto x = in[0].data<float>(), l = in[1].data<float>(), c = in[2].data<float>();
+    auto o = out[0].data<float>();
+    launch(in, out, in[1].size(), row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) exp_shift_scale_row(x + r * width, o + r * width, width, l[r], c[r]);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   const char* name() const override { return "TwinloraExpShiftScale"; }
-  bool is_equivalent(const Primitive&) const override { return true; }
 };
-
-array softmax_grad(const array& p, const array& g, bool causal, Stream s);
 
 // the rows' lengths under a causal mask: query i of Lq (the last Lq of Lk keys) sees keys 0..i+Lk−Lq
 inline int64_t visible(bool causal, int64_t row, int64_t rows_per_matrix, int64_t width) {
   return causal ? std::min<int64_t>(width, row % rows_per_matrix + 1 + width - rows_per_matrix) : width;
 }
 
-// softmax over the last axis; `causal`: each [.., Lq, Lk] matrix's future keys are masked out
-class Softmax : public UnaryPrimitive {
+// softmax over the last axis; param_ 1 (causal): each [.., Lq, Lk] matrix's future keys are masked out
+class Softmax : public CpuKernel {
  public:
-  Softmax(Stream s, bool causal) : UnaryPrimitive(s), causal_(causal) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1, rows = in[0].size() / width;
-    auto& enc = cpu::get_command_encoder(stream());
-    enc.set_input_array(in[0]);
-    enc.set_output_array(out);
-    enc.dispatch([x = in[0].data<float>(), o = out.data<float>(), rows, width, per, causal = causal_]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r)
-          softmax_row(x + r * width, o + r * width, visible(causal, r, per, width), width);
-      });
+    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1;
+    auto x = in[0].data<float>();
+    auto o = out[0].data<float>();
+    bool causal = param_ != 0.0f;
+    launch(in, out, in[0].size() / width, row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r) softmax_row(x + r * width, o + r * width, visible(causal, r, per, width), width);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   std::vector<array> vjp(const std::vector<array>&, const std::vector<array>& cotangents, const std::vector<int>&,
                          const std::vector<array>& outputs) override {
-    return {softmax_grad(outputs[0], cotangents[0], causal_, stream())};
+    return {softmax_grad(outputs[0], cotangents[0], param_ != 0.0f, stream())};
   }
   const char* name() const override { return "TwinloraSoftmax"; }
-  bool is_equivalent(const Primitive& other) const override {
-    return causal_ == static_cast<const Softmax&>(other).causal_;
-  }
-
- private:
-  bool causal_;
 };
 
-class SoftmaxGrad : public UnaryPrimitive {
+class SoftmaxGrad : public CpuKernel {
  public:
-  SoftmaxGrad(Stream s, bool causal) : UnaryPrimitive(s), causal_(causal) {}
-  void eval_cpu(const std::vector<array>& in, array& out) override {
+  using CpuKernel::CpuKernel;
+  void eval_cpu(const std::vector<array>& in, std::vector<array>& out) override {
     allocate(out);
-    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1, rows = in[0].size() / width;
-    auto& enc = cpu::get_command_encoder(stream());
-    for (auto& a : in) enc.set_input_array(a);
-    enc.set_output_array(out);
-    enc.dispatch([p = in[0].data<float>(), g = in[1].data<float>(), o = out.data<float>(), rows, width, per,
-                  causal = causal_]() {
-      in_parallel(rows, std::max<int64_t>(1, ELEMENT_GRAIN / std::max<int64_t>(width, 1)), [=](int64_t a, int64_t b) {
-        for (int64_t r = a; r < b; ++r)
-          softmax_grad_row(p + r * width, g + r * width, o + r * width, visible(causal, r, per, width), width);
-      });
+    int64_t width = in[0].shape(-1), per = in[0].ndim() > 1 ? in[0].shape(-2) : 1;
+    auto p = in[0].data<float>(), g = in[1].data<float>();
+    auto o = out[0].data<float>();
+    bool causal = param_ != 0.0f;
+    launch(in, out, in[0].size() / width, row_grain(width), [=](int64_t a, int64_t b) {
+      for (int64_t r = a; r < b; ++r)
+        softmax_grad_row(p + r * width, g + r * width, o + r * width, visible(causal, r, per, width), width);
     });
   }
-  void eval_gpu(const std::vector<array>&, array&) override { cpu_only(name()); }
   const char* name() const override { return "TwinloraSoftmaxGrad"; }
-  bool is_equivalent(const Primitive& other) const override {
-    return causal_ == static_cast<const SoftmaxGrad&>(other).causal_;
-  }
-
- private:
-  bool causal_;
 };
 
 array float32_rows(const array& a, Stream s) {
@@ -533,7 +486,7 @@ array rms_norm(const array& x, const array& w, float eps) {
 }
 
 array softmax_grad(const array& p, const array& g, bool causal, Stream s) {
-  return array(p.shape(), float32, std::make_shared<SoftmaxGrad>(s, causal), {p, float32_rows(g, s)});
+  return array(p.shape(), float32, std::make_shared<SoftmaxGrad>(s, causal ? 1.0f : 0.0f), {p, float32_rows(g, s)});
 }
 
 array softmax_last(const array& x, bool causal) {
@@ -541,7 +494,7 @@ array softmax_last(const array& x, bool causal) {
   if (causal && (x.ndim() < 2 || x.shape(-2) > x.shape(-1)))
     throw std::invalid_argument("softmax: a causal mask needs [..., queries, keys] with queries <= keys");
   auto s = to_stream(Device::cpu);
-  return array(x.shape(), float32, std::make_shared<Softmax>(s, causal), {float32_rows(x, s)});
+  return array(x.shape(), float32, std::make_shared<Softmax>(s, causal ? 1.0f : 0.0f), {float32_rows(x, s)});
 }
 
 }  // namespace
