@@ -176,8 +176,8 @@ def switched_on():
 @contextmanager
 def in_model(model, use: bool, attention_too: bool = True):
     """While the block runs: the kernels for `model`'s SwiGLU (llama, qwen2, qwen3) or GELU
-    (gemma3_text), for `cross_entropy`, and (`attention_too`: the chunked attention is not in use)
-    for the attention's softmax, when `use` (the device's choice) and they are built."""
+    (gemma3_text), its RMSNorms, `cross_entropy`, and (`attention_too`: the chunked attention is not
+    in use) the attention's softmax, when `use` (the device's choice) and they are built."""
     if not use or _active or load() is None:
         yield
         return
