@@ -298,3 +298,21 @@ def test_a_module_for_another_mlx_is_not_used(kernels, monkeypatch):
         monkeypatch.undo()
         cpu_kernels.forget()
     assert cpu_kernels.available()
+
+
+def test_training_says_when_the_kernels_are_not_built(tiny_model, kernels, monkeypatch):
+    """A checkout set up before the kernels existed: training says so in one note, with the fix."""
+    from test_packing import _with_lora
+
+    monkeypatch.setattr(cpu_kernels, "_checked", True)
+    monkeypatch.setattr(cpu_kernels, "_module", None)
+    monkeypatch.setattr(cpu_kernels, "_why", "not built (python -m backends.mlx.cpu_kernels.build; "
+                        "scripts/setup.sh runs it)")
+    be = _with_lora("mlx", tiny_model)
+    assert be.notes == ["twinlora's CPU kernels for MLX are not built (python -m backends.mlx.cpu_kernels.build; "
+                        "scripts/setup.sh runs it); MLX uses its own ops, ~1.6x slower on this CPU "
+                        "(docs/benchmark-cpu.md)"]
+    monkeypatch.setattr(cpu_kernels, "_why", "turned off (TWINLORA_MLX_CPU_KERNELS=0)")
+    assert _with_lora("mlx", tiny_model).notes == []          # the user's own choice: nothing to say
+    monkeypatch.undo()
+    assert _with_lora("mlx", tiny_model).notes == []          # built: nothing to say

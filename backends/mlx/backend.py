@@ -105,6 +105,10 @@ class Backend:
         self.sharded = False  # MLX data parallel replicates the model (see distribute)
         self.notes: list[str] = []
         self.device = str(mx.default_device())
+        if device.device_kind() == "cpu" and not cpu_kernels.available() \
+                and "TWINLORA_MLX_CPU_KERNELS=0" not in cpu_kernels.why_not():
+            self.notes.append(f"twinlora's CPU kernels for MLX are {cpu_kernels.why_not()}; MLX uses its own "
+                              "ops, ~1.6x slower on this CPU (docs/benchmark-cpu.md)")
         self.model_dir = Path(model_dir)
         mx.reset_peak_memory()  # peak_memory_bytes() reports this model's run, not earlier ones
         self.model, self.config = load_model(self.model_dir, model_config=config_overrides(self.model_dir))
