@@ -312,7 +312,10 @@ def test_training_says_when_the_kernels_are_not_built(tiny_model, kernels, monke
     assert be.notes == ["twinlora's CPU kernels for MLX are not built (python -m backends.mlx.cpu_kernels.build; "
                         "scripts/setup.sh runs it); MLX uses its own ops, ~1.6x slower on this CPU "
                         "(docs/benchmark-cpu.md)"]
-    monkeypatch.setattr(cpu_kernels, "_why", "turned off (TWINLORA_MLX_CPU_KERNELS=0)")
+    monkeypatch.setenv("TWINLORA_MLX_CPU_KERNELS", "0")
+    cpu_kernels.forget()
     assert _with_lora("mlx", tiny_model).notes == []          # the user's own choice: nothing to say
+    monkeypatch.delenv("TWINLORA_MLX_CPU_KERNELS")
+    cpu_kernels.forget()
     monkeypatch.undo()
     assert _with_lora("mlx", tiny_model).notes == []          # built: nothing to say

@@ -105,8 +105,7 @@ class Backend:
         self.sharded = False  # MLX data parallel replicates the model (see distribute)
         self.notes: list[str] = []
         self.device = str(mx.default_device())
-        if device.device_kind() == "cpu" and not cpu_kernels.available() \
-                and "TWINLORA_MLX_CPU_KERNELS=0" not in cpu_kernels.why_not():
+        if device.device_kind() == "cpu" and not cpu_kernels.available() and not cpu_kernels.turned_off():
             self.notes.append(f"twinlora's CPU kernels for MLX are {cpu_kernels.why_not()}; MLX uses its own "
                               "ops, ~1.6x slower on this CPU (docs/benchmark-cpu.md)")
         self.model_dir = Path(model_dir)

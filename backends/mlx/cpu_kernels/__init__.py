@@ -1,6 +1,6 @@
 """twinlora's CPU kernels for MLX (kernels.cpp): SwiGLU, GELU (tanh form), RMSNorm, the loss's
-log-sum-exp and the attention's softmax, vectorised and spread over the cores, where MLX's CPU backend computes them one float at a
-time on one thread.
+log-sum-exp and the attention's softmax, vectorised and spread over the cores, where MLX's CPU
+backend computes them one float at a time on one thread.
 
 Built on the user's machine by scripts/setup.sh (`python -m backends.mlx.cpu_kernels.build`); when
 they are not built, were built for another MLX, or MLX does not run on the CPU, every function
@@ -23,8 +23,10 @@ from contextlib import contextmanager
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.activations import swiglu as _mlx_lm_swiglu
 
 _MLX_RMS_NORM = mx.fast.rms_norm      # MLX's own, kept before any block swaps it
+BUILD = "python -m backends.mlx.cpu_kernels.build"
 _module = None
 _why: str | None = None
 _checked = False
@@ -38,30 +40,35 @@ def forget() -> None:
     _module, _why, _checked = None, None, False
 
 
+def turned_off() -> bool:
+    """The user turned them off (TWINLORA_MLX_CPU_KERNELS=0)."""
+    return os.environ.get("TWINLORA_MLX_CPU_KERNELS", "1") == "0"
+
+
 def load():
     """The compiled module, or None (why_not() says why)."""
     global _module, _why, _checked
     if _checked:
         return _module
     _checked = True
-    if os.environ.get("TWINLORA_MLX_CPU_KERNELS", "1") == "0":
+    if turned_off():
         _why = "turned off (TWINLORA_MLX_CPU_KERNELS=0)"
         return None
     try:
         from backends.mlx.cpu_kernels import _cpu_kernels as k
     except ModuleNotFoundError:
-        _why = "not built (python -m backends.mlx.cpu_kernels.build; scripts/setup.sh runs it)"
+        _why = f"not built ({BUILD}; scripts/setup.sh runs it)"
         return None
     except ImportError as e:
-        _why = f"built but not loadable ({e}); rebuild them (python -m backends.mlx.cpu_kernels.build)"
+        _why = f"built but not loadable ({e}); rebuild them ({BUILD})"
         return None
     if k.BUILT_FOR_MLX != mx.__version__.split(".dev")[0]:
-        _why = f"built for MLX {k.BUILT_FOR_MLX}, this is {mx.__version__}: rebuild them (python -m backends.mlx.cpu_kernels.build)"
+        _why = f"built for MLX {k.BUILT_FOR_MLX}, this is {mx.__version__}: rebuild them ({BUILD})"
         return None
     try:                                     # the module and mlx.core must share nanobind's internals
         mx.eval(k.silu_mul(mx.zeros((1,)), mx.zeros((1,))))
     except Exception as e:                   # noqa: BLE001 — any failure means: do not use them
-        _why = f"built but unusable here ({type(e).__name__}: {e}); rebuild them"
+        _why = f"built but unusable here ({type(e).__name__}: {e}); rebuild them ({BUILD})"
         return None
     _module = k
     return k
@@ -84,7 +91,7 @@ def swiglu(gate: mx.array, x: mx.array) -> mx.array:
     """mlx-lm's swiglu, silu(gate)·x; the kernel inside an `in_model` block on float32 inputs."""
     if _fits(gate, x) and gate.shape == x.shape:
         return _module.silu_mul(gate, x)
-    return nn.silu(gate) * x
+    return _mlx_lm_swiglu(gate, x)
 
 
 def gelu_approx(x: mx.array) -> mx.array:

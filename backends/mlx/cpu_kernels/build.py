@@ -1,6 +1,6 @@
 """Build the CPU kernels (kernels.cpp) into this folder: `python -m backends.mlx.cpu_kernels.build`.
 
-scripts/setup.sh runs it on Linux (g++, cmake, OpenMP and `nanobind` installed; MLX's CPU backend is
+scripts/setup.sh runs it on Linux (g++, cmake and `nanobind` installed; MLX's CPU backend is
 where they help). The build happens in a scratch folder; the finished module is moved into place
 in one rename, so an interrupted build leaves the previous module (or none), never half of one.
 Exit 0 built, 2 with one line saying what is missing.
@@ -31,13 +31,12 @@ def missing() -> str | None:
     return None
 
 
-def build(quiet: bool = True) -> Path:
+def build() -> Path:
     """Configure and build in a scratch folder, then move the module next to this file."""
     with tempfile.TemporaryDirectory(prefix="twinlora-kernels-") as tmp:
-        out = None if not quiet else subprocess.DEVNULL
         cmd = ["cmake", "-S", str(HERE), "-B", tmp, "-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"]
         for step in (cmd, ["cmake", "--build", tmp, "-j2"]):
-            run = subprocess.run(step, stdout=out, stderr=subprocess.PIPE, text=True)
+            run = subprocess.run(step, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if run.returncode:
                 last = [ln for ln in run.stderr.splitlines() if ln.strip()][-3:]
                 raise RuntimeError(f"{' '.join(step[:2])} failed: " + " | ".join(last))
