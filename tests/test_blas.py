@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from backends.mlx.blas import _kernel_from_cpu_flags
+import os
+
+from backends.mlx.blas import CANDIDATES, _kernel_from_cpu_flags
 
 
 @pytest.mark.parametrize("flags, want", [
@@ -18,7 +20,6 @@ def test_kernel_from_flags(tmp_path, monkeypatch, flags, want):
     info = tmp_path / "cpuinfo"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert _kernel_from_cpu_flags(str(info)) == want
-    import os
     assert os.environ.get("OPENBLAS_CORETYPE") == want
 
 
@@ -32,5 +33,36 @@ def test_kernel_set_by_the_user_is_kept(tmp_path, monkeypatch):
 def test_no_cpuinfo_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     assert _kernel_from_cpu_flags(str(tmp_path / "missing")) is None
-    import os
     assert "OPENBLAS_CORETYPE" not in os.environ
+
+
+_IDLE_CPU = """
+import os, sys, time
+sys.path.insert(0, {root!r})
+from backends.mlx.blas import preload_fast_blas
+assert preload_fast_blas(), "no OpenBLAS"
+import mlx.core as mx
+a = mx.random.normal((512, 512))
+mx.eval(a @ a)                                   # OpenBLAS's worker threads now exist and went idle
+t = os.times(); time.sleep(0.4); u = os.times()
+print(os.environ["OPENBLAS_THREAD_TIMEOUT"], (u.user - t.user) + (u.system - t.system))
+"""
+
+
+@pytest.mark.skipif(not any(os.path.exists(p) for p in CANDIDATES), reason="no system OpenBLAS")
+@pytest.mark.parametrize("user_value", [None, "28"])
+def test_idle_openblas_threads_sleep_instead_of_spinning(user_value):
+    """After a matmul, OpenBLAS's idle worker spins 2^28 cycles by default (~0.1 s of a core, every
+    call): with the preload's setting it sleeps at once; a value the user set is kept."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    env.update({"OPENBLAS_NUM_THREADS": "2"}, **({"OPENBLAS_THREAD_TIMEOUT": user_value} if user_value else {}))
+    out = subprocess.run([sys.executable, "-c", _IDLE_CPU.format(root=str(Path(__file__).resolve().parents[1]))],
+                         env=env, capture_output=True, text=True, check=True).stdout.split()
+    value, idle_cpu_s = out[0], float(out[1])
+    if user_value is None:
+        assert value == "14" and idle_cpu_s < 0.03
+    else:
+        assert value == "28" and idle_cpu_s > 0.05          # the spin this setting avoids, measured

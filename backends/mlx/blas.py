@@ -10,6 +10,13 @@ to a generic SSE3 core ("Prescott"): Debian's 0.3.21 on a recent virtualised Xeo
 GFLOP/s on one thread instead of 76. When OPENBLAS_CORETYPE is unset, it is set from the CPU's
 feature flags (AVX-512 → SkylakeX, AVX2 + FMA → Haswell), the kernels the detection would pick on
 a CPU it knows; a value the user set is kept.
+
+OpenBLAS's idle worker threads spin for 2^28 cycles (~0.1 s) after each call before they sleep, and
+MLX calls sgemm hundreds of times per training step with its own ops in between: the spinning
+worker held a core the whole step (0 voluntary context switches, 0.6 s of sched_yield per 4 × 256
+step) and slowed the stream thread and the CPU kernels' threads sharing it (a step 4.4 s instead of
+3.4-3.7). OPENBLAS_THREAD_TIMEOUT (read when OpenBLAS loads) is set to 2^14 cycles (a few µs, enough
+for back-to-back calls) unless the user set it.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ CANDIDATES = (
     "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
     "/usr/lib64/libopenblas.so.0",
 )
+SPIN_CYCLES_LOG2 = "14"            # OpenBLAS's idle spin before sleeping: 2^14 cycles (its default 2^28)
 _loaded: str | None = None
 
 
@@ -36,6 +44,8 @@ def preload_fast_blas() -> str | None:
     if choice == "none":
         return None
     _kernel_from_cpu_flags()
+    if not os.environ.get("OPENBLAS_THREAD_TIMEOUT"):
+        os.environ["OPENBLAS_THREAD_TIMEOUT"] = SPIN_CYCLES_LOG2
     for path in ([choice] if choice else CANDIDATES):
         if path and os.path.exists(path):
             try:
