@@ -114,9 +114,9 @@ def test_packed_logits_equal_unpacked(tiny_model, attn):
     assert np.abs(leaky[LENGTHS[0]:] - packed[LENGTHS[0]:]).max() > 1e-2
 
 
-def _mlx_backend(model_dir):
+def _mlx_backend(model_dir, **kw):
     pytest.importorskip("mlx.core")
-    return _with_lora("mlx", model_dir)
+    return _with_lora("mlx", model_dir, **kw)
 
 
 def _mlx_grads(be) -> dict:
@@ -126,13 +126,16 @@ def _mlx_grads(be) -> dict:
     return out
 
 
-@pytest.mark.parametrize("lengths", [LENGTHS, [120, 200, 7], [300, 250, 20]],
-                         ids=["short", "over-attention-chunk", "over-whole-row"])
-def test_mlx_packed_loss_and_gradients_equal_padded(tiny_model, lengths):
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+@pytest.mark.parametrize("lengths", [LENGTHS, [120, 200, 7], [300, 250, 20], [530, 40]],
+                         ids=["short", "over-attention-chunk", "row-over-whole-row", "sample-over-whole-row"])
+def test_mlx_packed_loss_and_gradients_equal_padded(tiny_model, lengths, checkpointed):
     """A packed MLX row: the same summed loss and LoRA gradients as the padded batch of its samples
-    (and as each sample alone); 327 tokens runs the chunked attention with the block mask (with the
-    CPU kernels: their whole-row attention, up to 512), 570 tokens the chunked one either way."""
-    be = _mlx_backend(tiny_model)
+    (and as each sample alone), with and without gradient checkpointing. The attention runs per
+    sample, chosen by the longest sample: a 200-token sample takes the chunked attention without
+    the CPU kernels (their whole-row attention with them, up to 512 tokens), a 530-token sample the
+    chunked one either way (with checkpointing: its saved forward results, the row's block mask)."""
+    be = _mlx_backend(tiny_model, grad_checkpointing=checkpointed)
     rng = np.random.default_rng(4)
     rows = [Tokenized(tuple(rng.integers(3, 300, n).tolist()), tuple([0] * (n // 3) + [1] * (n - n // 3)))
             for n in lengths]
@@ -149,6 +152,45 @@ def test_mlx_packed_loss_and_gradients_equal_padded(tiny_model, lengths):
     for k in g_pad:    # the packed 327-token row takes the chunked attention, the padded 200 mx.fast SDPA:
         scale = np.abs(g_pad[k]).max()        # float32 rounding of other kernels, ~1e-6 of the largest entry
         np.testing.assert_allclose(g_pack[k], g_pad[k], rtol=1e-4, atol=1e-5 * scale)
+
+
+@pytest.fixture(scope="module")
+def gemma_seed(tmp_path_factory):
+    from seed_models import build_seed
+    return build_seed("gemma-3-4b", tmp_path_factory.mktemp("gemma") / "gemma-3-4b")
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_mlx_packed_attention_runs_one_sample_at_a_time(request, monkeypatch, family):
+    """The attention of a packed row runs over each sample's own queries and keys (Σ nᵢ² scores, not
+    (Σ nᵢ)²), with the window of Gemma's sliding layers (8 in the seed, crossed by every sample
+    here): loss and gradients equal the padded batch's, every layer sees the samples' lengths."""
+    from backends.mlx import packing
+
+    be = _mlx_backend(request.getfixturevalue("tiny_model" if family == "llama" else "gemma_seed"))
+    assert be.model.model_type == family
+    rng = np.random.default_rng(6)
+    rows = [Tokenized(tuple(rng.integers(3, 300, n).tolist()), tuple([0] * (n // 3) + [1] * (n - n // 3)))
+            for n in (9, 23, 16)]
+    seen, per_span = [], packing._per_span
+
+    def spying(inner, masks, spans):        # records what the device's attention is handed
+        def attend(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
+            seen.append((queries.shape[-2], keys.shape[-2], mask if isinstance(mask, str) else tuple(mask.shape)))
+            return inner(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
+        return per_span(attend, masks, spans)
+    monkeypatch.setattr(packing, "_per_span", spying)
+    s_pack, n = be.accumulate(pack(rows))
+    g_pack = _mlx_grads(be)
+    s_pad, _ = be.accumulate(collate(rows, 0))
+    g_pad = _mlx_grads(be)
+    # the row's 48 tokens predict 47: samples of 9, 23 and 15 positions, in order, in every layer
+    assert [(q, k) for q, k, _ in seen] == [(9, 9), (23, 23), (15, 15)] * be.num_hidden_layers()
+    want = {"causal", (9, 9), (23, 23), (15, 15)} if family == "gemma3_text" else {"causal"}
+    assert {m for _, _, m in seen} == want           # sliding layers: each sample's own windowed mask
+    assert s_pack / n == pytest.approx(s_pad / n, rel=1e-5)
+    for k in g_pad:
+        np.testing.assert_allclose(g_pack[k], g_pad[k], rtol=1e-4, atol=1e-5 * np.abs(g_pad[k]).max())
 
 
 def test_mlx_packed_row_keeps_samples_apart(tiny_model):

@@ -22,7 +22,7 @@ from backends.mlx import cpu_kernels, device
 from backends.mlx.attention import long_attention
 from backends.capabilities import DECLARED
 from backends.mlx.families import align, config_overrides
-from backends.mlx.packing import packed_rows
+from backends.mlx.packing import attention_length, packed_rows
 from common.adapters.format import AdapterSpec, block_relative, mlx_key_to_peft, mlx_keys, peft_to_mlx
 from common.training.batching import Batch
 from common.models.heap import reuse_freed_memory
@@ -322,10 +322,11 @@ class Backend:
         """(loss, metric sums) of the objective and LoRA gradients; the chunked attention (when
         `plan` says so) in place while the graph is built."""
         L = ids.shape[1] - 1
-        plan = plan or device.choices(self.model, ids.shape[0], L)
+        plan = plan or device.choices(self.model, ids.shape[0], attention_length(batch.position_ids, L))
         with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
                             use=plan.chunked_attention) as saved, \
-                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
+                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention), \
+                packed_rows(self.model, batch.position_ids, L):
             def forward(model, ids, mask, targets):
                 out = self.objective.loss(_Scores(self, batch, model, ids, mask, targets, ref, compiled))
                 if saved is not None:
@@ -334,7 +335,8 @@ class Backend:
             return nn.value_and_grad(self.model, forward)(self.model, ids, mask, targets)
 
     def accumulate(self, batch: Batch, sync: bool = True) -> tuple[float, int]:
-        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)   # per device: common/models/devices.py
+        L = batch.ids.shape[1] - 1        # the device's choices follow the longest attention (a packed row's longest sample)
+        plan = device.choices(self.model, batch.ids.shape[0], attention_length(batch.position_ids, L))   # common/models/devices.py
         ref = self.reference_logps(batch, plan.compiled_step) if self.objective.needs_reference else None
         self.model.train()
         ids, mask = mx.array(batch.ids), mx.array(batch.mask)
@@ -346,8 +348,7 @@ class Backend:
             state = [self.model.state, mx.random.state]
             value_and_grad = mx.compile(partial(self._value_and_grad, batch, ref=ref, compiled=True, plan=plan),
                                         inputs=state, outputs=state)
-        with packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1):
-            (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
+        (loss, sums), grads = value_and_grad(ids, mask, _targets(batch))
         self._grads = grads if self._grads is None else tree_map(mx.add, self._grads, grads)
         mx.eval(loss, sums, self._grads)
         self.objective_sums = {k: float(v.item()) for k, v in sums.items()}
@@ -414,10 +415,11 @@ class Backend:
     def eval_loss(self, batch: Batch) -> tuple[float, int]:
         ref = self.reference_logps(batch, compiled=True) if self.objective.needs_reference else None
         self.model.eval()
-        plan = device.choices(self.model, batch.ids.shape[0], batch.ids.shape[1] - 1)
-        with long_attention(self.model, batch.ids.shape[1] - 1, exp=plan.exp(True), use=plan.chunked_attention), \
-                packed_rows(self.model, batch.position_ids, batch.ids.shape[1] - 1), \
-                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention):
+        L = batch.ids.shape[1] - 1
+        plan = device.choices(self.model, batch.ids.shape[0], attention_length(batch.position_ids, L))
+        with long_attention(self.model, L, exp=plan.exp(True), use=plan.chunked_attention), \
+                cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention), \
+                packed_rows(self.model, batch.position_ids, L):
             loss, sums = self.objective.loss(_Scores(self, batch, self.model, mx.array(batch.ids), mx.array(batch.mask),
                                                      _targets(batch), ref))
             mx.eval(loss, sums)
