@@ -248,6 +248,12 @@ def chunked(inner, chunk: int, exp: str = "poly"):
 COMPILED_ROWS = 2048
 
 
+def reusing_forward() -> bool:
+    """True while a `long_attention(reuse_forward=True)` block runs: the chunked attention's forward
+    results are kept, one per call, for the checkpointed layers' recompute."""
+    return _saved is not None
+
+
 @contextmanager
 def long_attention(model, seq_len: int, reuse_forward: bool = False, exp: str = "poly", use: bool | None = None):
     """Chunked attention in `model`'s module while the block runs, when `use` (the device's choice,

@@ -22,6 +22,8 @@ from contextlib import contextmanager
 import mlx.core as mx
 import numpy as np
 
+from backends.mlx import attention
+
 
 def sample_spans(position_ids: np.ndarray, length: int) -> list[tuple[int, int]]:
     """[start, end) of each sample within the first `length` positions of a packed row [1, T]."""
@@ -51,12 +53,10 @@ def attention_length(position_ids: np.ndarray | None, length: int) -> int:
 def _per_span(inner, masks: dict, spans):
     """`inner` attention over each sample's slice of the row, when handed one of the block masks
     in `masks` (window size → mask); anything else (another mask, a cache, sinks) goes to `inner`."""
-    from backends.mlx import attention
-
     def sdpa(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
         window = _window_of(mask, masks, queries.shape[-2])
         if (window is False or cache is not None or sinks is not None or queries.shape[-2] != keys.shape[-2]
-                or attention._saved is not None):   # the checkpointed recompute's saved results are per call
+                or attention.reusing_forward()):   # the checkpointed recompute's saved results are per call
             return inner(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
         outs = []
         for s, e in spans:
