@@ -39,6 +39,13 @@ def other_tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny2") / "llama", seed=1)
 
 
+@pytest.fixture(scope="session")
+def gemma_seed(tmp_path_factory) -> Path:
+    """The Gemma-3-4B seed shape at test size (sliding window 8, GELU): tests/seed_models.py."""
+    from seed_models import build_seed
+    return build_seed("gemma-3-4b", tmp_path_factory.mktemp("gemma") / "gemma-3-4b")
+
+
 @pytest.fixture
 def chat_jsonl(tmp_path) -> Path:
     from helpers import chat_rows, write_jsonl

@@ -2,9 +2,9 @@
 back to a generic SSE3 core, 4x slower here; the feature flags pick the kernels instead."""
 from __future__ import annotations
 
-import pytest
-
 import os
+
+import pytest
 
 from backends.mlx.blas import CANDIDATES, _kernel_from_cpu_flags
 

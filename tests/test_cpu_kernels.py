@@ -198,12 +198,6 @@ def _step(backend, batch):
     return loss / n, grads
 
 
-@pytest.fixture(scope="module")
-def gemma_seed(tmp_path_factory):
-    from seed_models import build_seed
-    return build_seed("gemma-3-4b", tmp_path_factory.mktemp("gemma") / "gemma-3-4b")
-
-
 @pytest.mark.parametrize("family, expected", [("llama", {"silu_mul", "rms_norm", "logsumexp", "softmax"}),
                                               ("gemma3_text", {"gelu_approx", "rms_norm", "logsumexp", "softmax"})])
 def test_training_step_with_kernels_equals_without(request, kernels, family, expected):

@@ -154,12 +154,6 @@ def test_mlx_packed_loss_and_gradients_equal_padded(tiny_model, lengths, checkpo
         np.testing.assert_allclose(g_pack[k], g_pad[k], rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.fixture(scope="module")
-def gemma_seed(tmp_path_factory):
-    from seed_models import build_seed
-    return build_seed("gemma-3-4b", tmp_path_factory.mktemp("gemma") / "gemma-3-4b")
-
-
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_mlx_packed_attention_runs_one_sample_at_a_time(request, monkeypatch, family):
     """The attention of a packed row runs over each sample's own queries and keys (Σ nᵢ² scores, not

@@ -318,11 +318,10 @@ class Backend:
     def distribute(self, world_size: int) -> None:
         """Nothing to wrap: mx.distributed sums the gradients in all_reduce, once per step."""
 
-    def _value_and_grad(self, batch, ids, mask, targets, ref=None, compiled: bool = False, plan=None):
+    def _value_and_grad(self, batch, ids, mask, targets, *, plan, ref=None, compiled: bool = False):
         """(loss, metric sums) of the objective and LoRA gradients; the chunked attention (when
         `plan` says so) in place while the graph is built."""
         L = ids.shape[1] - 1
-        plan = plan or device.choices(self.model, ids.shape[0], attention_length(batch.position_ids, L))
         with long_attention(self.model, L, reuse_forward=self._checkpointed, exp=plan.exp(compiled),
                             use=plan.chunked_attention) as saved, \
                 cpu_kernels.in_model(self.model, plan.cpu_kernels, not plan.chunked_attention), \

@@ -53,6 +53,8 @@ def attention_length(position_ids: np.ndarray | None, length: int) -> int:
 def _per_span(inner, masks: dict, spans):
     """`inner` attention over each sample's slice of the row, when handed one of the block masks
     in `masks` (window size → mask); anything else (another mask, a cache, sinks) goes to `inner`."""
+    own_masks: dict = {}                  # (sample length, window) → that sample's windowed causal mask
+
     def sdpa(queries, keys, values, cache=None, scale=1.0, mask=None, sinks=None):
         window = _window_of(mask, masks, queries.shape[-2])
         if (window is False or cache is not None or sinks is not None or queries.shape[-2] != keys.shape[-2]
@@ -60,7 +62,9 @@ def _per_span(inner, masks: dict, spans):
             return inner(queries, keys, values, cache=cache, scale=scale, mask=mask, sinks=sinks)
         outs = []
         for s, e in spans:
-            own = "causal" if window is None or e - s <= window else block_causal_mask([(0, e - s)], window)
+            own = "causal" if window is None or e - s <= window else own_masks.get((e - s, window))
+            if own is None:               # built once per sample length and window, not per layer
+                own = own_masks[(e - s, window)] = block_causal_mask([(0, e - s)], window)
             outs.append(inner(queries[..., s:e, :], keys[..., s:e, :], values[..., s:e, :],
                               cache=None, scale=scale, mask=own))
         return mx.concatenate(outs, axis=-2)
